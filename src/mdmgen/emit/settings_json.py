@@ -1,0 +1,13 @@
+"""managed-settings.json: the file Claude Code reads on Linux, WSL, Windows and (as a file) macOS."""
+
+from __future__ import annotations
+
+import json
+
+from ..models import Settings
+
+
+def dumps(settings: Settings) -> bytes:
+    """UTF-8 without BOM, sorted keys, 2-space indent, trailing newline: stable for diffs."""
+    text = json.dumps(settings, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")

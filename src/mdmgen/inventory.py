@@ -1,0 +1,313 @@
+"""Read HR/team inventory CSV exports into checked ``Device`` values.
+
+Real exports are messy: Excel writes UTF-16 with a BOM and tabs, other tools CRLF and quoted
+newlines, and column names drift between systems. This module absorbs that, and turns every
+problem into a ``file:line: column: message`` line instead of stopping at the first one.
+Nothing here builds a path: serial numbers are checked so the output stage can.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from .models import Device, Location, Platform, Problem
+
+REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
+
+# Header aliases, compared after folding (see ``fold_header``).
+HEADER_ALIASES: dict[str, tuple[str, ...]] = {
+    "serial_number": ("serial_number", "serial", "serial number"),
+    "platform": ("platform", "os", "device type"),
+    "user_email": ("user_email", "email", "email address"),
+    "team": ("team", "department"),
+    "status": ("status",),
+}
+
+PLATFORM_ALIASES: dict[str, Platform] = {
+    **dict.fromkeys(("macos", "mac", "darwin", "osx", "os x", "mac os x"), Platform.MACOS),
+    **dict.fromkeys(("linux",), Platform.LINUX),
+    **dict.fromkeys(("windows", "win", "win32", "win64"), Platform.WINDOWS),
+    **dict.fromkeys(("wsl", "wsl2"), Platform.WSL),
+}
+
+EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"})
+
+SERIAL_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+# Names Windows refuses as folder names: an auditor checking out output/ on Windows must not break.
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+)
+# Characters that cannot live in an XML plist or that make no sense in an identity value.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
+_EXTRA_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+_DELIMITERS = (",", "\t", ";")
+
+
+@dataclass
+class Inventory:
+    """The result of loading: valid devices, every problem, and what was left out on purpose."""
+
+    devices: list[Device] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    excluded: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def fold_header(name: str) -> str:
+    """Compare headers case-insensitively, ignoring spaces, underscores and hyphens."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def template_name(header: str) -> str:
+    """The name an extra column has in templates: lower snake case of its ASCII letters and digits."""
+    name = re.sub(r"[^0-9a-z]+", "_", header.strip().casefold()).strip("_")
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
+    """Expand folders to their ``*.csv`` files (sorted, so runs are repeatable)."""
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+            if not found:
+                problems.append(Problem(location=Location(file=str(path)), field="inventory",
+                                        message="folder has no .csv files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(Problem(location=Location(file=str(path)), field="inventory",
+                                    message="no such file or folder"))
+    return files, problems
+
+
+def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None) -> Inventory:
+    """Load and merge inventory files; duplicate serials are checked across all of them."""
+    files, problems = find_csv_files(paths)
+    inventory = Inventory(problems=problems, files=[str(f) for f in files])
+    first_seen: dict[str, Location] = {}
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
+                                              message=f"cannot read: {exc.strerror}"))
+            continue
+        _load_file(str(path), data, columns or {}, inventory, first_seen)
+    return inventory
+
+
+def decode_text(name: str, data: bytes) -> tuple[str | None, Problem | None]:
+    """UTF-8 (BOM optional) or UTF-16 with a BOM; anything else is reported with its line."""
+    if data.startswith(codecs.BOM_UTF8):
+        encoding, data = "utf-8", data[len(codecs.BOM_UTF8):]
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1 if encoding == "utf-8" else 0
+        return None, Problem(
+            location=Location(file=name, line=line), field="encoding",
+            message=f"not valid {encoding.upper()}; save the file as UTF-8 or as UTF-16 with a BOM")
+
+
+def _sniff_delimiter(text: str) -> str:
+    header = text.split("\n", 1)[0]
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _read_rows(name: str, text: str) -> Iterable[tuple[int, list[str]] | Problem]:
+    """Yield (first line of the record, cells), skipping blank records, or a Problem and stop."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text),
+                        strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Problem(location=Location(file=name, line=reader.line_num), field="csv",
+                          message=f"cannot parse: {exc}")
+            return
+        if any(cell.strip() for cell in row):
+            yield start, row
+        start = reader.line_num + 1
+
+
+@dataclass
+class _Header:
+    index: dict[str, int]  # field name -> column index
+    extras: dict[int, str]  # column index -> template name
+    width: int
+
+
+def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, str],
+                problems: list[Problem]) -> _Header | None:
+    wanted: dict[str, tuple[str, ...]] = {
+        fld: (columns[fld],) if fld in columns else aliases for fld, aliases in HEADER_ALIASES.items()
+    }
+    lookup = {fold_header(alias): fld for fld, aliases in wanted.items() for alias in aliases}
+    index: dict[str, int] = {}
+    extras: dict[int, str] = {}
+    loc = Location(file=name, line=line)
+    ok = True
+    for i, cell in enumerate(cells):
+        header = cell.strip()
+        fld = lookup.get(fold_header(header))
+        if fld is None:
+            tname = template_name(header)
+            if not tname:
+                continue  # an unnamed column carries nothing a template could use
+            if tname in extras.values() or tname in HEADER_ALIASES or tname in {
+                "serial", "user_email", "platform", "team"
+            }:
+                problems.append(Problem(location=loc, field=header, message=(
+                    f"column name clashes with another column as template name {tname!r}; "
+                    "rename it")))
+                ok = False
+            extras[i] = tname
+        elif fld in index:
+            problems.append(Problem(location=loc, field=header, message=(
+                f"both {cells[index[fld]].strip()!r} and {header!r} map to {fld}; "
+                f"choose one with 'columns: {{{fld}: ...}}' in the policy")))
+            ok = False
+        else:
+            index[fld] = i
+    for fld in REQUIRED_FIELDS:
+        if fld not in index:
+            names = ", ".join(repr(a) for a in wanted[fld])
+            problems.append(Problem(location=loc, field=fld,
+                                    message=f"missing column (accepted headers: {names})"))
+            ok = False
+    return _Header(index=index, extras=extras, width=len(cells)) if ok else None
+
+
+def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: Inventory,
+               first_seen: dict[str, Location]) -> None:
+    text, problem = decode_text(name, data)
+    if problem:
+        inventory.problems.append(problem)
+        return
+    assert text is not None
+    header: _Header | None = None
+    seen_header = False
+    for item in _read_rows(name, text):
+        if isinstance(item, Problem):
+            inventory.problems.append(item)
+            return
+        line, cells = item
+        if not seen_header:
+            seen_header = True
+            header = _map_header(name, line, cells, columns, inventory.problems)
+            if header is None:
+                return
+            continue
+        assert header is not None
+        _load_row(name, line, cells, header, inventory, first_seen)
+    if not seen_header:
+        inventory.problems.append(Problem(location=Location(file=name), field="inventory",
+                                          message="file is empty (no header row)"))
+
+
+def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
+              first_seen: dict[str, Location]) -> None:
+    loc = Location(file=name, line=line)
+    if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
+        inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
+            f"{len(cells)} fields but the header has {header.width} "
+            "(a value with an unquoted comma?)")))
+        return
+    cells = cells + [""] * (header.width - len(cells))
+
+    def cell(fld: str) -> str:
+        return cells[header.index[fld]].strip() if fld in header.index else ""
+
+    if cell("status").casefold() in EXCLUDED_STATUSES:
+        inventory.excluded += 1
+        return
+
+    problems: list[Problem] = []
+
+    def bad(fld: str, message: str, serial: str | None = None) -> None:
+        problems.append(Problem(location=loc, field=fld, message=message, serial=serial, row=True))
+
+    serial = _check_serial(cell("serial_number"), bad)
+    platform = _check_platform(cell("platform"), bad)
+    email = _check_email(cell("user_email"), bad)
+    team = cell("team")
+    if not team:
+        bad("team", "missing value")
+    elif _CONTROL_RE.search(team):
+        bad("team", "contains control characters")
+    extra: dict[str, str] = {}
+    for i, tname in header.extras.items():
+        value = cells[i].strip()
+        if _EXTRA_CONTROL_RE.search(value):
+            bad(tname, "contains control characters")
+        extra[tname] = value
+
+    if serial is not None:
+        previous = first_seen.get(serial)
+        if previous is not None:
+            bad("serial_number", f"duplicate serial {serial!r} (also at {previous})", serial)
+        else:
+            first_seen[serial] = loc
+
+    if problems:
+        inventory.problems.extend(problems)
+        return
+    assert serial is not None and platform is not None and email is not None
+    inventory.devices.append(Device(serial=serial, platform=platform, user_email=email, team=team,
+                                    extra=extra, location=loc))
+
+
+def _check_serial(raw: str, bad) -> str | None:
+    if not raw:
+        bad("serial_number", "missing value")
+        return None
+    if not SERIAL_RE.match(raw):
+        bad("serial_number", "must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
+        return None
+    serial = raw.upper()
+    if serial.split(".")[0] in _WINDOWS_RESERVED or serial.endswith("."):
+        bad("serial_number", f"{serial!r} is not usable as a folder name on Windows")
+        return None
+    return serial
+
+
+def _check_platform(raw: str, bad) -> Platform | None:
+    platform = PLATFORM_ALIASES.get(raw.casefold())
+    if platform is None:
+        shown = repr(raw) if raw else "missing value"
+        bad("platform", f"{shown} is not a platform (use macos, linux, windows or wsl)")
+    return platform
+
+
+def _check_email(raw: str, bad) -> str | None:
+    if not raw:
+        bad("user_email", "missing value")
+        return None
+    if _CONTROL_RE.search(raw):
+        bad("user_email", "contains control characters")
+        return None
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        bad("user_email", f"not a valid address: {exc}")
+        return None

@@ -1,0 +1,134 @@
+"""Data shared by every stage.
+
+Stages pass these values downwards (inventory -> policy -> render -> validate -> emit -> output)
+and never reach back up, so the models here know nothing about files, click or publishers.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Platform(StrEnum):
+    """The four platforms Claude Code reads managed settings on."""
+
+    MACOS = "macos"
+    LINUX = "linux"
+    WINDOWS = "windows"
+    WSL = "wsl"
+
+
+class Location(BaseModel):
+    """Where a problem or a value came from: a file and a 1-based line (0 when unknown)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class Problem(BaseModel):
+    """One user-facing error, printed as ``file:line: field: message``.
+
+    ``row`` marks a problem confined to one inventory row or device: ``--skip-invalid`` may
+    drop that row and compile the rest. Any other problem (policy, unreadable file, missing
+    column) stops the run, because skipping it would silently drop devices from the output.
+    ``serial`` names the device, so a duplicate serial drops every row that claims it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    location: Location
+    field: str
+    message: str
+    serial: str | None = None
+    row: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.field}: {self.message}"
+
+
+class MdmgenError(Exception):
+    """A failure that is the user's to fix; carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class Device(BaseModel):
+    """One active inventory row, checked and normalised.
+
+    ``extra`` holds the row's other columns under template-friendly names, so policies can
+    use any HR column (cost centre, location, ...) without code changes.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    serial: str
+    platform: Platform
+    user_email: str
+    team: str
+    extra: dict[str, str] = Field(default_factory=dict)
+    location: Location
+
+    def template_fields(self) -> dict[str, str]:
+        """The names a policy template sees for this device."""
+        return {
+            **self.extra,
+            "serial": self.serial,
+            "platform": self.platform.value,
+            "user_email": self.user_email,
+            "team": self.team,
+        }
+
+
+Settings = dict[str, Any]
+"""One device's managed settings: the exact JSON object written to managed-settings.json."""
+
+
+class CompiledDevice(BaseModel):
+    """A device with its rendered, validated settings and the bytes of every output file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: Device
+    settings: Settings
+    files: dict[str, bytes]
+
+
+class ManifestFile(BaseModel):
+    """One output file: its digest, size, and where it is installed on the device (if a file)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    size: int
+    install_path: str | None = None
+
+
+class ManifestDevice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    platform: Platform
+    team: str
+    files: dict[str, ManifestFile]
+
+
+class Manifest(BaseModel):
+    """``output/manifest.json``: what the output folder holds, for publishers and auditors.
+
+    It carries no timestamp, so the same inputs give the same bytes.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    generator: str
+    version: str
+    devices: dict[str, ManifestDevice]

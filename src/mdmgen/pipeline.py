@@ -1,0 +1,92 @@
+"""Run the stages for a whole fleet: inventory -> policy -> render -> validate -> emit.
+
+This is the one place that knows the order of the stages; ``cli`` calls it and prints, and
+later publishers and benchmarks call it too. It writes nothing: ``output`` does that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import envschema, inventory, policy
+from .emit import mobileconfig, settings_json
+from .models import CompiledDevice, Device, MdmgenError, Platform, Problem, Settings
+from .render import Renderer
+
+SETTINGS_FILE = "managed-settings.json"
+PROFILE_FILE = "claude-code.mobileconfig"
+
+
+@dataclass
+class CompileResult:
+    """Everything a compile produced: devices that passed, every problem, and counts."""
+
+    devices: list[CompiledDevice] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    excluded: int = 0
+    rejected: int = 0
+
+    def per_platform(self) -> Counter[Platform]:
+        return Counter(c.device.platform for c in self.devices)
+
+
+def check_settings(settings: Settings, device: Device, allow_content_logging: bool) -> list[Problem]:
+    """The validation stage: the env schema over one device's rendered settings."""
+    problems = [
+        Problem(location=device.location, field=f"env.{name}" if name != "env" else name,
+                message=message, serial=device.serial, row=True)
+        for name, message in envschema.check(settings.get("env", {}),
+                                             allow_content_logging=allow_content_logging)
+    ]
+    return problems
+
+
+def emit_files(settings: Settings, device: Device, loaded: policy.LoadedPolicy) -> dict[str, bytes]:
+    """The bytes of every file a device gets, by file name."""
+    files = {SETTINGS_FILE: settings_json.dumps(settings)}
+    if device.platform is Platform.MACOS:
+        org = loaded.policy.org
+        meta = mobileconfig.ProfileMeta(
+            identifier=mobileconfig.profile_identifier(org.identifier_prefix, device.serial),
+            display_name=org.display_name, organization=org.name)
+        files[PROFILE_FILE] = mobileconfig.dumps(settings, meta)
+    return files
+
+
+def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
+                  var_overrides: Mapping[str, str], *, skip_invalid: bool = False) -> CompileResult:
+    """Compile every device. Raises MdmgenError for policy problems (they affect every device);
+    device problems are returned, and with ``skip_invalid`` the other devices still compile.
+    Raises ValueError for an unknown --var name (a usage error).
+    """
+    loaded = policy.load(profiles)
+    variables = policy.resolve_variables(loaded.policy, var_overrides)
+    inv = inventory.load(list(inventory_paths), loaded.policy.columns)
+    renderer = Renderer(loaded, variables)
+    extra_names = {name for device in inv.devices for name in device.extra}
+    policy_problems = renderer.check(extra_names)
+    if policy_problems:
+        raise MdmgenError(policy_problems + inv.problems)
+
+    result = CompileResult(problems=list(inv.problems), excluded=inv.excluded)
+    bad_serials = {p.serial for p in inv.problems if p.serial}
+    allow_content = loaded.policy.allow_content_logging
+    for device in inv.devices:
+        if device.serial in bad_serials:
+            continue
+        settings, problems = renderer.render(device)
+        if settings is not None:
+            problems = check_settings(settings, device, allow_content)
+        if problems or settings is None:
+            result.problems.extend(problems)
+            continue
+        result.devices.append(CompiledDevice(device=device, settings=settings,
+                                             files=emit_files(settings, device, loaded)))
+    bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
+    result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
+    if result.problems and not (skip_invalid and all(p.row for p in result.problems)):
+        raise MdmgenError(result.problems)
+    return result

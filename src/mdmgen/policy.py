@@ -1,0 +1,331 @@
+"""Load the policy (profiles/policy.yaml) and merge it into one settings tree per device.
+
+The policy is YAML read with the safe loader only, checked by pydantic, and every problem points
+at ``file:line`` of the offending key. Merging is base -> platform -> team:
+
+* mappings merge key by key, recursively;
+* any other value (string, number, boolean, list) replaces the earlier one whole, so an
+  override restates a list completely and can shorten it;
+* ``null`` removes the key inherited from an earlier layer.
+
+Templated strings are not rendered here (that is ``render``); each leaf string keeps the
+policy location it came from, so a template error names the exact key that holds it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .attributes import TOKEN_RE
+from .models import Location, MdmgenError, Platform, Problem
+
+POLICY_FILENAME = "policy.yaml"
+VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REVERSE_DNS_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+DEVICE_FIELDS = ("serial", "platform", "user_email", "team")
+
+ColumnField = Literal["serial_number", "platform", "user_email", "team", "status"]
+
+
+class Org(BaseModel):
+    """Who the profiles belong to; the identifier prefix makes every PayloadIdentifier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="PayloadOrganization of every profile.")
+    identifier_prefix: str = Field(
+        description="Reverse-DNS prefix; a Mac's profile is '<prefix>.claudecode.<SERIAL>'.")
+    display_name: str = Field(default="Claude Code managed settings", min_length=1,
+                              description="PayloadDisplayName shown on the Mac.")
+
+    @field_validator("identifier_prefix")
+    @classmethod
+    def _reverse_dns(cls, value: str) -> str:
+        if not _REVERSE_DNS_RE.match(value):
+            raise ValueError("must be reverse-DNS, e.g. 'com.example.mdmgen'")
+        return value
+
+
+class Layer(BaseModel):
+    """What a platform or team override may change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] = Field(default_factory=dict,
+                                     description="Managed settings merged over the earlier layers.")
+    resource_attributes: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="OTEL_RESOURCE_ATTRIBUTES entries (templates); null removes an inherited one.")
+
+    @field_validator("resource_attributes")
+    @classmethod
+    def _attribute_keys(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for key in value:
+            if not TOKEN_RE.match(key):
+                raise ValueError(f"attribute name {key!r} is not a token "
+                                 "(letters, digits and !#$%&'*+-.^_`|~)")
+        return value
+
+
+class Policy(Layer):
+    """The whole policy file. ``mdmgen schema`` prints the JSON Schema of this model."""
+
+    model_config = ConfigDict(extra="forbid", title="mdmgen policy")
+
+    org: Org
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named values with defaults, usable in templates; --var NAME=VALUE overrides.")
+    columns: dict[ColumnField, str] = Field(
+        default_factory=dict, description="Inventory header to use for a field, e.g. "
+        "{serial_number: 'Asset Serial'}; replaces the built-in aliases for that field.")
+    allow_content_logging: bool = Field(
+        default=False, description="Allow OTEL_LOG_* variables that export prompt/code content.")
+    platforms: dict[Platform, Layer] = Field(default_factory=dict)
+    teams: dict[str, Layer] = Field(default_factory=dict)
+
+    @field_validator("variables")
+    @classmethod
+    def _variable_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not VARIABLE_NAME_RE.match(name):
+                raise ValueError(f"variable name {name!r} is not an identifier")
+            if name in DEVICE_FIELDS:
+                raise ValueError(f"variable {name!r} would hide the device field of that name")
+        return value
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A policy string or scalar, with the key path it was written at (for error messages)."""
+
+    value: Any
+    path: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A checked policy plus what is needed to point at its lines."""
+
+    policy: Policy
+    file: str
+    lines: Mapping[tuple[str | int, ...], int]
+
+    def location(self, path: tuple[str | int, ...]) -> Location:
+        """The line of the longest known prefix of ``path``."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line:
+                return Location(file=self.file, line=line)
+        return Location(file=self.file)
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def policy_file(profiles: Path) -> Path:
+    """``--profiles`` may name the folder (holding policy.yaml) or the file itself."""
+    return profiles / POLICY_FILENAME if profiles.is_dir() else profiles
+
+
+def load(profiles: Path) -> LoadedPolicy:
+    """Read, parse and check the policy; raise MdmgenError with every problem found."""
+    path = policy_file(profiles)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise MdmgenError([Problem(location=Location(file=name), field="policy",
+                                   message="no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MdmgenError([Problem(location=Location(file=name), field="policy",
+                                   message=f"cannot read: {exc}")]) from None
+    return parse(text, name)
+
+
+def parse(text: str, name: str) -> LoadedPolicy:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise MdmgenError([Problem(location=Location(file=name, line=line), field="yaml",
+                                   message=str(reason))]) from None
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems: list[Problem] = []
+    if node is not None:
+        _index_lines(node, (), lines, problems, name)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem(location=Location(file=name, line=1), field="policy",
+                                message="must be a mapping of keys (org, settings, ...)"))
+        raise MdmgenError(problems)
+    loaded = None
+    try:
+        loaded = LoadedPolicy(policy=Policy.model_validate(data), file=name, lines=lines)
+    except ValidationError as exc:
+        holder = LoadedPolicy(policy=Policy.model_construct(), file=name, lines=lines)
+        for err in exc.errors():
+            path = tuple(p for p in err["loc"])
+            problems.append(Problem(location=holder.location(path), field=dotted(path),
+                                    message=err["msg"]))
+    if loaded is not None:
+        problems.extend(_check_values(loaded))
+    if problems:
+        raise MdmgenError(problems)
+    assert loaded is not None
+    return loaded
+
+
+def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, problems: list,
+                 name: str) -> None:
+    """Map every key path to its line, and refuse duplicate keys (YAML would silently keep one)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append(Problem(location=Location(file=name, line=key_node.start_mark.line + 1),
+                                        field=dotted((*path, key)), message="duplicate key"))
+            seen.add(key)
+            _index_lines(value_node, (*path, key), lines, problems, name)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*path, i), lines, problems, name)
+
+
+def _check_values(loaded: LoadedPolicy) -> list[Problem]:
+    """Settings must be JSON-shaped; team names must not collide once case is ignored."""
+    problems: list[Problem] = []
+    policy = loaded.policy
+    layers: list[tuple[tuple[str | int, ...], Layer]] = [((), policy)]
+    layers += [(("platforms", p.value), layer) for p, layer in policy.platforms.items()]
+    layers += [(("teams", t), layer) for t, layer in policy.teams.items()]
+    for prefix, layer in layers:
+        for path, value, in_list in _walk(layer.settings, (*prefix, "settings")):
+            if value is None and (prefix == () or in_list):
+                problems.append(Problem(location=loaded.location(path), field=dotted(path),
+                                        message="null only removes an inherited key in an override"))
+            elif isinstance(path[-1], _BadKey):
+                problems.append(Problem(location=loaded.location(path[:-1]), field=dotted(path),
+                                        message="keys must be strings; quote the key"))
+            elif isinstance(value, float) and not math.isfinite(value):
+                problems.append(Problem(location=loaded.location(path), field=dotted(path),
+                                        message="must be a finite number"))
+            elif value is not None and not isinstance(value, (str, bool, int, float)):
+                problems.append(Problem(location=loaded.location(path), field=dotted(path), message=(
+                    f"{type(value).__name__} is not a JSON value; quote it to make it a string")))
+        env = layer.settings.get("env")
+        if isinstance(env, dict) and "OTEL_RESOURCE_ATTRIBUTES" in env:
+            path = (*prefix, "settings", "env", "OTEL_RESOURCE_ATTRIBUTES")
+            problems.append(Problem(location=loaded.location(path), field=dotted(path), message=(
+                "set attributes under 'resource_attributes:' instead; mdmgen builds and "
+                "encodes this variable itself so no value can inject an attribute")))
+        if prefix == () and any(v is None for v in layer.resource_attributes.values()):
+            problems.append(Problem(location=loaded.location(("resource_attributes",)),
+                                    field="resource_attributes",
+                                    message="null is only meaningful in an override"))
+    folded: dict[str, str] = {}
+    for team in policy.teams:
+        other = folded.setdefault(team.casefold(), team)
+        if other != team:
+            path = ("teams", team)
+            problems.append(Problem(location=loaded.location(path), field=dotted(path),
+                                    message=f"same team as {other!r} (team names ignore case)"))
+    return problems
+
+
+class _BadKey(str):
+    """A mapping key YAML read as something other than a string (``1:``, ``yes:``)."""
+
+
+def _walk(value: Any, path: tuple[str | int, ...], in_list: bool = False):
+    """Yield (path, leaf, leaf is a list item) for every non-container value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield (*path, _BadKey(key)), item, False
+                continue
+            yield from _walk(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, (*path, i), True)
+    else:
+        yield path, value, in_list
+
+
+def resolve_variables(policy: Policy, overrides: Mapping[str, str]) -> dict[str, str]:
+    """Defaults from the policy, replaced by --var values; an unknown name is a usage error."""
+    unknown = sorted(set(overrides) - set(policy.variables))
+    if unknown:
+        known = ", ".join(sorted(policy.variables)) or "none"
+        raise ValueError(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
+    return {**policy.variables, **overrides}
+
+
+def layers_for(loaded: LoadedPolicy, platform: Platform, team: str) -> list[tuple[tuple, Layer]]:
+    """The layers that apply to a device, in merge order, each with its key path prefix."""
+    policy = loaded.policy
+    layers: list[tuple[tuple, Layer]] = [((), policy)]
+    if platform in policy.platforms:
+        layers.append((("platforms", platform.value), policy.platforms[platform]))
+    folded = team.casefold()
+    for name, layer in policy.teams.items():
+        if name.casefold() == folded:
+            layers.append((("teams", name), layer))
+    return layers
+
+
+def merge(layers: list[tuple[tuple, Layer]]) -> tuple[dict[str, Any], dict[str, Leaf]]:
+    """Merge settings and resource attributes of the layers; leaves become ``Leaf``s."""
+    settings: dict[str, Any] = {}
+    attributes: dict[str, Leaf] = {}
+    for prefix, layer in layers:
+        settings = _merge_tree(settings, layer.settings, (*prefix, "settings"))
+        for key, value in layer.resource_attributes.items():
+            if value is None:
+                attributes.pop(key, None)
+            else:
+                attributes[key] = Leaf(value, (*prefix, "resource_attributes", key))
+    return settings, attributes
+
+
+def _merge_tree(base: dict[str, Any], override: dict[str, Any], path: tuple) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            earlier = merged.get(key)
+            merged[key] = _merge_tree(earlier if isinstance(earlier, dict) else {}, value,
+                                      (*path, key))
+        else:
+            merged[key] = _leaves(value, (*path, key))
+    return merged
+
+
+def _leaves(value: Any, path: tuple) -> Any:
+    if isinstance(value, dict):
+        return {k: _leaves(v, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_leaves(v, (*path, i)) for i, v in enumerate(value)]
+    return Leaf(value, path)
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schema of the policy file, for editors."""
+    return Policy.model_json_schema()

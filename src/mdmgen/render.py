@@ -1,0 +1,147 @@
+"""Render one device's managed settings from the merged policy (sandboxed Jinja2 templates).
+
+A string is a template only if it contains ``{{``, ``{%`` or ``{#``; everything else passes
+through untouched (and costs nothing). Templates see the device's fields (serial, platform,
+user_email, team and every extra inventory column) and the policy variables; an undefined
+name is an error, never an empty string. ``OTEL_RESOURCE_ATTRIBUTES`` is assembled here from
+the rendered ``resource_attributes`` and encoded by ``attributes.encode``, so no value from the
+inventory can inject or split an attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from . import attributes
+from .models import Device, Platform, Problem, Settings
+from .policy import DEVICE_FIELDS, Leaf, LoadedPolicy, dotted, layers_for, merge
+
+_MARKERS = ("{{", "{%", "{#")
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and any(m in value for m in _MARKERS)
+
+
+class Renderer:
+    """Holds a policy's compiled templates and merged layers, shared by every device.
+
+    Merging and compiling happen once per (platform, team) and once per template, not once
+    per device, so large fleets cost little more than the templates themselves.
+    """
+
+    def __init__(self, loaded: LoadedPolicy, variables: Mapping[str, str]):
+        self.loaded = loaded
+        self.variables = dict(variables)
+        self.env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                                 keep_trailing_newline=True)
+        self.env.filters["baggage"] = attributes.encode_value
+        self._templates: dict[str, jinja2.Template] = {}
+        self._merged: dict[tuple[Platform, str], tuple[dict[str, Any], dict[str, Leaf]]] = {}
+
+    def check(self, extra_names: Iterable[str]) -> list[Problem]:
+        """Compile every template of the policy and check the names it uses exist.
+
+        Done once before any device is rendered, so a typo is one clear error, not one per device.
+        """
+        known = set(DEVICE_FIELDS) | set(self.variables) | set(extra_names)
+        problems: list[Problem] = []
+        for clash in sorted(set(self.variables) & set(extra_names)):
+            problems.append(Problem(location=self.loaded.location(("variables", clash)),
+                                    field=f"variables.{clash}",
+                                    message="an inventory column has the same name; rename one"))
+        for leaf in _policy_leaves(self.loaded):
+            if not _is_template(leaf.value):
+                continue
+            try:
+                ast = self.env.parse(leaf.value)
+                self._compile(leaf.value)
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(self._problem(leaf, f"template syntax error: {exc.message}"))
+                continue
+            for name in sorted(meta.find_undeclared_variables(ast) - known):
+                problems.append(self._problem(leaf, f"undefined name {name!r} in template"))
+        return problems
+
+    def render(self, device: Device) -> tuple[Settings | None, list[Problem]]:
+        """The device's settings, or None and the problems that stopped it."""
+        key = (device.platform, device.team.casefold())
+        if key not in self._merged:
+            self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team))
+        tree, attribute_leaves = self._merged[key]
+        context = {**self.variables, **device.template_fields()}
+        problems: list[Problem] = []
+        settings = self._render_tree(tree, context, device, problems)
+        rendered_attributes = {
+            name: self._render_leaf(leaf, context, device, problems)
+            for name, leaf in attribute_leaves.items()
+        }
+        if problems:
+            return None, problems
+        if rendered_attributes:
+            env = settings.setdefault("env", {})
+            if isinstance(env, dict):
+                try:
+                    env["OTEL_RESOURCE_ATTRIBUTES"] = attributes.encode(rendered_attributes)
+                except attributes.AttributeListError as exc:
+                    return None, [self._problem(next(iter(attribute_leaves.values())), str(exc),
+                                                device)]
+        return settings, []
+
+    def _render_tree(self, node: Any, context: dict, device: Device, problems: list) -> Any:
+        if isinstance(node, dict):
+            return {k: self._render_tree(v, context, device, problems) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._render_tree(v, context, device, problems) for v in node]
+        return self._render_leaf(node, context, device, problems)
+
+    def _render_leaf(self, leaf: Leaf, context: dict, device: Device, problems: list) -> Any:
+        if not _is_template(leaf.value):
+            return leaf.value
+        try:
+            return self._compile(leaf.value).render(context)
+        except jinja2.TemplateError as exc:
+            problems.append(self._problem(leaf, exc.message or type(exc).__name__, device))
+        except Exception as exc:  # a template can raise anything (e.g. division by zero)
+            problems.append(self._problem(leaf, f"template failed: {exc}", device))
+        return None
+
+    def _compile(self, source: str) -> jinja2.Template:
+        template = self._templates.get(source)
+        if template is None:
+            template = self._templates[source] = self.env.from_string(source)
+        return template
+
+    def _problem(self, leaf: Leaf, message: str, device: Device | None = None) -> Problem:
+        suffix = f" (device {device.serial})" if device else ""
+        return Problem(location=self.loaded.location(leaf.path), field=dotted(leaf.path),
+                       message=message + suffix, serial=device.serial if device else None,
+                       row=device is not None)
+
+
+def _policy_leaves(loaded: LoadedPolicy) -> Iterable[Leaf]:
+    """Every value of every layer, with its path (templates are checked even if no device uses them)."""
+    policy = loaded.policy
+    layers = [((), policy)]
+    layers += [(("platforms", p.value), layer) for p, layer in policy.platforms.items()]
+    layers += [(("teams", t), layer) for t, layer in policy.teams.items()]
+    for prefix, layer in layers:
+        settings, attribute_leaves = merge([(prefix, layer)])
+        yield from _tree_leaves(settings)
+        yield from attribute_leaves.values()
+
+
+def _tree_leaves(node: Any) -> Iterable[Leaf]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _tree_leaves(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _tree_leaves(value)
+    elif isinstance(node, Leaf):
+        yield node
