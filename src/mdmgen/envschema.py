@@ -131,8 +131,10 @@ class EnvBlock(BaseModel):
         unknown = [item for item in items if item not in allowed]
         if unknown:
             raise ValueError(f"must be a comma list of {', '.join(sorted(allowed))}")
-        if "otlp" in items and not (info.data.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                                    or info.data.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")):
+        # Presence is judged on the raw input, so a misspelt protocol is one error, not three.
+        present = (info.context or {}).get("present", info.data)
+        if "otlp" in items and not ("OTEL_EXPORTER_OTLP_PROTOCOL" in present
+                                    or f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL" in present):
             raise ValueError("uses otlp, so OTEL_EXPORTER_OTLP_PROTOCOL (or "
                              f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL) must be set")
         return value
@@ -206,12 +208,17 @@ def check(env: Any, *, allow_content_logging: bool) -> list[tuple[str, str]]:
     if not isinstance(env, dict):
         return [("env", "must be a mapping of variable names to strings")]
     try:
-        EnvBlock.model_validate(env, context={"allow_content_logging": allow_content_logging})
+        EnvBlock.model_validate(env, context={"allow_content_logging": allow_content_logging,
+                                              "present": set(env)})
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
             name = str(err["loc"][0]) if err["loc"] else "env"
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append((name, message))
+            if name in env and not isinstance(env[name], str):
+                message = 'must be a string; quote the value in the policy (e.g. "1")'
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+            if (name, message) not in problems:
+                problems.append((name, message))
         return problems
     return []

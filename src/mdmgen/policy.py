@@ -180,7 +180,7 @@ def parse(text: str, name: str) -> LoadedPolicy:
         for err in exc.errors():
             path = tuple(p for p in err["loc"])
             problems.append(Problem(location=holder.location(path), field=dotted(path),
-                                    message=err["msg"]))
+                                    message=err["msg"].removeprefix("Value error, ")))
     if loaded is not None:
         problems.extend(_check_values(loaded))
     if problems:

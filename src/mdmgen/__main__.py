@@ -1,0 +1,5 @@
+"""``python -m mdmgen`` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""Shared test helpers: write inventories and policies, run the real CLI entry point."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mdmgen.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_POLICY = ROOT / "profiles" / "policy.yaml"
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+HEADER = "serial_number,platform,user_email,team\n"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder laid out like a project: profiles/ (the shipped policy) and inventory/."""
+    (tmp_path / "profiles").mkdir()
+    shutil.copy(SHIPPED_POLICY, tmp_path / "profiles" / "policy.yaml")
+    (tmp_path / "inventory").mkdir()
+    return tmp_path
+
+
+def write_inventory(workdir: Path, text: str, name: str = "devices.csv",
+                    encoding: str = "utf-8") -> Path:
+    path = workdir / "inventory" / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def run(workdir: Path, *args: str):
+    """Run ``mdmgen ARGS`` with the given folder as working directory."""
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return runner.invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under a folder with its bytes and inode, to prove a tree was not touched."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_ino)
+            for p in sorted(folder.rglob("*")) if p.is_file()}

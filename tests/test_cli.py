@@ -1,0 +1,221 @@
+"""The command line as IT uses it: compile, validate, schema, exit codes, untouched output."""
+
+import hashlib
+import json
+import os
+import plistlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mdmgen import attributes
+
+from .conftest import HEADER, ROOT, run, snapshot, write_inventory
+
+HOSTILE = (
+    "\ufeffSerial Number,OS,Email Address,Department,Cost Center\r\n"
+    'c02hostile1,macOS,Ann+CC@Example.COM,"R&D, Berlin",CC<1>\r\n'
+    'LNX-1,Linux,"o\'brien@example.com",sales=emea,"a ""quoted"" value"\r\n'
+    "WIN-1,Win32,zoë@exämple.com,Zürich & Genève <HQ>,\r\n"
+    "WSL-1,wsl,bob@example.com,\"team; with \\\\ backslash\",x\r\n"
+    "\r\n\r\n"
+)
+
+
+def compiled(workdir: Path, serial: str) -> dict:
+    return json.loads((workdir / "output" / "devices" / serial / "managed-settings.json")
+                      .read_text(encoding="utf-8"))
+
+
+def test_shipped_example_compiles(tmp_path):
+    out = tmp_path / "out"
+    result = run(ROOT, "compile", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    platforms = {d["platform"] for d in manifest["devices"].values()}
+    assert platforms == {"macos", "linux", "windows", "wsl"}
+    assert "devices" in result.stderr and "excluded by status" in result.stderr
+
+
+def test_hostile_but_valid_inventory(workdir):
+    write_inventory(workdir, HOSTILE)
+    result = run(workdir, "compile")
+    assert result.exit_code == 0, result.stderr
+    expected = {
+        "C02HOSTILE1": ("Ann+CC@example.com", "R&D, Berlin"),
+        "LNX-1": ("o'brien@example.com", "sales=emea"),
+        "WIN-1": ("zoë@exämple.com", "Zürich & Genève <HQ>"),
+        "WSL-1": ("bob@example.com", "team; with \\\\ backslash"),
+    }
+    for serial, (email, team) in expected.items():
+        settings = compiled(workdir, serial)
+        assert attributes.decode(settings["env"]["OTEL_RESOURCE_ATTRIBUTES"]) == {
+            "user_email": email, "team": team}
+    profile = plistlib.loads(
+        (workdir / "output/devices/C02HOSTILE1/claude-code.mobileconfig").read_bytes())
+    settings = profile["PayloadContent"][0]["PayloadContent"]["com.anthropic.claudecode"][
+        "Forced"][0]["mcx_preference_settings"]
+    assert settings == compiled(workdir, "C02HOSTILE1")
+    assert not (workdir / "output/devices/LNX-1/claude-code.mobileconfig").exists()
+
+
+def test_manifest_lists_every_file_with_its_digest(workdir):
+    write_inventory(workdir, HOSTILE)
+    assert run(workdir, "compile").exit_code == 0
+    out = workdir / "output"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"] == "mdmgen" and manifest["version"]
+    listed = set()
+    for serial, entry in manifest["devices"].items():
+        for name, meta in entry["files"].items():
+            data = (out / "devices" / serial / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == meta["sha256"]
+            listed.add(f"devices/{serial}/{name}")
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert on_disk - listed == {"manifest.json"}
+    assert manifest["devices"]["WIN-1"]["files"]["managed-settings.json"]["install_path"] == (
+        "C:\\Program Files\\ClaudeCode\\managed-settings.json")
+    assert manifest["devices"]["WIN-1"]["team"] == "Zürich & Genève <HQ>"
+
+
+def test_compiling_twice_gives_identical_bytes(workdir, tmp_path):
+    write_inventory(workdir, HOSTILE)
+    assert run(workdir, "compile").exit_code == 0
+    first = {k: v[0] for k, v in snapshot(workdir / "output").items()}
+    assert run(workdir, "compile", "--out", str(tmp_path / "again")).exit_code == 0
+    assert {k: v[0] for k, v in snapshot(tmp_path / "again").items()} == first
+
+
+def test_devices_that_left_the_inventory_disappear_and_foreign_files_stay(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\nS2,linux,b@example.com,Ops\n")
+    assert run(workdir, "compile").exit_code == 0
+    (workdir / "output" / ".gitkeep").write_text("")
+    (workdir / "output" / "README.txt").write_text("audit trail\n")
+    (workdir / "output" / ".git" / "objects").mkdir(parents=True)
+    (workdir / "output" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    assert run(workdir, "compile").exit_code == 0
+    assert sorted(p.name for p in (workdir / "output" / "devices").iterdir()) == ["S1"]
+    assert (workdir / "output" / "README.txt").read_text() == "audit trail\n"
+    assert (workdir / "output" / ".gitkeep").exists()
+    assert (workdir / "output" / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (workdir / "output" / ".git" / "objects").is_dir()
+    assert list(workdir.glob(".output.mdmgen-*")) == []
+
+
+@pytest.mark.parametrize("bad_row, expected", [
+    ("S9,beos,x@example.com,Ops", "inventory/devices.csv:3: platform: 'beos' is not a platform"),
+    ("S9,linux,Ann <a@example.com>,Ops", "inventory/devices.csv:3: user_email: not a valid"),
+    ("../../etc,linux,x@example.com,Ops", "inventory/devices.csv:3: serial_number: must be"),
+    ("s1,linux,x@example.com,Ops",
+     "inventory/devices.csv:3: serial_number: duplicate serial 'S1' (also at "
+     "inventory/devices.csv:2)"),
+])
+def test_bad_rows_exit_1_list_file_line_and_leave_output_untouched(workdir, bad_row, expected):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    assert run(workdir, "compile").exit_code == 0
+    before = snapshot(workdir / "output")
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n" + bad_row + "\n")
+    result = run(workdir, "compile")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(expected)
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir / "output") == before
+
+
+def test_every_error_is_listed_one_per_line(workdir):
+    write_inventory(workdir, HEADER + "S1,beos,a@example.com,Ops\nS2,linux,nope,Ops\n"
+                    "S3,linux,c@example.com,\n")
+    result = run(workdir, "validate")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[0] for line in lines[:3]] == [
+        "inventory/devices.csv:2", "inventory/devices.csv:3", "inventory/devices.csv:4"]
+    assert not (workdir / "output").exists()
+
+
+def test_skip_invalid_compiles_the_rest_and_exits_3(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\nS2,beos,b@example.com,Ops\n"
+                    "S3,wsl,c@example.com,Ops\nS3,wsl,d@example.com,Ops\n")
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 3
+    assert sorted(p.name for p in (workdir / "output" / "devices").iterdir()) == ["S1"]
+    assert "inventory/devices.csv:3: platform:" in result.stderr
+    assert "3 rows rejected" in result.stderr
+
+
+def test_skip_invalid_does_not_skip_file_level_problems(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    write_inventory(workdir, "serial,email\nS2,b@example.com\n", name="broken.csv")
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 1
+    assert "inventory/broken.csv:1: platform: missing column" in result.stderr
+    assert not (workdir / "output").exists()
+
+
+def test_policy_errors_exit_1_with_file_and_line(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    policy = workdir / "profiles" / "policy.yaml"
+    policy.write_text(policy.read_text().replace("{{ otlp_endpoint }}", "{{ otlp_endpont }}"))
+    result = run(workdir, "compile")
+    assert result.exit_code == 1
+    line = next(i for i, text in enumerate(policy.read_text().splitlines(), 1)
+                if "otlp_endpont" in text)
+    assert result.stderr.startswith(
+        f"profiles/policy.yaml:{line}: settings.env.OTEL_EXPORTER_OTLP_ENDPOINT: "
+        "undefined name 'otlp_endpont' in template")
+
+
+def test_var_overrides_and_usage_errors(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "compile", "--var", "otlp_endpoint=https://collector.example:4318",
+                 "--var", "otlp_protocol=http/protobuf")
+    assert result.exit_code == 0, result.stderr
+    env = compiled(workdir, "S1")["env"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://collector.example:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert run(workdir, "compile", "--var", "nope=1").exit_code == 2
+    assert run(workdir, "compile", "--var", "novalue").exit_code == 2
+    assert run(workdir, "compile", "--bogus").exit_code == 2
+
+
+def test_var_values_are_validated_like_the_policy(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "compile", "--var", "otlp_endpoint=http://otel.company.com:4317")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("inventory/devices.csv:2: env.OTEL_EXPORTER_OTLP_ENDPOINT: "
+                                    "plain http is only allowed to a loopback host")
+
+
+def test_validate_writes_nothing_and_schema_prints_json_schema(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "validate")
+    assert result.exit_code == 0 and "Validated 1 devices" in result.stderr
+    assert not (workdir / "output").exists()
+    schema = json.loads(run(workdir, "schema").stdout)
+    assert schema["title"] == "mdmgen policy"
+
+
+def test_output_that_cannot_be_written_exits_4_and_keeps_the_old_tree(workdir):
+    if os.geteuid() == 0:
+        # root ignores permissions, so make the parent unwritable another way: a file in the way
+        write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+        (workdir / "blocker").write_text("not a folder")
+        result = run(workdir, "compile", "--out", "blocker/out")
+    else:
+        write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+        (workdir / "blocker").mkdir(mode=0o500)
+        result = run(workdir, "compile", "--out", "blocker/out")
+    assert result.exit_code == 4
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    [str(Path(sys.executable).parent / "mdmgen")],
+    [sys.executable, "-m", "mdmgen"],
+])
+def test_installed_entry_points_run(command):
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("mdmgen, version ")

@@ -1,0 +1,88 @@
+"""Property tests: whatever an HR export holds, a row is either a clean error or a device whose
+outputs parse and whose resource attributes decode back to exactly the row's values."""
+
+import csv
+import io
+import json
+import plistlib
+import tempfile
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from mdmgen import attributes, output, pipeline
+from mdmgen.models import MdmgenError
+
+from .conftest import SHIPPED_POLICY
+
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
+SERIALS = st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True), TEXT)
+EMAILS = st.one_of(st.emails(), TEXT, st.builds(lambda a, b: f"{a}@{b}", TEXT, TEXT))
+TEAMS = st.one_of(TEXT, st.sampled_from(["R&D, Berlin", "sales=emea", 'a "b" c', "x;y\\z",
+                                         "%41", "Zürich <HQ> & co", " padded "]))
+PLATFORMS = st.sampled_from(["macos", "mac", "linux", "windows", "win32", "wsl", "beos", ""])
+ROW_FIELDS = {"serial_number", "platform", "user_email", "team", "row"}
+
+
+def count_lines(text):
+    """Lines as an editor counts them: CR, LF and CRLF all end a line."""
+    return sum(1 for _ in io.StringIO(text, newline=""))
+
+
+def compile_rows(rows):
+    """Write rows with Python's csv writer (an independent quoting implementation) and compile;
+    return the result and the line each row starts on."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["serial_number", "platform", "user_email", "team"])
+    starts = []
+    for row in rows:
+        starts.append(count_lines(buffer.getvalue()) + 1)
+        writer.writerow(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        inv = Path(tmp) / "inv.csv"
+        inv.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        return pipeline.compile_fleet([inv], SHIPPED_POLICY, {}, skip_invalid=True), starts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(SERIALS, PLATFORMS, EMAILS, TEAMS), min_size=1, max_size=4))
+def test_any_row_is_a_clean_error_or_a_faithful_device(rows):
+    try:
+        result, starts = compile_rows(rows)
+    except MdmgenError as exc:  # only when nothing at all is wrong-but-skippable
+        problems = exc.problems
+        assert all(p.row for p in problems), [str(p) for p in problems]
+        raise AssertionError("row problems must not stop a --skip-invalid compile") from None
+
+    devices = {c.device.serial: c for c in result.devices}
+    for line, (serial, _platform, email, team) in zip(starts, rows, strict=True):
+        key = serial.strip().upper()
+        # A row's own problems, or a duplicate elsewhere claiming its serial (both are dropped).
+        errors = [p for p in result.problems if p.location.line == line or p.serial == key]
+        for problem in errors:
+            assert problem.row and problem.field in ROW_FIELDS | {"env.OTEL_RESOURCE_ATTRIBUTES"}
+            assert "\n" not in str(problem)
+        if errors or not any(cell.strip() for cell in (serial, _platform, email, team)):
+            continue  # an error, or a blank row (Excel's trailing ",,,") that is skipped
+        compiled = devices[key]
+        event("row compiled")
+        assert compiled.device.location.line == line
+        env = json.loads(compiled.files[pipeline.SETTINGS_FILE].decode("utf-8"))["env"]
+        decoded = attributes.decode(env["OTEL_RESOURCE_ATTRIBUTES"])
+        assert decoded["team"] == team.strip()
+        try:
+            expected_email = validate_email(email.strip(), check_deliverability=False).normalized
+        except EmailNotValidError:
+            raise AssertionError(f"invalid email {email!r} was accepted") from None
+        assert decoded["user_email"] == expected_email
+        if pipeline.PROFILE_FILE in compiled.files:
+            profile = plistlib.loads(compiled.files[pipeline.PROFILE_FILE])
+            mcx = profile["PayloadContent"][0]["PayloadContent"]["com.anthropic.claudecode"][
+                "Forced"][0]["mcx_preference_settings"]
+            assert mcx == {"env": env}
+    # And the whole tree is writable as-is: every path is safe.
+    for relpath in output.tree_files(result.devices):
+        output._checked_parts(relpath)
