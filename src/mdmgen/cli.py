@@ -6,6 +6,9 @@ Exit codes (also in the README):
   2  usage error (unknown option, malformed or unknown --var)
   3  --skip-invalid compiled the valid devices and rejected some rows (listed on stderr)
   4  the output folder could not be written (the previous output is left as it was)
+  5  another compile is already running on the same output folder
+  6  publish refused: it would delete more published devices than --max-delete allows
+  7  a remote system failed or refused (unreachable, TLS, credentials, missing bucket, ...)
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     ROWS_REJECTED = 3
     OUTPUT_FAILED = 4
+    BUSY = 5
+    DELETION_REFUSED = 6
+    REMOTE_FAILED = 7
 
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
