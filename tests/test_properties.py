@@ -84,5 +84,6 @@ def test_any_row_is_a_clean_error_or_a_faithful_device(rows):
                 "Forced"][0]["mcx_preference_settings"]
             assert mcx == {"env": env}
     # And the whole tree is writable as-is: every path is safe.
-    for relpath in output.tree_files(result.devices):
-        output._checked_parts(relpath)
+    for serial, entry in output.build_manifest(result.devices).devices.items():
+        for name in entry.files:
+            output._checked_parts(output.device_path(serial, name))

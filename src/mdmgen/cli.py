@@ -14,14 +14,17 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from enum import IntEnum
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from . import __version__, output, pipeline, policy
+from . import __version__, diff, output, pipeline, policy
 from .models import MdmgenError, Platform, Problem
+from .progress import NO_PROGRESS, Progress
 
 
 class ExitCode(IntEnum):
@@ -64,6 +67,16 @@ def _inputs(func):
     return func
 
 
+def _reporting(func):
+    """Options for how a long run talks: JSON for CI, quiet for cron, -v for logs."""
+    func = click.option("-v", "--verbose", count=True, help="Log what happens (-vv for debug).")(func)
+    func = click.option("-q", "--quiet", is_flag=True,
+                        help="Print only problems: no summary, no progress bar.")(func)
+    func = click.option("--json", "as_json", is_flag=True,
+                        help="Print a machine-readable summary on stdout.")(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdmgen")
 def main() -> None:
@@ -72,25 +85,62 @@ def main() -> None:
 
 @main.command(name="compile")
 @_inputs
+@_reporting
 @click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
               show_default=True, help="Output folder (replaced atomically).")
-def compile_command(inventories, profiles, variables, skip_invalid, out) -> None:
-    """Compile every device and write the output folder."""
-    result = _run(inventories, profiles, variables, skip_invalid)
+@click.option("--full", is_flag=True,
+              help="Re-render every device and re-check the files on disk instead of trusting the manifest.")
+def compile_command(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose, out, full) -> None:
+    """Compile every device and write the output folder.
+
+    Only devices whose inputs changed are rendered again, unchanged files keep their
+    modification time, and a run where nothing changed writes nothing.
+    """
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     try:
-        output.write_tree(out, output.tree_files(result.devices))
+        with output.locked(out):
+            previous = None if full else output.read_manifest(out)
+            result = _run(report, inventories, profiles, variables, skip_invalid, previous)
+            changes = output.write(out, result.devices, previous, result.secret_env, verify=full)
+    except output.OutputBusy as exc:
+        report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(ExitCode.OUTPUT_FAILED)
-    _finish(result, f"Compiled {len(result.devices)} devices into {out}/")
+        report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
+    headline = f"Compiled {len(result.devices)} devices into {out}/"
+    report.finish(result, headline, changes)
 
 
 @main.command()
 @_inputs
-def validate(inventories, profiles, variables, skip_invalid) -> None:
+@_reporting
+def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose) -> None:
     """Check the inventory and policy like compile does, without writing anything."""
-    result = _run(inventories, profiles, variables, skip_invalid)
-    _finish(result, f"Validated {len(result.devices)} devices (nothing written)")
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    result = _run(report, inventories, profiles, variables, skip_invalid, None)
+    report.finish(result, f"Validated {len(result.devices)} devices (nothing written)", None)
+
+
+@main.command(name="diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON on stdout.")
+def diff_command(old: Path, new: Path, as_json: bool) -> None:
+    """Compare two output folders semantically (for audits).
+
+    Exit codes like diff(1): 0 identical, 1 differences, 2 trouble. Secret values are never
+    shown, only that they changed and a short fingerprint.
+    """
+    try:
+        result = diff.trees(old, new)
+    except diff.DiffError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    sys.exit(0 if result.identical else 1)
 
 
 @main.command()
@@ -99,38 +149,100 @@ def schema() -> None:
     click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
 
 
-def _run(inventories, profiles, variables, skip_invalid) -> pipeline.CompileResult:
+def _run(report: Report, inventories, profiles, variables, skip_invalid, previous) -> pipeline.CompileResult:
     try:
-        result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid)
+        result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
+                                        previous=previous, progress=report.progress())
     except MdmgenError as exc:
-        _print_problems(exc.problems)
-        click.echo(f"{len(exc.problems)} problem(s); nothing was written.", err=True)
-        sys.exit(ExitCode.INVALID_INPUT)
+        report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
+                    exc.problems)
     except ValueError as exc:  # unknown --var
         raise click.UsageError(str(exc)) from None
     if not result.devices:
-        _print_problems(result.problems)
-        click.echo("error: no device to compile (every row was rejected, excluded or the "
-                   "inventory is empty); nothing was written.", err=True)
-        sys.exit(ExitCode.INVALID_INPUT)
+        report.fail(ExitCode.INVALID_INPUT, "error: no device to compile (every row was rejected, "
+                    "excluded or the inventory is empty); nothing was written.", result.problems)
     return result
 
 
-def _print_problems(problems: list[Problem]) -> None:
-    seen: set[str] = set()
-    for problem in problems:
-        line = str(problem)
-        if line not in seen:
-            seen.add(line)
+class _ClickProgress:
+    """A progress bar on stderr, for people watching a terminal."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def start(self, total: int, label: str) -> None:
+        self._bar = click.progressbar(length=total, label=label, file=sys.stderr)
+        self._bar.__enter__()
+
+    def advance(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+class Report:
+    """Everything a command says: problems, summary, JSON, logging, progress and exit code."""
+
+    def __init__(self, *, as_json: bool, quiet: bool, verbose: int):
+        self.as_json = as_json
+        self.quiet = quiet
+        level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+        logging.basicConfig(level=level, format="mdmgen: %(levelname)s: %(message)s", stream=sys.stderr,
+                            force=True)
+
+    def progress(self) -> Progress:
+        if self.quiet or not sys.stderr.isatty():
+            return NO_PROGRESS
+        return _ClickProgress()
+
+    def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
+        lines = _problem_lines(problems)
+        for line in lines:
             click.echo(line, err=True)
+        click.echo(message, err=True)
+        if self.as_json:
+            click.echo(json.dumps({"exit_code": int(code), "error": message, "problems": lines}, indent=2))
+        sys.exit(code)
+
+    def finish(self, result: pipeline.CompileResult, headline: str, changes: output.Changes | None) -> NoReturn:
+        lines = _problem_lines(result.problems)
+        for line in lines:
+            click.echo(line, err=True)
+        code = ExitCode.ROWS_REJECTED if result.rejected else ExitCode.OK
+        counts = result.per_platform()
+        platforms = ", ".join(f"{PLATFORM_LABELS[p]} {counts[p]}" for p in Platform if counts[p])
+        summary = f"{headline} ({platforms}); {result.excluded} rows excluded by status"
+        if result.rejected:
+            summary += f"; {result.rejected} rows rejected (listed above)"
+        summary += "."
+        if changes is not None:
+            summary += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
+                        f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
+                        f"{'' if changes.written else ' (nothing written)'}.")
+        if not self.quiet:
+            click.echo(summary, err=True)
+        if self.as_json:
+            data = {
+                "exit_code": int(code),
+                "devices": len(result.devices),
+                "platforms": {p.value: counts[p] for p in Platform},
+                "excluded": result.excluded,
+                "rejected": result.rejected,
+                "rendered": result.rendered,
+                "problems": lines,
+            }
+            if changes is not None:
+                data["changes"] = {"added": changes.added, "changed": changes.changed,
+                                   "removed": changes.removed, "unchanged": changes.unchanged,
+                                   "written": changes.written}
+            click.echo(json.dumps(data, indent=2))
+        sys.exit(code)
 
 
-def _finish(result: pipeline.CompileResult, headline: str) -> None:
-    _print_problems(result.problems)
-    counts = result.per_platform()
-    platforms = ", ".join(f"{PLATFORM_LABELS[p]} {counts[p]}" for p in Platform if counts[p])
-    summary = f"{headline} ({platforms}); {result.excluded} rows excluded by status"
-    if result.rejected:
-        summary += f"; {result.rejected} rows rejected (listed above)"
-    click.echo(summary + ".", err=True)
-    sys.exit(ExitCode.ROWS_REJECTED if result.rejected else ExitCode.OK)
+def _problem_lines(problems) -> list[str]:
+    """One line per problem, in the order found, without repeats."""
+    return list(dict.fromkeys(str(p) for p in problems))

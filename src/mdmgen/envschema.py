@@ -31,6 +31,9 @@ RESERVED_ATTRIBUTE_PREFIXES = ("user.", "identity.")
 CONTENT_LOGGING_VARS = ("OTEL_LOG_USER_PROMPTS", "OTEL_LOG_ASSISTANT_RESPONSES",
                         "OTEL_LOG_TOOL_CONTENT", "OTEL_LOG_RAW_API_BODIES")
 SIGNALS = ("METRICS", "LOGS", "TRACES")
+# Variables whose values are credentials: never printed by diff, logs or errors.
+SECRET_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+              "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 _EXPORTERS = {
     "METRICS": {"otlp", "prometheus", "console", "none"},
     "LOGS": {"otlp", "console", "none"},

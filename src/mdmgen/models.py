@@ -94,13 +94,19 @@ Settings = dict[str, Any]
 
 
 class CompiledDevice(BaseModel):
-    """A device with its rendered, validated settings and the bytes of every output file."""
+    """A device ready for the output folder.
+
+    ``inputs`` fingerprints everything the device's files are made from (its row, the policy
+    layers and variables that apply to it, the generator version). When it equals the previous
+    output's, the device is not rendered again and ``files`` is None: its files are reused as
+    they are on disk.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     device: Device
-    settings: Settings
-    files: dict[str, bytes]
+    inputs: str
+    files: dict[str, bytes] | None = None
 
 
 class ManifestFile(BaseModel):
@@ -118,6 +124,7 @@ class ManifestDevice(BaseModel):
 
     platform: Platform
     team: str
+    inputs: str = Field(description="Fingerprint of the device's inputs; unchanged means not re-rendered.")
     files: dict[str, ManifestFile]
 
 
@@ -131,4 +138,6 @@ class Manifest(BaseModel):
 
     generator: str
     version: str
+    secret_env: list[str] = Field(
+        default_factory=list, description="env variables whose values are never shown (diff, logs).")
     devices: dict[str, ManifestDevice]

@@ -1,29 +1,45 @@
 """The output folder on disk: ``devices/<SERIAL>/...`` plus ``manifest.json``.
 
-The folder is a contract for publishers and auditors, so it is never left half-written:
-the new tree is built in a hidden sibling folder (``.<name>.mdmgen-new``) and then swapped
-with the old one in a single ``renameat2(RENAME_EXCHANGE)`` call on Linux, so a reader sees
-either the complete old tree or the complete new one. Where the kernel or filesystem lacks
-the exchange, two renames are used, and a run finding the old tree parked aside puts it back
-before doing anything else. Entries of the folder that mdmgen does not own (a ``.gitkeep``,
-a ``README``, even a ``.git`` folder) are carried into the new tree as hard links.
+The folder is a contract for publishers and auditors, so it is never seen half-written:
+
+* **Atomic swap.** The new tree is built in a hidden sibling folder (``.<name>.mdmgen-new``)
+  and swapped with the old one in a single ``renameat2(RENAME_EXCHANGE)`` call on Linux, so a
+  reader (or a process killed at any moment, SIGKILL included) sees either the complete old
+  tree or the complete new one, each described by its own manifest.json. Where the exchange is
+  unavailable, two renames are used and the next run puts a parked old tree back first.
+  Leftover staging folders are removed by the next run.
+* **Incremental.** Unchanged files are hard links to the previous tree's files, so they keep
+  their inode and modification time; a run where nothing changed writes nothing at all.
+* **One run at a time.** An exclusive ``flock`` on ``.<name>.mdmgen-lock`` beside the folder.
+
+Entries of the folder that mdmgen does not own (a ``.gitkeep``, a README, a ``.git`` folder)
+are carried into the new tree as hard links.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from . import __version__
+from .envschema import SECRET_ENV
 from .models import CompiledDevice, Manifest, ManifestDevice, ManifestFile, Platform
+
+log = logging.getLogger(__name__)
 
 DEVICES_DIR = "devices"
 MANIFEST_FILE = "manifest.json"
@@ -39,35 +55,120 @@ INSTALL_PATHS = {
 
 
 class OutputError(Exception):
-    """The output folder could not be written; the message is for the user."""
+    """The output folder could not be read or written; the message is for the user."""
 
 
-def build_manifest(compiled: Iterable[CompiledDevice]) -> Manifest:
-    devices = {}
-    for item in compiled:
-        files = {}
-        for name, data in item.files.items():
-            install = INSTALL_PATHS[item.device.platform] if name.endswith(".json") else None
-            files[name] = ManifestFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                                       install_path=install)
-        devices[item.device.serial] = ManifestDevice(platform=item.device.platform,
-                                                     team=item.device.team, files=files)
-    return Manifest(generator="mdmgen", version=__version__, devices=dict(sorted(devices.items())))
+class OutputBusy(OutputError):
+    """Another run holds the output folder's lock."""
+
+
+@dataclass
+class Changes:
+    """What a compile changed against the previous output, by serial."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    written: bool = False  # False when nothing changed and the folder was left alone
+
+
+def _sidecar(target: Path, suffix: str) -> Path:
+    return target.parent / f".{target.name}.mdmgen-{suffix}"
+
+
+def _target(out: Path) -> Path:
+    target = out.resolve() if out.exists() else out.absolute()
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    return target
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the output folder's lock for the duration; raise OutputBusy if another run has it."""
+    target = _target(out)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(_sidecar(target, "lock"), "a+")  # noqa: SIM115 (held for the whole block)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the lock file: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputBusy(f"{out}: another mdmgen compile is running on this folder "
+                             f"(pid {holder}); try again when it has finished") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(out: Path) -> Manifest | None:
+    """The manifest of an existing output folder; None when there is no previous output."""
+    path = out / MANIFEST_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError:
+        raise OutputError(f"{path}: is not an mdmgen manifest; move the folder aside or pass "
+                          "another --out") from None
+
+
+def manifest_entry(compiled: CompiledDevice, previous: Manifest | None) -> ManifestDevice:
+    """The manifest entry of one device: new digests, or the previous entry when reused."""
+    device = compiled.device
+    if compiled.files is None:
+        assert previous is not None
+        return previous.devices[device.serial]
+    files = {}
+    for name, data in compiled.files.items():
+        install = INSTALL_PATHS[device.platform] if name.endswith(".json") else None
+        files[name] = ManifestFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                                   install_path=install)
+    return ManifestDevice(platform=device.platform, team=device.team, inputs=compiled.inputs,
+                          files=files)
+
+
+def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = None,
+                   secret_env: list[str] | None = None) -> Manifest:
+    devices = {c.device.serial: manifest_entry(c, previous) for c in compiled}
+    return Manifest(generator="mdmgen", version=__version__,
+                    secret_env=sorted(set(SECRET_ENV) | set(secret_env or [])),
+                    devices=dict(sorted(devices.items())))
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
+    """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
+    repository, and large fleets encode fast (no pretty-printer over every nested key)."""
     data = manifest.model_dump(mode="json", exclude_none=True)
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    devices = data.pop("devices")
 
+    def dumps(value: object) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
-def tree_files(compiled: list[CompiledDevice]) -> dict[str, bytes]:
-    """Every file of the output tree by relative POSIX path, manifest included."""
-    files: dict[str, bytes] = {}
-    for item in compiled:
-        for name, data in item.files.items():
-            files[f"{DEVICES_DIR}/{item.device.serial}/{name}"] = data
-    files[MANIFEST_FILE] = manifest_bytes(build_manifest(compiled))
-    return files
+    lines = ["{", '  "devices": {']
+    rows = [f"    {dumps(serial)}: {dumps(entry)}" for serial, entry in sorted(devices.items())]
+    lines.append(",\n".join(rows))
+    lines.append("  }" + ("," if data else ""))
+    fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]
+    lines.append(",\n".join(fields))
+    lines.append("}")
+    return ("\n".join(line for line in lines if line) + "\n").encode("utf-8")
 
 
 def _checked_parts(relpath: str) -> list[str]:
@@ -78,53 +179,120 @@ def _checked_parts(relpath: str) -> list[str]:
     return parts
 
 
-def write_tree(out: Path, files: dict[str, bytes]) -> None:
-    """Replace the mdmgen-owned content of ``out`` with ``files``, all at once."""
-    target = out.resolve() if out.exists() else out.absolute()
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder")
-    staging = target.parent / f".{target.name}.mdmgen-new"
-    parked = target.parent / f".{target.name}.mdmgen-old"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        recover(target)
-        _remove(staging)
-        staging.mkdir()
-        for relpath, data in sorted(files.items()):
-            parts = _checked_parts(relpath)
-            path = staging.joinpath(*parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "xb") as handle:
-                handle.write(data)
-        if target.exists():
-            os.chmod(staging, target.stat().st_mode & 0o7777)
-            for entry in sorted(os.listdir(target)):
-                if entry not in OWNED and not entry.startswith(".mdmgen-"):
-                    _link_copy(target / entry, staging / entry)
-            if not _exchange(staging, target):
-                os.rename(target, parked)
-                os.rename(staging, target)
-            _remove(staging)
-            _remove(parked)
+def device_path(serial: str, name: str) -> str:
+    return f"{DEVICES_DIR}/{serial}/{name}"
+
+
+def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
+    """Devices added, changed (any file or its team/platform), removed and unchanged."""
+    old = previous.devices if previous else {}
+    changes = Changes()
+    for serial, entry in manifest.devices.items():
+        before = old.get(serial)
+        if before is None:
+            changes.added.append(serial)
+        elif (before.files, before.platform, before.team) != (entry.files, entry.platform, entry.team):
+            changes.changed.append(serial)
         else:
-            os.rename(staging, target)
+            changes.unchanged += 1
+    changes.removed = sorted(set(old) - set(manifest.devices))
+    return changes
+
+
+def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
+          secret_env: list[str] | None = None, *, verify: bool = False) -> Changes:
+    """Make ``out`` hold exactly ``compiled``; call with the lock held (see ``locked``).
+
+    Files whose bytes equal the previous output's are hard-linked from it rather than
+    rewritten; if the resulting manifest equals the previous one, nothing is touched.
+    With ``verify`` the previous files are re-read instead of trusting the manifest, so a
+    hand-edited or deleted file is rewritten (every device must then carry its files).
+    """
+    target = _target(out)
+    manifest = build_manifest(compiled, previous, secret_env)
+    new_manifest = manifest_bytes(manifest)
+    changes = compare(manifest, previous)
+    try:
+        recover(target)
+        if (not verify and previous is not None
+                and (target / MANIFEST_FILE).read_bytes() == new_manifest):
+            log.info("nothing changed; %s left as it was", out)
+            return changes
+        _build_and_swap(target, compiled, manifest, previous, new_manifest, verify)
+    except OutputError:
+        _remove(_sidecar(target, "new"))
+        raise
     except OSError as exc:
-        _remove(staging)
+        _remove(_sidecar(target, "new"))
         reason = exc.strerror or str(exc)
-        where = exc.filename or out
-        raise OutputError(f"{where}: cannot write the output folder: {reason}") from None
+        raise OutputError(f"{exc.filename or out}: cannot write the output folder: {reason}") from None
+    changes.written = True
+    return changes
+
+
+def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Manifest,
+                    previous: Manifest | None, manifest_data: bytes, verify: bool) -> None:
+    staging = _sidecar(target, "new")
+    parked = _sidecar(target, "old")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
+    old = previous.devices if previous else {}
+    linked = written = 0
+    for item in compiled:
+        serial = item.device.serial
+        folder = staging.joinpath(*_checked_parts(f"{DEVICES_DIR}/{serial}"))
+        folder.mkdir(parents=True)
+        before = old.get(serial)
+        for name, meta in manifest.devices[serial].files.items():
+            _checked_parts(name)
+            existing = target / DEVICES_DIR / serial / name
+            same = before is not None and name in before.files and before.files[name].sha256 == meta.sha256
+            if same and verify:
+                same = existing.is_file() and hashlib.sha256(existing.read_bytes()).hexdigest() == meta.sha256
+            if same:
+                try:
+                    os.link(existing, folder / name)
+                    linked += 1
+                    continue
+                except FileNotFoundError:
+                    if item.files is None:
+                        raise OutputError(f"{existing}: missing from the previous output; run "
+                                          "compile with --full to rebuild it") from None
+            assert item.files is not None
+            with open(folder / name, "xb") as handle:
+                handle.write(item.files[name])
+            written += 1
+    with open(staging / MANIFEST_FILE, "xb") as handle:
+        handle.write(manifest_data)
+    log.info("output: %d files written, %d unchanged files kept", written, linked)
+    if target.exists():
+        os.chmod(staging, target.stat().st_mode & 0o7777)
+        for entry in sorted(os.listdir(target)):
+            if entry not in OWNED:
+                _link_copy(target / entry, staging / entry)
+        if not _exchange(staging, target):
+            os.rename(target, parked)
+            os.rename(staging, target)
+        _remove(staging)
+        _remove(parked)
+    else:
+        os.rename(staging, target)
 
 
 def recover(target: Path) -> None:
-    """Finish what a killed run left: put a parked old tree back if the swap did not complete."""
-    staging = target.parent / f".{target.name}.mdmgen-new"
-    parked = target.parent / f".{target.name}.mdmgen-old"
+    """Finish what a killed run left: put a parked old tree back if the swap did not complete,
+    and remove staging leftovers."""
+    staging = _sidecar(target, "new")
+    parked = _sidecar(target, "old")
     if parked.exists():
         if not target.exists():
+            log.warning("restoring %s from an interrupted run", target)
             os.rename(parked, target)
         else:
             _remove(parked)
-    _remove(staging)
+    if staging.exists():
+        log.info("removing leftovers of an interrupted run: %s", staging)
+        _remove(staging)
 
 
 def _remove(path: Path) -> None:
@@ -152,12 +320,10 @@ def _exchange(a: Path, b: Path) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     at_fdcwd = -100
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True

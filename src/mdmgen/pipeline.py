@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import envschema, inventory, policy
 from .emit import mobileconfig, settings_json
-from .models import CompiledDevice, Device, MdmgenError, Platform, Problem, Settings
+from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
+from .progress import NO_PROGRESS, Progress
 from .render import Renderer
 
 SETTINGS_FILE = "managed-settings.json"
@@ -28,6 +29,8 @@ class CompileResult:
     problems: list[Problem] = field(default_factory=list)
     excluded: int = 0
     rejected: int = 0
+    rendered: int = 0  # devices rendered this run; the others were unchanged and reused
+    secret_env: list[str] = field(default_factory=list)
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -57,10 +60,14 @@ def emit_files(settings: Settings, device: Device, loaded: policy.LoadedPolicy) 
 
 
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
-                  var_overrides: Mapping[str, str], *, skip_invalid: bool = False) -> CompileResult:
+                  var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
+                  previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
     Raises ValueError for an unknown --var name (a usage error).
+
+    A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
+    it is returned with ``files=None`` and the output stage keeps its files.
     """
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
@@ -71,20 +78,31 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     if policy_problems:
         raise MdmgenError(policy_problems + inv.problems)
 
-    result = CompileResult(problems=list(inv.problems), excluded=inv.excluded)
+    result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
+                           secret_env=list(loaded.policy.secret_env))
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
+    known = previous.devices if previous else {}
+    progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
+        progress.advance()
         if device.serial in bad_serials:
             continue
+        inputs = renderer.inputs(device)
+        before = known.get(device.serial)
+        if before is not None and before.inputs == inputs:
+            result.devices.append(CompiledDevice(device=device, inputs=inputs))
+            continue
+        result.rendered += 1
         settings, problems = renderer.render(device)
         if settings is not None:
             problems = check_settings(settings, device, allow_content)
         if problems or settings is None:
             result.problems.extend(problems)
             continue
-        result.devices.append(CompiledDevice(device=device, settings=settings,
+        result.devices.append(CompiledDevice(device=device, inputs=inputs,
                                              files=emit_files(settings, device, loaded)))
+    progress.finish()
     bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):

@@ -89,8 +89,20 @@ class Policy(Layer):
         "{serial_number: 'Asset Serial'}; replaces the built-in aliases for that field.")
     allow_content_logging: bool = Field(
         default=False, description="Allow OTEL_LOG_* variables that export prompt/code content.")
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="env variables whose values are secrets: never shown by diff or logs "
+        "(the OTLP headers variables always are).")
     platforms: dict[Platform, Layer] = Field(default_factory=dict)
     teams: dict[str, Layer] = Field(default_factory=dict)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not an env variable name")
+        return value
 
     @field_validator("variables")
     @classmethod

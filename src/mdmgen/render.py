@@ -10,6 +10,8 @@ inventory can inject or split an attribute.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,7 +19,7 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from . import attributes
+from . import __version__, attributes
 from .models import Device, Platform, Problem, Settings
 from .policy import DEVICE_FIELDS, Leaf, LoadedPolicy, dotted, layers_for, merge
 
@@ -43,6 +45,7 @@ class Renderer:
         self.env.filters["baggage"] = attributes.encode_value
         self._templates: dict[str, jinja2.Template] = {}
         self._merged: dict[tuple[Platform, str], tuple[dict[str, Any], dict[str, Leaf]]] = {}
+        self._policy_inputs: dict[tuple[Platform, str], str] = {}
 
     def check(self, extra_names: Iterable[str]) -> list[Problem]:
         """Compile every template of the policy and check the names it uses exist.
@@ -68,12 +71,43 @@ class Renderer:
                 problems.append(self._problem(leaf, f"undefined name {name!r} in template"))
         return problems
 
-    def render(self, device: Device) -> tuple[Settings | None, list[Problem]]:
-        """The device's settings, or None and the problems that stopped it."""
+    def _layers(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
         key = (device.platform, device.team.casefold())
         if key not in self._merged:
             self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team))
-        tree, attribute_leaves = self._merged[key]
+        return self._merged[key]
+
+    def inputs(self, device: Device) -> str:
+        """Fingerprint of everything this device's files are made from.
+
+        Only the policy layers that apply to the device and the variables its templates use
+        count, so changing one team's override or one --var re-renders exactly the devices it
+        can affect, and nothing else.
+        """
+        key = (device.platform, device.team.casefold())
+        part = self._policy_inputs.get(key)
+        if part is None:
+            tree, attribute_leaves = self._layers(device)
+            leaves = [*_tree_leaves(tree), *attribute_leaves.values()]
+            used: set[str] = set()
+            for leaf in leaves:
+                if _is_template(leaf.value):
+                    used |= meta.find_undeclared_variables(self.env.parse(leaf.value))
+            org = self.loaded.policy.org
+            part = _digest({
+                "generator": __version__,
+                "settings": _plain(tree),
+                "attributes": {name: leaf.value for name, leaf in attribute_leaves.items()},
+                "variables": {name: self.variables[name] for name in sorted(used & set(self.variables))},
+                "org": org.model_dump(),
+                "allow_content_logging": self.loaded.policy.allow_content_logging,
+            })
+            self._policy_inputs[key] = part
+        return _digest({"policy": part, "device": device.template_fields()})
+
+    def render(self, device: Device) -> tuple[Settings | None, list[Problem]]:
+        """The device's settings, or None and the problems that stopped it."""
+        tree, attribute_leaves = self._layers(device)
         context = {**self.variables, **device.template_fields()}
         problems: list[Problem] = []
         settings = self._render_tree(tree, context, device, problems)
@@ -122,6 +156,20 @@ class Renderer:
         return Problem(location=self.loaded.location(leaf.path), field=dotted(leaf.path),
                        message=message + suffix, serial=device.serial if device else None,
                        row=device is not None)
+
+
+def _plain(node: Any) -> Any:
+    """The merged tree without the Leaf wrappers (for fingerprints)."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node.value
+
+
+def _digest(value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 def _policy_leaves(loaded: LoadedPolicy) -> Iterable[Leaf]:

@@ -1,0 +1,77 @@
+"""SIGKILL at random moments never leaves an output folder that disagrees with its manifest."""
+
+import hashlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import run, write_inventory
+
+DEVICES = 1500
+PLATFORMS = ("macos", "linux", "windows", "wsl")
+
+
+def fleet(variant: int) -> str:
+    """Two fleets that differ in many rows: teams moved, devices added and removed."""
+    rows = ["serial_number,platform,user_email,team"]
+    for i in range(DEVICES):
+        if variant and i % 7 == 0:
+            continue  # removed in variant 1
+        team = f"Team {i % 9}" if not (variant and i % 3 == 0) else "Moved"
+        rows.append(f"SN{i:05d},{PLATFORMS[i % 4]},user{i}@example.com,{team}")
+    if variant:
+        rows += [f"NEW{i:04d},linux,new{i}@example.com,New" for i in range(100)]
+    return "\n".join(rows) + "\n"
+
+
+def consistent_state(out: Path) -> bytes:
+    """The manifest, after checking it describes exactly the files present."""
+    manifest_bytes = (out / "manifest.json").read_bytes()
+    manifest = json.loads(manifest_bytes)
+    expected = {}
+    for serial, entry in manifest["devices"].items():
+        for name, meta in entry["files"].items():
+            expected[f"devices/{serial}/{name}"] = meta["sha256"]
+    present = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in (out / "devices").rglob("*") if p.is_file()}
+    assert present == expected
+    return manifest_bytes
+
+
+def test_sigkill_at_random_moments(workdir, tmp_path):
+    # The two complete states, compiled fresh.
+    states = set()
+    for variant in (0, 1):
+        write_inventory(workdir, fleet(variant))
+        result = run(workdir, "compile", "--out", str(tmp_path / f"ref{variant}"))
+        assert result.exit_code == 0, result.stderr
+        states.add((tmp_path / f"ref{variant}" / "manifest.json").read_bytes())
+    assert len(states) == 2
+
+    write_inventory(workdir, fleet(0))
+    started = time.monotonic()
+    assert run(workdir, "compile").exit_code == 0
+    duration = max(time.monotonic() - started, 0.2) + 0.4  # plus interpreter start-up
+
+    rng = random.Random(20261129)
+    killed = 0
+    for attempt in range(14):
+        write_inventory(workdir, fleet(attempt % 2 == 0))
+        proc = subprocess.Popen([sys.executable, "-m", "mdmgen", "compile", "--quiet"], cwd=workdir,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, duration))
+        proc.send_signal(signal.SIGKILL)
+        if proc.wait(timeout=30) == -signal.SIGKILL:
+            killed += 1
+        assert consistent_state(workdir / "output") in states
+    assert killed >= 5  # the loop really interrupted runs
+
+    result = subprocess.run([sys.executable, "-m", "mdmgen", "compile", "--quiet"], cwd=workdir,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert consistent_state(workdir / "output") in states
+    assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")) == [".output.mdmgen-lock"]
