@@ -46,12 +46,16 @@ def main() -> None:
         same, same_summary = timed_compile(workdir)
         write_inventory(inventory, args.devices, changed_row=args.devices // 2)
         one, one_summary = timed_compile(workdir)
+        write_inventory(inventory, args.devices, changed_row=args.devices // 3)
+        again, again_summary = timed_compile(workdir)
     print(f"devices: {args.devices}")
     print(f"full compile:        {full:7.2f} s  (1.00)")
     print(f"no-change compile:   {same:7.2f} s  ({same / full:.2f})  rendered {same_summary['rendered']}, "
           f"written {same_summary['changes']['written']}")
     print(f"one-row change:      {one:7.2f} s  ({one / full:.2f})  rendered {one_summary['rendered']}, "
           f"changed {one_summary['changes']['changed']}")
+    print(f"next one-row change: {again:7.2f} s  ({again / full:.2f})  rendered {again_summary['rendered']}, "
+          f"changed {again_summary['changes']['changed']}  (reuses the kept previous generation)")
 
 
 if __name__ == "__main__":

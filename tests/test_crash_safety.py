@@ -74,4 +74,4 @@ def test_sigkill_at_random_moments(workdir, tmp_path):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert consistent_state(workdir / "output") in states
-    assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")) == [".output.mdmgen-lock"]
+    assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")) == [".output.mdmgen-lock", ".output.mdmgen-prev"]

@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,26 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_a_parked_tree_restored(workdi
     output.recover(target)
     assert (target / "manifest.json").exists() and not staging.exists()
     assert not (target.parent / ".output.mdmgen-old").exists()
+
+
+def test_alternating_compiles_reuse_the_kept_generation_and_match_a_fresh_compile(workdir, tmp_path):
+    variants = [
+        ROWS,
+        [ROWS[0].replace("macos", "linux"), ROWS[1].replace("Sec", "Ops"), "NEW1,wsl,eve@example.com,Ops,CC-5"],
+        [ROWS[0], "NEW1,wsl,eve@example.com,Sec,CC-5", ROWS[3]],
+    ]
+    for step, rows in enumerate([*variants, *variants]):
+        inventory(workdir, rows)
+        compile_json(workdir)
+        fresh = tmp_path / f"fresh{step}"
+        assert run(workdir, "compile", "--out", str(fresh)).exit_code == 0
+        got = {k: v[0] for k, v in snapshot(workdir / "output").items()}
+        assert got == {k: v[0] for k, v in snapshot(fresh).items()}
+    assert (workdir / ".output.mdmgen-prev" / "manifest.json").exists()
+    inventory(workdir, ROWS)
+    compile_json(workdir)
+    inventory(workdir, [*ROWS[:3], ROWS[3].replace("Sec", "Ops")])
+    result = run(workdir, "compile", "-v")
+    assert result.exit_code == 0
+    kept = re.search(r"(\d+) files written, (\d+) linked, (\d+) already in the staging generation", result.stderr)
+    assert kept and int(kept.group(3)) > 0  # the kept generation was updated, not rebuilt

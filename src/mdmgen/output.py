@@ -9,7 +9,9 @@ The folder is a contract for publishers and auditors, so it is never seen half-w
   unavailable, two renames are used and the next run puts a parked old tree back first.
   Leftover staging folders are removed by the next run.
 * **Incremental.** Unchanged files are hard links to the previous tree's files, so they keep
-  their inode and modification time; a run where nothing changed writes nothing at all.
+  their inode and modification time; a run where nothing changed writes nothing at all. The
+  tree replaced by a run is kept as ``.<name>.mdmgen-prev`` and becomes the next run's staging
+  tree, so a run touches only what changed instead of rebuilding a folder per device.
 * **One run at a time.** An exclusive ``flock`` on ``.<name>.mdmgen-lock`` beside the folder.
 
 Entries of the folder that mdmgen does not own (a ``.gitkeep``, a README, a ``.git`` folder)
@@ -232,26 +234,44 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Manifest,
                     previous: Manifest | None, manifest_data: bytes, verify: bool) -> None:
-    staging = _sidecar(target, "new")
-    parked = _sidecar(target, "old")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir()
-    old = previous.devices if previous else {}
-    linked = written = 0
+    """Bring a staging tree to the new state, then swap it in.
+
+    The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
+    by the last run) when there is one: it already holds most devices, so only what changed
+    since then is touched, instead of recreating a folder per device. Without it (first run,
+    ``--full``, or a run killed mid-way) the staging tree is built from scratch.
+    """
+    staging, staged = _take_staging(target, fresh=verify)
+    current = previous.devices if previous else {}
+    had = staged.devices if staged else {}
+    linked = written = kept = 0
+    devices_dir = staging / DEVICES_DIR
     for item in compiled:
         serial = item.device.serial
         folder = staging.joinpath(*_checked_parts(f"{DEVICES_DIR}/{serial}"))
-        folder.mkdir(parents=True)
-        before = old.get(serial)
-        for name, meta in manifest.devices[serial].files.items():
+        entry = manifest.devices[serial]
+        old_entry = had.get(serial)
+        if old_entry is None:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            for name in set(old_entry.files) - set(entry.files):
+                (folder / name).unlink()
+        before = current.get(serial)
+        for name, meta in entry.files.items():
             _checked_parts(name)
+            if old_entry is not None and name in old_entry.files and old_entry.files[name].sha256 == meta.sha256:
+                kept += 1  # the staging generation already has these bytes
+                continue
+            dest = folder / name
+            if dest.exists():
+                dest.unlink()
             existing = target / DEVICES_DIR / serial / name
             same = before is not None and name in before.files and before.files[name].sha256 == meta.sha256
             if same and verify:
                 same = existing.is_file() and hashlib.sha256(existing.read_bytes()).hexdigest() == meta.sha256
             if same:
                 try:
-                    os.link(existing, folder / name)
+                    os.link(existing, dest)  # same inode as the current file: mtime kept
                     linked += 1
                     continue
                 except FileNotFoundError:
@@ -259,24 +279,51 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Mani
                         raise OutputError(f"{existing}: missing from the previous output; run "
                                           "compile with --full to rebuild it") from None
             assert item.files is not None
-            with open(folder / name, "xb") as handle:
+            with open(dest, "xb") as handle:
                 handle.write(item.files[name])
             written += 1
+    for serial in set(had) - set(manifest.devices):
+        _remove(devices_dir / serial)
     with open(staging / MANIFEST_FILE, "xb") as handle:
         handle.write(manifest_data)
-    log.info("output: %d files written, %d unchanged files kept", written, linked)
-    if target.exists():
-        os.chmod(staging, target.stat().st_mode & 0o7777)
-        for entry in sorted(os.listdir(target)):
-            if entry not in OWNED:
-                _link_copy(target / entry, staging / entry)
-        if not _exchange(staging, target):
-            os.rename(target, parked)
-            os.rename(staging, target)
-        _remove(staging)
-        _remove(parked)
-    else:
+    log.info("output: %d files written, %d linked, %d already in the staging generation",
+             written, linked, kept)
+    if not target.exists():
         os.rename(staging, target)
+        return
+    os.chmod(staging, target.stat().st_mode & 0o7777)
+    for entry in sorted(os.listdir(staging)):
+        if entry not in OWNED:
+            _remove(staging / entry)
+    for entry in sorted(os.listdir(target)):
+        if entry not in OWNED:
+            _link_copy(target / entry, staging / entry)
+    if not _exchange(staging, target):
+        parked = _sidecar(target, "old")
+        os.rename(target, parked)
+        os.rename(staging, target)
+        os.rename(parked, staging)
+    os.rename(staging, _sidecar(target, "prev"))  # the old tree: next run's staging generation
+
+
+def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, Manifest | None]:
+    """The folder to build the new tree in, and the manifest of what it already holds."""
+    staging = _sidecar(target, "new")
+    previous_generation = _sidecar(target, "prev")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove(staging)
+    if not fresh and previous_generation.is_dir():
+        try:
+            staged = read_manifest(previous_generation)
+        except OutputError:
+            staged = None
+        if staged is not None:
+            os.rename(previous_generation, staging)
+            (staging / MANIFEST_FILE).unlink()  # from here on it is a work in progress
+            return staging, staged
+    _remove(previous_generation)
+    staging.mkdir()
+    return staging, None
 
 
 def recover(target: Path) -> None:
