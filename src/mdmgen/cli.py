@@ -246,3 +246,52 @@ class Report:
 def _problem_lines(problems) -> list[str]:
     """One line per problem, in the order found, without repeats."""
     return list(dict.fromkeys(str(p) for p in problems))
+
+
+# --- mdmgen preflight: check the compiled collector settings before a rollout ---------------------
+
+
+@main.command(name="preflight")
+@click.option("--device", "serial", metavar="SERIAL",
+              help="Check this device only (default: each distinct collector setting of the fleet, once).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+              help="The compiled output folder to read.")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
+              help="Seconds allowed for each network step (connect, TLS handshake, export).")
+def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
+    """Send one empty OTLP export (metrics, logs) to each collector the compiled settings name.
+
+    One line each for the endpoint, TLS and the token, so a wrong token is told apart from a
+    wrong endpoint. Exit 0 when every check passes, 7 when one fails, 1 when the output folder
+    cannot be read. Header values are never printed, only a sha256 fingerprint.
+    """
+    from . import preflight  # imports grpc lazily: only this command needs it
+
+    try:
+        plan = preflight.load(out, serial)
+    except preflight.PreflightError as exc:
+        for line in exc.problems:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(ExitCode.INVALID_INPUT)
+    destinations = plan.destinations
+    devices = sum(len(d.serials) for d in destinations)
+    click.echo(f"Preflight of {len(destinations)} collector setting(s) used by {devices} device(s), "
+               f"one empty OTLP export per signal (timeout {timeout:g}s per step):")
+    failed: list[tuple[int, list[str]]] = []
+    for index, destination in enumerate(destinations, start=1):
+        click.echo(f"[{index}/{len(destinations)}] {preflight.describe(destination)}")
+        results = preflight.check_destination(destination, timeout)
+        for line in preflight.report_lines(results):
+            click.echo(line)
+        kinds = preflight.failure_kinds(results)
+        if kinds:
+            failed.append((len(destination.serials), kinds))
+    if plan.silent:
+        click.echo(f"Not checked: {len(plan.silent)} device(s) export no OTLP telemetry.")
+    if failed:
+        kinds = ", ".join(dict.fromkeys(kind for _, found in failed for kind in found))
+        click.echo(f"Preflight FAILED for {len(failed)} of {len(destinations)} collector setting(s) "
+                   f"({sum(n for n, _ in failed)} device(s)): {kinds}.")
+        sys.exit(ExitCode.REMOTE_FAILED)
+    click.echo(f"Preflight passed: every collector was reachable and accepted the export ({devices} device(s)).")
+    sys.exit(ExitCode.OK)

@@ -11,7 +11,6 @@ are never shown: only that they changed, with a short SHA-256 fingerprint of eac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import plistlib
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .emit import mobileconfig
-from .envschema import SECRET_ENV
+from .envschema import SECRET_ENV, fingerprint
 from .models import Manifest, ManifestDevice
 from .output import OutputError, device_path, read_manifest
 
@@ -51,7 +50,7 @@ class KeyChange(BaseModel):
             if not present:
                 return "(absent)"
             if self.secret:
-                return f"sha256:{value}"
+                return str(value)
             return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
         label = f"{self.where} {self.key}" if self.where != "settings" else self.key
@@ -167,7 +166,7 @@ def _key_change(where: str, key: str, pair: tuple[Any, Any], secrets: set[str]) 
 
 
 def _fingerprint(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8")).hexdigest()[:8]
+    return fingerprint(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True))
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -10,6 +10,7 @@ Error messages never repeat a value: headers carry credentials.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -34,6 +35,14 @@ SIGNALS = ("METRICS", "LOGS", "TRACES")
 # Variables whose values are credentials: never printed by diff, logs or errors.
 SECRET_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
               "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def fingerprint(value: str) -> str:
+    """Names a secret without showing it: ``sha256:`` and the first 8 hex digits of its SHA-256.
+
+    The same value gets the same fingerprint in ``diff`` and ``preflight``, so an admin can tell
+    which token a device has without anyone seeing it."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
 _EXPORTERS = {
     "METRICS": {"otlp", "prometheus", "console", "none"},
     "LOGS": {"otlp", "console", "none"},

@@ -1,0 +1,453 @@
+"""``mdmgen preflight``: before a rollout, prove that the compiled collector settings work.
+
+For every signal a compiled device exports over OTLP (metrics, logs) this sends one *empty*
+export to the collector the way Claude Code would: the same protocol, endpoint and headers.
+Each destination gets three answers, one line each, so a wrong token never looks like a wrong
+endpoint:
+
+- ``endpoint``: a TCP connection opens, and an OTLP receiver answers on that path or service;
+- ``TLS``: the certificate is valid for the host (https), or TLS is not used (http to loopback);
+- ``token``: the collector accepted the headers (HTTP 2xx, gRPC OK) or rejected them (HTTP 401
+  or 403, gRPC UNAUTHENTICATED or PERMISSION_DENIED).
+
+Like the real client (shared/reference/claude-code-managed-settings.md, section 11), grpc
+percent-decodes header values and the HTTP protocols send them as written. Header values are
+credentials: they are never printed; a header is shown as its name and the first 8 hex digits
+of the sha256 of its value. Credentials only travel over https, or over http to a loopback host.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from . import __version__, attributes
+from .envschema import fingerprint, is_loopback
+from .output import DEVICES_DIR
+from .pipeline import SETTINGS_FILE
+
+SIGNALS = ("metrics", "logs")
+GRPC_METHODS = {
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+# What an empty Export*ServiceRequest looks like on each protocol.
+HTTP_BODIES = {"http/json": (b"{}", "application/json"),
+               "http/protobuf": (b"", "application/x-protobuf")}
+USER_AGENT = f"mdmgen-preflight/{__version__}"
+
+OK, FAIL, SKIP = "ok", "FAIL", "--"
+
+
+class PreflightError(Exception):
+    """The output folder cannot be checked as it is; ``problems`` are lines for the user."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --- what to check: read from the compiled output --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one signal of a device goes, as the client would send it."""
+
+    signal: str
+    protocol: str
+    endpoint: str  # as written in the settings (the base or the per-signal variable)
+    url: str  # what is contacted: the POST URL for http, the endpoint for grpc
+    headers: tuple[tuple[str, str], ...]  # (name, value as written)
+
+
+@dataclass
+class Destination:
+    """One distinct (protocol, endpoint, headers) combination and the devices that use it."""
+
+    targets: tuple[Target, ...]
+    serials: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    destinations: list[Destination]
+    silent: list[str]  # devices that export no OTLP telemetry: nothing to check
+
+
+def targets_for(env: dict) -> tuple[Target, ...]:
+    """The OTLP destinations of one device's ``env``; raises ValueError with a message if unusable."""
+    if str(env.get("CLAUDE_CODE_ENABLE_TELEMETRY", "")) != "1":
+        return ()
+    targets = []
+    for signal in SIGNALS:
+        upper = signal.upper()
+        exporters = str(env.get(f"OTEL_{upper}_EXPORTER", ""))
+        if "otlp" not in (item.strip() for item in exporters.split(",")):
+            continue
+        protocol = env.get(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if protocol not in ("grpc", *HTTP_BODIES):
+            raise ValueError(f"{signal}: OTEL_EXPORTER_OTLP_PROTOCOL is missing or not grpc, http/json "
+                             "or http/protobuf")
+        per_signal = env.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")
+        endpoint = per_signal or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not endpoint:
+            raise ValueError(f"{signal}: no OTEL_EXPORTER_OTLP_ENDPOINT; the developer's environment "
+                             "would decide where telemetry goes, so there is nothing to check")
+        # Per the OTel spec a per-signal endpoint is used as-is; the base one gets /v1/<signal>.
+        endpoint = str(endpoint)
+        url = endpoint if per_signal or protocol == "grpc" else endpoint.rstrip("/") + f"/v1/{signal}"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{signal}: the endpoint is not an http:// or https:// URL with a host and port")
+        headers = _headers(env, upper)
+        if headers and parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(f"{signal}: refusing to send credentials over plain http to {parts.hostname}; "
+                             "use https (plain http is only for loopback hosts)")
+        targets.append(Target(signal, protocol, endpoint, url, headers))
+    return tuple(targets)
+
+
+def _headers(env: dict, upper: str) -> tuple[tuple[str, str], ...]:
+    """OTEL_EXPORTER_OTLP_HEADERS, overridden name by name by the per-signal variable."""
+    merged: dict[str, tuple[str, str]] = {}
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", f"OTEL_EXPORTER_OTLP_{upper}_HEADERS"):
+        text = env.get(variable)
+        if not text:
+            continue
+        try:
+            pairs = attributes.split_pairs(str(text))
+        except attributes.AttributeListError as exc:
+            raise ValueError(f"{variable}: {exc}") from None  # the message never holds a value
+        for name, value in pairs:
+            merged[name.lower()] = (name, value)
+    return tuple(merged.values())
+
+
+def load(out: Path, serial: str | None = None) -> Plan:
+    """Read the compiled devices (one with ``serial``) and group them by destination."""
+    devices = out / DEVICES_DIR
+    if not out.is_dir():
+        raise PreflightError([f"{out}: no such folder; run 'mdmgen compile' first, or pass --out"])
+    if not devices.is_dir():
+        raise PreflightError([f"{out}: not a compiled output folder (no {DEVICES_DIR}/); run 'mdmgen compile'"])
+    serials = sorted(p.name for p in devices.iterdir() if (p / SETTINGS_FILE).is_file())
+    if serial is not None:
+        wanted = [s for s in serials if s == serial.upper()]
+        if not wanted:
+            raise PreflightError([f"{out}/{DEVICES_DIR}: no compiled device {serial!r}"])
+        serials = wanted
+    if not serials:
+        raise PreflightError([f"{out}/{DEVICES_DIR}: holds no compiled device"])
+    by_targets: dict[tuple[Target, ...], Destination] = {}
+    silent: list[str] = []
+    problems: list[str] = []
+    for name in serials:
+        path = devices / name / SETTINGS_FILE
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            env = settings.get("env", {}) if isinstance(settings, dict) else None
+            if not isinstance(env, dict):
+                raise ValueError("'env' is not an object")
+            targets = targets_for(env)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if targets:
+            by_targets.setdefault(targets, Destination(targets)).serials.append(name)
+        else:
+            silent.append(name)
+    if problems:
+        raise PreflightError(problems)
+    if not by_targets:
+        raise PreflightError([f"{out}/{DEVICES_DIR}: no checked device exports OTLP telemetry (needs "
+                              "CLAUDE_CODE_ENABLE_TELEMETRY=1 and an otlp exporter); nothing to check"])
+    return Plan(list(by_targets.values()), silent)
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # OK, FAIL or SKIP
+    text: str
+    kind: str = ""  # for a FAIL, its short name in the summary: "unreachable", "token rejected"...
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    signal: str
+    endpoint: Outcome
+    tls: Outcome
+    token: Outcome
+
+    @property
+    def failed(self) -> bool:
+        return FAIL in (self.endpoint.status, self.tls.status, self.token.status)
+
+
+def check_target(target: Target, timeout: float) -> SignalResult:
+    """Connect, shake hands, send one empty export; never raises for network trouble."""
+    parts = urlsplit(target.url)
+    host, secure = parts.hostname or "", parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scrub = _scrubber(target.headers)
+    not_checked = Outcome(SKIP, "not checked: endpoint unreachable")
+
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        unreachable = Outcome(FAIL, f"UNREACHABLE: {where}: {_os_reason(exc, timeout)}", "unreachable")
+        return SignalResult(target.signal, unreachable,
+                            not_checked if secure else _plain_http(host), not_checked)
+
+    tls = _plain_http(host)
+    if secure:
+        context = _tls_context(grpc=target.protocol == "grpc")
+        try:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            tls = Outcome(FAIL, f"FAILED: the certificate of {host} is not trusted: "
+                          f"{scrub(exc.verify_message or exc.reason or 'verification failed')}",
+                          "TLS failed")
+            return SignalResult(target.signal, Outcome(OK, f"reachable: {where}"), tls,
+                                Outcome(SKIP, "not checked: TLS failed"))
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            tls = Outcome(FAIL, f"FAILED: handshake with {where}: {scrub(_os_reason(exc, timeout))}", "TLS failed")
+            return SignalResult(target.signal, Outcome(OK, f"reachable: {where}"), tls,
+                                Outcome(SKIP, "not checked: TLS failed"))
+        tls = Outcome(OK, _tls_summary(sock, host))
+
+    if target.protocol == "grpc":
+        sock.close()  # grpc opens its own connection; the probe above gave the clear diagnosis
+        endpoint, token = _export_grpc(target, host, port, secure, timeout, scrub)
+    else:
+        endpoint, token = _export_http(target, sock, host, port, parts, timeout, scrub)
+    if endpoint.status == OK:
+        endpoint = Outcome(OK, f"reachable: {where}, {endpoint.text}")
+    return SignalResult(target.signal, endpoint, tls, token)
+
+
+def _plain_http(host: str) -> Outcome:
+    return Outcome(SKIP, "not used: plain http to a loopback host" if is_loopback(host) else "not used: plain http")
+
+
+def _tls_context(*, grpc: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()  # the system's trusted CAs (SSL_CERT_FILE honoured)
+    if grpc:
+        context.set_alpn_protocols(["h2"])
+    return context
+
+
+def _tls_summary(sock: ssl.SSLSocket, host: str) -> str:
+    cert = sock.getpeercert() or {}
+    until = ""
+    if cert.get("notAfter"):
+        expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), tz=UTC)
+        until = f", valid until {expires:%Y-%m-%d}"
+    return f"{sock.version()}, certificate trusted for {host}{until}"
+
+
+def _export_http(target: Target, sock: socket.socket, host: str, port: int, parts,
+                 timeout: float, scrub: Callable[[str], str]) -> tuple[Outcome, Outcome]:
+    body, content_type = HTTP_BODIES[target.protocol]
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.sock = sock
+    try:
+        try:
+            conn.putrequest("POST", path, skip_accept_encoding=True)
+            for name, value in (*headers.items(), *target.headers):
+                conn.putheader(name, value)  # as written: the HTTP exporters do not percent-decode
+        except (ValueError, UnicodeError):
+            return (Outcome(FAIL, "NOT SENT: a header name or value is not valid in HTTP", "bad header"),
+                    Outcome(SKIP, "not checked: headers could not be sent"))
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        response.read(65536)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = _os_reason(exc, timeout) if isinstance(exc, OSError) else "the answer is not HTTP"
+        return (Outcome(FAIL, f"NO OTLP ANSWER to POST {path}: {scrub(reason)}", "no OTLP answer"),
+                Outcome(SKIP, "not checked: no answer from the collector"))
+    finally:
+        conn.close()
+    answer = f"HTTP {response.status} {scrub(response.reason or '')}".strip()
+    return _classify(target, answer, response.status, path)
+
+
+def _classify(target: Target, answer: str, status: int, path: str) -> tuple[Outcome, Outcome]:
+    if 200 <= status < 300:
+        return Outcome(OK, f"OTLP collector answered {answer}"), _accepted(target, answer)
+    if status in (401, 403):
+        return Outcome(OK, f"OTLP collector answered {answer}"), _rejected(target, answer)
+    if 300 <= status < 400 or status in (404, 405):
+        return (Outcome(FAIL, f"WRONG ENDPOINT: {answer} for POST {path} (no OTLP receiver on this path)",
+                        "wrong endpoint"),
+                Outcome(SKIP, "not checked: wrong endpoint"))
+    if status == 415:
+        return (Outcome(FAIL, f"WRONG PROTOCOL: {answer}; the collector does not take {target.protocol} here",
+                        "wrong protocol"),
+                Outcome(SKIP, "not checked: wrong protocol"))
+    return (Outcome(FAIL, f"COLLECTOR ERROR: {answer} for an empty export to {path}", "collector error"),
+            Outcome(SKIP, f"not checked: the collector answered {answer}, not an auth answer"))
+
+
+def _accepted(target: Target, answer: str) -> Outcome:
+    if not target.headers:
+        return Outcome(OK, f"accepted without credentials ({answer}; no headers configured)")
+    return Outcome(OK, f"accepted ({answer})")
+
+
+def _rejected(target: Target, answer: str) -> Outcome:
+    if not target.headers:
+        return Outcome(FAIL, f"REJECTED ({answer}): the collector wants credentials and the settings send none",
+                       "token rejected")
+    return Outcome(FAIL, f"REJECTED by the collector ({answer})", "token rejected")
+
+
+def _export_grpc(target: Target, host: str, port: int, secure: bool, timeout: float,
+                 scrub: Callable[[str], str]) -> tuple[Outcome, Outcome]:
+    import grpc  # only this check needs it; keeps `mdmgen compile` fast to start
+
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.enable_http_proxy", 0),
+               ("grpc.enable_retries", 0)]
+    if secure:
+        credentials = grpc.ssl_channel_credentials(root_certificates=_system_roots())
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    # The client percent-decodes grpc header values (section 11); metadata names are lower-case.
+    metadata = [(name.lower(), unquote(value)) for name, value in target.headers]
+    try:
+        with channel:
+            export = channel.unary_unary(GRPC_METHODS[target.signal])  # bytes in, bytes out
+            export(b"", metadata=metadata, timeout=timeout)  # b"": an empty Export*ServiceRequest
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = scrub(str(exc.details() if hasattr(exc, "details") else "") or "")[:200]
+        answer = f"gRPC {code.name}"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return Outcome(OK, f"OTLP collector answered {answer}"), _rejected(target, answer)
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return (Outcome(FAIL, f"WRONG ENDPOINT: {answer}; no OTLP {target.signal} service at {address}",
+                            "wrong endpoint"),
+                    Outcome(SKIP, "not checked: wrong endpoint"))
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            details = f"no answer within {timeout:g}s"
+        return (Outcome(FAIL, f"NO OTLP ANSWER: {answer}: {details}", "no OTLP answer"),
+                Outcome(SKIP, f"not checked: the collector answered {answer}, not an auth answer"))
+    except Exception:  # e.g. metadata grpc refuses; its message would repeat the value
+        return (Outcome(FAIL, "NOT SENT: a header cannot be sent as gRPC metadata", "bad header"),
+                Outcome(SKIP, "not checked: headers could not be sent"))
+    return Outcome(OK, "OTLP collector answered gRPC OK"), _accepted(target, "gRPC OK")
+
+
+def _system_roots() -> bytes | None:
+    """The CA bundle Python's TLS check used, so grpc trusts the same roots (None: grpc's own)."""
+    cafile = ssl.get_default_verify_paths().cafile
+    try:
+        return Path(cafile).read_bytes() if cafile else None
+    except OSError:
+        return None
+
+
+def _os_reason(exc: OSError, timeout: float) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host name"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on this port)"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    return exc.strerror or exc.__class__.__name__
+
+
+def _scrubber(headers: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
+    """Removes any header value (or a long part of one) from text that came from elsewhere."""
+    secrets: set[str] = set()
+    for _name, value in headers:
+        for text in (value, unquote(value)):
+            secrets.add(text)
+            secrets.update(word for word in text.split() if len(word) >= 6)
+    ordered = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for secret in ordered:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    return scrub
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def check_destination(destination: Destination, timeout: float) -> list[SignalResult]:
+    return [check_target(target, timeout) for target in destination.targets]
+
+
+def describe(destination: Destination) -> str:
+    """The heading of a destination: protocol, endpoint, header names with fingerprints, devices."""
+    targets = destination.targets
+    if len({(t.protocol, t.endpoint) for t in targets}) == 1:
+        where = f"{targets[0].protocol} {targets[0].endpoint}"
+    else:
+        where = "; ".join(f"{t.signal}: {t.protocol} {t.endpoint}" for t in targets)
+    header_sets = {t.headers for t in targets}
+    if len(header_sets) == 1:
+        headers = _describe_headers(targets[0].headers)
+    else:
+        headers = "; ".join(f"{t.signal} {_describe_headers(t.headers)}" for t in targets)
+    serials = destination.serials
+    shown = ", ".join(serials[:3]) + (", ..." if len(serials) > 3 else "")
+    devices = f"device {shown}" if len(serials) == 1 else f"{len(serials)} devices: {shown}"
+    return f"{where} | {headers} | {devices}"
+
+
+def _describe_headers(headers: tuple[tuple[str, str], ...]) -> str:
+    if not headers:
+        return "no headers"
+    return "headers " + ", ".join(f"{name}={fingerprint(value)}" for name, value in headers)
+
+
+def report_lines(results: list[SignalResult]) -> list[str]:
+    """One line per check (endpoint, TLS, token); signals share a line when their answer is the same."""
+    lines = []
+    for label, pick in (("endpoint", lambda r: r.endpoint), ("TLS", lambda r: r.tls),
+                        ("token", lambda r: r.token)):
+        outcomes = [(r.signal, pick(r)) for r in results]
+        if len({outcome for _, outcome in outcomes}) == 1:
+            outcome = outcomes[0][1]
+            signals = ", ".join(signal for signal, _ in outcomes)
+            lines.append(f"  {outcome.status:<4}  {label:<8}  {outcome.text}  [{signals}]")
+        else:
+            lines += [f"  {outcome.status:<4}  {label:<8}  {outcome.text}  [{signal}]" for signal, outcome in outcomes]
+    return lines
+
+
+def failure_kinds(results: list[SignalResult]) -> list[str]:
+    """Short names of what failed, for the summary: 'unreachable', 'TLS failed', 'token rejected'..."""
+    outcomes = [o for r in results for o in (r.endpoint, r.tls, r.token) if o.status == FAIL]
+    return list(dict.fromkeys(o.kind for o in outcomes))
