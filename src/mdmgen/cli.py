@@ -6,7 +6,7 @@ Exit codes (also in the README):
   2  usage error (unknown option, malformed or unknown --var)
   3  --skip-invalid compiled the valid devices and rejected some rows (listed on stderr)
   4  the output folder could not be written (the previous output is left as it was)
-  5  another compile is already running on the same output folder
+  5  another mdmgen run holds the output folder (a compile, or a publish reading it)
   6  publish refused: it would delete more published devices than --max-delete allows
   7  a remote system failed or refused (unreachable, TLS, credentials, missing bucket, ...)
 """
@@ -294,4 +294,140 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
                    f"({sum(n for n, _ in failed)} device(s)): {kinds}.")
         sys.exit(ExitCode.REMOTE_FAILED)
     click.echo(f"Preflight passed: every collector was reachable and accepted the export ({devices} device(s)).")
+    sys.exit(ExitCode.OK)
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+
+class _PublishGroup(click.Group):
+    """``mdmgen publish s3://BUCKET/PREFIX ...`` runs the ``s3`` subcommand with the URL as its
+    argument, so the destination reads naturally; other targets (``mdmgen publish jamf --url ...``)
+    are plain subcommands."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0].startswith("s3://"):
+            return "s3", self.get_command(ctx, "s3"), args
+        return super().resolve_command(ctx, args)
+
+
+@main.group(name="publish", cls=_PublishGroup)
+def publish_group() -> None:
+    """Upload the compiled output folder to where MDM and config-management jobs pull from.
+
+    \b
+      mdmgen publish s3://BUCKET/PREFIX [--out DIR] [--dry-run] [--prune] ...
+    """
+
+
+def _publishing(func):
+    """The options every publisher shares: which folder, dry run, and the deletion guard."""
+    func = click.option("--force", is_flag=True, help="Skip the --max-delete guard.")(func)
+    func = click.option("--max-delete", type=click.FloatRange(0, 100), default=10.0, show_default=True,
+                        metavar="PERCENT",
+                        help="With --prune, refuse to delete more than this percent of the published "
+                             "devices (exit 6).")(func)
+    func = click.option("--prune", is_flag=True,
+                        help="Delete remote files of devices no longer in the output folder.")(func)
+    func = click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")(func)
+    func = click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
+                        show_default=True, help="The compiled output folder to publish.")(func)
+    return func
+
+
+@publish_group.command(name="s3")
+@click.argument("destination", metavar="s3://BUCKET/PREFIX")
+@_publishing
+@click.option("--verify", is_flag=True,
+              help="GET and hash every remote object instead of trusting the published manifest.")
+@click.option("--sse-kms-key-id", metavar="KEY", help="Encrypt with this KMS key (aws:kms) instead of AES256.")
+@click.option("--endpoint-url", metavar="URL", help="An S3-compatible endpoint (https; plain http only to loopback).")
+@click.option("--region", help="AWS region (default: the AWS configuration's, else us-east-1).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=16, show_default=True,
+              help="Requests in parallel.")
+@_reporting
+def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_kms_key_id, endpoint_url,
+               region, jobs, as_json, quiet, verbose) -> None:
+    """Publish to S3: only changed files are uploaded, manifest.json last.
+
+    Credentials come from the standard AWS chain (environment, profile, SSO, instance role).
+    Exit codes: 0 published, 1 the output folder is missing or does not match its manifest,
+    2 usage, 6 --prune refused by --max-delete, 7 S3 failed (missing bucket, access denied,
+    bad credentials, unreachable endpoint).
+    """
+    from .publish import s3  # boto3 is imported by publish commands only
+
+    try:
+        dest = s3.parse_destination(destination)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="DESTINATION") from None
+    try:
+        s3.check_endpoint(endpoint_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--endpoint-url") from None
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+
+    def connect():
+        try:
+            client = s3.make_client(endpoint_url=endpoint_url, region=region, workers=jobs)
+        except ValueError as exc:  # a plain-http endpoint from AWS_ENDPOINT_URL or the AWS config
+            raise click.UsageError(f"the configured S3 endpoint: {exc}") from None
+        return s3.S3Publisher(client, dest, kms_key_id=sse_kms_key_id, verify=verify, workers=jobs)
+
+    _publish(report, connect, str(dest), out=out, dry_run=dry_run, prune=prune, max_delete=max_delete,
+             force=force)
+
+
+def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
+             max_delete: float, force: bool) -> NoReturn:
+    """Every publisher's run: check the folder, connect, plan, [print], guard, apply, summarise."""
+    from .publish import base, local
+
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # SDK debug logs carry signed headers
+    progress = report.progress()
+    try:
+        with output.locked(out, shared=True):  # no compile may swap the folder during the publish
+            folder = local.read_output(out)
+            publisher = connect()
+            plan = publisher.plan(folder, prune=prune, progress=progress)
+            if dry_run and not report.as_json:
+                click.echo(f"Plan for {destination}:")
+                for line in plan.lines():
+                    click.echo(line)
+            base.check_deletions(plan, max_delete=max_delete, force=force)
+            if not dry_run:
+                base.apply(plan, write=publisher.write, delete=publisher.delete, workers=publisher.workers,
+                           progress=progress)
+    except output.OutputBusy as exc:
+        report.fail(ExitCode.BUSY, f"error: {exc}")
+    except output.OutputError as exc:
+        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
+    except base.LocalOutputError as exc:
+        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
+    except base.DeletionRefused as exc:
+        report.fail(ExitCode.DELETION_REFUSED, f"error: {exc}")
+    except base.RemoteError as exc:
+        report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
+    counts = plan.counts()
+    created, updated, deleted = counts["create"], counts["update"], counts["delete"]
+    if dry_run:
+        summary = (f"Dry run for {destination}: would upload {created + updated} ({created} new, {updated} "
+                   f"changed), {counts['unchanged']} unchanged, would delete {deleted}; nothing was changed.")
+    else:
+        summary = (f"Published {destination}: {created + updated} uploaded ({created} new, {updated} changed), "
+                   f"{counts['unchanged']} unchanged, {deleted} deleted.")
+    if counts["stale"]:
+        summary += (f" {counts['stale']} remote file(s) of {len(plan.stale_devices())} device(s) no longer in "
+                    f"{out}/ were left in place (--prune deletes them).")
+    if not report.quiet:
+        click.echo(summary, err=True)
+    if report.as_json:
+        data = {"exit_code": 0, "destination": destination, "dry_run": dry_run, "uploaded": created + updated,
+                **counts, "devices": {"published": len(plan.published_devices()),
+                                      "deleted": len(plan.deleted_devices())}}
+        if dry_run:
+            data["plan"] = {a.value: [i.key for i in plan.of(a)]
+                            for a in (base.Action.CREATE, base.Action.UPDATE, base.Action.DELETE)}
+        click.echo(json.dumps(data, indent=2))
     sys.exit(ExitCode.OK)

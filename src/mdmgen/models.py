@@ -124,7 +124,8 @@ class ManifestDevice(BaseModel):
 
     platform: Platform
     team: str
-    inputs: str = Field(description="Fingerprint of the device's inputs; unchanged means not re-rendered.")
+    inputs: str = Field(default="", description="Fingerprint of the device's inputs; unchanged means not "
+                        "re-rendered (empty in manifests of older versions: always re-rendered).")
     files: dict[str, ManifestFile]
 
 

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 DEVICES_DIR = "devices"
 MANIFEST_FILE = "manifest.json"
 OWNED = frozenset({DEVICES_DIR, MANIFEST_FILE})
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+SAFE_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+"""What a path part under the output folder may look like: never '..', never hidden."""
 
 INSTALL_PATHS = {
     Platform.MACOS: "/Library/Application Support/ClaudeCode/managed-settings.json",
@@ -75,8 +76,20 @@ class Changes:
     written: bool = False  # False when nothing changed and the folder was left alone
 
 
-def _sidecar(target: Path, suffix: str) -> Path:
+def sidecar(target: Path, suffix: str) -> Path:
+    """The hidden siblings of an output folder: ``-new`` (staging), ``-old`` (parked during a
+    non-atomic swap), ``-prev`` (the kept generation) and ``-lock``."""
     return target.parent / f".{target.name}.mdmgen-{suffix}"
+
+
+def interrupted(out: Path) -> Path | None:
+    """A staging or parked folder left beside ``out`` by a compile that is running or was
+    killed: the folder may be about to change, so readers should not trust it yet."""
+    target = out.resolve() if out.exists() else out.absolute()
+    for suffix in ("new", "old"):
+        if sidecar(target, suffix).exists():
+            return sidecar(target, suffix)
+    return None
 
 
 def _target(out: Path) -> Path:
@@ -87,31 +100,44 @@ def _target(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold the output folder's lock for the duration; raise OutputBusy if another run has it."""
+def locked(out: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the output folder's lock for the duration; raise OutputBusy if it is taken.
+
+    A compile takes it exclusively; readers that must see one tree throughout (publishers)
+    take it shared, so a compile cannot swap the folder under them and they cannot start
+    while it runs. A reader that may not create the lock file (read-only parent) goes on
+    without it; publishers re-check every file's digest anyway.
+    """
     target = _target(out)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(_sidecar(target, "lock"), "a+")  # noqa: SIM115 (held for the whole block)
+        if not shared:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(sidecar(target, "lock"), "a+")  # noqa: SIM115 (held for the whole block)
     except OSError as exc:
+        if shared:
+            log.info("%s: reading without the lock: %s", out, exc.strerror)
+            yield
+            return
         raise OutputError(f"{out}: cannot create the lock file: {exc.strerror}") from None
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise OutputBusy(f"{out}: another mdmgen compile is running on this folder "
-                             f"(pid {holder}); try again when it has finished") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+            holder = handle.read().strip()
+            who = f"an mdmgen compile (pid {holder})" if holder else "another mdmgen run (a publish?)"
+            raise OutputBusy(f"{out}: {who} is using this folder; try again when it has finished") from None
+        if not shared:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            if not shared:
+                handle.seek(0)
+                handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -176,7 +202,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
 def _checked_parts(relpath: str) -> list[str]:
     """Refuse any path part that could escape the folder; serials are checked upstream too."""
     parts = relpath.split("/")
-    if not all(_SAFE_PART.match(part) for part in parts):
+    if not all(SAFE_PART.match(part) for part in parts):
         raise OutputError(f"refusing to write unsafe path {relpath!r}")
     return parts
 
@@ -222,10 +248,10 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
             return changes
         _build_and_swap(target, compiled, manifest, previous, new_manifest, verify)
     except OutputError:
-        _remove(_sidecar(target, "new"))
+        _remove(sidecar(target, "new"))
         raise
     except OSError as exc:
-        _remove(_sidecar(target, "new"))
+        _remove(sidecar(target, "new"))
         reason = exc.strerror or str(exc)
         raise OutputError(f"{exc.filename or out}: cannot write the output folder: {reason}") from None
     changes.written = True
@@ -299,17 +325,17 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Mani
         if entry not in OWNED:
             _link_copy(target / entry, staging / entry)
     if not _exchange(staging, target):
-        parked = _sidecar(target, "old")
+        parked = sidecar(target, "old")
         os.rename(target, parked)
         os.rename(staging, target)
         os.rename(parked, staging)
-    os.rename(staging, _sidecar(target, "prev"))  # the old tree: next run's staging generation
+    os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
 
 
 def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, Manifest | None]:
     """The folder to build the new tree in, and the manifest of what it already holds."""
-    staging = _sidecar(target, "new")
-    previous_generation = _sidecar(target, "prev")
+    staging = sidecar(target, "new")
+    previous_generation = sidecar(target, "prev")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if not fresh and previous_generation.is_dir():
@@ -329,8 +355,8 @@ def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, Manifest | None]:
 def recover(target: Path) -> None:
     """Finish what a killed run left: put a parked old tree back if the swap did not complete,
     and remove staging leftovers."""
-    staging = _sidecar(target, "new")
-    parked = _sidecar(target, "old")
+    staging = sidecar(target, "new")
+    parked = sidecar(target, "old")
     if parked.exists():
         if not target.exists():
             log.warning("restoring %s from an interrupted run", target)

@@ -1,0 +1,365 @@
+"""Publish the output folder to S3 (or an S3-compatible endpoint) with boto3.
+
+The bucket mirrors the folder under a prefix: ``<prefix>/devices/<SERIAL>/<file>`` and
+``<prefix>/manifest.json``. How the remote state is known, and why:
+
+* **The published manifest vouches for the objects older than it.** The manifest is uploaded
+  last, so every object of a complete publish was written before it. An object whose
+  LastModified (from the listing) is earlier than the manifest's, and whose size matches the
+  manifest's entry, is taken to hold the manifest's sha256. Anything written after the
+  manifest (the objects of an interrupted publish, or a hand edit) is not vouched for and is
+  uploaded again. S3 dates objects to the second, so the manifest is written at least
+  :data:`COMMIT_GAP` seconds after the last object write, and it is rewritten whenever anything
+  else was written, even if its bytes are unchanged.
+* **The listing says what exists**, so a deleted object is recreated and a prune sees every
+  device, including those an interrupted publish left behind.
+* **``--verify`` trusts nothing**: it GETs every object the output folder has and hashes the
+  bytes, for stores whose timestamps cannot be trusted or a manifest restored by hand.
+
+A no-change republish therefore costs one GET and one LIST per 1,000 objects, and no PUT.
+Every PUT carries ``x-amz-checksum-sha256`` equal to the manifest's digest, so S3 refuses
+(400 BadDigest) bytes that are not exactly what the manifest describes. The manifest PUT is
+conditional (If-Match on the ETag read at the start, or If-None-Match: * when there was none),
+so two publishes racing on one prefix cannot silently overwrite each other's manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bx
+from botocore.config import Config
+from pydantic import ValidationError
+
+from .. import __version__
+from ..models import Manifest
+from ..progress import NO_PROGRESS, Progress
+from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_bounded
+from .local import DEVICES_DIR, MANIFEST_FILE, LocalOutput
+
+CONTENT_TYPES = {".json": "application/json", ".mobileconfig": "application/x-apple-aspen-config"}
+COMMIT_GAP = 1.0
+"""Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
+DEFAULT_WORKERS = 16
+
+_PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+_DEVICE_KEY = re.compile(rf"^{DEVICES_DIR}/({_PART})/({_PART})$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                    "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+_ACCESS_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
+
+
+@dataclass(frozen=True)
+class Destination:
+    """``s3://BUCKET/PREFIX``; ``prefix`` is empty or ends with ``/``."""
+
+    bucket: str
+    prefix: str
+
+    def key(self, relpath: str) -> str:
+        return self.prefix + relpath
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def parse_destination(url: str) -> Destination:
+    """Parse ``s3://BUCKET[/PREFIX]``; raise ValueError with a message for the user."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"{url!r}: expected s3://BUCKET/PREFIX")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(f"{bucket!r}: not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"{url!r}: the prefix must not contain '.' or '..' parts")
+    return Destination(bucket, "".join(f"{p}/" for p in parts))
+
+
+def check_endpoint(url: str | None) -> None:
+    """Refuse an endpoint URL that would leak requests: plain http off loopback, or credentials in it."""
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r}: expected an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("the endpoint URL must not contain credentials; use the AWS credential chain")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(f"{url!r}: plain http is allowed only to a loopback host; use https")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def content_type(relpath: str) -> str:
+    suffix = relpath[relpath.rfind("."):]
+    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+
+
+def checksum_header(sha256_hex: str) -> str:
+    """The ``x-amz-checksum-sha256`` value: base64 of the raw digest (not of the hex)."""
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def make_client(*, endpoint_url: str | None = None, region: str | None = None,
+                workers: int = DEFAULT_WORKERS):
+    """An S3 client on the standard AWS credential chain (env, profile, SSO, instance role).
+
+    Raises ValueError when the endpoint in use (from the argument, or from AWS_ENDPOINT_URL(_S3)
+    or the AWS config) is plain http to a host that is not loopback.
+
+    Checksums are set deliberately: every PUT passes its own ChecksumSHA256, so the SDK's
+    default extra CRC32 (boto3 >= 1.36, refused by some S3-compatible stores) is turned off
+    with ``when_required``; ``--verify`` hashes what it downloads itself. Retries use botocore's
+    ``standard`` mode (retried throttling and 5xx with backoff), and nothing retries on top.
+    """
+    config = Config(retries={"mode": "standard"}, request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required", max_pool_connections=workers,
+                    connect_timeout=10, read_timeout=60, user_agent_extra=f"mdmgen/{__version__}")
+    try:
+        session = boto3.session.Session()
+        client = session.client("s3", endpoint_url=endpoint_url, config=config,
+                                region_name=region or session.region_name or "us-east-1")
+    except bx.BotoCoreError as exc:
+        raise _describe(exc, None, "setting up the S3 client") from None
+    # The endpoint can also come from AWS_ENDPOINT_URL(_S3) or the AWS config file: check the one in use.
+    check_endpoint(client.meta.endpoint_url)
+    return client
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    relpath: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PublishedManifest:
+    """The manifest.json found on the remote; ``manifest`` is None when it does not parse."""
+
+    etag: str
+    sha256: str
+    modified: datetime
+    manifest: Manifest | None
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    manifest: PublishedManifest | None
+    objects: dict[str, RemoteObject]
+    verified: dict[str, str | None] | None = None
+    """With --verify: sha256 of the bytes each object served (None: vanished meanwhile)."""
+
+
+def desired_items(local: LocalOutput) -> list[Desired]:
+    return [Desired(f.relpath, f.sha256, f.size, f.device, f, commit=f.relpath == MANIFEST_FILE)
+            for f in local.files]
+
+
+def remote_items(state: RemoteState) -> list[Remote]:
+    """What the remote holds, with the digest we can vouch for (see the module docstring)."""
+    published = state.manifest
+    items = []
+    for relpath, obj in state.objects.items():
+        device = relpath.split("/")[1]
+        verified = state.verified
+        sha = verified.get(relpath) if verified is not None else _vouched(published, obj, device)
+        items.append(Remote(relpath, device, sha))
+    if published is not None:
+        items.append(Remote(MANIFEST_FILE, None, published.sha256))
+    return items
+
+
+def _vouched(published: PublishedManifest | None, obj: RemoteObject, device: str) -> str | None:
+    if published is None or published.manifest is None or not obj.modified < published.modified:
+        return None
+    entry = published.manifest.devices.get(device)
+    file = entry.files.get(obj.relpath.rsplit("/", 1)[1]) if entry else None
+    return file.sha256 if file is not None and file.size == obj.size else None
+
+
+class S3Publisher:
+    """Plans and applies a publish to one destination. Holds the client, the remote state read at
+    planning time (the manifest ETag for the conditional commit), and the time of the last write.
+    """
+
+    def __init__(self, client, destination: Destination, *, kms_key_id: str | None = None,
+                 verify: bool = False, workers: int = DEFAULT_WORKERS, commit_gap: float = COMMIT_GAP,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.client = client
+        self.destination = destination
+        self.kms_key_id = kms_key_id
+        self.verify = verify
+        self.workers = workers
+        self._commit_gap = commit_gap
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_write: float | None = None
+        self.state: RemoteState | None = None
+
+    def plan(self, local: LocalOutput, *, prune: bool, progress: Progress = NO_PROGRESS) -> Plan:
+        wanted = {f.relpath for f in local.files}
+        self.state = self.read_remote(wanted, progress)
+        return build_plan(desired_items(local), remote_items(self.state), prune=prune)
+
+    def read_remote(self, wanted: Iterable[str], progress: Progress = NO_PROGRESS) -> RemoteState:
+        """GET the manifest, LIST devices/, and with --verify GET and hash each wanted object."""
+        manifest = self._get_manifest()
+        objects = self._list_objects()
+        verified = None
+        if self.verify:
+            check = sorted(set(objects) & set(wanted))
+            digests = run_bounded(check, self._digest, workers=self.workers, progress=progress,
+                                  label="Verifying")
+            verified = dict(zip(check, digests, strict=True))
+        return RemoteState(manifest, objects, verified)
+
+    def _get_manifest(self) -> PublishedManifest | None:
+        key = self.destination.key(MANIFEST_FILE)
+        try:
+            response = self.client.get_object(Bucket=self.destination.bucket, Key=key)
+            data = response["Body"].read()
+        except bx.ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise _describe(exc, self.destination, f"reading {key}") from None
+        except bx.BotoCoreError as exc:
+            raise _describe(exc, self.destination, f"reading {key}") from None
+        try:
+            parsed: Manifest | None = Manifest.model_validate_json(data)
+        except ValidationError:
+            parsed = None  # hand-edited or foreign: vouches for nothing, and is replaced
+        return PublishedManifest(response["ETag"], hashlib.sha256(data).hexdigest(),
+                                 response["LastModified"], parsed)
+
+    def _list_objects(self) -> dict[str, RemoteObject]:
+        """Every ``devices/<SERIAL>/<file>`` object under the prefix; other keys are not ours."""
+        prefix = self.destination.key(f"{DEVICES_DIR}/")
+        objects = {}
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.destination.bucket, Prefix=prefix)
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    relpath = entry["Key"][len(self.destination.prefix):]
+                    if _DEVICE_KEY.match(relpath):
+                        objects[relpath] = RemoteObject(relpath, entry["Size"], entry["LastModified"])
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise _describe(exc, self.destination, f"listing {prefix}") from None
+        return objects
+
+    def _digest(self, relpath: str) -> str | None:
+        key = self.destination.key(relpath)
+        try:
+            response = self.client.get_object(Bucket=self.destination.bucket, Key=key)
+            return hashlib.sha256(response["Body"].read()).hexdigest()
+        except bx.ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise _describe(exc, self.destination, f"verifying {key}") from None
+        except bx.BotoCoreError as exc:
+            raise _describe(exc, self.destination, f"verifying {key}") from None
+
+    def write(self, item: PlanItem) -> None:
+        """PUT one file with its SHA-256 checksum, content type and server-side encryption."""
+        assert item.source is not None and item.sha256 is not None
+        key = self.destination.key(item.key)
+        args = {"Bucket": self.destination.bucket, "Key": key, "Body": item.source.read(),
+                "ContentType": content_type(item.key), "ChecksumSHA256": checksum_header(item.sha256)}
+        if self.kms_key_id:
+            args.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=self.kms_key_id)
+        else:
+            args["ServerSideEncryption"] = "AES256"
+        if item.commit:
+            self._wait_for_gap()
+            published = self.state.manifest if self.state else None
+            if published is not None:
+                args["IfMatch"] = published.etag
+            else:
+                args["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**args)
+        except bx.ClientError as exc:
+            if item.commit and (_code(exc) in _CONFLICT or _code(exc) == "NoSuchKey"):
+                raise RemoteError(f"{self.destination}{MANIFEST_FILE} changed while this publish ran "
+                                  "(another publish to the same prefix?)") from None
+            raise _describe(exc, self.destination, f"uploading {key}") from None
+        except bx.BotoCoreError as exc:
+            raise _describe(exc, self.destination, f"uploading {key}") from None
+        if not item.commit:
+            with self._lock:
+                self._last_write = self._clock()
+
+    def delete(self, item: PlanItem) -> None:
+        key = self.destination.key(item.key)
+        try:
+            self.client.delete_object(Bucket=self.destination.bucket, Key=key)
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise _describe(exc, self.destination, f"deleting {key}") from None
+
+    def _wait_for_gap(self) -> None:
+        """Make the manifest's LastModified later than every object's, at S3's 1-second resolution."""
+        with self._lock:
+            last = self._last_write
+        if last is not None:
+            remaining = last + self._commit_gap - self._clock()
+            if remaining > 0:
+                self._sleep(remaining)
+
+
+def _code(exc: bx.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _describe(exc: Exception, destination: Destination | None, doing: str) -> RemoteError:
+    """One line for the user; never repeats credentials (AWS error messages carry none we print)."""
+    where = f" ({destination})" if destination else ""
+    if isinstance(exc, bx.NoCredentialsError):
+        return RemoteError("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, or run with an instance or task role")
+    if isinstance(exc, bx.PartialCredentialsError | bx.ProfileNotFound | bx.NoRegionError):
+        return RemoteError(f"AWS configuration problem: {exc}")
+    if isinstance(exc, bx.SSLError):
+        return RemoteError(f"TLS error talking to the S3 endpoint while {doing}{where}: {exc}")
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
+                  | bx.ConnectionClosedError):
+        url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
+        endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "the S3 endpoint"
+        return RemoteError(f"cannot reach {endpoint} while {doing}{where}")
+    if isinstance(exc, bx.ClientError):
+        code = _code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket" and destination:
+            return RemoteError(f"bucket {destination.bucket!r} does not exist (while {doing})")
+        if code in _BAD_CREDENTIALS:
+            return RemoteError(f"the AWS credentials were rejected ({code}) while {doing}; check "
+                               "AWS_PROFILE or the access key")
+        if code in _ACCESS_DENIED or status == 403:
+            return RemoteError(f"access denied while {doing}{where}; the IAM policy needs s3:ListBucket, "
+                               "s3:GetObject, s3:PutObject and (for --prune) s3:DeleteObject")
+        if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
+            return RemoteError(f"S3 refused the bytes while {doing}: checksum mismatch ({code})")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return RemoteError(f"S3 error while {doing}{where}: {code or status} {message}".rstrip())
+    return RemoteError(f"S3 client error while {doing}{where}: {exc}")

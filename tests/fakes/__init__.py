@@ -1,0 +1,1 @@
+"""Test doubles for external services (real HTTP servers on loopback)."""
