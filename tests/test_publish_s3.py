@@ -470,14 +470,14 @@ def test_unreachable_endpoint(workdir: Path, aws_env):
 @pytest.mark.parametrize("args, expected", [
     (["s3://A/prod"], "not a valid bucket name"),
     (["s3://fleet/../x"], "must not contain '.' or '..'"),
-    (["s3://fleet/p", "--endpoint-url", "http://s3.example.com"], "plain http is allowed only to a loopback"),
-    (["s3://fleet/p", "--endpoint-url", "https://key:secret@s3.example.com"], "must not contain credentials"),
+    (["s3://fleet/p", "--endpoint-url", "http://s3.example.com"], "plain http is only allowed to a loopback"),
+    (["s3://fleet/p", "--endpoint-url", "https://key:secret@s3.example.com"], "must not carry credentials"),
 ])
 def test_usage_errors(workdir: Path, args, expected):
     result = run(workdir, "publish", *args)
     assert result.exit_code == 2
     assert expected in result.output
-    assert "secret" not in result.output.replace("must not contain credentials", "")
+    assert "secret" not in result.output
 
 
 def test_a_plain_http_endpoint_from_the_environment_is_refused_too(workdir: Path, s3: S3Server, monkeypatch):
@@ -485,7 +485,7 @@ def test_a_plain_http_endpoint_from_the_environment_is_refused_too(workdir: Path
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3.example.com")
     result = run(workdir, "publish", DEST)
     assert result.exit_code == 2
-    assert "plain http is allowed only to a loopback host" in result.output
+    assert "plain http is only allowed to a loopback host" in result.output
     assert s3.requests() == []
 
 

@@ -11,9 +11,7 @@ Error messages never repeat a value: headers carry credentials.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -25,6 +23,7 @@ from pydantic import (
 )
 
 from . import attributes
+from .endpoints import check_url
 
 ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 MAX_RESOURCE_ATTRIBUTES = 12
@@ -53,33 +52,6 @@ EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 ZeroOne = Literal["0", "1"]
 TrueFalse = Literal["true", "false"]
 Protocol = Literal["grpc", "http/json", "http/protobuf"]
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 and ::1: the only hosts plain http (and credentials) may go to."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_endpoint_url(value: str) -> str:
-    """An http(s) URL with a host; plain http only to loopback, so tokens never travel in clear."""
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises on a bad port
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
-    del port
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials in the URL; use OTEL_EXPORTER_OTLP_HEADERS")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError("plain http is only allowed to a loopback host; use https")
-    return value
 
 
 class EnvBlock(BaseModel):
@@ -156,7 +128,7 @@ class EnvBlock(BaseModel):
                      "BETA_TRACING_ENDPOINT")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        return check_endpoint_url(value)
+        return check_url(value, credentials_go="in OTEL_EXPORTER_OTLP_HEADERS")
 
     @field_validator("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
                      "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")

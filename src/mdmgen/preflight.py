@@ -29,7 +29,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import __version__, attributes
-from .envschema import fingerprint, is_loopback
+from .endpoints import is_loopback
+from .envschema import fingerprint
 from .output import DEVICES_DIR
 from .pipeline import SETTINGS_FILE
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import re
 import threading
 import time
@@ -42,6 +41,7 @@ from botocore.config import Config
 from pydantic import ValidationError
 
 from .. import __version__
+from ..endpoints import check_url
 from ..models import Manifest
 from ..progress import NO_PROGRESS, Progress
 from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_bounded
@@ -92,22 +92,7 @@ def check_endpoint(url: str | None) -> None:
     """Refuse an endpoint URL that would leak requests: plain http off loopback, or credentials in it."""
     if url is None:
         return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r}: expected an http(s) URL with a host")
-    if parts.username or parts.password:
-        raise ValueError("the endpoint URL must not contain credentials; use the AWS credential chain")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(f"{url!r}: plain http is allowed only to a loopback host; use https")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    check_url(url, credentials_go="in the AWS credential chain (environment, profile, role)")
 
 
 def content_type(relpath: str) -> str:
