@@ -21,7 +21,9 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackHTTPServer
 
 REPLY_TEXT = "Hello!"
 
@@ -43,16 +45,11 @@ class MessagesStub:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._http = LoopbackHTTPServer(_make_handler(self))
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._http.host}:{self._http.port}"
 
     def record(self, req: StubRequest) -> None:
         with self._lock:
@@ -62,20 +59,12 @@ class MessagesStub:
         with self._lock:
             return [f"{r.method} {r.path}" for r in self.requests]
 
-    def start(self) -> MessagesStub:
-        self._thread.start()
+    def __enter__(self) -> MessagesStub:
+        self._http.start()
         return self
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> MessagesStub:
-        return self.start()
-
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._http.stop()
 
 
 def _sse(event: str, data: dict) -> bytes:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+from .loopback import LoopbackHTTPServer
 
 PROTOCOLS = ("http/json", "http/protobuf", "grpc")
 
@@ -206,27 +208,23 @@ class HttpReceiver(Receiver):
         assert protocol in ("http/json", "http/protobuf"), protocol
         super().__init__(**options)
         self.protocol = protocol
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(self))
-        self._server.daemon_threads = True
+        wrap = None
         if self.tls:
             # The handshake runs on the first read, in the request's thread, so a client
             # that refuses our certificate cannot stall the accept loop.
-            self._server.socket = _server_context(self.tls).wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+            context = _server_context(self.tls)
+
+            def wrap(sock):
+                return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self._http = LoopbackHTTPServer(_http_handler(self), wrap)
+        self.port = self._http.port
 
     def start(self) -> HttpReceiver:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()
 
 
 def _http_handler(rx: HttpReceiver) -> type[BaseHTTPRequestHandler]:

@@ -220,17 +220,24 @@ class S3Publisher:
             verified = dict(zip(check, digests, strict=True))
         return RemoteState(manifest, objects, verified)
 
-    def _get_manifest(self) -> PublishedManifest | None:
-        key = self.destination.key(MANIFEST_FILE)
+    def _get(self, relpath: str, doing: str) -> tuple[dict, bytes] | None:
+        """GET one object under the prefix: its response and bytes, or None if there is none."""
+        key = self.destination.key(relpath)
         try:
             response = self.client.get_object(Bucket=self.destination.bucket, Key=key)
-            data = response["Body"].read()
+            return response, response["Body"].read()
         except bx.ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
-            raise _describe(exc, self.destination, f"reading {key}") from None
+            raise _describe(exc, self.destination, f"{doing} {key}") from None
         except bx.BotoCoreError as exc:
-            raise _describe(exc, self.destination, f"reading {key}") from None
+            raise _describe(exc, self.destination, f"{doing} {key}") from None
+
+    def _get_manifest(self) -> PublishedManifest | None:
+        got = self._get(MANIFEST_FILE, "reading")
+        if got is None:
+            return None
+        response, data = got
         try:
             parsed: Manifest | None = Manifest.model_validate_json(data)
         except ValidationError:
@@ -255,16 +262,8 @@ class S3Publisher:
         return objects
 
     def _digest(self, relpath: str) -> str | None:
-        key = self.destination.key(relpath)
-        try:
-            response = self.client.get_object(Bucket=self.destination.bucket, Key=key)
-            return hashlib.sha256(response["Body"].read()).hexdigest()
-        except bx.ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise _describe(exc, self.destination, f"verifying {key}") from None
-        except bx.BotoCoreError as exc:
-            raise _describe(exc, self.destination, f"verifying {key}") from None
+        got = self._get(relpath, "verifying")
+        return hashlib.sha256(got[1]).hexdigest() if got else None
 
     def write(self, item: PlanItem) -> None:
         """PUT one file with its SHA-256 checksum, content type and server-side encryption."""
