@@ -219,3 +219,26 @@ def test_output_that_cannot_be_written_exits_4_and_keeps_the_old_tree(workdir):
 def test_installed_entry_points_run(command):
     result = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("mdmgen, version ")
+
+
+def test_a_problem_shared_by_every_device_is_shown_once_with_its_policy_line(workdir):
+    write_inventory(workdir, HEADER + "".join(f"S{i},linux,u{i}@example.com,Ops\n" for i in range(50)))
+    result = run(workdir, "validate", "--var", "otlp_protocol=http")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    policy_line = next(i for i, text in enumerate((workdir / "profiles/policy.yaml").read_text().splitlines(), 1)
+                       if "OTEL_EXPORTER_OTLP_PROTOCOL" in text)
+    assert lines[0] == ("inventory/devices.csv:2: env.OTEL_EXPORTER_OTLP_PROTOCOL: Input should be 'grpc', "
+                        "'http/json' or 'http/protobuf' (set at profiles/policy.yaml:"
+                        f"{policy_line} settings.env.OTEL_EXPORTER_OTLP_PROTOCOL)")
+    assert lines[3] == ("inventory/devices.csv: env.OTEL_EXPORTER_OTLP_PROTOCOL: ... and 47 more rows with the "
+                        "same problem (--json lists them all)")
+    assert len(lines) == 5
+    data = json.loads(run(workdir, "validate", "--json", "--var", "otlp_protocol=http").stdout)
+    assert len(data["problems"]) == 50
+
+
+def test_missing_policy_names_the_file(workdir):
+    (workdir / "profiles" / "policy.yaml").unlink()
+    result = run(workdir, "validate")
+    assert result.exit_code == 1 and result.stderr.startswith("profiles/policy.yaml: policy: no such file")

@@ -201,7 +201,7 @@ class Report:
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
         lines = _problem_lines(problems)
-        for line in lines:
+        for line in _collapsed(problems):
             click.echo(line, err=True)
         click.echo(message, err=True)
         if self.as_json:
@@ -210,7 +210,7 @@ class Report:
 
     def finish(self, result: pipeline.CompileResult, headline: str, changes: output.Changes | None) -> NoReturn:
         lines = _problem_lines(result.problems)
-        for line in lines:
+        for line in _collapsed(result.problems):
             click.echo(line, err=True)
         code = ExitCode.ROWS_REJECTED if result.rejected else ExitCode.OK
         counts = result.per_platform()
@@ -244,8 +244,33 @@ class Report:
 
 
 def _problem_lines(problems) -> list[str]:
-    """One line per problem, in the order found, without repeats."""
+    """One line per problem, in the order found, without repeats (the full list, for --json)."""
     return list(dict.fromkeys(str(p) for p in problems))
+
+
+SAME_PROBLEM_SHOWN = 3
+
+
+def _collapsed(problems) -> list[str]:
+    """The lines for people: a problem shared by many rows (a bad --var hits every device) is
+    shown for its first rows, then counted, so 20,000 devices do not print 20,000 lines."""
+    shown: list[str] = []
+    seen: set[str] = set()
+    groups: dict[tuple[str, str], list] = {}
+    for problem in problems:
+        line = str(problem)
+        if line in seen:
+            continue
+        seen.add(line)
+        group = groups.setdefault((problem.field, problem.message), [])
+        group.append(problem)
+        if len(group) <= SAME_PROBLEM_SHOWN:
+            shown.append(line)
+    for (field, _message), group in groups.items():
+        if len(group) > SAME_PROBLEM_SHOWN:
+            shown.append(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} more rows "
+                         "with the same problem (--json lists them all)")
+    return shown
 
 
 # --- mdmgen preflight: check the compiled collector settings before a rollout ---------------------

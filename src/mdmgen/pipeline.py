@@ -7,7 +7,7 @@ later publishers and benchmarks call it too. It writes nothing: ``output`` does 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +36,18 @@ class CompileResult:
         return Counter(c.device.platform for c in self.devices)
 
 
-def check_settings(settings: Settings, device: Device, allow_content_logging: bool) -> list[Problem]:
-    """The validation stage: the env schema over one device's rendered settings."""
-    problems = [
-        Problem(location=device.location, field=f"env.{name}" if name != "env" else name,
-                message=message, serial=device.serial, row=True)
-        for name, message in envschema.check(settings.get("env", {}),
-                                             allow_content_logging=allow_content_logging)
-    ]
+def check_settings(settings: Settings, device: Device, allow_content_logging: bool,
+                   origin: Callable[[str], str | None] = lambda _name: None) -> list[Problem]:
+    """The validation stage: the env schema over one device's rendered settings.
+
+    A problem is reported at the device's inventory row; ``origin`` adds where the value was
+    set in the policy, since that is usually the line to fix."""
+    problems = []
+    for name, message in envschema.check(settings.get("env", {}), allow_content_logging=allow_content_logging):
+        source = origin(name) if name != "env" else None
+        problems.append(Problem(location=device.location, field=f"env.{name}" if name != "env" else name,
+                                message=f"{message} (set at {source})" if source else message,
+                                serial=device.serial, row=True))
     return problems
 
 
@@ -96,7 +100,8 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         result.rendered += 1
         settings, problems = renderer.render(device)
         if settings is not None:
-            problems = check_settings(settings, device, allow_content)
+            problems = check_settings(settings, device, allow_content,
+                                      lambda name, device=device: renderer.env_origin(device, name))
         if problems or settings is None:
             result.problems.extend(problems)
             continue

@@ -145,8 +145,10 @@ def dotted(path: tuple[str | int, ...]) -> str:
 
 
 def policy_file(profiles: Path) -> Path:
-    """``--profiles`` may name the folder (holding policy.yaml) or the file itself."""
-    return profiles / POLICY_FILENAME if profiles.is_dir() else profiles
+    """``--profiles`` may name the folder (holding policy.yaml) or a .yaml/.yml file itself."""
+    if profiles.suffix.lower() in (".yaml", ".yml") and not profiles.is_dir():
+        return profiles
+    return profiles / POLICY_FILENAME
 
 
 def load(profiles: Path) -> LoadedPolicy:

@@ -105,6 +105,21 @@ class Renderer:
             self._policy_inputs[key] = part
         return _digest({"policy": part, "device": device.template_fields()})
 
+    def env_origin(self, device: Device, name: str) -> str | None:
+        """Where in the policy the device's ``env`` variable comes from, as ``file:line key``,
+        so a validation error names the line to fix, not only the inventory row."""
+        tree, attribute_leaves = self._layers(device)
+        if name == "OTEL_RESOURCE_ATTRIBUTES" and attribute_leaves:
+            leaf = next(iter(attribute_leaves.values()))
+            path = leaf.path[:-1]
+        else:
+            env = tree.get("env")
+            leaf = env.get(name) if isinstance(env, dict) else None
+            if not isinstance(leaf, Leaf):
+                return None
+            path = leaf.path
+        return f"{self.loaded.location(path)} {dotted(path)}"
+
     def render(self, device: Device) -> tuple[Settings | None, list[Problem]]:
         """The device's settings, or None and the problems that stopped it."""
         tree, attribute_leaves = self._layers(device)
