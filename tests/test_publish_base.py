@@ -200,6 +200,18 @@ def test_apply_commits_nothing_after_a_failed_write():
     assert str(info.value) == "S3 error (nothing was committed; rerun to finish)"
 
 
+def test_apply_without_a_commit_item_says_the_finished_writes_stand():
+    plan = base.build_plan([_desired("a", device="A"), _desired("b", device="B")], [], prune=False)
+
+    def write(item):
+        if item.key == "b":
+            raise base.RemoteError("Jamf error")
+
+    with pytest.raises(base.RemoteError) as info:
+        base.apply(plan, write=write, delete=lambda item: None, workers=1)
+    assert str(info.value) == "Jamf error (the writes that finished are in place; rerun to finish)"
+
+
 def test_apply_reports_a_failed_deletion_after_the_commit():
     def delete(item):
         raise base.RemoteError("access denied")

@@ -342,6 +342,7 @@ def publish_group() -> None:
 
     \b
       mdmgen publish s3://BUCKET/PREFIX [--out DIR] [--dry-run] [--prune] ...
+      mdmgen publish jamf --url https://ORG.jamfcloud.com [--out DIR] [--dry-run] [--prune] ...
     """
 
 
@@ -403,6 +404,42 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
              force=force)
 
 
+@publish_group.command(name="jamf")
+@click.option("--url", required=True, metavar="URL",
+              help="The Jamf Pro server, e.g. https://ORG.jamfcloud.com (https; plain http only to loopback).")
+@_publishing
+@click.option("--category", metavar="NAME",
+              help="Put the profiles in this Jamf Pro category (it must exist). Default: leave it as it is.")
+@click.option("--jobs", type=click.IntRange(1, 5), default=5, show_default=True,
+              help="Connections in parallel (at most 5, Jamf's guidance).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=60.0, show_default=True,
+              metavar="SECONDS", help="How long one request may take before it is retried.")
+@_reporting
+def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, timeout, as_json, quiet,
+                 verbose) -> None:
+    """Publish each Mac's profile to Jamf Pro, scoped to that Mac; unchanged profiles are not written.
+
+    Credentials come only from JAMF_CLIENT_ID and JAMF_CLIENT_SECRET (an API client).
+    Exit codes: 0 published, 1 the output folder is missing or does not match its manifest,
+    2 usage, 5 a compile holds the folder, 6 --prune refused by --max-delete, 7 Jamf Pro failed
+    or refused (credentials missing or rejected, a privilege missing, unreachable, TLS, 409).
+    """
+    from .publish import jamf
+
+    try:
+        base_url = jamf.check_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+
+    def connect():
+        client = jamf.JamfClient.from_environment(base_url, max_connections=jobs, timeout=timeout)
+        return jamf.JamfPublisher(client, category=category, workers=jobs)
+
+    _publish(report, connect, f"Jamf Pro {base_url}", out=out, dry_run=dry_run, prune=prune,
+             max_delete=max_delete, force=force)
+
+
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
     """Every publisher's run: check the folder, connect, plan, [print], guard, apply, summarise."""
@@ -411,6 +448,7 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)  # SDK debug logs carry signed headers
     progress = report.progress()
+    publisher = None
     try:
         with output.locked(out, shared=True):  # no compile may swap the folder during the publish
             folder = local.read_output(out)
@@ -434,6 +472,11 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
         report.fail(ExitCode.DELETION_REFUSED, f"error: {exc}")
     except base.RemoteError as exc:
         report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
+    finally:
+        if hasattr(publisher, "close"):
+            publisher.close()  # its connections, so none outlives the run
+    notes: list[base.Note] = list(getattr(publisher, "notes", ()))
+    noun = getattr(publisher, "noun", "file")
     counts = plan.counts()
     created, updated, deleted = counts["create"], counts["update"], counts["delete"]
     if dry_run:
@@ -443,14 +486,17 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
         summary = (f"Published {destination}: {created + updated} uploaded ({created} new, {updated} changed), "
                    f"{counts['unchanged']} unchanged, {deleted} deleted.")
     if counts["stale"]:
-        summary += (f" {counts['stale']} remote file(s) of {len(plan.stale_devices())} device(s) no longer in "
+        summary += (f" {counts['stale']} remote {noun}(s) of {len(plan.stale_devices())} device(s) no longer in "
                     f"{out}/ were left in place (--prune deletes them).")
     if not report.quiet:
         click.echo(summary, err=True)
+        for note in notes:
+            click.echo(f"note: {note.message}", err=True)
     if report.as_json:
         data = {"exit_code": 0, "destination": destination, "dry_run": dry_run, "uploaded": created + updated,
                 **counts, "devices": {"published": len(plan.published_devices()),
-                                      "deleted": len(plan.deleted_devices())}}
+                                      "deleted": len(plan.deleted_devices())},
+                "notes": {note.kind: {"message": note.message, "items": list(note.items)} for note in notes}}
         if dry_run:
             data["plan"] = {a.value: [i.key for i in plan.of(a)]
                             for a in (base.Action.CREATE, base.Action.UPDATE, base.Action.DELETE)}

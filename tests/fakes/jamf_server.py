@@ -691,6 +691,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeJamfPro/1.0"
     sys_version = ""
     timeout = 30  # seconds an idle keep-alive connection may hold a worker
+    # Headers and body go out in two writes; with Nagle on, the body waited for the client's
+    # delayed ACK (~40 ms per response), a delay of this fake that real Jamf servers do not have.
+    disable_nagle_algorithm = True
 
     server: _HTTPServer
 

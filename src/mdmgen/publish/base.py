@@ -12,6 +12,11 @@ A publisher (S3 now; Jamf and Intune next) does three things, and only the first
 3. **Apply** — :func:`apply` runs the plan's writes on a bounded thread pool, then the commit
    item(s), then the deletions, reporting to a :class:`~mdmgen.progress.Progress`.
 
+A publisher object offers ``plan(local, prune=, progress=)``, ``write(item)``, ``delete(item)`` and
+``workers``; optionally ``notes`` (a list of :class:`Note`: what the summary should mention
+beyond the plan, such as Macs not enrolled in Jamf), ``noun`` (what one remote item is called in
+the summary: "file", "profile") and ``close()`` (called once the run is over).
+
 :func:`retry` is for publishers that speak plain HTTP (Jamf, Graph). S3 must not use it:
 botocore already retries in its ``standard`` mode, and retrying on top multiplies attempts.
 """
@@ -53,6 +58,17 @@ class RemoteError(PublishError):
 
 class DeletionRefused(PublishError):
     """The plan would delete more published devices than the guard allows."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the person running a publish should know beyond the plan, for example devices the
+    publisher had to skip. ``message`` is one line for the summary; ``kind`` and ``items`` (device
+    serials, usually) are what ``--json`` reports."""
+
+    kind: str
+    message: str
+    items: tuple[str, ...] = ()
 
 
 class Action(StrEnum):
@@ -269,8 +285,12 @@ def apply(plan: Plan, *, write: Callable[[PlanItem], None], delete: Callable[[Pl
             done += 1
         run_bounded(deletes, delete, workers=workers, progress=progress, label="Deleting")
     except PublishError as exc:
-        where = ("nothing was committed" if done < len(writes) + len(commits)
-                 else "the new state is published but not every deletion was made")
+        if done >= len(writes) + len(commits):
+            where = "the new state is published but not every deletion was made"
+        elif commits:
+            where = "nothing was committed"
+        else:  # a target without a commit item (Jamf): each finished write is already live
+            where = "the writes that finished are in place"
         raise type(exc)(f"{exc} ({where}; rerun to finish)") from exc
     return ApplyResult(created=len(plan.of(Action.CREATE)), updated=len(plan.of(Action.UPDATE)),
                        deleted=len(deletes))
