@@ -118,6 +118,9 @@ def test_full_rebuild_repairs_a_hand_edited_file(workdir):
     summary = compile_json(workdir, "--full")
     assert summary["rendered"] == 4
     assert path.read_bytes() == good
+    # Against the previous manifest nothing changed: the repair restores what it promised.
+    assert summary["changes"]["added"] == [] and summary["changes"]["changed"] == []
+    assert summary["changes"]["unchanged"] == 4 and summary["changes"]["written"] is True
 
 
 def test_a_second_concurrent_compile_exits_at_once_with_code_5(workdir):

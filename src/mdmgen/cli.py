@@ -99,8 +99,8 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     try:
         with output.locked(out):
-            previous = None if full else output.read_manifest(out)
-            result = _run(report, inventories, profiles, variables, skip_invalid, previous)
+            previous = output.read_manifest(out)
+            result = _run(report, inventories, profiles, variables, skip_invalid, None if full else previous)
             changes = output.write(out, result.devices, previous, result.secret_env, verify=full)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
