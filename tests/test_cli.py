@@ -242,3 +242,16 @@ def test_missing_policy_names_the_file(workdir):
     (workdir / "profiles" / "policy.yaml").unlink()
     result = run(workdir, "validate")
     assert result.exit_code == 1 and result.stderr.startswith("profiles/policy.yaml: policy: no such file")
+
+
+def test_a_mistyped_out_folder_that_is_not_ours_is_refused(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    before = snapshot(workdir)
+    result = run(workdir, "compile", "--out", ".")
+    assert result.exit_code == 4
+    assert "exists and is not an mdmgen output folder" in result.stderr
+    assert snapshot(workdir) == before
+    # An empty folder, or one holding only a placeholder, is fine.
+    (workdir / "fresh").mkdir()
+    (workdir / "fresh" / ".gitkeep").write_text("")
+    assert run(workdir, "compile", "--out", "fresh").exit_code == 0

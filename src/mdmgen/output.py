@@ -237,6 +237,8 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
     hand-edited or deleted file is rewritten (every device must then carry its files).
     """
     target = _target(out)
+    if previous is None:
+        _refuse_foreign_folder(out, target)
     manifest = build_manifest(compiled, previous, secret_env)
     new_manifest = manifest_bytes(manifest)
     changes = compare(manifest, previous)
@@ -256,6 +258,22 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
         raise OutputError(f"{exc.filename or out}: cannot write the output folder: {reason}") from None
     changes.written = True
     return changes
+
+
+# What a new output folder may already hold: placeholders and version control, nothing else.
+_FIRST_RUN_ALLOWED = re.compile(r"^(\.gitkeep|\.gitignore|\.keep|\.git|README(\.\w+)?)$", re.IGNORECASE)
+
+
+def _refuse_foreign_folder(out: Path, target: Path) -> None:
+    """The first compile into a folder must not adopt someone else's files: a mistyped --out
+    (the project root, a home folder) would otherwise be swapped out from under its owner."""
+    if not target.is_dir():
+        return
+    foreign = sorted(name for name in os.listdir(target) if not _FIRST_RUN_ALLOWED.match(name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputError(f"{out}: exists and is not an mdmgen output folder (no {MANIFEST_FILE}; holds "
+                          f"{shown}); pass a new or empty folder with --out")
 
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Manifest,
