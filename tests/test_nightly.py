@@ -198,7 +198,7 @@ def test_progress_bar_only_on_a_terminal(workdir):
         seen += chunk
     os.close(master)
     assert proc.wait(timeout=60) == 0
-    assert b"Compiling" in seen
+    assert b"Compiling" in seen and b"Writing" in seen
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_and_a_parked_tree_restored(workdir):

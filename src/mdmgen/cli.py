@@ -101,7 +101,8 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         with output.locked(out):
             previous = output.read_manifest(out)
             result = _run(report, inventories, profiles, variables, skip_invalid, None if full else previous)
-            changes = output.write(out, result.devices, previous, result.secret_env, verify=full)
+            changes = output.write(out, result.devices, previous, result.secret_env, verify=full,
+                                   progress=report.progress())
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:

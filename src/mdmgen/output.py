@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from . import __version__
 from .envschema import SECRET_ENV
 from .models import CompiledDevice, Manifest, ManifestDevice, ManifestFile, Platform
+from .progress import NO_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,8 @@ def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
 
 
 def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
-          secret_env: list[str] | None = None, *, verify: bool = False) -> Changes:
+          secret_env: list[str] | None = None, *, verify: bool = False,
+          progress: Progress = NO_PROGRESS) -> Changes:
     """Make ``out`` hold exactly ``compiled``; call with the lock held (see ``locked``).
 
     Files whose bytes equal the previous output's are hard-linked from it rather than
@@ -248,7 +250,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
                 and (target / MANIFEST_FILE).read_bytes() == new_manifest):
             log.info("nothing changed; %s left as it was", out)
             return changes
-        _build_and_swap(target, compiled, manifest, previous, new_manifest, verify)
+        _build_and_swap(target, compiled, manifest, previous, new_manifest, verify, progress)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -277,7 +279,7 @@ def _refuse_foreign_folder(out: Path, target: Path) -> None:
 
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Manifest,
-                    previous: Manifest | None, manifest_data: bytes, verify: bool) -> None:
+                    previous: Manifest | None, manifest_data: bytes, verify: bool, progress: Progress) -> None:
     """Bring a staging tree to the new state, then swap it in.
 
     The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
@@ -290,7 +292,9 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Mani
     had = staged.devices if staged else {}
     linked = written = kept = 0
     devices_dir = staging / DEVICES_DIR
+    progress.start(len(compiled), "Writing")
     for item in compiled:
+        progress.advance()
         serial = item.device.serial
         folder = staging.joinpath(*_checked_parts(f"{DEVICES_DIR}/{serial}"))
         entry = manifest.devices[serial]
@@ -326,6 +330,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Mani
             with open(dest, "xb") as handle:
                 handle.write(item.files[name])
             written += 1
+    progress.finish()
     for serial in set(had) - set(manifest.devices):
         _remove(devices_dir / serial)
     with open(staging / MANIFEST_FILE, "xb") as handle:
