@@ -75,3 +75,35 @@ def test_sigkill_at_random_moments(workdir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert consistent_state(workdir / "output") in states
     assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+
+
+def generations(workdir: Path) -> list[str]:
+    return sorted(p.name for p in workdir.glob(".output.mdmgen-*"))
+
+
+def test_every_successful_compile_leaves_the_lock_and_a_complete_kept_generation(workdir):
+    """A compile killed while building its staging tree has consumed the kept generation (it was
+    renamed to -new and half rewritten). Whatever the next compile finds to do, it must end with
+    the same siblings as an uninterrupted run: the lock and a complete -prev."""
+    write_inventory(workdir, fleet(0))
+    assert run(workdir, "compile").exit_code == 0
+    write_inventory(workdir, fleet(1))
+    assert run(workdir, "compile").exit_code == 0
+    assert generations(workdir) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+
+    for change in (False, True):
+        # What a SIGKILL during the build leaves: -prev renamed to -new, its manifest removed,
+        # some device folders rewritten.
+        prev, staging = workdir / ".output.mdmgen-prev", workdir / ".output.mdmgen-new"
+        prev.rename(staging)
+        (staging / "manifest.json").unlink()
+        (staging / "devices" / "SN00001" / "managed-settings.json").unlink()
+        if change:
+            write_inventory(workdir, fleet(0))
+        result = run(workdir, "compile", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["changes"]["written"] is change
+        assert generations(workdir) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+        consistent_state(workdir / "output")
+        kept = workdir / ".output.mdmgen-prev"
+        consistent_state(kept)  # a complete generation: its files are what its manifest says
