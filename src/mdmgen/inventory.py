@@ -18,7 +18,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from .models import Device, Location, Platform, Problem
+from .models import SAFE_NAME, Device, Location, Platform, Problem, unsafe_name
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
 
@@ -40,11 +40,6 @@ PLATFORM_ALIASES: dict[str, Platform] = {
 
 EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"})
 
-SERIAL_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
-# Names Windows refuses as folder names: an auditor checking out output/ on Windows must not break.
-_WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
-)
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 _EXTRA_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
@@ -281,11 +276,11 @@ def _check_serial(raw: str, bad) -> str | None:
     if not raw:
         bad("serial_number", "missing value")
         return None
-    if not SERIAL_RE.match(raw):
+    if not SAFE_NAME.match(raw):
         bad("serial_number", "must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
         return None
     serial = raw.upper()
-    if serial.split(".")[0] in _WINDOWS_RESERVED or serial.endswith("."):
+    if unsafe_name(serial):  # the same rule the output stage applies to every name on disk
         bad("serial_number", f"{serial!r} is not usable as a folder name on Windows")
         return None
     return serial

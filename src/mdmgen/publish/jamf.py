@@ -57,8 +57,12 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from .. import __version__
+from ..emit import registry
 from ..endpoints import check_url as check_url_shared
 from ..models import Platform
+from ..output import CheckedFile as LocalFile
+from ..output import CheckedOutput as LocalOutput
+from ..output import device_path
 from ..progress import NO_PROGRESS, Progress
 from .base import (
     Action,
@@ -74,7 +78,6 @@ from .base import (
     retry,
     run_bounded,
 )
-from .local import DEVICES_DIR, LocalFile, LocalOutput
 
 log = logging.getLogger(__name__)
 
@@ -849,10 +852,8 @@ def _macs(local: LocalOutput) -> dict[str, LocalFile]:
     files = {f.relpath: f for f in local.files}
     macs = {}
     for serial, device in local.manifest.devices.items():
-        if device.platform is Platform.MACOS:
-            for name in device.files:
-                if name.endswith(".mobileconfig"):
-                    macs[serial] = files[f"{DEVICES_DIR}/{serial}/{name}"]
+        if device.platform is Platform.MACOS and registry.MAC_PROFILE.name in device.files:
+            macs[serial] = files[device_path(serial, registry.MAC_PROFILE.name)]
     return macs
 
 
