@@ -148,7 +148,7 @@ def _files_changes(old: CheckedOutput, new: CheckedOutput, before: dict[str, str
     settings: dict[str, dict[str, tuple[Any, Any]]] = {}  # kind name -> changed settings keys
     own: list[KeyChange] = []
     for name, kind in kinds:
-        label = kind.label if kind else name
+        label = kind.label if kind else "file"
         if (name in before) != (name in after):
             own.append(KeyChange(where=label, key=name, old="present", new="present",
                                  old_present=name in before, new_present=name in after))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
+from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
 from .models import SAFE_NAME, Device, Location, Platform, Problem, unsafe_name
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
@@ -78,8 +79,8 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
                 problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                         message="folder has no .csv files"))
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif path.exists():
+            files.append(path)  # read_input refuses what is not a regular file, saying so
         else:
             problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                     message="no such file or folder"))
@@ -93,10 +94,14 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None) -> Inv
     first_seen: dict[str, Location] = {}
     for path in files:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
+            data = read_input(path, MAX_INVENTORY_BYTES)
+        except FileNotFoundError:
             inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
-                                              message=f"cannot read: {exc.strerror}"))
+                                              message="no such file or folder"))
+            continue
+        except InputFileError as exc:
+            inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
+                                              message=str(exc)))
             continue
         _load_file(str(path), data, columns or {}, inventory, first_seen)
     return inventory
