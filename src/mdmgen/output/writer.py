@@ -23,7 +23,7 @@ from pathlib import Path
 from ..models import CompiledDevice, Manifest, ManifestFile, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
-from .manifest import Changes, build_manifest, compare, load_manifest, manifest_bytes, write_new
+from .manifest import Changes, build_manifest, compare, manifest_bytes, write_new
 from .reader import Check, CheckedOutput, read_tree
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            if not _is_generation(sidecar(target, "prev")):
+            if not _is_complete_generation(sidecar(target, "prev")):
                 _keep_generation(target, manifest)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
@@ -236,14 +236,16 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _is_generation(folder: Path) -> bool:
-    """A complete kept generation: a real folder with a valid manifest (a staging tree has none)."""
+def _is_complete_generation(folder: Path) -> bool:
+    """A kept generation that checks out (see ``reader``, the ``STAT`` level): a real folder whose
+    manifest is valid and whose files are what it says. A staging tree has no manifest."""
     if not is_real_dir(folder):
         return False
     try:
-        return load_manifest(folder) is not None
+        tree = read_tree(folder, folder, Check.STAT)
     except OutputError:
         return False
+    return tree is not None and not tree.problems
 
 
 def _keep_generation(target: Path, manifest: Manifest) -> None:
