@@ -22,6 +22,7 @@ extra. How much of the content is checked is the caller's choice (:class:`Check`
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import stat
@@ -53,9 +54,13 @@ class CheckedFile:
     relpath: str
     sha256: str
     size: int
-    path: Path
+    root: Path
     device: str | None = None
     error: type[Exception] = OutputError
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relpath
 
     def read(self, *, verify: bool = True) -> bytes:
         """The file's bytes, refused unless they still have the manifest's digest. ``verify=False``
@@ -90,7 +95,11 @@ class CheckedOutput:
     problems: dict[str, str] = field(default_factory=dict)
 
     def file(self, relpath: str) -> CheckedFile | None:
-        return next((f for f in self.files if f.relpath == relpath), None)
+        return self._by_relpath.get(relpath)
+
+    @functools.cached_property
+    def _by_relpath(self) -> dict[str, CheckedFile]:
+        return {f.relpath: f for f in self.files}
 
     def damaged_devices(self) -> set[str]:
         """Devices with any file (or their folder) not as the manifest says."""
@@ -136,17 +145,12 @@ def read(folder: Path, *, check: Check = Check.DIGESTS, strict: bool = True,
 def checked(folder: Path, *, check: Check = Check.DIGESTS,
             error: type[Exception] = OutputError) -> Iterator[CheckedOutput]:
     """:func:`read`, holding the folder's shared lock while the caller uses the tree."""
-    try:
-        lock = locked(folder, shared=True)
-        lock.__enter__()
-    except OutputError as exc:
-        if error is OutputError or isinstance(exc, error):
-            raise
-        raise error(str(exc)) from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked(folder, shared=True))
+        except OutputError as exc:
+            raise (exc if isinstance(exc, error) else error(str(exc))) from None
         yield read(folder, check=check, error=error)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def read_tree(folder: Path, target: Path, check: Check) -> CheckedOutput | None:
@@ -171,16 +175,17 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
         info = present.get(relpath)
         if info is None:
             problems.setdefault(relpath, "is missing")
-        elif _edited(check, target / relpath, info, entry, loaded.mtime_ns):
+        elif _edited(check, target, relpath, info, entry, loaded.mtime_ns):
             problems[relpath] = EDITED
-    files = [CheckedFile(relpath, entry.sha256, entry.size, target / relpath, device, error)
+    files = [CheckedFile(relpath, entry.sha256, entry.size, target, device, error)
              for relpath, (entry, device) in sorted(expected.items())]
     files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(loaded.data).hexdigest(), len(loaded.data),
-                             target / MANIFEST_FILE, None, error))
+                             target, None, error))
     return CheckedOutput(target, manifest, loaded.data, tuple(files), problems)
 
 
-def _edited(check: Check, path: Path, info: os.stat_result, entry: ManifestFile, manifest_mtime_ns: int) -> bool:
+def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry: ManifestFile,
+            manifest_mtime_ns: int) -> bool:
     """Whether a present regular file differs from its entry, as far as ``check`` looks: the size
     for STAT, and the digest of every file for DIGESTS, or for STAT of a file not provably older
     than the manifest."""
@@ -190,7 +195,7 @@ def _edited(check: Check, path: Path, info: os.stat_result, entry: ManifestFile,
         return True
     if check is Check.STAT and info.st_mtime_ns < manifest_mtime_ns:
         return False
-    return _digest(path, entry.size) != entry.sha256
+    return _digest(root / relpath, entry.size) != entry.sha256
 
 
 def _digest(path: Path, size: int) -> str | None:
@@ -218,14 +223,15 @@ def _survey(root: Path, manifest: Manifest, expected: set[str]) -> tuple[dict[st
 
 def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[str],
                    present: dict[str, os.stat_result], problems: dict[str, str]) -> None:
+    path = os.path.join(root, relpath)  # strings, not Path: this runs once per device folder
     try:
-        info = os.lstat(root / relpath)
+        info = os.lstat(path)
     except FileNotFoundError:
         return  # every file expected below it is then reported missing
     if not stat.S_ISDIR(info.st_mode):
         problems[relpath] = "is not a folder (a symlink or a file in its place?)"
         return
-    with os.scandir(root / relpath) as entries:
+    with os.scandir(path) as entries:
         for entry in entries:
             child = f"{relpath}/{entry.name}"
             if child in expected:
