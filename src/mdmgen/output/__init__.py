@@ -33,12 +33,12 @@ from .layout import (
     sidecar,
 )
 from .lock import locked
-from .manifest import Changes, build_manifest, compare, load_manifest, manifest_bytes
+from .manifest import Changes, build_manifest, manifest_bytes
 from .reader import Check, CheckedFile, CheckedOutput, checked, read
 from .writer import read_previous, recover, write
 
 __all__ = [
     "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "OutputBusy",
-    "OutputError", "build_manifest", "checked", "compare", "device_path", "interrupted", "kind_of", "load_manifest",
-    "locked", "manifest_bytes", "read", "read_previous", "recover", "sidecar", "write",
+    "OutputError", "build_manifest", "checked", "device_path", "interrupted", "kind_of", "locked",
+    "manifest_bytes", "read", "read_previous", "recover", "sidecar", "write",
 ]

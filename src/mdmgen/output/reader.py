@@ -36,11 +36,14 @@ from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_rea
 from .lock import locked
 from .manifest import load_manifest
 
-_UNVERIFIED_LIMIT = 64 << 20
+_READ_LIMIT = 64 << 20
+"""Read at most this much of a file that grew since the manifest, to say it changed."""
 EDITED = "differs from its sha256 in the manifest (edited after the compile?)"
 
 
 class Check(IntEnum):
+    """How much of the content the reader checks (see the module docstring)."""
+
     NAMES = 0
     STAT = 1
     DIGESTS = 2
@@ -69,7 +72,7 @@ class CheckedFile:
         try:
             if not is_real_dir(self.path.parent):
                 raise OutputError(f"{self.path.parent}: is not a folder")
-            data, _info = read_regular(self.path, self.size if verify else max(self.size, _UNVERIFIED_LIMIT))
+            data, _info = read_regular(self.path, max(self.size, _READ_LIMIT))
         except OutputError as exc:
             raise self.error(str(exc)) from None
         except OSError as exc:
@@ -115,12 +118,12 @@ class CheckedOutput:
             update={"devices": {s: e for s, e in self.manifest.devices.items() if s not in bad}})
 
 
-def read(folder: Path, *, check: Check = Check.DIGESTS, strict: bool = True,
-         error: type[Exception] = OutputError) -> CheckedOutput:
+def read(folder: Path, *, check: Check = Check.DIGESTS, error: type[Exception] = OutputError) -> CheckedOutput:
     """Read ``folder`` and check it (see the module docstring); call with its lock held.
 
     Raises ``error`` (one line) when the folder is missing, has no valid manifest, is being
-    replaced by a compile (or one was interrupted), or, when ``strict``, does not match its manifest.
+    replaced by a compile (or one was interrupted), or does not match its manifest. A compile,
+    which repairs what does not match rather than refusing it, uses :func:`read_tree`.
     """
     try:
         target = target_of(folder)
@@ -132,7 +135,7 @@ def read(folder: Path, *, check: Check = Check.DIGESTS, strict: bool = True,
     tree = _read(folder, target, check, error)
     if tree is None:
         raise error(f"{folder}: no {MANIFEST_FILE}, so not an mdmgen output folder; run `mdmgen compile` first")
-    if strict and tree.problems:
+    if tree.problems:
         problems = sorted(f"{_shown(relpath)} {why}" for relpath, why in tree.problems.items())
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise error(f"{folder}: does not match its {MANIFEST_FILE}: {problems[0]}{more}; "
