@@ -43,6 +43,15 @@ def safe_relpath(relpath: str) -> str:
     return relpath
 
 
+def fleet_relpath(relpath: str) -> str:
+    """``relpath`` if it can hold a fleet-level file: safe parts, inside a folder of its own (not
+    ``devices/``, not beside the manifest); raise ValueError otherwise."""
+    safe_relpath(relpath)
+    if "/" not in relpath or relpath.split("/")[0] in ("devices", "manifest.json"):
+        raise ValueError(f"fleet file {relpath!r}: must be inside a folder of its own, not devices/")
+    return relpath
+
+
 class Platform(StrEnum):
     """The four platforms Claude Code reads managed settings on."""
 
@@ -202,8 +211,5 @@ class Manifest(BaseModel):
     @classmethod
     def _safe_fleet_paths(cls, fleet: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
         for relpath in fleet:
-            safe_relpath(relpath)
-            if relpath.split("/")[0] in ("devices", "manifest.json") or "/" not in relpath:
-                raise ValueError(f"fleet file {relpath!r}: must be inside a folder of its own, "
-                                 "not devices/ or the manifest")
+            fleet_relpath(relpath)
         return fleet

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..models import Device, Platform, Settings, safe_relpath, unsafe_name
+from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
 from . import mobileconfig, settings_json
 
 if TYPE_CHECKING:
@@ -75,9 +75,9 @@ class ArtifactKind:
 
     def __post_init__(self) -> None:
         if self.fleet:
-            safe_relpath(self.name)
-            if "/" not in self.name or self.platforms:
-                raise ValueError(f"fleet kind {self.name!r}: needs a folder in its path and no platforms")
+            fleet_relpath(self.name)
+            if self.platforms:
+                raise ValueError(f"fleet kind {self.name!r}: is written once for the fleet, not per platform")
         elif unsafe_name(self.name) or not self.platforms:
             raise ValueError(f"device kind {self.name!r}: needs a safe file name and its platforms")
 
