@@ -125,8 +125,21 @@ def test_validation_errors_point_at_lines():
     text += "teams:\n  ops:\n    setting: {}\n"
     assert problems_of(text) == [
         "policy.yaml:3: org.identifier_prefix: must be reverse-DNS, e.g. 'com.example.mdmgen'",
-        "policy.yaml:17: teams.ops.setting: Extra inputs are not permitted",
+        "policy.yaml:17: teams.ops.setting: unknown key 'setting'; did you mean 'settings'?",
     ]
+
+
+def test_a_misspelt_required_key_is_one_line_with_a_suggestion():
+    text = BASE.replace("identifier_prefix: com.example.mdmgen", "identifer_prefix: com.example.mdmgen")
+    assert problems_of(text) == [
+        "policy.yaml:3: org.identifer_prefix: unknown key 'identifer_prefix'; did you mean 'identifier_prefix'?",
+    ]
+
+
+def test_an_unknown_key_with_no_near_match_lists_the_known_keys():
+    errors = problems_of(BASE.replace("org:", "org:\n  colour: blue"))
+    assert errors == ["policy.yaml:2: org.colour: unknown key 'colour' (known keys: name, identifier_prefix, "
+                      "display_name)"]
 
 
 def test_duplicate_keys_and_non_json_values_and_direct_attributes():

@@ -14,8 +14,10 @@ policy location it came from, so a template error names the exact key that holds
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,16 +193,60 @@ def parse(text: str, name: str) -> LoadedPolicy:
         loaded = LoadedPolicy(policy=Policy.model_validate(data), file=name, lines=lines)
     except ValidationError as exc:
         holder = LoadedPolicy(policy=Policy.model_construct(), file=name, lines=lines)
-        for err in exc.errors():
-            path = tuple(p for p in err["loc"])
-            problems.append(Problem(location=holder.location(path), field=dotted(path),
-                                    message=err["msg"].removeprefix("Value error, ")))
+        for path, message in validation_messages(exc):
+            problems.append(Problem(location=holder.location(path), field=dotted(path), message=message))
     if loaded is not None:
         problems.extend(_check_values(loaded))
     if problems:
         raise MdmgenError(problems)
     assert loaded is not None
     return loaded
+
+
+def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """pydantic's errors as ``(key path, message)`` for an IT admin.
+
+    An unknown key is the usual typo, so it says so and suggests the nearest known key. A
+    misspelt required key (``identifer_prefix``) would also count as "missing": that second
+    error only repeats the first, so it is left out and the typo is one line.
+    """
+    errors = exc.errors()
+    unknown = {tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"}
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for err in errors:
+        path = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(path[:-1])
+            guess = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]!r}?" if guess else (
+                f" (known keys: {', '.join(known)})" if known else "")
+            out.append((path, f"unknown key {str(path[-1])!r}{hint}"))
+        elif err["type"] == "missing" and any(
+                loc[:-1] == path[:-1] and difflib.get_close_matches(str(loc[-1]), [str(path[-1])], cutoff=0.6)
+                for loc in unknown):
+            continue
+        else:
+            out.append((path, err["msg"].removeprefix("Value error, ")))
+    return out
+
+
+def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
+    """The keys the policy model accepts at a key path (empty where keys are free, as in settings)."""
+    model: Any = Policy
+    rest = list(parent)
+    while rest:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or rest[0] not in model.model_fields:
+            return []
+        annotation = model.model_fields[rest.pop(0)].annotation
+        if typing.get_origin(annotation) is dict:  # platforms.<name>, teams.<name>: skip the free key
+            if not rest:
+                return []
+            rest.pop(0)
+            annotation = typing.get_args(annotation)[1]
+        model = annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
 
 
 def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, problems: list,
