@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mdmgen import attributes
+from mdmgen import __version__, attributes
 
 from .conftest import HEADER, ROOT, run, snapshot, write_inventory
 
@@ -284,3 +284,30 @@ def test_help_texts_say_what_each_option_does_for_that_command(workdir):
     assert "Delete mdmgen's profiles of Macs no longer in the output folder." in " ".join(jamf_help.split())
     s3_help = run(workdir, "publish", "s3", "--help").stdout
     assert "  5  a compile holds the output folder" in s3_help
+
+
+def test_a_bug_is_one_line_naming_the_command_and_exit_70(workdir, monkeypatch):
+    """An exception no stage turned into a message must not print a bare traceback."""
+    from mdmgen import pipeline
+
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("the-key")
+
+    monkeypatch.setattr(pipeline, "compile_fleet", broken)
+    result = run(workdir, "compile")
+    assert result.exit_code == 70
+    assert result.stderr.splitlines() == [
+        "error: internal error in `mdmgen compile` (KeyError: 'the-key'); this is a bug in mdmgen "
+        f"{__version__}: please report it with the command you ran (-vv shows the traceback)"]
+    assert not (workdir / "output").exists()
+    verbose = run(workdir, "compile", "-vv")
+    assert verbose.exit_code == 70
+    assert "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_an_unknown_var_is_a_usage_error(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "compile", "--var", "nope=1")
+    assert result.exit_code == 2 and "unknown variable nope" in result.stderr

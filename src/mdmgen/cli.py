@@ -60,7 +60,32 @@ def _reporting(func):
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _GuardedGroup(click.Group):
+    """The exception boundary: an exception no stage turned into a user-facing message is a bug
+    in mdmgen. It prints one line that names the command and asks for a report (the traceback
+    only with -vv) and exits with 70 (EX_SOFTWARE), never a bare traceback that a cron mail or
+    a CI log would bury the real problem under."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            command = f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip()
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            reason = " ".join(str(exc).split())[:200]
+            click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
+                       f"mdmgen {__version__}: please report it with the command you ran"
+                       f"{'' if logging.getLogger().isEnabledFor(logging.DEBUG) else ' (-vv shows the traceback)'}",
+                       err=True)
+            sys.exit(ExitCode.BUG)
+
+
+@click.group(name="mdmgen", cls=_GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdmgen")
 def main() -> None:
     """Compile an inventory CSV and a policy into per-device Claude Code managed settings."""
@@ -149,7 +174,7 @@ def _run(report: Report, inventories, profiles, variables, skip_invalid, previou
     except MdmgenError as exc:
         report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
                     exc.problems)
-    except ValueError as exc:  # unknown --var
+    except policy.UnknownVariable as exc:
         raise click.UsageError(str(exc)) from None
     if not result.devices:
         report.fail(ExitCode.INVALID_INPUT, "error: no device to compile (every row was rejected, "
@@ -323,7 +348,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
 # --- publish ---------------------------------------------------------------------------------
 
 
-class _PublishGroup(click.Group):
+class _PublishGroup(_GuardedGroup):
     """``mdmgen publish s3://BUCKET/PREFIX ...`` runs the ``s3`` subcommand with the URL as its
     argument, so the destination reads naturally; other targets (``mdmgen publish jamf --url ...``)
     are plain subcommands."""

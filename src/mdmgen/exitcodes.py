@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     BUSY = 5
     DELETION_REFUSED = 6
     REMOTE_FAILED = 7
+    BUG = 70
+    """An internal error (sysexits' EX_SOFTWARE): any command, reported in one line."""
 
 
 _USAGE = "usage: an unknown option or a malformed value"
