@@ -50,7 +50,7 @@ def test_an_edit_in_place_is_repaired_by_the_next_compile(workdir, tmp_path):
     edit_in_place(out / EDITED, b"otel.company.com", b"evil.example.org")
     summary = run(workdir, "compile")
     assert summary.exit_code == 0
-    assert f"Repaired 1 file(s) that no longer matched the manifest (edited by hand?): {EDITED}." in summary.stderr
+    assert f"Repaired 1 file that no longer matched the manifest (edited by hand?): {EDITED}." in summary.stderr
     assert (out / EDITED).read_bytes() == good
     consistent_state(out)
     consistent_state(workdir / ".output.mdmgen-prev")  # the kept generation is complete too

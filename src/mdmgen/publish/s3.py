@@ -52,6 +52,9 @@ from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_
 COMMIT_GAP = 1.0
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
 DEFAULT_WORKERS = 16
+DEFAULT_TIMEOUT = 15.0
+"""Seconds one connect or read may take. botocore's standard mode tries a request 3 times, so a
+silent endpoint fails the run in about 3 x this, not in minutes (its own default is 60 s)."""
 
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _DEVICE_KEY = re.compile(rf"^{DEVICES_DIR}/({_PART})/({_PART})$")
@@ -110,7 +113,7 @@ def checksum_header(sha256_hex: str) -> str:
 
 
 def make_client(*, endpoint_url: str | None = None, region: str | None = None,
-                workers: int = DEFAULT_WORKERS):
+                workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT):
     """An S3 client on the standard AWS credential chain (env, profile, SSO, instance role).
 
     Raises ValueError when the endpoint in use (from the argument, or from AWS_ENDPOINT_URL(_S3)
@@ -119,11 +122,13 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None,
     Checksums are set deliberately: every PUT passes its own ChecksumSHA256, so the SDK's
     default extra CRC32 (boto3 >= 1.36, refused by some S3-compatible stores) is turned off
     with ``when_required``; ``--verify`` hashes what it downloads itself. Retries use botocore's
-    ``standard`` mode (retried throttling and 5xx with backoff), and nothing retries on top.
+    ``standard`` mode (retried throttling, 5xx and timeouts with backoff), and nothing retries
+    on top. ``timeout`` bounds each connect and each read, so a cron job never hangs on an
+    endpoint that accepts connections and never answers.
     """
     config = Config(retries={"mode": "standard"}, request_checksum_calculation="when_required",
                     response_checksum_validation="when_required", max_pool_connections=workers,
-                    connect_timeout=10, read_timeout=60, user_agent_extra=f"mdmgen/{__version__}")
+                    connect_timeout=timeout, read_timeout=timeout, user_agent_extra=f"mdmgen/{__version__}")
     try:
         session = boto3.session.Session()
         client = session.client("s3", endpoint_url=endpoint_url, config=config,
@@ -174,8 +179,8 @@ def remote_items(state: RemoteState) -> list[Remote]:
         verified = state.verified
         sha = verified.get(relpath) if verified is not None else _vouched(published, obj, device)
         items.append(Remote(relpath, device, sha))
-    if published is not None:
-        items.append(Remote(MANIFEST_FILE, None, published.sha256))
+    if published is not None:  # its ETag makes the commit conditional (If-Match)
+        items.append(Remote(MANIFEST_FILE, None, published.sha256, detail=published.etag))
     return items
 
 
@@ -188,9 +193,10 @@ def _vouched(published: PublishedManifest | None, obj: RemoteObject, device: str
 
 
 class S3Publisher:
-    """Plans and applies a publish to one destination. Holds the client, the remote state read at
-    planning time (the manifest ETag for the conditional commit), and the time of the last write.
-    """
+    """Plans and applies a publish to one destination. Holds the client and, while applying, the
+    time of the last object write (the manifest must be dated after it)."""
+
+    noun = "file"
 
     def __init__(self, client, destination: Destination, *, kms_key_id: str | None = None,
                  verify: bool = False, workers: int = DEFAULT_WORKERS, commit_gap: float = COMMIT_GAP,
@@ -205,12 +211,11 @@ class S3Publisher:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_write: float | None = None
-        self.state: RemoteState | None = None
 
     def plan(self, local: LocalOutput, *, prune: bool, progress: Progress = NO_PROGRESS) -> Plan:
         wanted = {f.relpath for f in local.files}
-        self.state = self.read_remote(wanted, progress)
-        return build_plan(desired_items(local), remote_items(self.state), prune=prune)
+        state = self.read_remote(wanted, progress)
+        return build_plan(desired_items(local), remote_items(state), prune=prune)
 
     def read_remote(self, wanted: Iterable[str], progress: Progress = NO_PROGRESS) -> RemoteState:
         """GET the manifest, LIST devices/, and with --verify GET and hash each wanted object."""
@@ -286,9 +291,8 @@ class S3Publisher:
             args["ServerSideEncryption"] = "AES256"
         if item.commit:
             self._wait_for_gap()
-            published = self.state.manifest if self.state else None
-            if published is not None:
-                args["IfMatch"] = published.etag
+            if item.remote is not None:  # the ETag of the manifest read when planning
+                args["IfMatch"] = item.remote
             else:
                 args["IfNoneMatch"] = "*"
         try:
@@ -310,6 +314,9 @@ class S3Publisher:
             self.client.delete_object(Bucket=self.destination.bucket, Key=key)
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise _describe(exc, self.destination, f"deleting {key}") from None
+
+    def close(self) -> None:
+        self.client.close()
 
     def _wait_for_gap(self) -> None:
         """Make the manifest's LastModified later than every object's, at S3's 1-second resolution."""
@@ -335,8 +342,12 @@ def _describe(exc: Exception, destination: Destination | None, doing: str) -> Re
         return RemoteError(f"AWS configuration problem: {exc}")
     if isinstance(exc, bx.SSLError):
         return RemoteError(f"TLS error talking to the S3 endpoint while {doing}{where}: {exc}")
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
-                  | bx.ConnectionClosedError):
+    if isinstance(exc, bx.ReadTimeoutError):
+        url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
+        endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "the S3 endpoint"
+        return RemoteError(f"{endpoint} accepted the connection but did not answer in time while {doing}{where} "
+                           "(each try is bounded by --timeout, and the SDK tried 3 times)")
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError):
         url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
         endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "the S3 endpoint"
         return RemoteError(f"cannot reach {endpoint} while {doing}{where}")
