@@ -235,3 +235,16 @@ def test_dev_zero_as_the_policy_or_the_inventory_is_refused(workdir):
     assert result.exit_code == 1 and "zero.yaml: policy: is not a regular file" in result.stderr
     result = run(workdir, "compile", "--inventory", "/dev/zero")
     assert result.exit_code == 1 and "/dev/zero: inventory: is not a regular file" in result.stderr
+
+
+def test_a_manifest_replaced_by_a_link_is_not_read_through_it(workdir, victim):
+    out = compiled(workdir)
+    real = json.loads((out / "manifest.json").read_text())
+    (victim / "manifest.json").write_text(json.dumps(real))  # a valid manifest, but outside the tree
+    (out / "manifest.json").unlink()
+    (out / "manifest.json").symlink_to(victim / "manifest.json")
+    before = snapshot(victim.parent)
+    result = run(workdir, "compile")
+    assert result.exit_code == 4 and "manifest.json: cannot read" in result.stderr
+    assert run(workdir, "diff", str(out), str(out)).exit_code == 2
+    assert snapshot(victim.parent) == before
