@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E", bound=BaseException)
 
 DEFAULT_MAX_DELETE = 10.0
 """Percent of the published devices a prune may delete without ``--force``."""
@@ -46,6 +47,21 @@ DEFAULT_MAX_DELETE = 10.0
 
 class PublishError(Exception):
     """A failure with a one-line message written for the person running mdmgen."""
+
+
+def with_context(exc: PublishError, context: str) -> PublishError:
+    """A copy of ``exc`` whose message ends with `` (context)``: the same class and attributes
+    (an HTTP status, say), so callers can still tell failures apart."""
+    return copy_with_message(exc, f"{exc.args[0] if exc.args else ''} ({context})")
+
+
+def copy_with_message(exc: E, message: str) -> E:
+    """``exc`` with another message and every other attribute kept. Not ``type(exc)(message)``,
+    which loses the attributes and fails for classes whose constructor needs more arguments."""
+    told = type(exc).__new__(type(exc))
+    told.__dict__.update(exc.__dict__)
+    told.args = (message, *exc.args[1:])
+    return told
 
 
 class LocalOutputError(PublishError):
@@ -291,7 +307,7 @@ def apply(plan: Plan, *, write: Callable[[PlanItem], None], delete: Callable[[Pl
             where = "nothing was committed"
         else:  # a target without a commit item (Jamf): each finished write is already live
             where = "the writes that finished are in place"
-        raise type(exc)(f"{exc} ({where}; rerun to finish)") from exc
+        raise with_context(exc, f"{where}; rerun to finish") from exc
     return ApplyResult(created=len(plan.of(Action.CREATE)), updated=len(plan.of(Action.UPDATE)),
                        deleted=len(deletes))
 
