@@ -349,8 +349,8 @@ class Connection:
             return TransportFailure(f"cannot reach {self.base_url}{via} while {doing}: {why}",
                                     kind="dropped" if dropped else "connect", transient=dropped)
         if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
-            return TransportFailure(f"{where} dropped the connection or sent an incomplete answer while {doing} "
-                                    f"({_first_line(exc)})", kind="dropped", transient=True)
+            return TransportFailure(f"{where} dropped the connection or sent an incomplete answer while {doing}: "
+                                    f"{_first_line(exc)}", kind="dropped", transient=True)
         return TransportFailure(f"{where} could not be talked to while {doing}: {_first_line(exc)}",
                                 kind="other", transient=False)
 
