@@ -194,6 +194,23 @@ def test_trusted_private_ca_passes_over_tls(protocol, fleet, self_signed, monkey
     assert {e.headers["authorization"] for e in rx.exports} == {f"Bearer {TOKEN}"}
 
 
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+def test_proxy_variables_do_not_reroute_the_check(protocol, fleet, self_signed, monkeypatch):
+    """The probe connects directly, so the export does too: a proxy in the environment (here one
+    that is not even there) neither carries the credentials nor changes the diagnosis."""
+    cert_file, cert, key = self_signed
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    with make_receiver(protocol, require_token=TOKEN, tls=(cert, key)) as rx:
+        compile_for(fleet, rx.endpoint, protocol)
+        result = preflight_run(fleet)
+
+    assert result.exit_code == 0, result.output
+    assert line(result.stdout, "token").startswith("  ok    token     accepted")
+    assert sorted(e.signal for e in rx.exports) == ["logs", "metrics"]
+
+
 # --- headers as the real client sends them, per-signal settings, fleets ------------------------------------
 
 

@@ -89,6 +89,7 @@ class HTTPStatusError(RemoteError):
 class TransportFailure(RemoteError):
     """No usable HTTP answer: timeout, refused or dropped connection, DNS, TLS, proxy.
 
+    ``kind`` is one of timeout, proxy, tls, dns, connect, dropped, protocol, request, other;
     ``transient`` says whether trying again can help; ``hint`` is what the user can do, kept
     last in the message even after ``(gave up after N attempts)`` is added."""
 
@@ -285,6 +286,8 @@ class Connection:
     timeout_hint: str = ""
     log_prefix: str = ""
     ssl_context: ssl.SSLContext | None = None
+    use_proxy: bool = True
+    """False: connect directly whatever the proxy variables say (preflight probes the direct path)."""
     host: str = field(init=False)
     proxy: str | None = field(init=False)
     """The proxy requests go through (for messages), or None."""
@@ -293,15 +296,15 @@ class Connection:
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
         self.host = parts.hostname or ""
-        self.proxy = proxy_for(self.base_url)
         secure = parts.scheme == "https"
+        self.proxy = proxy_for(self.base_url) if self.use_proxy else None
         self._client = httpx.Client(
             base_url=self.base_url,
             verify=(self.ssl_context or tls_context()) if secure else True,
             limits=httpx.Limits(max_connections=self.max_connections,
                                 max_keepalive_connections=self.max_connections),
             timeout=httpx.Timeout(self.timeout),
-            trust_env=secure,  # proxy variables; plain http (loopback only) never goes through a proxy
+            trust_env=secure and self.use_proxy,  # proxy variables; plain http (loopback only) never uses one
             headers={"User-Agent": self.user_agent},
             follow_redirects=False,
         )
@@ -349,8 +352,12 @@ class Connection:
             return TransportFailure(f"cannot reach {self.base_url}{via} while {doing}: {why}",
                                     kind="dropped" if dropped else "connect", transient=dropped)
         if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+            kind = "protocol" if isinstance(exc, httpx.RemoteProtocolError) else "dropped"
             return TransportFailure(f"{where} dropped the connection or sent an incomplete answer while {doing}: "
-                                    f"{_first_line(exc)}", kind="dropped", transient=True)
+                                    f"{_first_line(exc)}", kind=kind, transient=True)
+        if isinstance(exc, httpx.LocalProtocolError):  # e.g. a header value HTTP does not allow
+            return TransportFailure(f"the request to {where} could not be sent while {doing}: {_first_line(exc)}",
+                                    kind="request", transient=False)
         return TransportFailure(f"{where} could not be talked to while {doing}: {_first_line(exc)}",
                                 kind="other", transient=False)
 
