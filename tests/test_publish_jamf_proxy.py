@@ -8,6 +8,7 @@ mdmgen only by the usual environment variables. The proxy's log shows which tunn
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 
@@ -143,3 +144,25 @@ def test_plain_http_to_loopback_never_goes_through_a_proxy(workdir, jamf_env, pr
         assert len(jamf.profiles()) == 1
     assert proxy.log_text().count("Request (file descriptor") == 0  # the credentials never met the proxy
     assert serial(0) not in proxy.log_text()
+
+
+def test_the_operating_systems_trust_store_can_be_used_instead(workdir, https_jamf, proxy, clean_proxy_env):
+    """MDMGEN_TRUSTSTORE=1: truststore's context (the keychain on macOS; on Linux OpenSSL's paths,
+    SSL_CERT_FILE included), still through the proxy."""
+    clean_proxy_env.setenv("MDMGEN_TRUSTSTORE", "1")
+    clean_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+    compile_fleet(workdir, range(1))
+    result = publish(workdir, https_jamf)
+    assert result.exit_code == 0, result.output
+    assert proxy.connects()
+
+
+def test_the_trust_store_asked_for_but_not_installed_is_one_line(workdir, https_jamf, clean_proxy_env):
+    clean_proxy_env.setenv("MDMGEN_TRUSTSTORE", "1")
+    clean_proxy_env.setitem(sys.modules, "truststore", None)  # as if the package were not installed
+    compile_fleet(workdir, range(1))
+    result = publish(workdir, https_jamf)
+    assert result.exit_code == 7
+    assert one_line_error(result) == ("error: MDMGEN_TRUSTSTORE is set but the truststore package is not installed: "
+                                      "pip install 'mdmgen[truststore]', or unset it")
+    assert https_jamf.requests == []
