@@ -17,8 +17,10 @@ A publisher object offers ``plan(local, prune=, progress=)``, ``write(item)``, `
 beyond the plan, such as Macs not enrolled in Jamf), ``noun`` (what one remote item is called in
 the summary: "file", "profile") and ``close()`` (called once the run is over).
 
-:func:`retry` is for publishers that speak plain HTTP (Jamf, Graph). S3 must not use it:
-botocore already retries in its ``standard`` mode, and retrying on top multiplies attempts.
+:func:`retry` is the one retry loop. Publishers that speak HTTP (Jamf, Graph) use it through
+:class:`mdmgen.publish.http.RetryPolicy`, which decides what is worth retrying and reads
+``Retry-After``. S3 must not use it: botocore already retries in its ``standard`` mode, and
+retrying on top multiplies attempts.
 """
 
 from __future__ import annotations

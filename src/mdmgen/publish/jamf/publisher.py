@@ -67,9 +67,6 @@ SERIALS_PER_LOOKUP = 50
 PROFILES = "/JSSResource/osxconfigurationprofiles"
 
 
-# --- the publisher -------------------------------------------------------------------------------
-
-
 class JamfPublisher:
     """Plans and applies a publish of every Mac's profile to one Jamf Pro server.
 
