@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mdmgen import attributes
+from mdmgen import __version__, attributes
 
 from .conftest import HEADER, ROOT, run, snapshot, write_inventory
 
@@ -192,7 +192,8 @@ def test_var_values_are_validated_like_the_policy(workdir):
 def test_validate_writes_nothing_and_schema_prints_json_schema(workdir):
     write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
     result = run(workdir, "validate")
-    assert result.exit_code == 0 and "Validated 1 devices" in result.stderr
+    assert result.exit_code == 0
+    assert result.stderr == "Validated 1 device (Linux 1); nothing written; 0 rows excluded by status.\n"
     assert not (workdir / "output").exists()
     schema = json.loads(run(workdir, "schema").stdout)
     assert schema["title"] == "mdmgen policy"
@@ -255,3 +256,58 @@ def test_a_mistyped_out_folder_that_is_not_ours_is_refused(workdir):
     (workdir / "fresh").mkdir()
     (workdir / "fresh" / ".gitkeep").write_text("")
     assert run(workdir, "compile", "--out", "fresh").exit_code == 0
+
+
+def test_summaries_count_in_words_a_person_would_write(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\nS2,linux,not-an-email,Ops\n"
+                    "S3,linux,c@example.com,Ops\n")
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1].startswith(
+        "Compiled 2 devices into output/ (Linux 2); 0 rows excluded by status; 1 row rejected (listed above).")
+
+
+def test_validate_takes_no_out_and_says_why(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "validate", "--out", "x")
+    assert result.exit_code == 2
+    assert "validate writes nothing, so it takes no --out" in result.stderr
+    assert "Did you mean" not in result.stderr
+    assert not (workdir / "x").exists()
+
+
+def test_help_texts_say_what_each_option_does_for_that_command(workdir):
+    validate_help = run(workdir, "validate", "--help").stdout
+    assert "Compile the valid devices" not in validate_help
+    assert "--out" not in validate_help
+    jamf_help = run(workdir, "publish", "jamf", "--help").stdout
+    assert "Delete mdmgen's profiles of Macs no longer in the output folder." in " ".join(jamf_help.split())
+    s3_help = run(workdir, "publish", "s3", "--help").stdout
+    assert "  5  a compile holds the output folder" in s3_help
+
+
+def test_a_bug_is_one_line_naming_the_command_and_exit_70(workdir, monkeypatch):
+    """An exception no stage turned into a message must not print a bare traceback."""
+    from mdmgen import pipeline
+
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("the-key")
+
+    monkeypatch.setattr(pipeline, "compile_fleet", broken)
+    result = run(workdir, "compile")
+    assert result.exit_code == 70
+    assert result.stderr.splitlines() == [
+        "error: internal error in `mdmgen compile` (KeyError: 'the-key'); this is a bug in mdmgen "
+        f"{__version__}: please report it with the command you ran (-vv shows the traceback)"]
+    assert not (workdir / "output").exists()
+    verbose = run(workdir, "compile", "-vv")
+    assert verbose.exit_code == 70
+    assert "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_an_unknown_var_is_a_usage_error(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
+    result = run(workdir, "compile", "--var", "nope=1")
+    assert result.exit_code == 2 and "unknown variable nope" in result.stderr

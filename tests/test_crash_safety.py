@@ -13,6 +13,8 @@ from .conftest import run, write_inventory
 
 DEVICES = 1500
 PLATFORMS = ("macos", "linux", "windows", "wsl")
+COMPILE = [sys.executable, "-m", "mdmgen", "compile", "--quiet"]
+KILLS = 12
 
 
 def fleet(variant: int) -> str:
@@ -52,26 +54,63 @@ def test_sigkill_at_random_moments(workdir, tmp_path):
         states.add((tmp_path / f"ref{variant}" / "manifest.json").read_bytes())
     assert len(states) == 2
 
-    write_inventory(workdir, fleet(0))
-    started = time.monotonic()
-    assert run(workdir, "compile").exit_code == 0
-    duration = max(time.monotonic() - started, 0.2) + 0.4  # plus interpreter start-up
+    # Calibrate on the kind of run that is killed (a fresh interpreter, a real change), so the
+    # kill moments span start-up, compiling, writing and the swap on this machine as it is now.
+    window = 0.0
+    for variant in (0, 1, 0):
+        write_inventory(workdir, fleet(variant))
+        started = time.monotonic()
+        subprocess.run(COMPILE, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        window = max(window, time.monotonic() - started)
 
     rng = random.Random(20261129)
-    killed = 0
-    for attempt in range(14):
-        write_inventory(workdir, fleet(attempt % 2 == 0))
-        proc = subprocess.Popen([sys.executable, "-m", "mdmgen", "compile", "--quiet"], cwd=workdir,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, duration))
+    killed = attempts = 0
+    while killed < KILLS and attempts < 4 * KILLS:
+        attempts += 1
+        write_inventory(workdir, fleet(attempts % 2))
+        proc = subprocess.Popen(COMPILE, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, window))
         proc.send_signal(signal.SIGKILL)
-        if proc.wait(timeout=30) == -signal.SIGKILL:
+        if proc.wait(timeout=60) == -signal.SIGKILL:
             killed += 1
+        else:
+            window *= 0.8  # the run beat the kill: the machine got faster than the calibration
         assert consistent_state(workdir / "output") in states
-    assert killed >= 5  # the loop really interrupted runs
+    assert killed >= KILLS  # the loop really interrupted runs
 
-    result = subprocess.run([sys.executable, "-m", "mdmgen", "compile", "--quiet"], cwd=workdir,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(COMPILE, cwd=workdir, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert consistent_state(workdir / "output") in states
     assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+
+
+def generations(workdir: Path) -> list[str]:
+    return sorted(p.name for p in workdir.glob(".output.mdmgen-*"))
+
+
+def test_every_successful_compile_leaves_the_lock_and_a_complete_kept_generation(workdir):
+    """A compile killed while building its staging tree has consumed the kept generation (it was
+    renamed to -new and half rewritten). Whatever the next compile finds to do, it must end with
+    the same siblings as an uninterrupted run: the lock and a complete -prev."""
+    write_inventory(workdir, fleet(0))
+    assert run(workdir, "compile").exit_code == 0
+    write_inventory(workdir, fleet(1))
+    assert run(workdir, "compile").exit_code == 0
+    assert generations(workdir) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+
+    for change in (False, True):
+        # What a SIGKILL during the build leaves: -prev renamed to -new, its manifest removed,
+        # some device folders rewritten.
+        prev, staging = workdir / ".output.mdmgen-prev", workdir / ".output.mdmgen-new"
+        prev.rename(staging)
+        (staging / "manifest.json").unlink()
+        (staging / "devices" / "SN00001" / "managed-settings.json").unlink()
+        if change:
+            write_inventory(workdir, fleet(0))
+        result = run(workdir, "compile", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["changes"]["written"] is change
+        assert generations(workdir) == [".output.mdmgen-lock", ".output.mdmgen-prev"]
+        consistent_state(workdir / "output")
+        kept = workdir / ".output.mdmgen-prev"
+        consistent_state(kept)  # a complete generation: its files are what its manifest says

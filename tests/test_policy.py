@@ -2,11 +2,15 @@
 
 import json
 
+import jsonschema
 import pytest
+import yaml
 
 from mdmgen import policy
 from mdmgen.models import Device, Location, MdmgenError, Platform
 from mdmgen.render import Renderer
+
+from .conftest import SHIPPED_POLICY
 
 BASE = """\
 org:
@@ -32,9 +36,11 @@ def device(team="Ops", platform=Platform.LINUX, **extra):
 
 
 def problems_of(text, name="policy.yaml"):
-    with pytest.raises(MdmgenError) as info:
+    try:
         policy.parse(text, name)
-    return [str(p) for p in info.value.problems]
+    except MdmgenError as exc:
+        return [str(p) for p in exc.problems]
+    return []
 
 
 def render(text, dev=None, overrides=None):
@@ -125,8 +131,21 @@ def test_validation_errors_point_at_lines():
     text += "teams:\n  ops:\n    setting: {}\n"
     assert problems_of(text) == [
         "policy.yaml:3: org.identifier_prefix: must be reverse-DNS, e.g. 'com.example.mdmgen'",
-        "policy.yaml:17: teams.ops.setting: Extra inputs are not permitted",
+        "policy.yaml:17: teams.ops.setting: unknown key 'setting'; did you mean 'settings'?",
     ]
+
+
+def test_a_misspelt_required_key_is_one_line_with_a_suggestion():
+    text = BASE.replace("identifier_prefix: com.example.mdmgen", "identifer_prefix: com.example.mdmgen")
+    assert problems_of(text) == [
+        "policy.yaml:3: org.identifer_prefix: unknown key 'identifer_prefix'; did you mean 'identifier_prefix'?",
+    ]
+
+
+def test_an_unknown_key_with_no_near_match_lists_the_known_keys():
+    errors = problems_of(BASE.replace("org:", "org:\n  colour: blue"))
+    assert errors == ["policy.yaml:2: org.colour: unknown key 'colour' (known keys: name, identifier_prefix, "
+                      "display_name)"]
 
 
 def test_duplicate_keys_and_non_json_values_and_direct_attributes():
@@ -167,3 +186,51 @@ def test_schema_is_json_schema_of_the_policy():
     assert schema["title"] == "mdmgen policy"
     assert {"org", "settings", "teams", "platforms", "variables"} <= set(schema["properties"])
     assert "org" in schema["required"]
+
+
+def schema_errors(data) -> list[str]:
+    """What an editor using ``mdmgen schema`` would flag (jsonschema, independent of pydantic)."""
+    validator = jsonschema.Draft202012Validator(policy.schema())
+    return [error.message for error in validator.iter_errors(data)]
+
+
+def test_the_schema_accepts_the_shipped_policy_and_flags_what_the_validators_refuse():
+    shipped = yaml.safe_load(SHIPPED_POLICY.read_text())
+    assert schema_errors(shipped) == []
+    bad_cases = {
+        "identifier_prefix": {**shipped, "org": {**shipped["org"], "identifier_prefix": "nodots"}},
+        "variable name": {**shipped, "variables": {"not-an-identifier": "x"}},
+        "variable hiding a device field": {**shipped, "variables": {"team": "x"}},
+        "attribute name": {**shipped, "resource_attributes": {"team name": "x"}},
+        "secret_env name": {**shipped, "secret_env": ["lower"]},
+        "unknown key": {**shipped, "setings": {}},
+        "unknown org key": {**shipped, "org": {**shipped["org"], "identifer_prefix": "com.example.x"}},
+    }
+    for case, data in bad_cases.items():
+        assert schema_errors(data), case
+        with pytest.raises(MdmgenError):  # and the compiler refuses the same file
+            policy.parse(yaml.safe_dump(data), "policy.yaml")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("18446744073709551616", "integer out of range: a profile holds integers from -2**63 to 2**64-1"),
+    ("-9223372036854775809", "integer out of range"),
+    (".nan", "must be a finite number"),
+    ("-.inf", "must be a finite number"),
+])
+def test_values_a_profile_cannot_hold_are_file_line_errors(value, message):
+    errors = problems_of(BASE + f"platforms:\n  macos:\n    settings:\n      n: {value}\n")
+    assert len(errors) == 1 and errors[0].startswith(f"policy.yaml:18: platforms.macos.settings.n: {message}")
+
+
+def test_the_largest_integers_a_profile_holds_are_accepted():
+    assert problems_of(BASE + "platforms:\n  macos:\n    settings:\n      n: 18446744073709551615\n"
+                              "      m: -9223372036854775808\n") == []
+
+
+def test_deeply_nested_values_are_a_file_line_error_not_a_crash():
+    deep = "[" * 500 + "]" * 500
+    errors = problems_of(BASE.replace("settings:\n", f"settings:\n  deep: {deep}\n", 1))
+    assert len(errors) == 1
+    assert errors[0].startswith("policy.yaml:7: yaml: values nest deeper than 64 levels")
+    assert problems_of(BASE.replace("settings:\n", f"settings:\n  deep: {'[' * 60}{']' * 60}\n", 1)) == []

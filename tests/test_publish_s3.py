@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -465,6 +466,41 @@ def test_unreachable_endpoint(workdir: Path, aws_env):
     result = run(workdir, "publish", DEST, "--endpoint-url", f"http://127.0.0.1:{port}")
     assert result.exit_code == 7
     assert one_line_error(result).startswith(f"error: cannot reach http://127.0.0.1:{port} while reading")
+
+
+def test_an_endpoint_that_never_answers_fails_within_the_timeout(workdir: Path, aws_env):
+    """A server that accepts connections and never answers must not hold a cron job for
+    minutes: each try is bounded by --timeout and botocore's standard mode tries 3 times."""
+    compile_fleet(workdir, range(2))
+    accepted: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.05)
+        port = server.getsockname()[1]
+        stop = threading.Event()
+
+        def accept_and_stay_silent() -> None:
+            while not stop.is_set():
+                try:
+                    accepted.append(server.accept()[0])
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+        thread.start()
+        try:
+            result = run(workdir, "publish", DEST, "--endpoint-url", f"http://127.0.0.1:{port}",
+                         "--timeout", "0.3")
+        finally:
+            stop.set()
+            thread.join()
+            for conn in accepted:
+                conn.close()
+    assert result.exit_code == 7
+    assert one_line_error(result).startswith(
+        f"error: http://127.0.0.1:{port} accepted the connection but did not answer in time while reading")
+    assert len(accepted) == 3  # one request, tried 3 times, then given up
 
 
 @pytest.mark.parametrize("args, expected", [

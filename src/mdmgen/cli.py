@@ -1,14 +1,7 @@
 """The ``mdmgen`` command line: parse flags, run the stages, print, choose the exit code.
 
-Exit codes (also in the README):
-  0  success
-  1  input or validation errors: every problem on stderr, nothing written
-  2  usage error (unknown option, malformed or unknown --var)
-  3  --skip-invalid compiled the valid devices and rejected some rows (listed on stderr)
-  4  the output folder could not be written (the previous output is left as it was)
-  5  another mdmgen run holds the output folder (a compile, or a publish reading it)
-  6  publish refused: it would delete more published devices than --max-delete allows
-  7  a remote system failed or refused (unreachable, TLS, credentials, missing bucket, ...)
+The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: every
+``--help`` prints them from there, and a test checks that the README lists the same.
 """
 
 from __future__ import annotations
@@ -16,27 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import IntEnum
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from . import __version__, diff, output, pipeline, policy
+from .exitcodes import ExitCode, help_epilog
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    INVALID_INPUT = 1
-    USAGE = 2
-    ROWS_REJECTED = 3
-    OUTPUT_FAILED = 4
-    BUSY = 5
-    DELETION_REFUSED = 6
-    REMOTE_FAILED = 7
-
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
                    Platform.WSL: "WSL"}
@@ -62,9 +43,11 @@ def _inputs(func):
                         type=click.Path(path_type=Path), default=[Path("inventory")],
                         show_default=True,
                         help="Inventory CSV file or folder of CSVs (repeatable; merged).")(func)
-    func = click.option("--skip-invalid", is_flag=True,
-                        help="Compile the valid devices and list rejected rows (exit 3).")(func)
     return func
+
+
+def _skip_invalid(help_text: str):
+    return click.option("--skip-invalid", is_flag=True, help=help_text)
 
 
 def _reporting(func):
@@ -77,14 +60,40 @@ def _reporting(func):
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _GuardedGroup(click.Group):
+    """The exception boundary: an exception no stage turned into a user-facing message is a bug
+    in mdmgen. It prints one line that names the command and asks for a report (the traceback
+    only with -vv) and exits with 70 (EX_SOFTWARE), never a bare traceback that a cron mail or
+    a CI log would bury the real problem under."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            command = f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip()
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            reason = " ".join(str(exc).split())[:200]
+            click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
+                       f"mdmgen {__version__}: please report it with the command you ran"
+                       f"{'' if logging.getLogger().isEnabledFor(logging.DEBUG) else ' (-vv shows the traceback)'}",
+                       err=True)
+            sys.exit(ExitCode.BUG)
+
+
+@click.group(name="mdmgen", cls=_GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdmgen")
 def main() -> None:
     """Compile an inventory CSV and a policy into per-device Claude Code managed settings."""
 
 
-@main.command(name="compile")
+@main.command(name="compile", epilog=help_epilog("compile"))
 @_inputs
+@_skip_invalid("Compile the valid devices and list the rejected rows (exit 3).")
 @_reporting
 @click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
               show_default=True, help="Output folder (replaced atomically).")
@@ -107,29 +116,37 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
         report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
-    headline = f"Compiled {len(result.devices)} devices into {out}/"
+    headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
     report.finish(result, headline, changes)
 
 
-@main.command()
+def _refuse_out(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError("validate writes nothing, so it takes no --out; use `mdmgen compile --out DIR` "
+                               "to write the output folder")
+
+
+@main.command(epilog=help_epilog("validate"))
 @_inputs
+@_skip_invalid("Check every row, list the invalid ones and exit 3 instead of 1 when the others are valid.")
 @_reporting
+@click.option("--out", hidden=True, expose_value=False, callback=_refuse_out, is_eager=True)
 def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose) -> None:
     """Check the inventory and policy like compile does, without writing anything."""
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     result = _run(report, inventories, profiles, variables, skip_invalid, None)
-    report.finish(result, f"Validated {len(result.devices)} devices (nothing written)", None)
+    report.finish(result, f"Validated {_count(len(result.devices), 'device')}", None, suffix="; nothing written")
 
 
-@main.command(name="diff")
+@main.command(name="diff", epilog=help_epilog("diff"))
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON on stdout.")
 def diff_command(old: Path, new: Path, as_json: bool) -> None:
     """Compare two output folders semantically (for audits).
 
-    Exit codes like diff(1): 0 identical, 1 differences, 2 trouble. Secret values are never
-    shown, only that they changed and a short fingerprint.
+    Exit codes like diff(1). Secret values are never shown, only that they changed and a short
+    fingerprint.
     """
     try:
         result = diff.trees(old, new)
@@ -144,7 +161,7 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     sys.exit(0 if result.identical else 1)
 
 
-@main.command()
+@main.command(epilog=help_epilog("schema"))
 def schema() -> None:
     """Print the JSON Schema of the policy file (for editors)."""
     click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
@@ -157,7 +174,7 @@ def _run(report: Report, inventories, profiles, variables, skip_invalid, previou
     except MdmgenError as exc:
         report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
                     exc.problems)
-    except ValueError as exc:  # unknown --var
+    except policy.UnknownVariable as exc:
         raise click.UsageError(str(exc)) from None
     if not result.devices:
         report.fail(ExitCode.INVALID_INPUT, "error: no device to compile (every row was rejected, "
@@ -209,16 +226,17 @@ class Report:
             click.echo(json.dumps({"exit_code": int(code), "error": message, "problems": lines}, indent=2))
         sys.exit(code)
 
-    def finish(self, result: pipeline.CompileResult, headline: str, changes: output.Changes | None) -> NoReturn:
+    def finish(self, result: pipeline.CompileResult, headline: str, changes: output.Changes | None,
+               *, suffix: str = "") -> NoReturn:
         lines = _problem_lines(result.problems)
         for line in _collapsed(result.problems):
             click.echo(line, err=True)
         code = ExitCode.ROWS_REJECTED if result.rejected else ExitCode.OK
         counts = result.per_platform()
         platforms = ", ".join(f"{PLATFORM_LABELS[p]} {counts[p]}" for p in Platform if counts[p])
-        summary = f"{headline} ({platforms}); {result.excluded} rows excluded by status"
+        summary = f"{headline} ({platforms}){suffix}; {_count(result.excluded, 'row')} excluded by status"
         if result.rejected:
-            summary += f"; {result.rejected} rows rejected (listed above)"
+            summary += f"; {_count(result.rejected, 'row')} rejected (listed above)"
         summary += "."
         if changes is not None:
             summary += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
@@ -242,6 +260,11 @@ class Report:
                                    "written": changes.written}
             click.echo(json.dumps(data, indent=2))
         sys.exit(code)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _problem_lines(problems) -> list[str]:
@@ -277,7 +300,7 @@ def _collapsed(problems) -> list[str]:
 # --- mdmgen preflight: check the compiled collector settings before a rollout ---------------------
 
 
-@main.command(name="preflight")
+@main.command(name="preflight", epilog=help_epilog("preflight"))
 @click.option("--device", "serial", metavar="SERIAL",
               help="Check this device only (default: each distinct collector setting of the fleet, once).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
@@ -288,8 +311,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
     """Send one empty OTLP export (metrics, logs) to each collector the compiled settings name.
 
     One line each for the endpoint, TLS and the token, so a wrong token is told apart from a
-    wrong endpoint. Exit 0 when every check passes, 7 when one fails, 1 when the output folder
-    cannot be read. Header values are never printed, only a sha256 fingerprint.
+    wrong endpoint. Header values are never printed, only a sha256 fingerprint.
     """
     from . import preflight  # imports grpc lazily: only this command needs it
 
@@ -326,7 +348,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
 # --- publish ---------------------------------------------------------------------------------
 
 
-class _PublishGroup(click.Group):
+class _PublishGroup(_GuardedGroup):
     """``mdmgen publish s3://BUCKET/PREFIX ...`` runs the ``s3`` subcommand with the URL as its
     argument, so the destination reads naturally; other targets (``mdmgen publish jamf --url ...``)
     are plain subcommands."""
@@ -347,24 +369,27 @@ def publish_group() -> None:
     """
 
 
-def _publishing(func):
+def _publishing(*, prune_help: str):
     """The options every publisher shares: which folder, dry run, and the deletion guard."""
+    return lambda func: _publishing_options(func, prune_help)
+
+
+def _publishing_options(func, prune_help: str):
     func = click.option("--force", is_flag=True, help="Skip the --max-delete guard.")(func)
     func = click.option("--max-delete", type=click.FloatRange(0, 100), default=10.0, show_default=True,
                         metavar="PERCENT",
                         help="With --prune, refuse to delete more than this percent of the published "
                              "devices (exit 6).")(func)
-    func = click.option("--prune", is_flag=True,
-                        help="Delete remote files of devices no longer in the output folder.")(func)
+    func = click.option("--prune", is_flag=True, help=prune_help)(func)
     func = click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")(func)
     func = click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
                         show_default=True, help="The compiled output folder to publish.")(func)
     return func
 
 
-@publish_group.command(name="s3")
+@publish_group.command(name="s3", epilog=help_epilog("publish s3"))
 @click.argument("destination", metavar="s3://BUCKET/PREFIX")
-@_publishing
+@_publishing(prune_help="Delete the remote files of devices no longer in the output folder.")
 @click.option("--verify", is_flag=True,
               help="GET and hash every remote object instead of trusting the published manifest.")
 @click.option("--sse-kms-key-id", metavar="KEY", help="Encrypt with this KMS key (aws:kms) instead of AES256.")
@@ -372,15 +397,14 @@ def _publishing(func):
 @click.option("--region", help="AWS region (default: the AWS configuration's, else us-east-1).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=16, show_default=True,
               help="Requests in parallel.")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=15.0, show_default=True,
+              metavar="SECONDS", help="How long one connect or read may take; the SDK tries each request 3 times.")
 @_reporting
 def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_kms_key_id, endpoint_url,
-               region, jobs, as_json, quiet, verbose) -> None:
+               region, jobs, timeout, as_json, quiet, verbose) -> None:
     """Publish to S3: only changed files are uploaded, manifest.json last.
 
     Credentials come from the standard AWS chain (environment, profile, SSO, instance role).
-    Exit codes: 0 published, 1 the output folder is missing or does not match its manifest,
-    2 usage, 6 --prune refused by --max-delete, 7 S3 failed (missing bucket, access denied,
-    bad credentials, unreachable endpoint).
     """
     from .publish import s3  # boto3 is imported by publish commands only
 
@@ -396,7 +420,7 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
 
     def connect():
         try:
-            client = s3.make_client(endpoint_url=endpoint_url, region=region, workers=jobs)
+            client = s3.make_client(endpoint_url=endpoint_url, region=region, workers=jobs, timeout=timeout)
         except ValueError as exc:  # a plain-http endpoint from AWS_ENDPOINT_URL or the AWS config
             raise click.UsageError(f"the configured S3 endpoint: {exc}") from None
         return s3.S3Publisher(client, dest, kms_key_id=sse_kms_key_id, verify=verify, workers=jobs)
@@ -405,10 +429,10 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
              force=force)
 
 
-@publish_group.command(name="jamf")
+@publish_group.command(name="jamf", epilog=help_epilog("publish jamf"))
 @click.option("--url", required=True, metavar="URL",
               help="The Jamf Pro server, e.g. https://ORG.jamfcloud.com (https; plain http only to loopback).")
-@_publishing
+@_publishing(prune_help="Delete mdmgen's profiles of Macs no longer in the output folder.")
 @click.option("--category", metavar="NAME",
               help="Put the profiles in this Jamf Pro category (it must exist). Default: leave it as it is.")
 @click.option("--jobs", type=click.IntRange(1, 5), default=5, show_default=True,
@@ -421,9 +445,6 @@ def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, ti
     """Publish each Mac's profile to Jamf Pro, scoped to that Mac; unchanged profiles are not written.
 
     Credentials come only from JAMF_CLIENT_ID and JAMF_CLIENT_SECRET (an API client).
-    Exit codes: 0 published, 1 the output folder is missing or does not match its manifest,
-    2 usage, 5 a compile holds the folder, 6 --prune refused by --max-delete, 7 Jamf Pro failed
-    or refused (credentials missing or rejected, a privilege missing, unreachable, TLS, 409).
     """
     from .publish import jamf
 

@@ -249,6 +249,8 @@ def write(out: Path, compiled: list[CompiledDevice], previous: Manifest | None,
         if (not verify and previous is not None
                 and (target / MANIFEST_FILE).read_bytes() == new_manifest):
             log.info("nothing changed; %s left as it was", out)
+            if not _is_generation(sidecar(target, "prev")):
+                _keep_generation(target)
             return changes
         _build_and_swap(target, compiled, manifest, previous, new_manifest, verify, progress)
     except OutputError:
@@ -353,6 +355,34 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], manifest: Mani
         os.rename(staging, target)
         os.rename(parked, staging)
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+
+
+def _is_generation(folder: Path) -> bool:
+    """A complete kept generation: a folder with a manifest (a staging tree has none)."""
+    try:
+        return read_manifest(folder) is not None
+    except OutputError:
+        return False
+
+
+def _keep_generation(target: Path) -> None:
+    """Recreate the kept generation from the current tree, with hard links.
+
+    Every successful compile leaves the same siblings: the lock and a complete ``-prev``. A
+    compile killed while it built its staging tree consumed ``-prev`` (it was renamed to
+    ``-new`` and half rewritten); the next run removes that leftover, and when nothing else
+    changed this restores ``-prev`` so the next change touches only what changed. It is built
+    as ``-new`` and renamed, so a kill here too leaves only a leftover the next run removes.
+    """
+    staging = sidecar(target, "new")
+    _remove(staging)
+    _remove(sidecar(target, "prev"))
+    staging.mkdir()
+    if (target / DEVICES_DIR).is_dir():
+        shutil.copytree(target / DEVICES_DIR, staging / DEVICES_DIR, symlinks=True, copy_function=os.link)
+    os.link(target / MANIFEST_FILE, staging / MANIFEST_FILE)
+    os.rename(staging, sidecar(target, "prev"))
+    log.info("kept generation %s recreated after an interrupted run", sidecar(target, "prev").name)
 
 
 def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, Manifest | None]:

@@ -68,7 +68,7 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
-    Raises ValueError for an unknown --var name (a usage error).
+    Raises policy.UnknownVariable for an unknown --var name (a usage error).
 
     A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
     it is returned with ``files=None`` and the output stage keeps its files.

@@ -14,8 +14,10 @@ policy location it came from, so a template error names the exact key that holds
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,39 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .attributes import TOKEN_RE
+from .envschema import ENV_NAME_PATTERN
 from .models import Location, MdmgenError, Platform, Problem
 
 POLICY_FILENAME = "policy.yaml"
 VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REVERSE_DNS_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
 DEVICE_FIELDS = ("serial", "platform", "user_email", "team")
+MAX_DEPTH = 64
+"""How deeply policy values may nest. Real settings nest a handful of levels; a bound keeps a
+hostile or broken file from exhausting the parser's recursion."""
+PLIST_INTEGERS = (-(2**63), 2**64 - 1)
+"""The integers a property list can hold (plistlib refuses others when it writes a profile)."""
+
+
+class UnknownVariable(ValueError):
+    """A ``--var`` names a variable the policy does not declare: a usage error (exit 2)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing values nested deeper than :data:`MAX_DEPTH` with the line."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"values nest deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 ColumnField = Literal["serial_number", "platform", "user_email", "team", "status"]
 
@@ -42,7 +71,8 @@ class Org(BaseModel):
 
     name: str = Field(min_length=1, description="PayloadOrganization of every profile.")
     identifier_prefix: str = Field(
-        description="Reverse-DNS prefix; a Mac's profile is '<prefix>.claudecode.<SERIAL>'.")
+        description="Reverse-DNS prefix; a Mac's profile is '<prefix>.claudecode.<SERIAL>'.",
+        json_schema_extra={"pattern": _REVERSE_DNS_RE.pattern})
     display_name: str = Field(default="Claude Code managed settings", min_length=1,
                               description="PayloadDisplayName shown on the Mac.")
 
@@ -63,7 +93,8 @@ class Layer(BaseModel):
                                      description="Managed settings merged over the earlier layers.")
     resource_attributes: dict[str, str | None] = Field(
         default_factory=dict,
-        description="OTEL_RESOURCE_ATTRIBUTES entries (templates); null removes an inherited one.")
+        description="OTEL_RESOURCE_ATTRIBUTES entries (templates); null removes an inherited one.",
+        json_schema_extra={"propertyNames": {"pattern": TOKEN_RE.pattern}})
 
     @field_validator("resource_attributes")
     @classmethod
@@ -83,7 +114,9 @@ class Policy(Layer):
     org: Org
     variables: dict[str, str] = Field(
         default_factory=dict,
-        description="Named values with defaults, usable in templates; --var NAME=VALUE overrides.")
+        description="Named values with defaults, usable in templates; --var NAME=VALUE overrides.",
+        json_schema_extra={"propertyNames": {"pattern": VARIABLE_NAME_RE.pattern,
+                                             "not": {"enum": list(DEVICE_FIELDS)}}})
     columns: dict[ColumnField, str] = Field(
         default_factory=dict, description="Inventory header to use for a field, e.g. "
         "{serial_number: 'Asset Serial'}; replaces the built-in aliases for that field.")
@@ -92,7 +125,8 @@ class Policy(Layer):
     secret_env: list[str] = Field(
         default_factory=list,
         description="env variables whose values are secrets: never shown by diff or logs "
-        "(the OTLP headers variables always are).")
+        "(the OTLP headers variables always are).",
+        json_schema_extra={"items": {"type": "string", "pattern": ENV_NAME_RE.pattern}})
     platforms: dict[Platform, Layer] = Field(default_factory=dict)
     teams: dict[str, Layer] = Field(default_factory=dict)
 
@@ -100,7 +134,7 @@ class Policy(Layer):
     @classmethod
     def _secret_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.match(r"^[A-Z_][A-Z0-9_]*$", name):
+            if not ENV_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not an env variable name")
         return value
 
@@ -168,8 +202,8 @@ def load(profiles: Path) -> LoadedPolicy:
 
 def parse(text: str, name: str) -> LoadedPolicy:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_BoundedLoader)
+        data = yaml.load(text, Loader=_BoundedLoader)  # a subclass of the safe loader: no tags run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
@@ -191,16 +225,60 @@ def parse(text: str, name: str) -> LoadedPolicy:
         loaded = LoadedPolicy(policy=Policy.model_validate(data), file=name, lines=lines)
     except ValidationError as exc:
         holder = LoadedPolicy(policy=Policy.model_construct(), file=name, lines=lines)
-        for err in exc.errors():
-            path = tuple(p for p in err["loc"])
-            problems.append(Problem(location=holder.location(path), field=dotted(path),
-                                    message=err["msg"].removeprefix("Value error, ")))
+        for path, message in validation_messages(exc):
+            problems.append(Problem(location=holder.location(path), field=dotted(path), message=message))
     if loaded is not None:
         problems.extend(_check_values(loaded))
     if problems:
         raise MdmgenError(problems)
     assert loaded is not None
     return loaded
+
+
+def validation_messages(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """pydantic's errors as ``(key path, message)`` for an IT admin.
+
+    An unknown key is the usual typo, so it says so and suggests the nearest known key. A
+    misspelt required key (``identifer_prefix``) would also count as "missing": that second
+    error only repeats the first, so it is left out and the typo is one line.
+    """
+    errors = exc.errors()
+    unknown = {tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"}
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for err in errors:
+        path = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(path[:-1])
+            guess = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]!r}?" if guess else (
+                f" (known keys: {', '.join(known)})" if known else "")
+            out.append((path, f"unknown key {str(path[-1])!r}{hint}"))
+        elif err["type"] == "missing" and any(
+                loc[:-1] == path[:-1] and difflib.get_close_matches(str(loc[-1]), [str(path[-1])], cutoff=0.6)
+                for loc in unknown):
+            continue
+        else:
+            out.append((path, err["msg"].removeprefix("Value error, ")))
+    return out
+
+
+def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
+    """The keys the policy model accepts at a key path (empty where keys are free, as in settings)."""
+    model: Any = Policy
+    rest = list(parent)
+    while rest:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or rest[0] not in model.model_fields:
+            return []
+        annotation = model.model_fields[rest.pop(0)].annotation
+        if typing.get_origin(annotation) is dict:  # platforms.<name>, teams.<name>: skip the free key
+            if not rest:
+                return []
+            rest.pop(0)
+            annotation = typing.get_args(annotation)[1]
+        model = annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
 
 
 def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, problems: list,
@@ -240,6 +318,11 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             elif isinstance(value, float) and not math.isfinite(value):
                 problems.append(Problem(location=loaded.location(path), field=dotted(path),
                                         message="must be a finite number"))
+            elif (isinstance(value, int) and not isinstance(value, bool)
+                  and not PLIST_INTEGERS[0] <= value <= PLIST_INTEGERS[1]):
+                problems.append(Problem(location=loaded.location(path), field=dotted(path), message=(
+                    "integer out of range: a profile holds integers from -2**63 to 2**64-1; "
+                    "quote it to make it a string")))
             elif value is not None and not isinstance(value, (str, bool, int, float)):
                 problems.append(Problem(location=loaded.location(path), field=dotted(path), message=(
                     f"{type(value).__name__} is not a JSON value; quote it to make it a string")))
@@ -287,7 +370,7 @@ def resolve_variables(policy: Policy, overrides: Mapping[str, str]) -> dict[str,
     unknown = sorted(set(overrides) - set(policy.variables))
     if unknown:
         known = ", ".join(sorted(policy.variables)) or "none"
-        raise ValueError(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
+        raise UnknownVariable(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
     return {**policy.variables, **overrides}
 
 
@@ -341,5 +424,6 @@ def _leaves(value: Any, path: tuple) -> Any:
 
 
 def schema() -> dict[str, Any]:
-    """JSON Schema of the policy file, for editors."""
+    """JSON Schema of the policy file, for editors. The rules that live in validators (reverse
+    DNS, identifier and token names) are restated as patterns, so an editor flags them too."""
     return Policy.model_json_schema()

@@ -51,6 +51,9 @@ CONTENT_TYPES = {".json": "application/json", ".mobileconfig": "application/x-ap
 COMMIT_GAP = 1.0
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
 DEFAULT_WORKERS = 16
+DEFAULT_TIMEOUT = 15.0
+"""Seconds one connect or read may take. botocore's standard mode tries a request 3 times, so a
+silent endpoint fails the run in about 3 x this, not in minutes (its own default is 60 s)."""
 
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _DEVICE_KEY = re.compile(rf"^{DEVICES_DIR}/({_PART})/({_PART})$")
@@ -106,7 +109,7 @@ def checksum_header(sha256_hex: str) -> str:
 
 
 def make_client(*, endpoint_url: str | None = None, region: str | None = None,
-                workers: int = DEFAULT_WORKERS):
+                workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT):
     """An S3 client on the standard AWS credential chain (env, profile, SSO, instance role).
 
     Raises ValueError when the endpoint in use (from the argument, or from AWS_ENDPOINT_URL(_S3)
@@ -115,11 +118,13 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None,
     Checksums are set deliberately: every PUT passes its own ChecksumSHA256, so the SDK's
     default extra CRC32 (boto3 >= 1.36, refused by some S3-compatible stores) is turned off
     with ``when_required``; ``--verify`` hashes what it downloads itself. Retries use botocore's
-    ``standard`` mode (retried throttling and 5xx with backoff), and nothing retries on top.
+    ``standard`` mode (retried throttling, 5xx and timeouts with backoff), and nothing retries
+    on top. ``timeout`` bounds each connect and each read, so a cron job never hangs on an
+    endpoint that accepts connections and never answers.
     """
     config = Config(retries={"mode": "standard"}, request_checksum_calculation="when_required",
                     response_checksum_validation="when_required", max_pool_connections=workers,
-                    connect_timeout=10, read_timeout=60, user_agent_extra=f"mdmgen/{__version__}")
+                    connect_timeout=timeout, read_timeout=timeout, user_agent_extra=f"mdmgen/{__version__}")
     try:
         session = boto3.session.Session()
         client = session.client("s3", endpoint_url=endpoint_url, config=config,
@@ -326,8 +331,12 @@ def _describe(exc: Exception, destination: Destination | None, doing: str) -> Re
         return RemoteError(f"AWS configuration problem: {exc}")
     if isinstance(exc, bx.SSLError):
         return RemoteError(f"TLS error talking to the S3 endpoint while {doing}{where}: {exc}")
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
-                  | bx.ConnectionClosedError):
+    if isinstance(exc, bx.ReadTimeoutError):
+        url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
+        endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "the S3 endpoint"
+        return RemoteError(f"{endpoint} accepted the connection but did not answer in time while {doing}{where} "
+                           "(each try is bounded by --timeout, and the SDK tried 3 times)")
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError):
         url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
         endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "the S3 endpoint"
         return RemoteError(f"cannot reach {endpoint} while {doing}{where}")

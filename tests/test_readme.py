@@ -1,0 +1,212 @@
+"""The README is run, not just read: its shell blocks work when pasted, and the messages and
+exit codes it quotes are the ones mdmgen really prints.
+
+Every ```sh block carries a marker in an HTML comment (invisible when rendered):
+``<!-- readme-test: run -->`` blocks are pasted, in order, into a fresh copy of the project;
+``<!-- readme-test: nightly -->`` is the nightly job, run against a fake /srv; and
+``<!-- readme-test: manual: REASON -->`` blocks need something this machine does not have (a
+real bucket, a Jamf tenant). A block without a marker fails the suite, so a new example is
+either tested or says why it cannot be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mdmgen.exitcodes import COMMANDS, ExitCode
+
+from .conftest import ROOT, SHIPPED_POLICY, run
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```sh\n(?P<body>.*?)```", re.S)
+
+
+def shell_blocks() -> list[tuple[str | None, str]]:
+    return [(m["marker"], m["body"]) for m in BLOCK.finditer(README)]
+
+
+def table_after(heading: str, start: int = 0) -> dict[str, str]:
+    """The first Markdown table after ``heading`` (searched from ``start``): first column ->
+    second column."""
+    start = README.index(heading, start)
+    rows: dict[str, str] = {}
+    for line in README[start:].splitlines()[1:]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[0] and not set(cells[0]) <= set("-:") and cells[0] not in ("Code", "Exit code", "Command"):
+                rows[cells[0]] = cells[1]
+        elif rows:
+            break
+    return rows
+
+
+def test_every_shell_block_is_tested_or_says_why_not():
+    markers = [marker for marker, _body in shell_blocks()]
+    assert markers, "no shell block found"
+    for marker in markers:
+        assert marker is not None, "a ```sh block in the README has no readme-test marker"
+        assert marker in ("run", "nightly") or re.fullmatch(r"manual: \S.*", marker), marker
+
+
+# --- exit codes and messages ----------------------------------------------------------------
+
+
+def test_the_exit_code_tables_list_what_the_commands_do():
+    shared = table_after("### Exit codes")
+    assert sorted(int(code) for code in shared) == [int(code) for code in ExitCode]
+    per_command = table_after("Which command exits with which code")
+    listed = {name.strip("`").removeprefix("mdmgen "): sorted(int(c) for c in codes.split(","))
+              for name, codes in per_command.items()}
+    assert listed == {command: sorted(codes) for command, codes in COMMANDS.items()}
+    for heading, command in (("## Publishing to S3", "publish s3"), ("## Publishing to Jamf Pro", "publish jamf")):
+        codes = table_after("**Exit codes.**", README.index(heading))
+        assert sorted(int(c) for c in codes) == sorted(COMMANDS[command]), command
+    preflight = table_after("| Exit code | Meaning |", README.index("### `mdmgen preflight`"))
+    assert sorted(int(c) for c in preflight) == sorted(COMMANDS["preflight"])
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_help_text_lists_its_exit_codes(workdir, command):
+    help_text = run(workdir, *command.split(), "--help").stdout
+    listed = re.findall(r"^ +(\d)  ", help_text.split("Exit codes:")[1], re.M)
+    assert [int(c) for c in listed] == list(COMMANDS[command])
+
+
+def quoted(prefix: str, containing: str = "") -> str:
+    """The README's inline-code sample message that starts with ``prefix`` (and holds ``containing``)."""
+    found = [text for text in re.findall(rf"`({re.escape(prefix)}[^`]*)`", README) if containing in text]
+    assert found, f"the README quotes no message starting with {prefix!r}"
+    return found[0]
+
+
+def shipped_project(tmp_path: Path, policy_text: str | None = None) -> Path:
+    shutil.copytree(ROOT / "inventory", tmp_path / "inventory")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "policy.yaml").write_text(policy_text or SHIPPED_POLICY.read_text())
+    return tmp_path
+
+
+def test_the_undefined_name_sample_is_what_the_shipped_policy_prints(tmp_path):
+    typo = SHIPPED_POLICY.read_text().replace("{{ otlp_endpoint }}", "{{ otlp_endpont }}")
+    result = run(shipped_project(tmp_path, typo), "validate")
+    assert result.exit_code == 1
+    assert quoted("profiles/policy.yaml:", "undefined name") in result.stderr.splitlines()
+
+
+def test_the_unknown_key_sample_is_what_the_shipped_policy_prints(tmp_path):
+    typo = SHIPPED_POLICY.read_text().replace("  identifier_prefix:", "  identifer_prefix:")
+    result = run(shipped_project(tmp_path, typo), "validate")
+    assert result.exit_code == 1
+    assert quoted("profiles/policy.yaml:10: org.identifer_prefix") in result.stderr.splitlines()
+
+
+def test_the_set_at_sample_names_the_line_of_the_shipped_policy(tmp_path):
+    result = run(shipped_project(tmp_path), "validate", "--var", "otlp_endpoint=http://otel.company.com:4317")
+    assert result.exit_code == 1
+    assert quoted("(set at profiles/policy.yaml:") in result.stderr
+
+
+# --- the shell blocks, pasted ---------------------------------------------------------------
+
+
+def project_copy(dest: Path) -> Path:
+    """The project as a fresh clone would have it: tracked and untracked-but-not-ignored files."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def paste(block: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a block as a shell would after pasting it, then end whatever it left in the background.
+
+    Output goes to a file, not a pipe: a server the block started in the background keeps the
+    shell's stderr open, and reading a pipe to its end would wait for that server.
+    """
+    log = cwd / f".paste-{os.getpid()}.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(["bash", "-eo", "pipefail", "-c", block], cwd=cwd, env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    output = log.read_text()
+    log.unlink()
+    return subprocess.CompletedProcess(block, proc.returncode, output, "")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of a person's shell: none of the test run's AWS or Jamf variables."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "JAMF_", "VIRTUAL_ENV", "PYTEST"))}
+
+
+def test_the_run_blocks_work_when_pasted_in_order(tmp_path):
+    """Quick start, then trying S3 and Jamf locally, each pasted as one block, as a newcomer would."""
+    project = project_copy(tmp_path / "mdmgen")
+    blocks = [body for marker, body in shell_blocks() if marker == "run"]
+    assert len(blocks) == 3
+    quick_start, try_s3, try_jamf = blocks
+
+    result = paste(quick_start, project, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert (project / "output" / "manifest.json").is_file()
+    assert "Compiled 18 devices into output/" in result.stdout
+
+    result = paste(try_s3, project, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    assert "Published s3://acme-mdm/claude-code/: 25 uploaded (25 new, 0 changed)" in result.stdout
+
+    result = paste(try_jamf, project, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("Published Jamf Pro")]
+    assert len(summaries) == 2, result.stdout
+    assert "4 uploaded (4 new, 0 changed)" in summaries[0]  # 4 new, 2 not enrolled
+    assert "0 uploaded (0 new, 0 changed), 4 unchanged" in summaries[1]  # no write
+    assert "2 Mac(s) are not enrolled" in result.stdout
+
+
+def test_the_nightly_job_leaves_a_clean_audit_repository(tmp_path):
+    """The nightly script, with /srv moved into a temporary folder: every night's result is
+    committed and nothing of mdmgen's own state is left untracked."""
+    (nightly,) = [body for marker, body in shell_blocks() if marker == "nightly"]
+    srv = tmp_path / "srv"
+    (srv / "mdmgen").mkdir(parents=True)
+    (srv / "mdmgen" / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    shutil.copytree(ROOT / "profiles", srv / "mdmgen" / "profiles")
+    shutil.copytree(ROOT / "inventory", srv / "hr-export")
+    audit = srv / "audit"
+    audit.mkdir()
+    subprocess.run(["git", "init", "-q", str(audit)], check=True)
+    env = {**clean_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    script = nightly.replace("/srv/", f"{srv}/")
+    assert "/srv" not in script.replace(str(srv), "")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(audit), *args], check=True, capture_output=True, text=True).stdout
+
+    for night in (1, 2):
+        result = paste(script, tmp_path, env)
+        assert result.returncode == 0, result.stdout
+        assert git("status", "--porcelain", "--untracked-files=all") == ""
+        assert len(git("log", "--oneline").splitlines()) == 1, f"night {night}"  # a quiet night commits nothing
+    assert "output/manifest.json" in git("ls-files")
+    assert (audit / ".gitignore").read_text().splitlines().count(".*.mdmgen-*") == 1
