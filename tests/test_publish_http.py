@@ -242,6 +242,8 @@ def test_proxy_for_names_the_proxy_without_credentials_and_honours_no_proxy():
     assert http.proxy_for("http://127.0.0.1:8080", env) is None  # plain http (loopback) never goes through one
     assert http.proxy_for("https://acme.jamfcloud.com", {"all_proxy": "proxy.corp:8080"}) == "http://proxy.corp:8080"
     assert http.proxy_for("https://acme.jamfcloud.com", {}) is None
+    both = {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}
+    assert http.proxy_for("https://acme.jamfcloud.com", both) == "http://lower:1"
 
 
 def test_minus_vv_logs_one_line_per_request_and_no_library_header_dumps(workdir, jamf, jamf_env):

@@ -133,7 +133,8 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
     if parts.scheme != "https":
         return None
     environ = os.environ if environ is None else environ
-    proxies = {key.lower()[:-6]: value for key, value in environ.items()
+    # https_proxy wins over HTTPS_PROXY, as in urllib (whose rules httpx applies): lower case last.
+    proxies = {key.lower()[:-6]: value for key, value in sorted(environ.items(), key=lambda kv: kv[0].islower())
                if key.lower().endswith("_proxy") and value}
     proxy = proxies.get("https") or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
