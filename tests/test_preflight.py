@@ -348,3 +348,17 @@ def test_targets_follow_the_otel_endpoint_rules():
     [grpc_metrics] = preflight.targets_for(grpc_env)
     assert grpc_metrics.url == "https://otel.example.com/otlp/"  # grpc: no /v1/<signal> path
     assert preflight.targets_for({**env, "CLAUDE_CODE_ENABLE_TELEMETRY": "0"}) == ()
+
+
+def test_a_header_http_cannot_carry_is_not_sent_and_not_printed():
+    env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_HEADERS": f"X-Team=café {TOKEN}"}
+    with make_receiver("http/json") as rx:
+        [target] = preflight.targets_for({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint})
+        result = preflight.check_target(target, timeout=2)
+
+    assert rx.exports == []
+    assert (result.endpoint.status, result.endpoint.text) == (
+        preflight.FAIL, "NOT SENT: a header name or value is not valid in HTTP")
+    assert result.token.text == "not checked: headers could not be sent"
+    assert TOKEN not in repr(result)
