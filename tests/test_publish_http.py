@@ -197,6 +197,19 @@ def test_a_sign_in_page_instead_of_json_is_one_line_and_not_retried(workdir, jam
     assert hits(jamf, PROFILES) == 1
 
 
+def test_a_redirect_to_a_sign_in_portal_is_one_line_and_not_followed(workdir, jamf, jamf_env):
+    from .test_publish_jamf import compile_fleet, one_line_error
+
+    compile_fleet(workdir, range(1))
+    jamf.fail_next(1, 302, path=TOKEN, headers=(("Location", "https://sso.corp.example/login?state=x1y2"),))
+    result = run(workdir, "publish", "jamf", "--url", jamf.url)
+    assert result.exit_code == 7
+    assert one_line_error(result) == (
+        "error: Jamf Pro answered 302 Found while requesting an access token: redirected to "
+        "https://sso.corp.example/login; is a sign-in portal or a proxy in the way? Check --url and NO_PROXY")
+    assert len(jamf.requests) == 1
+
+
 def test_a_truncated_body_is_retried(jamf):
     jamf.fail_next(1, path=PROFILES, truncate=True)
     sleeps: list[float] = []

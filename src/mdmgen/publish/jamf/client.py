@@ -187,7 +187,11 @@ class JamfClient:
     def _http_error(self, method: str, path: str, response: Response) -> JamfHTTPError:
         reason = self._redact(error_reason(response.content_type, response.body))
         message = f"Jamf Pro answered {response.status} {reason_phrase(response.status)} while {response.doing}"
-        if response.status == 403:
+        if 300 <= response.status < 400:  # Jamf's API does not redirect; a portal or proxy in front does
+            location = urlsplit(response.headers.get("Location", ""))
+            where = f" to {location.scheme}://{location.netloc}{location.path}" if location.netloc else ""
+            message += f": redirected{where}; is a sign-in portal or a proxy in the way? Check --url and NO_PROXY"
+        elif response.status == 403:
             what = ("Computers" if "computers-inventory" in path else "macOS Configuration Profiles")
             privilege = "Read" if "computers-inventory" in path else _PRIVILEGES.get(method, method)
             message += f": the API client's role needs the '{privilege} {what}' privilege"
@@ -228,7 +232,7 @@ class JamfClient:
 
             def call(path: str = path) -> Response:
                 response = self._http.send("POST", path, doing=doing, headers=headers, content=form)
-                if response.status >= 500 or response.status == 429:
+                if response.status >= 500 or response.status == 429 or 300 <= response.status < 400:
                     raise self._http_error("POST", path, response)
                 return response
 
