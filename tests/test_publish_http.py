@@ -269,3 +269,17 @@ def test_minus_vv_logs_one_line_per_request_and_no_library_header_dumps(workdir,
     for library_line in ("HTTP Request:", "send_request_headers", "receive_response_headers", "Set-Cookie",
                          "Authorization", "Bearer", DEFAULT_CLIENT_SECRET, "computers-inventory?"):
         assert library_line not in result.output
+
+
+def test_where_the_run_stopped_is_added_without_losing_the_status():
+    def write(item):
+        raise jamfpub.JamfHTTPError("Jamf Pro answered 409 Conflict while creating", 409, "Duplicate name")
+
+    plan = base.build_plan([base.Desired("a", "1", 1, "MAC1")], [], prune=False)
+    with pytest.raises(jamfpub.JamfHTTPError) as failed:
+        base.apply(plan, write=write, delete=lambda item: None, workers=1)
+    assert (failed.value.status, failed.value.reason) == (409, "Duplicate name")
+    assert str(failed.value) == ("Jamf Pro answered 409 Conflict while creating (the writes that finished are in "
+                                 "place; rerun to finish)")
+    hinted = http.TransportFailure("no answer", kind="timeout", transient=True, hint="try a larger --timeout")
+    assert str(base.with_context(hinted, "rerun")) == "no answer (rerun); try a larger --timeout"
