@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -123,7 +124,7 @@ class JamfClient:
                  attempts: int = DEFAULT_ATTEMPTS, base_delay: float = DEFAULT_BASE_DELAY,
                  max_delay: float = DEFAULT_MAX_DELAY, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 ssl_context=None):
+                 ssl_context: ssl.SSLContext | None = None):
         self.base_url = check_url(base_url)
         self.max_connections = max(1, min(max_connections, MAX_CONNECTIONS))
         self.timeout = timeout
