@@ -45,7 +45,7 @@ def test_without_prune_remote_leftovers_are_stale_not_deleted():
     plan = base.build_plan([_desired("kept", device="A")], [Remote("kept", "A", "a"), Remote("old", "B", "a")],
                            prune=False)
     assert _actions(plan) == {"kept": Action.UNCHANGED, "old": Action.STALE}
-    assert plan.changes == 0
+    assert plan.of(*base.WRITES, Action.DELETE) == []
     assert plan.stale_devices() == {"B"}
     assert plan.lines() == ["stale   old  (kept; --prune deletes it)"]
 
@@ -61,7 +61,7 @@ def test_commit_item_comes_after_writes_and_is_rewritten_when_anything_else_is_w
 def test_commit_item_is_left_alone_when_nothing_else_changes():
     plan = base.build_plan([_desired("manifest", "m", commit=True), _desired("a", device="A")],
                            [Remote("manifest", None, "m"), Remote("a", "A", "a")], prune=False)
-    assert plan.changes == 0
+    assert plan.of(*base.WRITES, Action.DELETE) == []
 
 
 def test_dry_run_lines_list_changes_but_not_unchanged_items():
@@ -180,10 +180,37 @@ def test_apply_writes_then_commits_then_deletes():
                 order.append((kind, item.key))
         return call
 
-    result = base.apply(_plan_for_apply(), write=record("write"), delete=record("delete"), workers=2)
+    base.apply(_plan_for_apply(), write=record("write"), delete=record("delete"), workers=2)
     assert sorted(order[:2]) == [("write", "a"), ("write", "b")]
     assert order[2:] == [("write", "m"), ("delete", "old")]
-    assert result == base.ApplyResult(created=2, updated=1, deleted=1)
+
+
+def test_apply_re_raises_the_same_error_with_its_attributes():
+    """A target's error class may carry an HTTP status and take other constructor arguments:
+    apply must not rebuild it from its message."""
+
+    class HTTPError(base.RemoteError):
+        def __init__(self, message: str, *, status: int):
+            super().__init__(message)
+            self.status = status
+
+    raised = HTTPError("Jamf Pro answered 503", status=503)
+
+    def write(item):
+        raise raised
+
+    with pytest.raises(HTTPError) as info:
+        base.apply(_plan_for_apply(), write=write, delete=lambda item: None, workers=1)
+    assert info.value is raised and info.value.status == 503
+    assert str(info.value) == "Jamf Pro answered 503 (nothing was committed; rerun to finish)"
+
+
+def test_plan_items_carry_what_apply_needs():
+    plan = base.build_plan([Desired("a", "new", 1, "A", None, detail="wanted-a")],
+                           [Remote("a", "A", "old", detail="stored-a"), Remote("z", "Z", "x", detail="stored-z")],
+                           prune=True)
+    assert [(i.key, i.desired, i.remote) for i in plan.items] == [("a", "wanted-a", "stored-a"),
+                                                                  ("z", None, "stored-z")]
 
 
 def test_apply_commits_nothing_after_a_failed_write():

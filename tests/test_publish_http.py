@@ -281,5 +281,8 @@ def test_where_the_run_stopped_is_added_without_losing_the_status():
     assert (failed.value.status, failed.value.reason) == (409, "Duplicate name")
     assert str(failed.value) == ("Jamf Pro answered 409 Conflict while creating (the writes that finished are in "
                                  "place; rerun to finish)")
-    hinted = http.TransportFailure("no answer", kind="timeout", transient=True, hint="try a larger --timeout")
-    assert str(base.with_context(hinted, "rerun")) == "no answer (rerun); try a larger --timeout"
+    hinted = http.gave_up(http.TransportFailure("no answer", kind="timeout", transient=True,
+                                                hint="try a larger --timeout"), 5)
+    hinted.progress = "nothing was committed"
+    assert str(hinted) == ("no answer (gave up after 5 attempts); try a larger --timeout (nothing was committed; "
+                           "rerun to finish)")

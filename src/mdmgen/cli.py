@@ -464,63 +464,33 @@ def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, ti
 
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
-    """Every publisher's run: check the folder, connect, plan, [print], guard, apply, summarise."""
-    from .publish import base, local
+    """Run the shared publish flow and print its outcome; exceptions become exit codes."""
+    from .publish import base, flow
 
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)  # SDK debug logs carry signed headers
-    progress = report.progress()
-    publisher = None
+
+    def show_plan(plan: base.Plan) -> None:
+        if not report.as_json:
+            click.echo(f"Plan for {destination}:")
+            for line in plan.lines():
+                click.echo(line)
+
     try:
-        with output.locked(out, shared=True):  # no compile may swap the folder during the publish
-            folder = local.read_output(out)
-            publisher = connect()
-            plan = publisher.plan(folder, prune=prune, progress=progress)
-            if dry_run and not report.as_json:
-                click.echo(f"Plan for {destination}:")
-                for line in plan.lines():
-                    click.echo(line)
-            base.check_deletions(plan, max_delete=max_delete, force=force)
-            if not dry_run:
-                base.apply(plan, write=publisher.write, delete=publisher.delete, workers=publisher.workers,
-                           progress=progress)
+        outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
+                           max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
-    except output.OutputError as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
-    except base.LocalOutputError as exc:
+    except (output.OutputError, base.LocalOutputError) as exc:
         report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
     except base.DeletionRefused as exc:
         report.fail(ExitCode.DELETION_REFUSED, f"error: {exc}")
     except base.RemoteError as exc:
         report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
-    finally:
-        if hasattr(publisher, "close"):
-            publisher.close()  # its connections, so none outlives the run
-    notes: list[base.Note] = list(getattr(publisher, "notes", ()))
-    noun = getattr(publisher, "noun", "file")
-    counts = plan.counts()
-    created, updated, deleted = counts["create"], counts["update"], counts["delete"]
-    if dry_run:
-        summary = (f"Dry run for {destination}: would upload {created + updated} ({created} new, {updated} "
-                   f"changed), {counts['unchanged']} unchanged, would delete {deleted}; nothing was changed.")
-    else:
-        summary = (f"Published {destination}: {created + updated} uploaded ({created} new, {updated} changed), "
-                   f"{counts['unchanged']} unchanged, {deleted} deleted.")
-    if counts["stale"]:
-        summary += (f" {counts['stale']} remote {noun}(s) of {len(plan.stale_devices())} device(s) no longer in "
-                    f"{out}/ were left in place (--prune deletes them).")
     if not report.quiet:
-        click.echo(summary, err=True)
-        for note in notes:
+        click.echo(outcome.summary(), err=True)
+        for note in outcome.notes:
             click.echo(f"note: {note.message}", err=True)
     if report.as_json:
-        data = {"exit_code": 0, "destination": destination, "dry_run": dry_run, "uploaded": created + updated,
-                **counts, "devices": {"published": len(plan.published_devices()),
-                                      "deleted": len(plan.deleted_devices())},
-                "notes": {note.kind: {"message": note.message, "items": list(note.items)} for note in notes}}
-        if dry_run:
-            data["plan"] = {a.value: [i.key for i in plan.of(a)]
-                            for a in (base.Action.CREATE, base.Action.UPDATE, base.Action.DELETE)}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)

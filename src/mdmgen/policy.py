@@ -304,10 +304,7 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
     """Settings must be JSON-shaped; team names must not collide once case is ignored."""
     problems: list[Problem] = []
     policy = loaded.policy
-    layers: list[tuple[tuple[str | int, ...], Layer]] = [((), policy)]
-    layers += [(("platforms", p.value), layer) for p, layer in policy.platforms.items()]
-    layers += [(("teams", t), layer) for t, layer in policy.teams.items()]
-    for prefix, layer in layers:
+    for prefix, layer in all_layers(policy):
         for path, value, in_list in _walk(layer.settings, (*prefix, "settings")):
             if value is None and (prefix == () or in_list):
                 problems.append(Problem(location=loaded.location(path), field=dotted(path),
@@ -372,6 +369,14 @@ def resolve_variables(policy: Policy, overrides: Mapping[str, str]) -> dict[str,
         known = ", ".join(sorted(policy.variables)) or "none"
         raise UnknownVariable(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
     return {**policy.variables, **overrides}
+
+
+def all_layers(policy: Policy) -> list[tuple[tuple[str | int, ...], Layer]]:
+    """Every layer of the policy (base, each platform, each team), each with its key path prefix."""
+    layers: list[tuple[tuple[str | int, ...], Layer]] = [((), policy)]
+    layers += [(("platforms", p.value), layer) for p, layer in policy.platforms.items()]
+    layers += [(("teams", t), layer) for t, layer in policy.teams.items()]
+    return layers
 
 
 def layers_for(loaded: LoadedPolicy, platform: Platform, team: str) -> list[tuple[tuple, Layer]]:

@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import __version__, attributes
 from .models import Device, Platform, Problem, Settings
-from .policy import DEVICE_FIELDS, Leaf, LoadedPolicy, dotted, layers_for, merge
+from .policy import DEVICE_FIELDS, Leaf, LoadedPolicy, all_layers, dotted, layers_for, merge
 
 _MARKERS = ("{{", "{%", "{#")
 
@@ -190,10 +190,7 @@ def _digest(value: Any) -> str:
 def _policy_leaves(loaded: LoadedPolicy) -> Iterable[Leaf]:
     """Every value of every layer, with its path (templates are checked even if no device uses them)."""
     policy = loaded.policy
-    layers = [((), policy)]
-    layers += [(("platforms", p.value), layer) for p, layer in policy.platforms.items()]
-    layers += [(("teams", t), layer) for t, layer in policy.teams.items()]
-    for prefix, layer in layers:
+    for prefix, layer in all_layers(policy):
         settings, attribute_leaves = merge([(prefix, layer)])
         yield from _tree_leaves(settings)
         yield from attribute_leaves.values()

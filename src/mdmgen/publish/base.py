@@ -1,6 +1,8 @@
 """What every publisher shares: the plan, the deletion guard, a bounded parallel apply, retries.
 
-A publisher (S3 now; Jamf and Intune next) does three things, and only the first is its own:
+A publisher (S3, Jamf; Intune next) does three things, and only the first is its own. The
+shared flow that runs them for every target, under the output folder's lock, is
+:func:`mdmgen.publish.flow.run`:
 
 1. **Plan** — turn the local output folder and the remote state into ``Desired`` and ``Remote``
    items, then call :func:`build_plan`. Planning is pure, so ``--dry-run`` is exactly what
@@ -12,10 +14,9 @@ A publisher (S3 now; Jamf and Intune next) does three things, and only the first
 3. **Apply** — :func:`apply` runs the plan's writes on a bounded thread pool, then the commit
    item(s), then the deletions, reporting to a :class:`~mdmgen.progress.Progress`.
 
-A publisher object offers ``plan(local, prune=, progress=)``, ``write(item)``, ``delete(item)`` and
-``workers``; optionally ``notes`` (a list of :class:`Note`: what the summary should mention
-beyond the plan, such as Macs not enrolled in Jamf), ``noun`` (what one remote item is called in
-the summary: "file", "profile") and ``close()`` (called once the run is over).
+What a publisher offers is the :class:`~mdmgen.publish.flow.Publisher` protocol. A plan is a
+plain value: each item carries what ``write`` or ``delete`` needs (``PlanItem.desired`` and
+``PlanItem.remote``), so applying a plan never depends on state kept from planning.
 
 :func:`retry` is the one retry loop. Publishers that speak HTTP (Jamf, Graph) use it through
 :class:`mdmgen.publish.http.RetryPolicy`, which decides what is worth retrying and reads
@@ -30,9 +31,9 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..progress import NO_PROGRESS, Progress
 
@@ -48,13 +49,21 @@ DEFAULT_MAX_DELETE = 10.0
 
 
 class PublishError(Exception):
-    """A failure with a one-line message written for the person running mdmgen."""
+    """A failure with a one-line message written for the person running mdmgen.
 
+    ``progress`` is what the publish had achieved when it stopped ("nothing was committed"),
+    added to the message by :func:`apply`. It is an attribute rather than a new message, so
+    the exception keeps its class and attributes (an HTTP status, say) on its way to the CLI.
+    """
 
-def with_context(exc: PublishError, context: str) -> PublishError:
-    """A copy of ``exc`` whose message ends with `` (context)``: the same class and attributes
-    (an HTTP status, say), so callers can still tell failures apart."""
-    return copy_with_message(exc, f"{exc.args[0] if exc.args else ''} ({context})")
+    progress: str | None = None
+
+    def __str__(self) -> str:
+        return self.with_progress(super().__str__())
+
+    def with_progress(self, message: str) -> str:
+        """``message`` followed by the progress, if any: for subclasses that build their own text."""
+        return f"{message} ({self.progress}; rerun to finish)" if self.progress else message
 
 
 def copy_with_message(exc: E, message: str) -> E:
@@ -117,6 +126,8 @@ class Desired:
     device: str | None = None
     source: LocalFile | None = None
     commit: bool = False
+    detail: Any = None
+    """What the target needs to write it beyond the bytes (Jamf: the profile's metadata)."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +141,15 @@ class Remote:
     key: str
     device: str | None = None
     sha256: str | None = None
+    detail: Any = None
+    """What the target knows of it and needs to change it (S3: the manifest's ETag for the
+    conditional commit; Jamf: the profile's id and stored identifiers)."""
 
 
 @dataclass(frozen=True)
 class PlanItem:
+    """One step of a plan, with everything ``write`` or ``delete`` needs to carry it out."""
+
     action: Action
     key: str
     device: str | None = None
@@ -141,13 +157,19 @@ class PlanItem:
     size: int = 0
     source: LocalFile | None = None
     commit: bool = False
+    desired: Any = None
+    """``Desired.detail`` of the item to write."""
+    remote: Any = None
+    """``Remote.detail`` of the item on the remote (None when it is new)."""
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a publish will do, item by item, in the order ``apply`` does it."""
+    """What a publish will do, item by item, in the order ``apply`` does it, and what the summary
+    should say beyond the items (``notes``: Macs not enrolled in Jamf, say)."""
 
     items: tuple[PlanItem, ...]
+    notes: tuple[Note, ...] = ()
 
     def of(self, *actions: Action) -> list[PlanItem]:
         return [item for item in self.items if item.action in actions]
@@ -158,10 +180,6 @@ class Plan:
         for item in self.items:
             counts[item.action.value] += 1
         return counts
-
-    @property
-    def changes(self) -> int:
-        return len(self.of(*WRITES, Action.DELETE))
 
     def published_devices(self) -> set[str]:
         """Devices the remote holds anything of now: the base of the deletion percentage."""
@@ -185,7 +203,8 @@ class Plan:
         return out
 
 
-def build_plan(desired: Iterable[Desired], remote: Iterable[Remote], *, prune: bool) -> Plan:
+def build_plan(desired: Iterable[Desired], remote: Iterable[Remote], *, prune: bool,
+               notes: Iterable[Note] = ()) -> Plan:
     """Compare what should be with what is.
 
     Order: writes (by key), then commit items, then deletions, then stale items, which is the
@@ -204,14 +223,15 @@ def build_plan(desired: Iterable[Desired], remote: Iterable[Remote], *, prune: b
             action = Action.UNCHANGED
         else:
             action = Action.UPDATE
-        items.append(PlanItem(action, d.key, d.device, d.sha256, d.size, d.source, d.commit))
+        items.append(PlanItem(action, d.key, d.device, d.sha256, d.size, d.source, d.commit, d.detail,
+                              there.detail if there is not None else None))
     if any(i.action in WRITES for i in items if not i.commit):
-        items = [PlanItem(Action.UPDATE, i.key, i.device, i.sha256, i.size, i.source, i.commit)
-                 if i.commit and i.action is Action.UNCHANGED else i for i in items]
+        items = [replace(i, action=Action.UPDATE) if i.commit and i.action is Action.UNCHANGED else i
+                 for i in items]
     gone = Action.DELETE if prune else Action.STALE
-    items += [PlanItem(gone, r.key, r.device) for r in sorted(remote_by_key.values(), key=lambda r: r.key)
-              if r.key not in wanted]
-    return Plan(tuple(items))
+    items += [PlanItem(gone, r.key, r.device, remote=r.detail)
+              for r in sorted(remote_by_key.values(), key=lambda r: r.key) if r.key not in wanted]
+    return Plan(tuple(items), tuple(notes))
 
 
 def check_deletions(plan: Plan, *, max_delete: float = DEFAULT_MAX_DELETE, force: bool = False) -> None:
@@ -230,13 +250,6 @@ def check_deletions(plan: Plan, *, max_delete: float = DEFAULT_MAX_DELETE, force
             f"refusing to delete {deleted} of {published} published devices ({percent:.0f}% > "
             f"--max-delete {max_delete:g}%); the inventory may be truncated. Check it, then rerun "
             f"with --max-delete {math.ceil(percent)} or --force")
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    created: int
-    updated: int
-    deleted: int
 
 
 def run_bounded(items: Sequence[T], fn: Callable[[T], R], *, workers: int,
@@ -283,13 +296,13 @@ def run_bounded(items: Sequence[T], fn: Callable[[T], R], *, workers: int,
 
 
 def apply(plan: Plan, *, write: Callable[[PlanItem], None], delete: Callable[[PlanItem], None],
-          workers: int = 8, progress: Progress = NO_PROGRESS) -> ApplyResult:
+          workers: int = 8, progress: Progress = NO_PROGRESS) -> None:
     """Carry out a plan: writes in parallel, then commit items in order, then deletions in parallel.
 
     Nothing is committed unless every write succeeded, and nothing is deleted before the commit,
     so a reader that trusts the commit item (the manifest) never sees it point at a missing or
-    unfinished object. A failure stops the run; the error is re-raised as the same PublishError
-    class with what was done, and rerunning converges because the plan is recomputed.
+    unfinished object. A failure stops the run; the same PublishError is re-raised with what was
+    achieved in its ``progress``, and rerunning converges because the plan is recomputed.
     """
     writes = [i for i in plan.of(*WRITES) if not i.commit]
     commits = [i for i in plan.of(*WRITES) if i.commit]
@@ -309,9 +322,8 @@ def apply(plan: Plan, *, write: Callable[[PlanItem], None], delete: Callable[[Pl
             where = "nothing was committed"
         else:  # a target without a commit item (Jamf): each finished write is already live
             where = "the writes that finished are in place"
-        raise with_context(exc, f"{where}; rerun to finish") from exc
-    return ApplyResult(created=len(plan.of(Action.CREATE)), updated=len(plan.of(Action.UPDATE)),
-                       deleted=len(deletes))
+        exc.progress = where
+        raise
 
 
 @dataclass(frozen=True)

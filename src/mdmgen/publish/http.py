@@ -101,7 +101,7 @@ class TransportFailure(RemoteError):
         self.exhausted = False
 
     def __str__(self) -> str:
-        return f"{self.args[0]}; {self.hint}" if self.hint else str(self.args[0])
+        return self.with_progress(f"{self.args[0]}; {self.hint}" if self.hint else str(self.args[0]))
 
 
 class UnexpectedAnswer(RemoteError):

@@ -175,8 +175,8 @@ def remote_items(state: RemoteState) -> list[Remote]:
         verified = state.verified
         sha = verified.get(relpath) if verified is not None else _vouched(published, obj, device)
         items.append(Remote(relpath, device, sha))
-    if published is not None:
-        items.append(Remote(MANIFEST_FILE, None, published.sha256))
+    if published is not None:  # its ETag makes the commit conditional (If-Match)
+        items.append(Remote(MANIFEST_FILE, None, published.sha256, detail=published.etag))
     return items
 
 
@@ -189,9 +189,10 @@ def _vouched(published: PublishedManifest | None, obj: RemoteObject, device: str
 
 
 class S3Publisher:
-    """Plans and applies a publish to one destination. Holds the client, the remote state read at
-    planning time (the manifest ETag for the conditional commit), and the time of the last write.
-    """
+    """Plans and applies a publish to one destination. Holds the client and, while applying, the
+    time of the last object write (the manifest must be dated after it)."""
+
+    noun = "file"
 
     def __init__(self, client, destination: Destination, *, kms_key_id: str | None = None,
                  verify: bool = False, workers: int = DEFAULT_WORKERS, commit_gap: float = COMMIT_GAP,
@@ -206,12 +207,11 @@ class S3Publisher:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_write: float | None = None
-        self.state: RemoteState | None = None
 
     def plan(self, local: LocalOutput, *, prune: bool, progress: Progress = NO_PROGRESS) -> Plan:
         wanted = {f.relpath for f in local.files}
-        self.state = self.read_remote(wanted, progress)
-        return build_plan(desired_items(local), remote_items(self.state), prune=prune)
+        state = self.read_remote(wanted, progress)
+        return build_plan(desired_items(local), remote_items(state), prune=prune)
 
     def read_remote(self, wanted: Iterable[str], progress: Progress = NO_PROGRESS) -> RemoteState:
         """GET the manifest, LIST devices/, and with --verify GET and hash each wanted object."""
@@ -282,9 +282,8 @@ class S3Publisher:
             args["ServerSideEncryption"] = "AES256"
         if item.commit:
             self._wait_for_gap()
-            published = self.state.manifest if self.state else None
-            if published is not None:
-                args["IfMatch"] = published.etag
+            if item.remote is not None:  # the ETag of the manifest read when planning
+                args["IfMatch"] = item.remote
             else:
                 args["IfNoneMatch"] = "*"
         try:
@@ -306,6 +305,9 @@ class S3Publisher:
             self.client.delete_object(Bucket=self.destination.bucket, Key=key)
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise _describe(exc, self.destination, f"deleting {key}") from None
+
+    def close(self) -> None:
+        self.client.close()
 
     def _wait_for_gap(self) -> None:
         """Make the manifest's LastModified later than every object's, at S3's 1-second resolution."""

@@ -111,7 +111,7 @@ class JamfPublisher:
             remote.append(Remote(key, serial, found.sha256 if found else None))
         self._note(unenrolled, listed, computers)
         return build_plan([Desired(w.name, w.sha256, w.file.size, w.serial, w.file) for w in self._wanted.values()],
-                          remote, prune=prune)
+                          remote, prune=prune, notes=self.notes)
 
     def _want(self, serial: str, file: LocalFile, computer_ids: list[int]) -> Wanted:
         profile = _parse_plist(file.read(), f"{file.path}")
