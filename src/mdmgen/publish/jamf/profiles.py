@@ -174,6 +174,15 @@ class Stored:
         return differs + [key for key in sorted(want.fields) if self.fields.get(key) != want.fields[key]]
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One of our profiles in Jamf's list: its id, and what was read of it (None when it was not
+    read: the profile of a Mac that left the inventory, only ever deleted)."""
+
+    id: int
+    stored: Stored | None
+
+
 # --- scope --------------------------------------------------------------------------------------
 
 

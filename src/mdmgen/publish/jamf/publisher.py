@@ -6,7 +6,7 @@ and what counts as a change are in :mod:`.profiles`; talking to Jamf is :mod:`.c
 * **Scope.** Level computer, installed automatically, not removable, scoped to exactly the
   computer(s) whose serial number is the Mac's (§3, §4.1: looked up with the Jamf Pro API
   inventory filter, 50 serials per request). A Mac not enrolled in Jamf gets no profile and is
-  reported; a profile it already has is left as it is (see :attr:`JamfPublisher.notes`).
+  reported in the plan's notes; a profile it already has is left as it is.
 * **Unchanged profiles are not written**, so no Mac gets a needless redeploy.
 * **Redeploy.** A PUT whose settings changed sends ``redeploy_on_update`` ``All``, so every
   scoped Mac gets the new settings; a PUT of Jamf fields or scope only sends ``Newly Assigned``,
@@ -45,6 +45,7 @@ from .profiles import (
     DISTRIBUTION,
     LEVEL,
     NAME_PREFIX,
+    Listed,
     ServerKeys,
     Stored,
     Wanted,
@@ -70,8 +71,9 @@ PROFILES = "/JSSResource/osxconfigurationprofiles"
 class JamfPublisher:
     """Plans and applies a publish of every Mac's profile to one Jamf Pro server.
 
-    Holds the client and what planning learnt: the desired profiles, the stored ones (with the
-    identifiers to send back), and the notes for the summary.
+    Holds only the client and its settings: the plan's items carry what ``write`` and ``delete``
+    need (``PlanItem.desired``: the :class:`Wanted` profile; ``PlanItem.remote``: the
+    :class:`Listed` one), so applying never depends on state kept from planning.
     """
 
     noun = "profile"
@@ -80,10 +82,6 @@ class JamfPublisher:
         self.client = client
         self.category = category
         self.workers = max(1, min(workers, client.max_connections))
-        self.notes: list[Note] = []
-        self._wanted: dict[str, Wanted] = {}
-        self._stored: dict[str, Stored] = {}
-        self._ids: dict[str, int] = {}
         self._inventory_version: str | None = None
 
     # -- plan --
@@ -94,24 +92,20 @@ class JamfPublisher:
         computers = self._computers(sorted(macs), progress)
         enrolled = {serial: ids for serial, ids in computers.items() if ids}
         unenrolled = sorted(set(macs) - set(enrolled))
-        for serial, file in macs.items():
-            if serial in enrolled:
-                self._wanted[profile_name(serial)] = self._want(serial, file, enrolled[serial])
+        wanted = [self._want(serial, file, enrolled[serial]) for serial, file in macs.items() if serial in enrolled]
         to_read = [(serial, pid) for serial, (pid, _name) in sorted(listed.items()) if serial in enrolled]
-        stored = run_bounded(to_read, lambda entry: self._read(entry[1], entry[0]), workers=self.workers,
-                             progress=progress, label="Reading Jamf Pro profiles")
-        self._stored = {profile_name(s.serial): s for s in stored}
+        stored = {s.serial: s for s in run_bounded(to_read, lambda entry: self._read(entry[1], entry[0]),
+                                                   workers=self.workers, progress=progress,
+                                                   label="Reading Jamf Pro profiles")}
         remote = []
         for serial, (pid, _name) in sorted(listed.items()):
             if serial in macs and serial not in enrolled:
                 continue  # in the inventory but not enrolled: its profile is left as it is
-            key = profile_name(serial)
-            self._ids[key] = pid
-            found = self._stored.get(key)
-            remote.append(Remote(key, serial, found.sha256 if found else None))
-        self._note(unenrolled, listed, computers)
-        return build_plan([Desired(w.name, w.sha256, w.file.size, w.serial, w.file) for w in self._wanted.values()],
-                          remote, prune=prune, notes=self.notes)
+            found = stored.get(serial)
+            remote.append(Remote(profile_name(serial), serial, found.sha256 if found else None,
+                                 detail=Listed(pid, found)))
+        desired = [Desired(w.name, w.sha256, w.file.size, w.serial, w.file, detail=w) for w in wanted]
+        return build_plan(desired, remote, prune=prune, notes=self._notes(unenrolled, listed, computers))
 
     def _want(self, serial: str, file: LocalFile, computer_ids: list[int]) -> Wanted:
         profile = _parse_plist(file.read(), f"{file.path}")
@@ -207,33 +201,40 @@ class JamfPublisher:
             return Stored(profile_id, serial, None, fields, None)
         return Stored(profile_id, serial, settings_digest(profile), fields, ServerKeys.of(profile))
 
-    def _note(self, unenrolled: list[str], listed: dict[str, tuple[int, str]],
-              computers: dict[str, list[int]]) -> None:
+    @staticmethod
+    def _notes(unenrolled: list[str], listed: dict[str, tuple[int, str]],
+               computers: dict[str, list[int]]) -> list[Note]:
+        """What the summary should say beyond the plan: Macs not enrolled, serials shared by
+        several computers."""
+        notes = []
         if unenrolled:
             kept = [serial for serial in unenrolled if serial in listed]
             message = (f"{len(unenrolled)} Mac(s) are not enrolled in Jamf Pro (no computer has the serial): "
                        f"{_some(unenrolled)}; no profile was made for them")
             if kept:
                 message += f", and the existing profile of {len(kept)} of them was left as it is"
-            self.notes.append(Note("unenrolled", message + ".", tuple(unenrolled)))
+            notes.append(Note("unenrolled", message + ".", tuple(unenrolled)))
         shared = sorted(serial for serial, ids in computers.items() if len(ids) > 1)
         if shared:
-            self.notes.append(Note("duplicate_serials", f"{len(shared)} serial(s) match several computers in "
-                                   f"Jamf Pro, and each profile is scoped to all of them: {_some(shared)}.",
-                                   tuple(shared)))
+            notes.append(Note("duplicate_serials", f"{len(shared)} serial(s) match several computers in "
+                              f"Jamf Pro, and each profile is scoped to all of them: {_some(shared)}.",
+                              tuple(shared)))
+        return notes
 
     # -- apply --
 
     def write(self, item: PlanItem) -> None:
-        want = self._wanted[item.key]
+        want: Wanted = item.desired
         if item.action is Action.CREATE:
             self._create(want)
         else:
-            self._update(want, self._stored.get(item.key), self._ids[item.key])
+            listed: Listed = item.remote
+            self._update(want, listed.stored, listed.id)
 
     def delete(self, item: PlanItem) -> None:
+        listed: Listed = item.remote
         try:
-            self.client.request("DELETE", f"{PROFILES}/id/{self._ids[item.key]}", accept="application/xml",
+            self.client.request("DELETE", f"{PROFILES}/id/{listed.id}", accept="application/xml",
                                 doing=f"deleting profile {item.key!r}")
         except JamfHTTPError as exc:
             if exc.status != 404:  # already gone
