@@ -5,13 +5,18 @@
 Compiles the fleet with the real ``mdmgen compile`` (plus a quarter as many Linux devices, which
 Jamf never sees), starts the fake Jamf Pro server on loopback (tests/fakes/jamf_server.py, which
 records every request it receives) with every Mac enrolled, and runs the real
-``mdmgen publish jamf`` as a subprocess with the credentials in its environment. Times are
+``mdmgen publish jamf`` as a subprocess with the credentials in its environment. As on a
+corporate network, the fake serves HTTPS (its certificate trusted through ``SSL_CERT_FILE``)
+and is reached through a real tinyproxy given only by ``HTTPS_PROXY`` (``--no-proxy``: direct);
+it rewrites the profiles' display metadata as Jamf is reported to (``--storing-jamf``: it keeps
+what is sent). Times are
 wall-clock seconds of the command (interpreter start-up included); request counts are what
 the server saw. Every run logs with ``-vv``, and its output is checked for the client secret
 and every token the server issued.
 
-The first publish is made hard on purpose: the first profile create gets a 500, every access
-token is expired by force after a third of the creates, tokens live only 20 seconds, and
+The first publish is made hard on purpose: the first profile create gets a 500, the first
+inventory lookup a 503 with ``Retry-After: 1``, every access token is expired by force after a
+third of the creates, tokens live only 20 seconds, and
 Jamf Cloud's cluster lag hides each new profile from the first read on another node (the
 client keeps the sticky-session cookie, so it should never meet it). Then: a republish with no change (it must write
 nothing), one Mac changed (one write), and ``--prune`` after 30% of the inventory is gone
@@ -21,6 +26,7 @@ nothing), one Mac changed (one write), and ``--prune`` after 30% of the inventor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +46,8 @@ from tests.fakes.jamf_server import (  # noqa: E402
     Computer,
     FakeJamfServer,
 )
+from tests.fakes.proxy import TinyProxy  # noqa: E402
+from tests.fakes.tls import self_signed  # noqa: E402
 
 PROFILES = "/JSSResource/osxconfigurationprofiles"
 
@@ -115,12 +123,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--macs", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=5, help="mdmgen publish jamf --jobs (at most 5)")
+    parser.add_argument("--no-proxy", action="store_true", help="reach the fake directly, not through tinyproxy")
+    parser.add_argument("--storing-jamf", action="store_true",
+                        help="a fake that stores the display metadata as sent instead of rewriting it")
     args = parser.parse_args()
-    env = {**os.environ, "JAMF_CLIENT_ID": DEFAULT_CLIENT_ID, "JAMF_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
     jobs = ["--jobs", str(args.jobs)]
     computers = [Computer(1000 + i, f"mac-{i}", f"C02B{i:07d}") for i in range(args.macs)]
-    with tempfile.TemporaryDirectory() as tmp, FakeJamfServer(computers, oauth_token_lifetime=20) as jamf:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        certificate = self_signed(workdir / "tls")
+        jamf = stack.enter_context(FakeJamfServer(computers, oauth_token_lifetime=20, tls=certificate,
+                                                  normalise_metadata=not args.storing_jamf))
+        env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
+        env.update(JAMF_CLIENT_ID=DEFAULT_CLIENT_ID, JAMF_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
+                   SSL_CERT_FILE=str(certificate[0]))
+        proxy = None
+        if not args.no_proxy:
+            proxy = stack.enter_context(TinyProxy(workdir / "proxy"))
+            env["HTTPS_PROXY"] = proxy.url
         shutil.copytree(ROOT / "profiles", workdir / "profiles")
         inventory = workdir / "inventory" / "devices.csv"
         write_inventory(inventory, args.macs)
@@ -129,6 +149,7 @@ def main() -> None:
             raise SystemExit(f"compile failed: {result.stderr}")
 
         jamf.fail_next(1, 500, method="POST", path=f"{PROFILES}/id/0")
+        jamf.fail_next(1, 503, path="/api/*/computers-inventory", headers=(("Retry-After", "1"),))
         jamf.lag_after_create(reads=1, honour_sticky_cookie=True)
         stop = threading.Event()
         watcher = threading.Thread(target=expire_tokens_after, args=(jamf, args.macs // 3, stop))
@@ -155,8 +176,13 @@ def main() -> None:
         refused, refused_counts, refused_result = publish(jamf, workdir, env, "--prune", *jobs, expect=6)
         assert refused_counts["writes"] == 0
         assert not jamf.internal_errors, jamf.internal_errors
+        tunnels = len(proxy.connects()) if proxy else 0
+        assert proxy is None or tunnels > 0
 
-    print(f"Macs: {args.macs} (plus {args.macs // 4} Linux devices), --jobs {args.jobs}; compile {compiled:.2f} s")
+    route = "direct" if proxy is None else f"through tinyproxy ({tunnels} CONNECT tunnels in all)"
+    kind = "storing" if args.storing_jamf else "metadata-normalising"
+    print(f"Macs: {args.macs} (plus {args.macs // 4} Linux devices), --jobs {args.jobs}; compile {compiled:.2f} s; "
+          f"HTTPS {route} to a {kind} fake Jamf")
     print(f"first publish:        {first:7.2f} s  {describe(first_counts)}")
     print(f"no-change republish:  {same:7.2f} s  {describe(same_counts)}")
     print(f"one Mac changed:      {one:7.2f} s  {describe(one_counts)}")

@@ -194,6 +194,23 @@ def test_trusted_private_ca_passes_over_tls(protocol, fleet, self_signed, monkey
     assert {e.headers["authorization"] for e in rx.exports} == {f"Bearer {TOKEN}"}
 
 
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+def test_proxy_variables_do_not_reroute_the_check(protocol, fleet, self_signed, monkeypatch):
+    """The probe connects directly, so the export does too: a proxy in the environment (here one
+    that is not even there) neither carries the credentials nor changes the diagnosis."""
+    cert_file, cert, key = self_signed
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    with make_receiver(protocol, require_token=TOKEN, tls=(cert, key)) as rx:
+        compile_for(fleet, rx.endpoint, protocol)
+        result = preflight_run(fleet)
+
+    assert result.exit_code == 0, result.output
+    assert line(result.stdout, "token").startswith("  ok    token     accepted")
+    assert sorted(e.signal for e in rx.exports) == ["logs", "metrics"]
+
+
 # --- headers as the real client sends them, per-signal settings, fleets ------------------------------------
 
 
@@ -337,3 +354,17 @@ def test_targets_follow_the_otel_endpoint_rules():
     [grpc_metrics] = preflight.targets_for(grpc_env)
     assert grpc_metrics.url == "https://otel.example.com/otlp/"  # grpc: no /v1/<signal> path
     assert preflight.targets_for({**env, "CLAUDE_CODE_ENABLE_TELEMETRY": "0"}) == ()
+
+
+def test_a_header_http_cannot_carry_is_not_sent_and_not_printed():
+    env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_HEADERS": f"X-Team=café {TOKEN}"}
+    with make_receiver("http/json") as rx:
+        [target] = preflight.targets_for({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint})
+        result = preflight.check_target(target, timeout=2)
+
+    assert rx.exports == []
+    assert (result.endpoint.status, result.endpoint.text) == (
+        preflight.FAIL, "NOT SENT: a header name or value is not valid in HTTP")
+    assert result.token.text == "not checked: headers could not be sent"
+    assert TOKEN not in repr(result)

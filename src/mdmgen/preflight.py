@@ -14,11 +14,16 @@ Like the real client (shared/reference/claude-code-managed-settings.md, section 
 percent-decodes header values and the HTTP protocols send them as written. Header values are
 credentials: they are never printed; a header is shown as its name and the first 8 hex digits
 of the sha256 of its value. Credentials only travel over https, or over http to a loopback host.
+
+The endpoint and TLS answers come from a probe (a TCP connection, then a TLS handshake with the
+system's CAs, ``SSL_CERT_FILE`` honoured); the export then goes over the shared HTTP layer
+(:mod:`mdmgen.publish.http`) for the HTTP protocols, and grpcio for grpc. All of it connects
+directly: proxy variables are not used, so what is checked is this machine's direct path.
 """
 
 from __future__ import annotations
 
-import http.client
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -32,6 +37,7 @@ from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback
 from .envschema import fingerprint
+from .publish.http import Connection, TransportFailure, reason_phrase
 
 SIGNALS = ("metrics", "logs")
 GRPC_METHODS = {
@@ -42,6 +48,7 @@ GRPC_METHODS = {
 HTTP_BODIES = {"http/json": (b"{}", "application/json"),
                "http/protobuf": (b"", "application/x-protobuf")}
 USER_AGENT = f"mdmgen-preflight/{__version__}"
+log = logging.getLogger(__name__)
 
 OK, FAIL, SKIP = "ok", "FAIL", "--"
 
@@ -245,11 +252,11 @@ def check_target(target: Target, timeout: float) -> SignalResult:
                                 Outcome(SKIP, "not checked: TLS failed"))
         tls = Outcome(OK, _tls_summary(sock, host))
 
+    sock.close()  # the export opens its own connection; the probe above gave the clear diagnosis
     if target.protocol == "grpc":
-        sock.close()  # grpc opens its own connection; the probe above gave the clear diagnosis
         endpoint, token = _export_grpc(target, host, port, secure, timeout, scrub)
     else:
-        endpoint, token = _export_http(target, sock, host, port, parts, timeout, scrub)
+        endpoint, token = _export_http(target, parts, timeout, scrub)
     if endpoint.status == OK:
         endpoint = Outcome(OK, f"reachable: {where}, {endpoint.text}")
     return SignalResult(target.signal, endpoint, tls, token)
@@ -275,33 +282,34 @@ def _tls_summary(sock: ssl.SSLSocket, host: str) -> str:
     return f"{sock.version()}, certificate trusted for {host}{until}"
 
 
-def _export_http(target: Target, sock: socket.socket, host: str, port: int, parts,
-                 timeout: float, scrub: Callable[[str], str]) -> tuple[Outcome, Outcome]:
+def _export_http(target: Target, parts, timeout: float, scrub: Callable[[str], str]) -> tuple[Outcome, Outcome]:
+    """One empty export through the shared HTTP layer, directly (no proxy: the probe was direct
+    too, as is the grpc check), with the headers as written: the HTTP exporters do not
+    percent-decode them."""
     body, content_type = HTTP_BODIES[target.protocol]
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    conn.sock = sock
+    headers = {"Content-Type": content_type, **dict(target.headers)}
+    collector = Connection(f"{parts.scheme}://{parts.netloc}", service="the collector", max_connections=1,
+                           timeout=timeout, user_agent=USER_AGENT, log=log, log_prefix="preflight: ",
+                           ssl_context=_tls_context(grpc=False) if parts.scheme == "https" else None,
+                           use_proxy=False)
+    not_sent = (Outcome(FAIL, "NOT SENT: a header name or value is not valid in HTTP", "bad header"),
+                Outcome(SKIP, "not checked: headers could not be sent"))
     try:
-        try:
-            conn.putrequest("POST", path, skip_accept_encoding=True)
-            for name, value in (*headers.items(), *target.headers):
-                conn.putheader(name, value)  # as written: the HTTP exporters do not percent-decode
-        except (ValueError, UnicodeError):
-            return (Outcome(FAIL, "NOT SENT: a header name or value is not valid in HTTP", "bad header"),
-                    Outcome(SKIP, "not checked: headers could not be sent"))
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        response.read(65536)
-    except (OSError, http.client.HTTPException) as exc:
-        reason = _os_reason(exc, timeout) if isinstance(exc, OSError) else "the answer is not HTTP"
-        return (Outcome(FAIL, f"NO OTLP ANSWER to POST {path}: {scrub(reason)}", "no OTLP answer"),
+        response = collector.send("POST", path, headers=headers, content=body, doing="exporting")
+    except TransportFailure as exc:
+        if exc.kind == "request":
+            return not_sent
+        reasons = {"timeout": f"no answer within {timeout:g}s", "protocol": "the answer is not HTTP",
+                   "dropped": "the collector closed the connection", "connect": "connection refused or reset"}
+        return (Outcome(FAIL, f"NO OTLP ANSWER to POST {path}: {reasons.get(exc.kind, exc.kind)}", "no OTLP answer"),
                 Outcome(SKIP, "not checked: no answer from the collector"))
+    except (UnicodeError, ValueError):  # a header httpx cannot even encode; its message would repeat it
+        return not_sent
     finally:
-        conn.close()
-    answer = f"HTTP {response.status} {scrub(response.reason or '')}".strip()
-    return _classify(target, answer, response.status, path)
+        collector.close()
+    answer = f"HTTP {response.status} {reason_phrase(response.status)}".strip()
+    return _classify(target, scrub(answer), response.status, path)
 
 
 def _classify(target: Target, answer: str, status: int, path: str) -> tuple[Outcome, Outcome]:

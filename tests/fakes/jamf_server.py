@@ -25,12 +25,20 @@ What is implemented (see the contract tests in ``test_jamf_server.py``):
 * §5 optional per-device payload-variable substitution in the simulated device view.
 * §6.1 create rewrites the top-level PayloadUUID/PayloadIdentifier; read-back re-indents
   and injects default keys; update stores what is sent and flags identifier changes.
+* §6.1-6.2 optional metadata normalising (``normalise_metadata``): on every stored payload the
+  top-level PayloadDisplayName becomes the Jamf name, PayloadDescription the Jamf description,
+  PayloadOrganization the server's own, and PayloadEnabled/PayloadRemovalDisallowed are added,
+  as the tools around Jamf report (they mask exactly these keys in their diffs).
 * §6.3 ``redeploy_on_update`` (``All`` / ``Newly Assigned``) drives a simulated
   per-device install state, so tests can see stale content and ghost profiles.
 * §7 HTML status pages (Classic), JSON errors (Jamf Pro API), RFC 6749 errors (OAuth).
 * §8 no throttling at all (no 429, no rate-limit headers); peak concurrency recorded;
   Jamf Cloud cluster lag (404 right after create) and ``APBALANCEID`` sticky cookie.
-* Faults: one-off status codes, slow responses, forced token expiry, cluster lag.
+* Faults: one-off status codes (with headers such as ``Retry-After`` or a body, as a load
+  balancer, proxy or sign-in portal in front of Jamf would send), truncated bodies, slow
+  responses, forced token expiry, cluster lag.
+* HTTPS with a given certificate and key (``tls=``), so clients check certificates and go
+  through real proxies with ``CONNECT``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import re
 import secrets
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import traceback
@@ -290,6 +299,7 @@ class _Response:
     body: bytes = b""
     content_type: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
+    truncate: bool = False  # announce the full Content-Length, send half, close the connection
 
 
 @dataclass
@@ -307,6 +317,10 @@ class _Fault:
     remaining: int
     method: str | None
     path: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    content_type: str | None = None
+    truncate: bool = False
 
 
 @dataclass
@@ -731,7 +745,11 @@ class _Handler(BaseHTTPRequestHandler):
         if response.status != 204:
             self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        if has_body:
+        if has_body and response.truncate:
+            self.wfile.write(response.body[: len(response.body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        elif has_body:
             self.wfile.write(response.body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
@@ -781,11 +799,30 @@ class _HTTPServer(HTTPServer):
             request, client_address = item
             try:
                 if not self._closing.is_set():
+                    request = self._secure(request)
                     self.finish_request(request, client_address)
             except Exception:
-                pass  # broken pipes and resets, mostly at shutdown
+                pass  # broken pipes, resets and failed TLS handshakes, mostly at shutdown
             finally:
                 self.shutdown_request(request)
+
+    def _secure(self, request: socket.socket) -> socket.socket:
+        """With TLS, the accepted socket wrapped and its handshake done, here in the worker so
+        a client that never shakes hands cannot block the accept loop."""
+        context = self.fake.tls_context
+        if context is None:
+            return request
+        request.settimeout(10)
+        secured = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        with self._conn_lock:  # the wrapped socket is now the one to track and shut down
+            self._connections.discard(request)
+            self._connections.add(secured)
+        try:
+            secured.do_handshake()
+        except BaseException:
+            self.shutdown_request(secured)  # counted as closed; the caller's socket is detached
+            raise
+        return secured
 
     def shutdown_request(self, request: Any) -> None:
         with self._conn_lock:
@@ -862,6 +899,15 @@ class FakeJamfServer:
         treats them as server-controlled.  Defaults follow the §9 contract.
     inject_default_keys:
         §6.1 - read-back carries keys such as PayloadEnabled/PayloadRemovalDisallowed.
+    normalise_metadata:
+        §6.1-6.2 [reported] - store every payload with the top-level PayloadDisplayName set to
+        the Jamf name, PayloadDescription to the Jamf description, PayloadOrganization to
+        ``organization``, and PayloadEnabled/PayloadRemovalDisallowed added.
+    store_payload:
+        A function applied to every payload before it is stored (after any normalising), to
+        simulate a server that stores the *settings* differently from what was sent.
+    tls:
+        ``(certificate file, key file)``: serve HTTPS with them instead of plain HTTP.
     max_workers:
         Bound on concurrent handler threads.
     """
@@ -881,6 +927,10 @@ class FakeJamfServer:
         rewrite_identifier_on_create: bool = True,
         rewrite_nested_uuids_on_create: bool = False,
         inject_default_keys: bool = True,
+        normalise_metadata: bool = False,
+        organization: str = "Fake Jamf Org",
+        store_payload: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        tls: tuple[Any, Any] | None = None,
         max_workers: int = 32,
     ) -> None:
         self.computers: dict[int, Computer] = {c.id: c for c in (computers or [])}
@@ -896,6 +946,13 @@ class FakeJamfServer:
         self.rewrite_identifier_on_create = rewrite_identifier_on_create
         self.rewrite_nested_uuids_on_create = rewrite_nested_uuids_on_create
         self.inject_default_keys = inject_default_keys
+        self.normalise_metadata = normalise_metadata
+        self.organization = organization
+        self.store_payload = store_payload
+        self.tls_context: ssl.SSLContext | None = None
+        if tls is not None:
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_context.load_cert_chain(str(tls[0]), str(tls[1]))
         self.max_workers = max_workers
 
         self._lock = threading.RLock()
@@ -970,7 +1027,7 @@ class FakeJamfServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_context else 'http'}://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -1025,15 +1082,21 @@ class FakeJamfServer:
 
     def fail_next(
         self, n: int = 1, status: int = 500, *, method: str | None = None,
-        path: str | None = None,
+        path: str | None = None, headers: tuple[tuple[str, str], ...] = (),
+        body: bytes | None = None, content_type: str | None = None, truncate: bool = False,
     ) -> None:
         """The next ``n`` matching requests get ``status`` (HTML on Classic, JSON on /api).
 
         ``path`` is an fnmatch glob on the raw path, e.g. ``"/JSSResource/osx*"``.
         Injected before authentication, like a failing node or proxy (§7.1: occasional
-        500 under load)."""
+        500 under load).  Jamf itself sends no 429 and no ``Retry-After`` (§8); ``headers``,
+        ``body`` and ``content_type`` are for what a load balancer, proxy or sign-in portal
+        in front of it sends.  With ``truncate`` the status is the real answer's: the
+        request is served normally, but only half its body is sent before the connection
+        closes."""
         with self._lock:
-            self._faults.append(_Fault(status, n, method.upper() if method else None, path))
+            self._faults.append(_Fault(status, n, method.upper() if method else None, path,
+                                       tuple(headers), body, content_type, truncate))
 
     def slow_responses(
         self, seconds: float, *, n: int | None = None, method: str | None = None,
@@ -1215,9 +1278,18 @@ class FakeJamfServer:
             if delay > 0:
                 self._stop_event.wait(delay)
             fault = self._take_fault(method, path)
-            if fault is not None:
+            if fault is not None and fault.truncate:
+                record.fault = "truncated"
+                with self._lock:
+                    response = self._dispatch(method, path, split.query, headers, body, record)
+                response.truncate = True
+            elif fault is not None:
                 record.fault = f"status-{fault.status}"
                 response = self._fault_response(path, fault.status)
+                if fault.body is not None:
+                    response.body = fault.body
+                    response.content_type = fault.content_type or response.content_type
+                response.headers.extend(fault.headers)
             else:
                 with self._lock:
                     response = self._dispatch(method, path, split.query, headers, body, record)
@@ -1714,6 +1786,22 @@ class FakeJamfServer:
             raise _classic_error(409, MSG_BAD_PAYLOAD)
         return plist
 
+    def _stored_form(self, plist: dict[str, Any], profile: StoredProfile) -> dict[str, Any]:
+        """What is stored of a sent payload: normalised (``normalise_metadata``), then passed
+        through ``store_payload``."""
+        plist = copy.deepcopy(plist)
+        if self.normalise_metadata:
+            # [reported] Jamf derives the display metadata from its own fields and adds its
+            # defaults; the terraform providers mask exactly these keys (§6.1, §6.2).
+            plist["PayloadDisplayName"] = profile.name
+            plist["PayloadDescription"] = profile.description
+            plist["PayloadOrganization"] = self.organization
+            plist["PayloadEnabled"] = True
+            plist["PayloadRemovalDisallowed"] = not profile.user_removable
+        if self.store_payload is not None:
+            plist = self.store_payload(plist)
+        return plist
+
     def _render_payload(self, plist: dict[str, Any], user_removable: bool = False) -> str:
         # §6.1: read-back is re-indented and carries injected keys.
         plist = copy.deepcopy(plist)
@@ -1878,7 +1966,7 @@ class FakeJamfServer:
             for item in plist.get("PayloadContent") or []:
                 if isinstance(item, dict) and "PayloadUUID" in item:
                     item["PayloadUUID"] = str(uuid.uuid4()).upper()
-        profile.payloads = self._render_payload(plist, profile.user_removable)
+        profile.payloads = self._render_payload(self._stored_form(plist, profile), profile.user_removable)
         profile.uuid = new_uuid  # CHOICE: <general><uuid> mirrors the top-level PayloadUUID
         scope_elem = root.find("scope")
         if scope_elem is not None:
@@ -1918,7 +2006,8 @@ class FakeJamfServer:
                 # §6.1: on update Jamf stores what is sent (no identifier rewrite).
                 plist = self._parse_payload(payload_text)
                 sent_identifier = plist.get("PayloadIdentifier")
-                updated.payloads = self._render_payload(plist, updated.user_removable)
+                updated.payloads = self._render_payload(self._stored_form(plist, updated),
+                                                        updated.user_removable)
                 updated.uuid = str(plist.get("PayloadUUID", updated.uuid))
                 payload_changed = updated.payloads != profile.payloads
         scope_elem = root.find("scope")

@@ -892,3 +892,81 @@ def test_seed_profile_and_context_manager() -> None:
         url = server.url
     with pytest.raises(OSError):
         urllib.request.urlopen(url + PROFILES, timeout=2)
+
+
+# ----------------------------------------------------------------------------- §6.1-6.2 normalising, TLS, faults
+
+
+def test_normalising_mode_derives_display_metadata_from_jamf_fields() -> None:
+    with FakeJamfServer(make_computers(), normalise_metadata=True, organization="Acme IT") as server:
+        tok = oauth(server.url).json()["access_token"]
+        payload = mobileconfig()
+        pid = int(create(server, tok, profile_xml("Mac A", payload, description="for A")).xml().findtext("id") or 0)
+        stored = server.profile(pid).plist
+        assert (stored["PayloadDisplayName"], stored["PayloadDescription"], stored["PayloadOrganization"]) == (
+            "Mac A", "for A", "Acme IT")
+        assert stored["PayloadEnabled"] is True and stored["PayloadRemovalDisallowed"] is True
+        sent = plistlib.loads(payload.encode())
+        assert stored["PayloadContent"][0]["PayloadContent"] == sent["PayloadContent"][0]["PayloadContent"]
+        # An update that sends a payload is normalised the same way, from the new description.
+        update = profile_xml(None, mobileconfig(env_value="0"), computer_ids=None, description="now B")
+        assert call(server.url, "PUT", f"{PROFILES}/id/{pid}", body=update, headers=XML, token=tok).status == 201
+        stored = server.profile(pid).plist
+        assert (stored["PayloadDisplayName"], stored["PayloadDescription"]) == ("Mac A", "now B")
+        assert server.internal_errors == []
+
+
+def test_default_mode_stores_the_display_metadata_as_sent(jamf: FakeJamfServer, token: str) -> None:
+    pid = int(create(jamf, token, profile_xml("Mac A", mobileconfig())).xml().findtext("id") or 0)
+    stored = jamf.profile(pid).plist
+    assert stored["PayloadDisplayName"] == "Claude Code"
+    assert "PayloadDescription" not in stored and "PayloadOrganization" not in stored
+
+
+def test_store_payload_hook_changes_what_is_stored() -> None:
+    def drop_env(plist: dict) -> dict:
+        plist["PayloadContent"][0]["PayloadContent"] = {}
+        return plist
+
+    with FakeJamfServer(make_computers(), store_payload=drop_env) as server:
+        tok = oauth(server.url).json()["access_token"]
+        pid = int(create(server, tok, profile_xml("A", mobileconfig())).xml().findtext("id") or 0)
+        assert server.profile(pid).plist["PayloadContent"][0]["PayloadContent"] == {}
+
+
+def test_https_with_a_given_certificate(tmp_path) -> None:
+    import ssl
+
+    from .tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    with FakeJamfServer(make_computers(), tls=(cert, key)) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(server.url + PROFILES, timeout=5)
+        context = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(server.url + PROFILES)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5, context=context)
+        assert refused.value.code == 401  # served over TLS, and still wants a token
+        server.wait_idle()
+        assert server.open_connections == 0
+        assert server.internal_errors == []
+
+
+def test_fault_with_headers_and_body_like_a_proxy_in_front(jamf: FakeJamfServer, token: str) -> None:
+    jamf.fail_next(1, 429, path=PROFILES, headers=(("Retry-After", "7"),))
+    jamf.fail_next(1, 200, path=PROFILES, body=b"<html><title>Sign in</title></html>", content_type="text/html")
+    throttled = call(jamf.url, "GET", PROFILES, token=token)
+    assert (throttled.status, throttled.headers["Retry-After"]) == (429, "7")
+    portal = call(jamf.url, "GET", PROFILES, token=token)
+    assert (portal.status, portal.body) == (200, b"<html><title>Sign in</title></html>")
+    assert call(jamf.url, "GET", PROFILES, token=token).status == 200
+
+
+def test_truncated_body_fault(jamf: FakeJamfServer, token: str) -> None:
+    jamf.fail_next(1, path=PROFILES, truncate=True)
+    with pytest.raises(http.client.IncompleteRead):
+        call(jamf.url, "GET", PROFILES, headers=JSON_ACCEPT, token=token)
+    assert jamf.requests[-1].fault == "truncated"
+    assert get_json(jamf, token, PROFILES).json() == {"os_x_configuration_profiles": []}

@@ -18,8 +18,10 @@ What a publisher offers is the :class:`~mdmgen.publish.flow.Publisher` protocol.
 plain value: each item carries what ``write`` or ``delete`` needs (``PlanItem.desired`` and
 ``PlanItem.remote``), so applying a plan never depends on state kept from planning.
 
-:func:`retry` is for publishers that speak plain HTTP (Jamf, Graph). S3 must not use it:
-botocore already retries in its ``standard`` mode, and retrying on top multiplies attempts.
+:func:`retry` is the one retry loop. Publishers that speak HTTP (Jamf, Graph) use it through
+:class:`mdmgen.publish.http.RetryPolicy`, which decides what is worth retrying and reads
+``Retry-After``. S3 must not use it: botocore already retries in its ``standard`` mode, and
+retrying on top multiplies attempts.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E", bound=BaseException)
 
 DEFAULT_MAX_DELETE = 10.0
 """Percent of the published devices a prune may delete without ``--force``."""
@@ -56,8 +59,20 @@ class PublishError(Exception):
     progress: str | None = None
 
     def __str__(self) -> str:
-        message = super().__str__()
+        return self.with_progress(super().__str__())
+
+    def with_progress(self, message: str) -> str:
+        """``message`` followed by the progress, if any: for subclasses that build their own text."""
         return f"{message} ({self.progress}; rerun to finish)" if self.progress else message
+
+
+def copy_with_message(exc: E, message: str) -> E:
+    """``exc`` with another message and every other attribute kept. Not ``type(exc)(message)``,
+    which loses the attributes and fails for classes whose constructor needs more arguments."""
+    told = type(exc).__new__(type(exc))
+    told.__dict__.update(exc.__dict__)
+    told.args = (message, *exc.args[1:])
+    return told
 
 
 class LocalOutputError(PublishError):
