@@ -115,3 +115,16 @@ def test_full_repairs_an_edit_that_hid_its_mtime(workdir):
     os.utime(out / EDITED, ns=(info.st_atime_ns, info.st_mtime_ns))  # set back on purpose
     summary = compile_json(workdir, "--full")
     assert summary["repaired"] == [EDITED] and (out / EDITED).read_bytes() == good
+
+
+def test_a_hand_edited_manifest_is_refused_by_publish_and_repaired_by_full(workdir):
+    out = two_generations(workdir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["devices"]["LNX1"]["files"]["managed-settings.json"]["sha256"] = "0" * 64
+    (out / "manifest.json").unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = run(workdir, "publish", "s3://bucket/prefix", "--dry-run", "--endpoint-url", "http://127.0.0.1:9")
+    assert result.exit_code == 1 and "`mdmgen compile --full` if manifest.json itself was edited" in result.stderr
+    summary = compile_json(workdir, "--full")
+    assert summary["repaired"] == [EDITED]
+    consistent_state(out)

@@ -139,7 +139,7 @@ def read(folder: Path, *, check: Check = Check.DIGESTS, error: type[Exception] =
         problems = sorted(f"{_shown(relpath)} {why}" for relpath, why in tree.problems.items())
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise error(f"{folder}: does not match its {MANIFEST_FILE}: {problems[0]}{more}; "
-                    "`mdmgen compile` repairs it")
+                    f"`mdmgen compile` repairs it (`mdmgen compile --full` if {MANIFEST_FILE} itself was edited)")
     _refuse_mid_swap(folder, target, error)
     return tree
 
