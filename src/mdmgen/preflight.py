@@ -37,6 +37,7 @@ from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback
 from .envschema import fingerprint
+from .messages import redact
 from .publish.http import Connection, TransportFailure, reason_phrase
 
 SIGNALS = ("metrics", "logs")
@@ -402,20 +403,10 @@ def _os_reason(exc: OSError, timeout: float) -> str:
 
 
 def _scrubber(headers: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
-    """Removes any header value (or a long part of one) from text that came from elsewhere."""
-    secrets: set[str] = set()
-    for _name, value in headers:
-        for text in (value, unquote(value)):
-            secrets.add(text)
-            secrets.update(word for word in text.split() if len(word) >= 6)
-    ordered = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for secret in ordered:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-    return scrub
+    """Removes any header value (in any form, :func:`mdmgen.messages.redact`) from text that came
+    from elsewhere."""
+    values = [value for _name, value in headers]
+    return lambda text: redact(text, values)
 
 
 # --- the report ----------------------------------------------------------------------------------

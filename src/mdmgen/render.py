@@ -10,8 +10,6 @@ inventory can inject or split an attribute.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +18,7 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import __version__, attributes
+from .canonical import digest
 from .models import Device, Platform, Problem, Settings
 from .policy import DEVICE_FIELDS, Leaf, LoadedPolicy, all_layers, dotted, layers_for, merge
 
@@ -94,7 +93,7 @@ class Renderer:
                 if _is_template(leaf.value):
                     used |= meta.find_undeclared_variables(self.env.parse(leaf.value))
             org = self.loaded.policy.org
-            part = _digest({
+            part = digest({
                 "generator": __version__,
                 "settings": _plain(tree),
                 "attributes": {name: leaf.value for name, leaf in attribute_leaves.items()},
@@ -103,7 +102,7 @@ class Renderer:
                 "allow_content_logging": self.loaded.policy.allow_content_logging,
             })
             self._policy_inputs[key] = part
-        return _digest({"policy": part, "device": device.template_fields()})
+        return digest({"policy": part, "device": device.template_fields()})
 
     def env_origin(self, device: Device, name: str) -> str | None:
         """Where in the policy the device's ``env`` variable comes from, as ``file:line key``,
@@ -180,11 +179,6 @@ def _plain(node: Any) -> Any:
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node.value
-
-
-def _digest(value: Any) -> str:
-    data = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 def _policy_leaves(loaded: LoadedPolicy) -> Iterable[Leaf]:

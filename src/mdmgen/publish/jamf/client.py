@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
+from ...messages import redact
 from ..base import RemoteError
 from ..http import (
     DEFAULT_ATTEMPTS,
@@ -261,7 +262,4 @@ class JamfClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _redact(self, text: str) -> str:
-        for secret in (self._secret, *self._spent):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, (self._secret, *self._spent))

@@ -25,14 +25,13 @@ Pure functions and values, no I/O, so the rules are easy to test. Facts about Ja
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...canonical import digest
 from ...output import CheckedFile as LocalFile
 
 NAME_PREFIX = "mdmgen - Claude Code - "
@@ -79,12 +78,6 @@ def settings_of(profile: dict[str, Any]) -> dict[str, Any]:
         {key: value for key, value in p.items() if key not in SERVER_KEYS} if isinstance(p, dict) else p
         for p in (payloads if isinstance(payloads, list) else [])]
     return top
-
-
-def digest(value: Any) -> str:
-    """sha256 of a canonical JSON form: key order and the plist's formatting do not matter."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def settings_digest(profile: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ...emit import registry
+from ...messages import first_of
 from ...models import Platform
 from ...output import CheckedFile as LocalFile
 from ...output import CheckedOutput as LocalOutput
@@ -213,14 +214,14 @@ class JamfPublisher:
         if unenrolled:
             kept = [serial for serial in unenrolled if serial in listed]
             message = (f"{len(unenrolled)} Mac(s) are not enrolled in Jamf Pro (no computer has the serial): "
-                       f"{_some(unenrolled)}; no profile was made for them")
+                       f"{first_of(unenrolled)}; no profile was made for them")
             if kept:
                 message += f", and the existing profile of {len(kept)} of them was left as it is"
             notes.append(Note("unenrolled", message + ".", tuple(unenrolled)))
         shared = sorted(serial for serial, ids in computers.items() if len(ids) > 1)
         if shared:
             notes.append(Note("duplicate_serials", f"{len(shared)} serial(s) match several computers in "
-                              f"Jamf Pro, and each profile is scoped to all of them: {_some(shared)}.",
+                              f"Jamf Pro, and each profile is scoped to all of them: {first_of(shared)}.",
                               tuple(shared)))
         return notes
 
@@ -330,8 +331,3 @@ def _parse_plist(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(profile, dict):
         raise LocalOutputError(f"{where}: not a configuration profile")
     return profile
-
-
-def _some(serials: list[str], shown: int = 10) -> str:
-    more = f" (and {len(serials) - shown} more)" if len(serials) > shown else ""
-    return ", ".join(serials[:shown]) + more
