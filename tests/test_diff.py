@@ -127,3 +127,23 @@ def test_trouble_exits_2(workdir):
     (broken / "manifest.json").write_text(json.dumps(manifest))
     result = run(workdir, "diff", str(out), str(broken))
     assert result.exit_code == 2 and "not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_old_manifests_without_a_fleet_section_and_unknown_fleet_files_still_read(workdir):
+    old = compile_to(workdir, "old")
+    assert "fleet" not in json.loads((old / "manifest.json").read_text())  # as older versions wrote it
+    new = workdir / "new"
+    shutil.copytree(old, new)
+    (new / "collector").mkdir()
+    (new / "collector" / "otel.yaml").write_text("receivers: {}\n")
+    data = (new / "collector" / "otel.yaml").read_bytes()
+    manifest = json.loads((new / "manifest.json").read_text())
+    manifest["fleet"] = {"collector/otel.yaml": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
+    (new / "manifest.json").write_text(json.dumps(manifest))  # as a later version might write it
+    result = run(workdir, "diff", str(old), str(new))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "~ fleet collector/otel.yaml",
+        '    file collector/otel.yaml: (absent) -> "present"',
+        "0 added, 0 removed, 0 changed. 1 fleet file(s) changed.",
+    ]

@@ -5,7 +5,10 @@ import plistlib
 import re
 import xml.etree.ElementTree as ET
 
-from mdmgen.emit import mobileconfig, settings_json
+import pytest
+
+from mdmgen.emit import mobileconfig, registry, settings_json
+from mdmgen.models import Device, Location, Platform
 
 SETTINGS = {
     "env": {"OTEL_RESOURCE_ATTRIBUTES": "team=R%26D", "Z_LAST": "1", "A_FIRST": "x"},
@@ -77,3 +80,57 @@ def test_check_profile_catches_the_silent_failure_shapes():
     user = dict(good, PayloadScope="User")
     assert "PayloadScope must be System" in mobileconfig.check_profile(plistlib.dumps(user))
     assert mobileconfig.check_profile(b"<not a plist")[0].startswith("does not parse")
+
+
+# --- the artifact registry -----------------------------------------------------------------------
+
+
+def _kind(name: str, **kwargs) -> registry.ArtifactKind:
+    return registry.ArtifactKind(name=name, content_type="text/plain", read_semantic=lambda data: {},
+                                 emit=lambda given: b"x\n", label=name, **kwargs)
+
+
+def test_the_registry_says_who_gets_each_shipped_kind_and_where_it_is_installed():
+    assert [k.name for k in registry.device_kinds()] == ["managed-settings.json", "claude-code.mobileconfig"]
+    assert registry.fleet_kinds() == []  # no placeholder fleet file ships
+    assert all(registry.SETTINGS_JSON.applies_to(p) for p in Platform)
+    assert [p for p in Platform if registry.MAC_PROFILE.applies_to(p)] == [Platform.MACOS]
+    windows = registry.SETTINGS_JSON.install_path(Platform.WINDOWS)
+    assert windows == "C:\\Program Files\\ClaudeCode\\managed-settings.json"
+    assert registry.MAC_PROFILE.install_path(Platform.MACOS) is None  # installed by the MDM, not as a file
+
+
+def test_kinds_with_names_that_could_leave_the_folder_or_collide_are_refused():
+    for bad in ("../x", ".hidden", "a/b", "NUL.json", ""):
+        with pytest.raises(ValueError):
+            _kind(bad, platforms=frozenset({Platform.LINUX}))
+    for bad in ("flat.json", "../collector/x", "collector/../../x", "devices/x"):
+        with pytest.raises(ValueError):
+            _kind(bad, fleet=True)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(_kind("managed-settings.json", platforms=frozenset({Platform.LINUX})))
+
+
+def test_a_registered_kind_is_emitted_for_the_platforms_it_names_and_gone_afterwards():
+    device = Device(serial="S1", platform=Platform.LINUX, user_email="a@example.com", team="Ops",
+                    location=Location(file="x.csv", line=2))
+    linux_only = _kind("linux-note.txt", platforms=frozenset({Platform.LINUX}))
+    given = registry.DeviceInput(device=device, settings={"env": {}}, policy=None)  # type: ignore[arg-type]
+    with registry.registered(linux_only):
+        assert registry.emit_device(given) == {"managed-settings.json": b'{\n  "env": {}\n}\n',
+                                               "linux-note.txt": b"x\n"}
+    assert registry.get("linux-note.txt") is None
+    assert registry.emit_device(given) == {"managed-settings.json": b'{\n  "env": {}\n}\n'}
+
+
+def test_semantic_readers_say_what_is_wrong_in_one_line():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        registry.SETTINGS_JSON.read_semantic(b"{not json")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        registry.SETTINGS_JSON.read_semantic(b"[1]")
+    with pytest.raises(ValueError, match="does not parse as a plist"):
+        registry.MAC_PROFILE.read_semantic(b"<not a plist")
+    meaning = registry.MAC_PROFILE.read_semantic(mobileconfig.dumps(SETTINGS, META))
+    assert meaning["settings"] == SETTINGS
+    assert meaning["metadata"]["PayloadIdentifier"] == META.identifier
+    assert meaning["metadata"]["payload.PayloadIdentifier"] == META.payload_identifier

@@ -308,7 +308,13 @@ def hand_edited(folder: Path, **changes) -> Path:
            "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {TOKEN}", **changes}
     device = folder / "output" / "devices" / "HAND-1"
     device.mkdir(parents=True)
-    (device / "managed-settings.json").write_text(json.dumps({"env": {k: v for k, v in env.items() if v is not None}}))
+    data = json.dumps({"env": {k: v for k, v in env.items() if v is not None}}).encode()
+    (device / "managed-settings.json").write_bytes(data)
+    # ... and its manifest, written by hand too: preflight reads only folders that match theirs.
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest = {"generator": "mdmgen", "version": "0", "devices": {
+        "HAND-1": {"platform": "linux", "team": "t", "files": {"managed-settings.json": entry}}}}
+    (folder / "output" / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mdmgen import attributes, output, pipeline
-from mdmgen.models import MdmgenError
+from mdmgen.emit import registry
+from mdmgen.models import MdmgenError, safe_relpath
 
 from .conftest import SHIPPED_POLICY
 
@@ -70,7 +71,7 @@ def test_any_row_is_a_clean_error_or_a_faithful_device(rows):
         compiled = devices[key]
         event("row compiled")
         assert compiled.device.location.line == line
-        env = json.loads(compiled.files[pipeline.SETTINGS_FILE].decode("utf-8"))["env"]
+        env = json.loads(compiled.files[registry.SETTINGS_JSON.name].decode("utf-8"))["env"]
         decoded = attributes.decode(env["OTEL_RESOURCE_ATTRIBUTES"])
         assert decoded["team"] == team.strip()
         try:
@@ -78,12 +79,12 @@ def test_any_row_is_a_clean_error_or_a_faithful_device(rows):
         except EmailNotValidError:
             raise AssertionError(f"invalid email {email!r} was accepted") from None
         assert decoded["user_email"] == expected_email
-        if pipeline.PROFILE_FILE in compiled.files:
-            profile = plistlib.loads(compiled.files[pipeline.PROFILE_FILE])
+        if registry.MAC_PROFILE.name in compiled.files:
+            profile = plistlib.loads(compiled.files[registry.MAC_PROFILE.name])
             mcx = profile["PayloadContent"][0]["PayloadContent"]["com.anthropic.claudecode"][
                 "Forced"][0]["mcx_preference_settings"]
             assert mcx == {"env": env}
     # And the whole tree is writable as-is: every path is safe.
     for serial, entry in output.build_manifest(result.devices).devices.items():
         for name in entry.files:
-            output._checked_parts(output.device_path(serial, name))
+            safe_relpath(output.device_path(serial, name))

@@ -313,7 +313,7 @@ def test_reader_loads_the_manifest_and_every_file_with_the_manifest_last(compile
     assert [f.relpath for f in out.files] == [
         "devices/C02AAA111/claude-code.mobileconfig", "devices/C02AAA111/managed-settings.json",
         "devices/LNX-222/managed-settings.json", "manifest.json"]
-    assert out.manifest_file.sha256 == hashlib.sha256((compiled / "manifest.json").read_bytes()).hexdigest()
+    assert out.files[-1].sha256 == hashlib.sha256((compiled / "manifest.json").read_bytes()).hexdigest()
     assert {f.device for f in out.files} == {"C02AAA111", "LNX-222", None}
     assert out.files[0].read() == (compiled / "devices/C02AAA111/claude-code.mobileconfig").read_bytes()
 

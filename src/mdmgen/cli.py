@@ -108,10 +108,11 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     try:
         with output.locked(out):
-            previous = output.read_manifest(out)
-            result = _run(report, inventories, profiles, variables, skip_invalid, None if full else previous)
-            changes = output.write(out, result.devices, previous, result.secret_env, verify=full,
-                                   progress=report.progress())
+            previous = output.read_previous(out, full=full)
+            reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
+            result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
+            changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
+                                   fresh=full, progress=report.progress())
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
@@ -242,6 +243,10 @@ class Report:
             summary += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
                         f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
                         f"{'' if changes.written else ' (nothing written)'}.")
+            if changes.repaired:
+                shown = ", ".join(changes.repaired[:3]) + (", ..." if len(changes.repaired) > 3 else "")
+                summary += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
+                            f"(edited by hand?): {shown}.")
         if not self.quiet:
             click.echo(summary, err=True)
         if self.as_json:
@@ -258,6 +263,7 @@ class Report:
                 data["changes"] = {"added": changes.added, "changed": changes.changed,
                                    "removed": changes.removed, "unchanged": changes.unchanged,
                                    "written": changes.written}
+                data["repaired"] = changes.repaired
             click.echo(json.dumps(data, indent=2))
         sys.exit(code)
 

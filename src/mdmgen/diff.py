@@ -1,9 +1,13 @@
 """Compare two output folders semantically, for auditors.
 
-Files are compared by what they mean, not by their bytes: managed-settings.json is decoded,
-and so is the profile's ``mcx_preference_settings``; every changed settings key is listed with
-its old and new value. Devices whose files and team are unchanged (same digests in both
-manifests) are not even opened, so diffing two nightly trees of a large fleet is quick.
+Both folders are read through the one checked reader (names, no symlinks, the shared lock), and
+every file that is opened is checked against its digest. Files are compared by what they mean,
+as the artifact registry reads them back: managed-settings.json is decoded, and so is the
+profile's ``mcx_preference_settings``; every changed settings key is listed with its old and new
+value. A change found in every file that carries the settings is shown once, as ``settings``.
+Devices whose files and team are unchanged (same digests in both manifests) are not even
+opened, so diffing two nightly trees of a large fleet is quick. Fleet-level files are compared
+the same way; a file of a kind this version does not know is compared by digest.
 
 Secret values (the OTLP headers variables, and whatever the policy listed in ``secret_env``)
 are never shown: only that they changed, with a short SHA-256 fingerprint of each side.
@@ -12,22 +16,18 @@ are never shown: only that they changed, with a short SHA-256 fingerprint of eac
 from __future__ import annotations
 
 import json
-import plistlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .emit import mobileconfig
+from .emit import registry
+from .emit.registry import SETTINGS_SECTION, ArtifactKind
 from .envschema import SECRET_ENV, fingerprint
-from .models import Manifest, ManifestDevice
-from .output import OutputError, device_path, read_manifest
+from .models import ManifestFile
+from .output import Check, CheckedOutput, checked, device_path, kind_of
 
-SETTINGS_FILE = "managed-settings.json"
-PROFILE_FILE = "claude-code.mobileconfig"
 _ABSENT = object()
-_PROFILE_META_KEYS = ("PayloadIdentifier", "PayloadUUID", "PayloadDisplayName", "PayloadOrganization",
-                      "PayloadScope", "PayloadType", "PayloadVersion")
 
 
 class DiffError(Exception):
@@ -67,14 +67,22 @@ class DeviceDiff(BaseModel):
     changes: list[KeyChange] = Field(default_factory=list)
 
 
+class FleetFileDiff(BaseModel):
+    """A fleet-level file added, removed or changed."""
+
+    path: str
+    changes: list[KeyChange] = Field(default_factory=list)
+
+
 class TreeDiff(BaseModel):
     added: list[DeviceDiff] = Field(default_factory=list)
     removed: list[DeviceDiff] = Field(default_factory=list)
     changed: list[DeviceDiff] = Field(default_factory=list)
+    fleet: list[FleetFileDiff] = Field(default_factory=list)
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.removed or self.changed)
+        return not (self.added or self.removed or self.changed or self.fleet)
 
     def lines(self) -> list[str]:
         out = [f"+ {d.serial} ({d.platform}, team {json.dumps(d.team, ensure_ascii=False)})" for d in self.added]
@@ -82,76 +90,132 @@ class TreeDiff(BaseModel):
         for device in self.changed:
             out.append(f"~ {device.serial}")
             out += [f"    {change.describe()}" for change in device.changes]
+        for file in self.fleet:
+            out.append(f"~ fleet {file.path}")
+            out += [f"    {change.describe()}" for change in file.changes]
         if not self.identical:
-            out.append(f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed.")
+            summary = f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed."
+            if self.fleet:
+                summary += f" {len(self.fleet)} fleet file(s) changed."
+            out.append(summary)
         return out
 
 
 def trees(old: Path, new: Path) -> TreeDiff:
     """Everything that differs between two output folders."""
-    old_manifest = _manifest(old)
-    new_manifest = _manifest(new)
-    secrets = set(SECRET_ENV) | set(old_manifest.secret_env) | set(new_manifest.secret_env)
+    with checked(old, check=Check.NAMES, error=DiffError) as before, \
+            checked(new, check=Check.NAMES, error=DiffError) as after:
+        return _compare(before, after)
+
+
+def _compare(old: CheckedOutput, new: CheckedOutput) -> TreeDiff:
+    old_devices, new_devices = old.manifest.devices, new.manifest.devices
+    secrets = set(SECRET_ENV) | set(old.manifest.secret_env) | set(new.manifest.secret_env)
     result = TreeDiff()
-    for serial in sorted(set(new_manifest.devices) - set(old_manifest.devices)):
-        entry = new_manifest.devices[serial]
+    for serial in sorted(set(new_devices) - set(old_devices)):
+        entry = new_devices[serial]
         result.added.append(DeviceDiff(serial=serial, platform=entry.platform.value, team=entry.team))
-    for serial in sorted(set(old_manifest.devices) - set(new_manifest.devices)):
-        entry = old_manifest.devices[serial]
+    for serial in sorted(set(old_devices) - set(new_devices)):
+        entry = old_devices[serial]
         result.removed.append(DeviceDiff(serial=serial, platform=entry.platform.value, team=entry.team))
-    for serial in sorted(set(old_manifest.devices) & set(new_manifest.devices)):
-        before, after = old_manifest.devices[serial], new_manifest.devices[serial]
+    for serial in sorted(set(old_devices) & set(new_devices)):
+        before, after = old_devices[serial], new_devices[serial]
         if (before.files, before.team, before.platform) == (after.files, after.team, after.platform):
             continue
-        changes = _device_changes(serial, old, before, new, after, secrets)
+        changes = [KeyChange(where="device", key=key, old=str(getattr(before, key)), new=str(getattr(after, key)))
+                   for key in ("platform", "team") if getattr(before, key) != getattr(after, key)]
+        changes += _files_changes(old, new, {n: device_path(serial, n) for n in before.files},
+                                  {n: device_path(serial, n) for n in after.files}, secrets)
         if changes:
             result.changed.append(DeviceDiff(serial=serial, platform=after.platform.value, team=after.team,
                                              changes=changes))
+    for relpath in sorted(set(old.manifest.fleet) | set(new.manifest.fleet)):
+        changes = _files_changes(old, new, {relpath: relpath} if relpath in old.manifest.fleet else {},
+                                 {relpath: relpath} if relpath in new.manifest.fleet else {}, secrets)
+        if changes:
+            result.fleet.append(FleetFileDiff(path=relpath, changes=changes))
     return result
 
 
-def _manifest(folder: Path) -> Manifest:
-    if not folder.is_dir():
-        raise DiffError(f"{folder}: no such folder")
-    try:
-        manifest = read_manifest(folder)
-    except OutputError as exc:
-        raise DiffError(str(exc)) from None
-    if manifest is None:
-        raise DiffError(f"{folder}: has no manifest.json; is it an mdmgen output folder?")
-    return manifest
+def _files_changes(old: CheckedOutput, new: CheckedOutput, before: dict[str, str], after: dict[str, str],
+                   secrets: set[str]) -> list[KeyChange]:
+    """What changed between two sets of files (one device's, or one fleet file), by name -> relpath.
 
-
-def _device_changes(serial: str, old_root: Path, before: ManifestDevice, new_root: Path,
-                    after: ManifestDevice, secrets: set[str]) -> list[KeyChange]:
-    changes: list[KeyChange] = []
-    for key in ("platform", "team"):
-        old_value, new_value = getattr(before, key), getattr(after, key)
-        if old_value != new_value:
-            changes.append(KeyChange(where="device", key=key, old=str(old_value), new=str(new_value)))
-    json_old = _flatten(_read_settings(old_root, serial, before))
-    json_new = _flatten(_read_settings(new_root, serial, after))
-    prof_old = _read_profile(old_root, serial, before)
-    prof_new = _read_profile(new_root, serial, after)
-    json_changes = _changed_keys(json_old, json_new)
-    has_profile = bool(prof_old and prof_new)  # a profile added or removed is reported as such
-    mcx_changes = _changed_keys(_flatten(prof_old[0]), _flatten(prof_new[0])) if prof_old and prof_new else {}
-    for key in sorted(set(json_changes) | set(mcx_changes)):
-        in_json, in_mcx = key in json_changes, key in mcx_changes
-        if (in_json and in_mcx and json_changes[key] == mcx_changes[key]) or (in_json and not has_profile):
-            changes.append(_key_change("settings", key, json_changes[key], secrets))
+    The settings section is compared across every kind present on both sides: a key that changed
+    the same way in all of them is one ``settings`` change; otherwise each file says its own.
+    """
+    kinds = _kinds_in_order(set(before) | set(after))
+    settings: dict[str, dict[str, tuple[Any, Any]]] = {}  # kind name -> changed settings keys
+    own: list[KeyChange] = []
+    for name, kind in kinds:
+        label = kind.label if kind else "file"
+        if (name in before) != (name in after):
+            own.append(KeyChange(where=label, key=name, old="present", new="present",
+                                 old_present=name in before, new_present=name in after))
             continue
-        if in_json:
-            changes.append(_key_change("managed-settings.json", key, json_changes[key], secrets))
-        if in_mcx:
-            changes.append(_key_change("profile settings", key, mcx_changes[key], secrets))
-    if bool(prof_old) != bool(prof_new):
-        changes.append(KeyChange(where="profile", key=PROFILE_FILE, old="present", new="present",
-                                 old_present=bool(prof_old), new_present=bool(prof_new)))
-    elif prof_old and prof_new:
-        for key, pair in sorted(_changed_keys(prof_old[1], prof_new[1]).items()):
-            changes.append(_key_change("profile", key, pair, set()))
+        old_file, new_file = _entry(old, before[name]), _entry(new, after[name])
+        if kind is None:
+            if old_file != new_file:
+                own.append(KeyChange(where="file", key=name, old=f"sha256:{old_file.sha256[:8]}",
+                                     new=f"sha256:{new_file.sha256[:8]}", secret=True))
+            continue
+        if kind.sections.get(SETTINGS_SECTION):
+            settings[name] = {}
+        if old_file == new_file:
+            continue  # same digest: not opened
+        old_meaning, new_meaning = _semantic(old, before[name], kind), _semantic(new, after[name], kind)
+        for section in sorted(set(old_meaning) | set(new_meaning)):
+            changed = _changed_keys(_flatten(old_meaning.get(section)), _flatten(new_meaning.get(section)))
+            if section == SETTINGS_SECTION and name in settings:
+                settings[name] = changed
+            else:
+                where = kind.sections.get(section, f"{label} {section}")
+                own += [_key_change(where, key, pair, secrets) for key, pair in sorted(changed.items())]
+    return _settings_changes(settings, dict(kinds), secrets) + own
+
+
+def _settings_changes(settings: dict[str, dict[str, tuple[Any, Any]]], kinds: dict[str, ArtifactKind | None],
+                      secrets: set[str]) -> list[KeyChange]:
+    changes = []
+    for key in sorted({key for changed in settings.values() for key in changed}):
+        pairs = [changed.get(key) for changed in settings.values()]
+        if all(pair is not None and pair == pairs[0] for pair in pairs):
+            changes.append(_key_change(SETTINGS_SECTION, key, pairs[0], secrets))
+            continue
+        for name, changed in settings.items():
+            kind = kinds[name]
+            if key in changed and kind is not None:
+                changes.append(_key_change(kind.sections[SETTINGS_SECTION], key, changed[key], secrets))
     return changes
+
+
+def _kinds_in_order(names: set[str]) -> list[tuple[str, ArtifactKind | None]]:
+    """Known kinds in registration order, then names this version does not know, sorted."""
+    order = {kind.name: index for index, kind in enumerate(registry.device_kinds() + registry.fleet_kinds())}
+    ranked = sorted(names, key=lambda name: (order.get(name, len(order)), name))
+    return [(name, registry.get(name)) for name in ranked]
+
+
+def _entry(tree: CheckedOutput, relpath: str) -> ManifestFile:
+    parts = relpath.split("/")
+    if parts[0] == "devices" and len(parts) == 3:
+        return tree.manifest.devices[parts[1]].files[parts[2]]
+    return tree.manifest.fleet[relpath]
+
+
+def _semantic(tree: CheckedOutput, relpath: str, kind: ArtifactKind) -> registry.Semantic:
+    """What a file means; a file that does not parse is named as such, one that parses but was
+    changed since the compile is refused (it is not what the manifest vouches for)."""
+    file = tree.file(relpath)
+    assert file is not None and kind_of(relpath) is kind
+    data = file.read(verify=False)
+    try:
+        meaning = kind.read_semantic(data)
+    except ValueError as exc:
+        raise DiffError(f"{file.path}: {exc}") from None
+    if not file.matches(data):
+        raise DiffError(f"{file.path}: differs from its sha256 in the manifest (edited after the compile?)")
+    return meaning
 
 
 def _key_change(where: str, key: str, pair: tuple[Any, Any], secrets: set[str]) -> KeyChange:
@@ -182,36 +246,3 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix: value} if prefix else {}
-
-
-def _read(root: Path, serial: str, name: str) -> bytes:
-    path = root / device_path(serial, name)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DiffError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def _read_settings(root: Path, serial: str, entry: ManifestDevice) -> Any:
-    if SETTINGS_FILE not in entry.files:
-        return {}
-    try:
-        return json.loads(_read(root, serial, SETTINGS_FILE))
-    except ValueError as exc:
-        raise DiffError(f"{root / device_path(serial, SETTINGS_FILE)}: not valid JSON: {exc}") from None
-
-
-def _read_profile(root: Path, serial: str, entry: ManifestDevice) -> tuple[Any, dict[str, Any]] | None:
-    """The profile's settings and its metadata (top-level and payload Payload* keys)."""
-    if PROFILE_FILE not in entry.files:
-        return None
-    data = _read(root, serial, PROFILE_FILE)
-    problems = mobileconfig.check_profile(data)
-    if problems:
-        raise DiffError(f"{root / device_path(serial, PROFILE_FILE)}: {problems[0]}")
-    profile = plistlib.loads(data)
-    payload = profile["PayloadContent"][0]
-    meta = {key: profile.get(key, _ABSENT) for key in _PROFILE_META_KEYS}
-    meta.update({f"payload.{key}": payload.get(key, _ABSENT) for key in _PROFILE_META_KEYS})
-    meta = {k: v for k, v in meta.items() if v is not _ABSENT}
-    return mobileconfig.settings_of(data), meta

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from .models import Device, Location, Platform, Problem
+from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
+from .models import SAFE_NAME, Device, Location, Platform, Problem, unsafe_name
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
 
@@ -40,11 +41,6 @@ PLATFORM_ALIASES: dict[str, Platform] = {
 
 EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"})
 
-SERIAL_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
-# Names Windows refuses as folder names: an auditor checking out output/ on Windows must not break.
-_WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
-)
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 _EXTRA_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
@@ -83,8 +79,8 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
                 problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                         message="folder has no .csv files"))
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif path.exists():
+            files.append(path)  # read_input refuses what is not a regular file, saying so
         else:
             problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                     message="no such file or folder"))
@@ -98,10 +94,14 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None) -> Inv
     first_seen: dict[str, Location] = {}
     for path in files:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
+            data = read_input(path, MAX_INVENTORY_BYTES)
+        except FileNotFoundError:
             inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
-                                              message=f"cannot read: {exc.strerror}"))
+                                              message="no such file or folder"))
+            continue
+        except InputFileError as exc:
+            inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
+                                              message=str(exc)))
             continue
         _load_file(str(path), data, columns or {}, inventory, first_seen)
     return inventory
@@ -281,11 +281,11 @@ def _check_serial(raw: str, bad) -> str | None:
     if not raw:
         bad("serial_number", "missing value")
         return None
-    if not SERIAL_RE.match(raw):
+    if not SAFE_NAME.match(raw):
         bad("serial_number", "must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
         return None
     serial = raw.upper()
-    if serial.split(".")[0] in _WINDOWS_RESERVED or serial.endswith("."):
+    if unsafe_name(serial):  # the same rule the output stage applies to every name on disk
         bad("serial_number", f"{serial!r} is not usable as a folder name on Windows")
         return None
     return serial

@@ -6,10 +6,50 @@ and never reach back up, so the models here know nothing about files, click or p
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+"""What a serial, a file name or any one path part under the output folder may look like: at most
+64 letters, digits, '-', '_' and '.', never starting with '.' (so never '..' and never hidden)."""
+WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+)
+"""Names Windows refuses for a file or folder: an auditor checking out output/ on Windows must not break."""
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` may not become one part of a path under the output folder, or None when it may.
+
+    Every name that reaches a path goes through this one rule, whether it comes from the
+    inventory (a serial), the registry (a file name) or a tree on disk (manifest keys, folder
+    entries): a manifest is data anyone with commit access to the audit repository can edit.
+    """
+    if not SAFE_NAME.match(name):
+        return "must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+    if name.split(".")[0].upper() in WINDOWS_RESERVED or name.endswith("."):
+        return f"{name!r} is not usable as a file or folder name on Windows"
+    return None
+
+
+def safe_relpath(relpath: str) -> str:
+    """``relpath`` if every part is a safe name (see ``unsafe_name``); raise ValueError otherwise."""
+    parts = relpath.split("/")
+    if len(parts) > 4 or any(unsafe_name(part) for part in parts):
+        raise ValueError(f"unsafe path {relpath!r}")
+    return relpath
+
+
+def fleet_relpath(relpath: str) -> str:
+    """``relpath`` if it can hold a fleet-level file: safe parts, inside a folder of its own (not
+    ``devices/``, not beside the manifest); raise ValueError otherwise."""
+    safe_relpath(relpath)
+    if "/" not in relpath or relpath.split("/")[0] in ("devices", "manifest.json"):
+        raise ValueError(f"fleet file {relpath!r}: must be inside a folder of its own, not devices/")
+    return relpath
 
 
 class Platform(StrEnum):
@@ -128,11 +168,24 @@ class ManifestDevice(BaseModel):
                         "re-rendered (empty in manifests of older versions: always re-rendered).")
     files: dict[str, ManifestFile]
 
+    @field_validator("files")
+    @classmethod
+    def _safe_file_names(cls, files: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
+        for name in files:
+            reason = unsafe_name(name)
+            if reason:
+                raise ValueError(f"file name {name!r}: {reason}")
+        return files
+
 
 class Manifest(BaseModel):
     """``output/manifest.json``: what the output folder holds, for publishers and auditors.
 
-    It carries no timestamp, so the same inputs give the same bytes.
+    It carries no timestamp, so the same inputs give the same bytes. Every name in it is checked
+    when it is read (a manifest on disk is not trusted): a device key or a file name that could
+    leave the folder makes the whole manifest invalid. ``fleet`` lists the files that belong to
+    the whole fleet rather than to one device (``collector/...``), by path from the folder's root;
+    manifests written before it existed read as having none.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -142,3 +195,21 @@ class Manifest(BaseModel):
     secret_env: list[str] = Field(
         default_factory=list, description="env variables whose values are never shown (diff, logs).")
     devices: dict[str, ManifestDevice]
+    fleet: dict[str, ManifestFile] = Field(
+        default_factory=dict, description="Fleet-level files by path from the folder's root.")
+
+    @field_validator("devices")
+    @classmethod
+    def _safe_serials(cls, devices: dict[str, ManifestDevice]) -> dict[str, ManifestDevice]:
+        for serial in devices:
+            reason = unsafe_name(serial)
+            if reason:
+                raise ValueError(f"device {serial!r}: {reason}")
+        return devices
+
+    @field_validator("fleet")
+    @classmethod
+    def _safe_fleet_paths(cls, fleet: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
+        for relpath in fleet:
+            fleet_relpath(relpath)
+        return fleet

@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import envschema, inventory, policy
-from .emit import mobileconfig, settings_json
+from .emit import registry
 from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
 from .progress import NO_PROGRESS, Progress
 from .render import Renderer
-
-SETTINGS_FILE = "managed-settings.json"
-PROFILE_FILE = "claude-code.mobileconfig"
 
 
 @dataclass
@@ -31,6 +28,7 @@ class CompileResult:
     rejected: int = 0
     rendered: int = 0  # devices rendered this run; the others were unchanged and reused
     secret_env: list[str] = field(default_factory=list)
+    fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -49,18 +47,6 @@ def check_settings(settings: Settings, device: Device, allow_content_logging: bo
                                 message=f"{message} (set at {source})" if source else message,
                                 serial=device.serial, row=True))
     return problems
-
-
-def emit_files(settings: Settings, device: Device, loaded: policy.LoadedPolicy) -> dict[str, bytes]:
-    """The bytes of every file a device gets, by file name."""
-    files = {SETTINGS_FILE: settings_json.dumps(settings)}
-    if device.platform is Platform.MACOS:
-        org = loaded.policy.org
-        meta = mobileconfig.ProfileMeta(
-            identifier=mobileconfig.profile_identifier(org.identifier_prefix, device.serial),
-            display_name=org.display_name, organization=org.name)
-        files[PROFILE_FILE] = mobileconfig.dumps(settings, meta)
-    return files
 
 
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
@@ -105,9 +91,11 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         if problems or settings is None:
             result.problems.extend(problems)
             continue
-        result.devices.append(CompiledDevice(device=device, inputs=inputs,
-                                             files=emit_files(settings, device, loaded)))
+        files = registry.emit_device(registry.DeviceInput(device=device, settings=settings, policy=loaded.policy))
+        result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files))
     progress.finish()
+    result.fleet_files = registry.emit_fleet(registry.FleetInput(
+        devices=tuple(c.device for c in result.devices), policy=loaded.policy))
     bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):

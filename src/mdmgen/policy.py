@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .attributes import TOKEN_RE
 from .envschema import ENV_NAME_PATTERN
+from .inputfile import MAX_POLICY_BYTES, InputFileError, read_input
 from .models import Location, MdmgenError, Platform, Problem
 
 POLICY_FILENAME = "policy.yaml"
@@ -190,11 +191,13 @@ def load(profiles: Path) -> LoadedPolicy:
     path = policy_file(profiles)
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_input(path, MAX_POLICY_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise MdmgenError([Problem(location=Location(file=name), field="policy",
                                    message="no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except InputFileError as exc:
+        raise MdmgenError([Problem(location=Location(file=name), field="policy", message=str(exc))]) from None
+    except UnicodeDecodeError as exc:
         raise MdmgenError([Problem(location=Location(file=name), field="policy",
                                    message=f"cannot read: {exc}")]) from None
     return parse(text, name)

@@ -23,7 +23,6 @@ directly: proxy variables are not used, so what is checked is this machine's dir
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
@@ -33,12 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import __version__, attributes
+from . import __version__, attributes, output
+from .emit import registry
+from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback
 from .envschema import fingerprint
 from .messages import redact
-from .output import DEVICES_DIR
-from .pipeline import SETTINGS_FILE
 from .publish.http import Connection, TransportFailure, reason_phrase
 
 SIGNALS = ("metrics", "logs")
@@ -145,45 +144,54 @@ def _headers(env: dict, upper: str) -> tuple[tuple[str, str], ...]:
 
 
 def load(out: Path, serial: str | None = None) -> Plan:
-    """Read the compiled devices (one with ``serial``) and group them by destination."""
-    devices = out / DEVICES_DIR
+    """Read the compiled devices (one with ``serial``) and group them by destination.
+
+    The folder is read through the one checked reader (its manifest, safe names, no symlinks,
+    the shared lock), and each settings file is checked against its digest as it is read.
+    """
     if not out.is_dir():
         raise PreflightError([f"{out}: no such folder; run 'mdmgen compile' first, or pass --out"])
-    if not devices.is_dir():
-        raise PreflightError([f"{out}: not a compiled output folder (no {DEVICES_DIR}/); run 'mdmgen compile'"])
-    serials = sorted(p.name for p in devices.iterdir() if (p / SETTINGS_FILE).is_file())
-    if serial is not None:
-        wanted = [s for s in serials if s == serial.upper()]
-        if not wanted:
-            raise PreflightError([f"{out}/{DEVICES_DIR}: no compiled device {serial!r}"])
-        serials = wanted
-    if not serials:
-        raise PreflightError([f"{out}/{DEVICES_DIR}: holds no compiled device"])
-    by_targets: dict[tuple[Target, ...], Destination] = {}
-    silent: list[str] = []
-    problems: list[str] = []
-    for name in serials:
-        path = devices / name / SETTINGS_FILE
-        try:
-            settings = json.loads(path.read_text(encoding="utf-8"))
-            env = settings.get("env", {}) if isinstance(settings, dict) else None
-            if not isinstance(env, dict):
-                raise ValueError("'env' is not an object")
-            targets = targets_for(env)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path}: cannot read: {exc}")
-            continue
-        except ValueError as exc:
-            problems.append(f"{path}: {exc}")
-            continue
-        if targets:
-            by_targets.setdefault(targets, Destination(targets)).serials.append(name)
-        else:
-            silent.append(name)
+    settings_kind = registry.SETTINGS_JSON
+    try:
+        with output.checked(out, check=output.Check.NAMES) as tree:
+            serials = sorted(s for s, d in tree.manifest.devices.items() if settings_kind.name in d.files)
+            if serial is not None:
+                wanted = [s for s in serials if s == serial.upper()]
+                if not wanted:
+                    raise PreflightError([f"{out}/{output.DEVICES_DIR}: no compiled device {serial!r}"])
+                serials = wanted
+            if not serials:
+                raise PreflightError([f"{out}/{output.DEVICES_DIR}: holds no compiled device"])
+            by_targets: dict[tuple[Target, ...], Destination] = {}
+            silent: list[str] = []
+            problems: list[str] = []
+            for name in serials:
+                relpath = output.device_path(name, settings_kind.name)
+                path = out / relpath  # as the user named the folder, for the messages
+                file = tree.file(relpath)
+                assert file is not None
+                try:
+                    settings = settings_kind.read_semantic(file.read())[SETTINGS_SECTION]
+                    env = settings.get("env", {})
+                    if not isinstance(env, dict):
+                        raise ValueError("'env' is not an object")
+                    targets = targets_for(env)
+                except output.OutputError as exc:
+                    problems.append(str(exc))
+                    continue
+                except ValueError as exc:
+                    problems.append(f"{path}: {exc}")
+                    continue
+                if targets:
+                    by_targets.setdefault(targets, Destination(targets)).serials.append(name)
+                else:
+                    silent.append(name)
+    except output.OutputError as exc:
+        raise PreflightError([str(exc)]) from None
     if problems:
         raise PreflightError(problems)
     if not by_targets:
-        raise PreflightError([f"{out}/{DEVICES_DIR}: no checked device exports OTLP telemetry (needs "
+        raise PreflightError([f"{out}/{output.DEVICES_DIR}: no checked device exports OTLP telemetry (needs "
                               "CLAUDE_CODE_ENABLE_TELEMETRY=1 and an otlp exporter); nothing to check"])
     return Plan(list(by_targets.values()), silent)
 

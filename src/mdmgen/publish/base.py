@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..progress import NO_PROGRESS, Progress
 
 if TYPE_CHECKING:
-    from .local import LocalFile
+    from ..output import CheckedFile as LocalFile
 
 T = TypeVar("T")
 R = TypeVar("R")

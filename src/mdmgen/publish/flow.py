@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import output
+from ..output import CheckedOutput as LocalOutput
 from ..progress import NO_PROGRESS, Progress
 from .base import Action, Note, Plan, PlanItem, apply, check_deletions
-from .local import LocalOutput, read_output
+from .local import read_output
 
 
 class Publisher(Protocol):

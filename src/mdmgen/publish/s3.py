@@ -41,13 +41,14 @@ from botocore.config import Config
 from pydantic import ValidationError
 
 from .. import __version__
+from ..emit import registry
 from ..endpoints import check_url
 from ..models import Manifest
+from ..output import DEVICES_DIR, MANIFEST_FILE, kind_of
+from ..output import CheckedOutput as LocalOutput
 from ..progress import NO_PROGRESS, Progress
 from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_bounded
-from .local import DEVICES_DIR, MANIFEST_FILE, LocalOutput
 
-CONTENT_TYPES = {".json": "application/json", ".mobileconfig": "application/x-apple-aspen-config"}
 COMMIT_GAP = 1.0
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
 DEFAULT_WORKERS = 16
@@ -99,8 +100,11 @@ def check_endpoint(url: str | None) -> None:
 
 
 def content_type(relpath: str) -> str:
-    suffix = relpath[relpath.rfind("."):]
-    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+    """The registry's content type for the file at ``relpath`` (the manifest is JSON)."""
+    kind = kind_of(relpath)
+    if kind is not None:
+        return kind.content_type
+    return "application/json" if relpath == MANIFEST_FILE else "application/octet-stream"
 
 
 def checksum_header(sha256_hex: str) -> str:
@@ -171,7 +175,7 @@ def remote_items(state: RemoteState) -> list[Remote]:
     published = state.manifest
     items = []
     for relpath, obj in state.objects.items():
-        device = relpath.split("/")[1]
+        device = relpath.split("/")[1] if relpath.startswith(f"{DEVICES_DIR}/") else None  # None: a fleet file
         verified = state.verified
         sha = verified.get(relpath) if verified is not None else _vouched(published, obj, device)
         items.append(Remote(relpath, device, sha))
@@ -180,11 +184,11 @@ def remote_items(state: RemoteState) -> list[Remote]:
     return items
 
 
-def _vouched(published: PublishedManifest | None, obj: RemoteObject, device: str) -> str | None:
+def _vouched(published: PublishedManifest | None, obj: RemoteObject, device: str | None) -> str | None:
     if published is None or published.manifest is None or not obj.modified < published.modified:
         return None
-    entry = published.manifest.devices.get(device)
-    file = entry.files.get(obj.relpath.rsplit("/", 1)[1]) if entry else None
+    entry = published.manifest.devices.get(device) if device else None
+    file = entry.files.get(obj.relpath.rsplit("/", 1)[1]) if entry else published.manifest.fleet.get(obj.relpath)
     return file.sha256 if file is not None and file.size == obj.size else None
 
 
@@ -216,7 +220,8 @@ class S3Publisher:
     def read_remote(self, wanted: Iterable[str], progress: Progress = NO_PROGRESS) -> RemoteState:
         """GET the manifest, LIST devices/, and with --verify GET and hash each wanted object."""
         manifest = self._get_manifest()
-        objects = self._list_objects()
+        published_fleet = set(manifest.manifest.fleet) if manifest and manifest.manifest else set()
+        objects = self._list_objects(published_fleet | {w for w in wanted if "/" in w and not _DEVICE_KEY.match(w)})
         verified = None
         if self.verify:
             check = sorted(set(objects) & set(wanted))
@@ -250,20 +255,24 @@ class S3Publisher:
         return PublishedManifest(response["ETag"], hashlib.sha256(data).hexdigest(),
                                  response["LastModified"], parsed)
 
-    def _list_objects(self) -> dict[str, RemoteObject]:
-        """Every ``devices/<SERIAL>/<file>`` object under the prefix; other keys are not ours."""
-        prefix = self.destination.key(f"{DEVICES_DIR}/")
+    def _list_objects(self, fleet_files: set[str]) -> dict[str, RemoteObject]:
+        """Every ``devices/<SERIAL>/<file>`` object under the prefix, and every fleet-level file of a
+        registered kind, of the output folder or of the published manifest (one listing per fleet
+        folder); other keys are not ours."""
+        fleet = fleet_files | {kind.name for kind in registry.fleet_kinds()}
         objects = {}
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.destination.bucket, Prefix=prefix)
-            for page in pages:
-                for entry in page.get("Contents", []):
-                    relpath = entry["Key"][len(self.destination.prefix):]
-                    if _DEVICE_KEY.match(relpath):
-                        objects[relpath] = RemoteObject(relpath, entry["Size"], entry["LastModified"])
-        except (bx.ClientError, bx.BotoCoreError) as exc:
-            raise _describe(exc, self.destination, f"listing {prefix}") from None
+        for folder in [DEVICES_DIR, *sorted({relpath.split("/")[0] for relpath in fleet})]:
+            prefix = self.destination.key(f"{folder}/")
+            try:
+                pages = self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.destination.bucket, Prefix=prefix)
+                for page in pages:
+                    for entry in page.get("Contents", []):
+                        relpath = entry["Key"][len(self.destination.prefix):]
+                        if _DEVICE_KEY.match(relpath) or relpath in fleet:
+                            objects[relpath] = RemoteObject(relpath, entry["Size"], entry["LastModified"])
+            except (bx.ClientError, bx.BotoCoreError) as exc:
+                raise _describe(exc, self.destination, f"listing {prefix}") from None
         return objects
 
     def _digest(self, relpath: str) -> str | None:

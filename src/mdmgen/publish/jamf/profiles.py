@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...canonical import digest
-from ..local import LocalFile
+from ...output import CheckedFile as LocalFile
 
 NAME_PREFIX = "mdmgen - Claude Code - "
 DISTRIBUTION = "Install Automatically"

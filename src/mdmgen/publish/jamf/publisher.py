@@ -23,8 +23,12 @@ import plistlib
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ...emit import registry
 from ...messages import first_of
 from ...models import Platform
+from ...output import CheckedFile as LocalFile
+from ...output import CheckedOutput as LocalOutput
+from ...output import device_path
 from ...progress import NO_PROGRESS, Progress
 from ..base import (
     Action,
@@ -40,7 +44,6 @@ from ..base import (
     run_bounded,
 )
 from ..http import UnexpectedAnswer
-from ..local import DEVICES_DIR, LocalFile, LocalOutput
 from .client import MAX_CONNECTIONS, JamfClient, JamfHTTPError
 from .profiles import (
     DISTRIBUTION,
@@ -315,10 +318,8 @@ def _macs(local: LocalOutput) -> dict[str, LocalFile]:
     files = {f.relpath: f for f in local.files}
     macs = {}
     for serial, device in local.manifest.devices.items():
-        if device.platform is Platform.MACOS:
-            for name in device.files:
-                if name.endswith(".mobileconfig"):
-                    macs[serial] = files[f"{DEVICES_DIR}/{serial}/{name}"]
+        if device.platform is Platform.MACOS and registry.MAC_PROFILE.name in device.files:
+            macs[serial] = files[device_path(serial, registry.MAC_PROFILE.name)]
     return macs
 
 

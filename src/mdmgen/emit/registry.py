@@ -1,0 +1,212 @@
+"""The artifact registry: every kind of file mdmgen writes, described in one place.
+
+For each kind the entry says its name (the file name in a device's folder, or for a fleet-level
+file its path from the output folder's root), who gets it (devices of some platforms, or the
+fleet once), where a device installs it, its content type, how to read it back semantically, and
+the emitter that makes its bytes. ``pipeline``, ``output``, ``diff``, ``preflight`` and the
+publishers ask the registry instead of knowing file names or suffixes, so adding a kind of file
+is one :func:`register` call and its emitter, plus the publishers that want it.
+
+Emitters are pure: the same input gives the same bytes (or None: this kind has nothing to
+say for that input, for example a collector file when the policy names no collector).
+"""
+
+from __future__ import annotations
+
+import json
+import plistlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
+from . import mobileconfig, settings_json
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+
+
+@dataclass(frozen=True)
+class DeviceInput:
+    """What a device-level emitter is given: one device, its rendered settings, the policy."""
+
+    device: Device
+    settings: Settings
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class FleetInput:
+    """What a fleet-level emitter is given: every compiled device (rendered this run or not) and
+    the policy. Fleet files are made again on every compile: there is one of each, not one per device."""
+
+    devices: tuple[Device, ...]
+    policy: Policy
+
+
+Semantic = dict[str, Any]
+"""What a file means, by section: ``settings`` (the managed settings it carries, compared across
+kinds by diff) and any kind-specific section (a profile's ``metadata``), each a JSON-like value."""
+
+SETTINGS_SECTION = "settings"
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of output file.
+
+    ``platforms`` is who gets a device-level kind; ``fleet`` kinds are written once, at ``name``
+    (a path with a folder, such as ``collector/otel.yaml``). ``read_semantic`` raises ValueError
+    with a one-line reason when the bytes are not a valid file of this kind. ``sections`` names,
+    for diff, where a changed value of each section is (``profile settings``), and ``label`` how
+    the file itself is called when it appears or disappears.
+    """
+
+    name: str
+    content_type: str
+    read_semantic: Callable[[bytes], Semantic]
+    emit: Callable[[Any], bytes | None]
+    label: str
+    platforms: frozenset[Platform] = frozenset()
+    fleet: bool = False
+    install_paths: Mapping[Platform, str] = field(default_factory=dict)
+    sections: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fleet:
+            fleet_relpath(self.name)
+            if self.platforms:
+                raise ValueError(f"fleet kind {self.name!r}: is written once for the fleet, not per platform")
+        elif unsafe_name(self.name) or not self.platforms:
+            raise ValueError(f"device kind {self.name!r}: needs a safe file name and its platforms")
+
+    def applies_to(self, platform: Platform) -> bool:
+        return not self.fleet and platform in self.platforms
+
+    def install_path(self, platform: Platform) -> str | None:
+        """Where a device of ``platform`` installs this file; None when it is not installed as a file
+        (a profile goes through the MDM)."""
+        return self.install_paths.get(platform)
+
+
+_KINDS: dict[str, ArtifactKind] = {}
+
+
+def register(kind: ArtifactKind) -> ArtifactKind:
+    """Add a kind; its name must be new (two kinds cannot share a file)."""
+    if kind.name in _KINDS:
+        raise ValueError(f"an artifact kind named {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+@contextmanager
+def registered(kind: ArtifactKind) -> Iterator[ArtifactKind]:
+    """A kind registered for the duration of a block (tests add kinds that exist only in them)."""
+    register(kind)
+    try:
+        yield kind
+    finally:
+        del _KINDS[kind.name]
+
+
+def get(name: str) -> ArtifactKind | None:
+    """The kind written as ``name`` (a device file name, or a fleet file's path); None if unknown."""
+    return _KINDS.get(name)
+
+
+def device_kinds() -> list[ArtifactKind]:
+    """Device-level kinds in the order they were registered (diff lists changes in this order)."""
+    return [k for k in _KINDS.values() if not k.fleet]
+
+
+def fleet_kinds() -> list[ArtifactKind]:
+    return [k for k in _KINDS.values() if k.fleet]
+
+
+def emit_device(given: DeviceInput) -> dict[str, bytes]:
+    """The bytes of every file one device gets, by file name."""
+    files = {}
+    for kind in device_kinds():
+        if kind.applies_to(given.device.platform):
+            data = kind.emit(given)
+            if data is not None:
+                files[kind.name] = data
+    return files
+
+
+def emit_fleet(given: FleetInput) -> dict[str, bytes]:
+    """The bytes of every fleet-level file, by path from the output folder's root."""
+    files = {}
+    for kind in fleet_kinds():
+        data = kind.emit(given)
+        if data is not None:
+            files[kind.name] = data
+    return files
+
+
+# --- the kinds mdmgen ships -----------------------------------------------------------------------
+
+
+def _read_settings_json(data: bytes) -> Semantic:
+    try:
+        settings = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ValueError("not a JSON object")
+    return {SETTINGS_SECTION: settings}
+
+
+_PROFILE_META_KEYS = ("PayloadIdentifier", "PayloadUUID", "PayloadDisplayName", "PayloadOrganization",
+                      "PayloadScope", "PayloadType", "PayloadVersion")
+
+
+def _read_profile(data: bytes) -> Semantic:
+    """The profile's settings, and its metadata: top-level and payload ``Payload*`` keys."""
+    problems = mobileconfig.check_profile(data)
+    if problems:
+        raise ValueError(problems[0])
+    profile = plistlib.loads(data)
+    payload = profile["PayloadContent"][0]
+    meta = {key: profile[key] for key in _PROFILE_META_KEYS if key in profile}
+    meta.update({f"payload.{key}": payload[key] for key in _PROFILE_META_KEYS if key in payload})
+    return {SETTINGS_SECTION: mobileconfig.settings_of(data), "metadata": meta}
+
+
+def _emit_profile(given: DeviceInput) -> bytes:
+    org = given.policy.org
+    meta = mobileconfig.ProfileMeta(
+        identifier=mobileconfig.profile_identifier(org.identifier_prefix, given.device.serial),
+        display_name=org.display_name, organization=org.name)
+    return mobileconfig.dumps(given.settings, meta)
+
+
+SETTINGS_JSON = register(ArtifactKind(
+    name="managed-settings.json",
+    content_type="application/json",
+    read_semantic=_read_settings_json,
+    emit=lambda given: settings_json.dumps(given.settings),
+    label="managed-settings.json",
+    platforms=frozenset(Platform),
+    install_paths={
+        Platform.MACOS: "/Library/Application Support/ClaudeCode/managed-settings.json",
+        Platform.LINUX: "/etc/claude-code/managed-settings.json",
+        Platform.WSL: "/etc/claude-code/managed-settings.json",
+        Platform.WINDOWS: "C:\\Program Files\\ClaudeCode\\managed-settings.json",
+    },
+    sections={SETTINGS_SECTION: "managed-settings.json"},
+))
+"""Every device's settings file, the one Claude Code reads on every platform."""
+
+MAC_PROFILE = register(ArtifactKind(
+    name="claude-code.mobileconfig",
+    content_type="application/x-apple-aspen-config",
+    read_semantic=_read_profile,
+    emit=_emit_profile,
+    label="profile",
+    platforms=frozenset({Platform.MACOS}),
+    sections={SETTINGS_SECTION: "profile settings", "metadata": "profile"},
+))
+"""A Mac's configuration profile, deployed by the MDM (Jamf publishes it)."""

@@ -1,0 +1,136 @@
+"""manifest.json: building it from a compile, its exact bytes, reading it back, and comparing two."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .. import __version__
+from ..emit import registry
+from ..envschema import SECRET_ENV
+from ..models import CompiledDevice, Manifest, ManifestDevice, ManifestFile
+from .layout import MANIFEST_FILE, MAX_MANIFEST_BYTES, OutputError, read_regular
+
+
+@dataclass
+class Changes:
+    """What a compile changed against the previous output, by serial; ``repaired`` lists the
+    files of the previous output that did not match its manifest (edited by hand, deleted,
+    replaced by a link) and were put right."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    written: bool = False  # False when nothing changed and the folder was left alone
+    repaired: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A manifest read from disk: the model, its exact bytes, and the file's modification time
+    (what the cheap check of the files is measured against, see ``reader``)."""
+
+    manifest: Manifest
+    data: bytes
+    mtime_ns: int
+
+
+def load_manifest(folder: Path) -> LoadedManifest | None:
+    """The checked manifest of a folder; None when there is none.
+
+    Raises OutputError when it is not a regular file, is too large, or is not an mdmgen manifest;
+    a manifest whose names could leave the folder (``../``) is not an mdmgen manifest.
+    """
+    path = folder / MANIFEST_FILE
+    try:
+        data, info = read_regular(path, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise OutputError(f"{path}: not a valid mdmgen manifest ({where}: {first['msg']})") from None
+    if manifest.generator != "mdmgen":
+        raise OutputError(f"{path}: written by {manifest.generator!r}, not mdmgen")
+    return LoadedManifest(manifest, data, info.st_mtime_ns)
+
+
+def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:
+    return ManifestFile(sha256=hashlib.sha256(data).hexdigest(), size=len(data), install_path=install_path)
+
+
+def manifest_entry(compiled: CompiledDevice, previous: Manifest | None) -> ManifestDevice:
+    """The manifest entry of one device: new digests, or the previous entry when reused."""
+    device = compiled.device
+    if compiled.files is None:
+        assert previous is not None
+        return previous.devices[device.serial]
+    files = {}
+    for name, data in compiled.files.items():
+        kind = registry.get(name)
+        files[name] = file_entry(data, kind.install_path(device.platform) if kind else None)
+    return ManifestDevice(platform=device.platform, team=device.team, inputs=compiled.inputs, files=files)
+
+
+def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = None,
+                   secret_env: list[str] | None = None, fleet_files: dict[str, bytes] | None = None) -> Manifest:
+    devices = {c.device.serial: manifest_entry(c, previous) for c in compiled}
+    fleet = {relpath: file_entry(data) for relpath, data in sorted((fleet_files or {}).items())}
+    return Manifest(generator="mdmgen", version=__version__,
+                    secret_env=sorted(set(SECRET_ENV) | set(secret_env or [])),
+                    devices=dict(sorted(devices.items())), fleet=fleet)
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
+    repository, and large fleets encode fast (no pretty-printer over every nested key). An empty
+    ``fleet`` is left out, so a fleet without fleet-level files keeps the bytes it always had."""
+    data = manifest.model_dump(mode="json", exclude_none=True)
+    devices = data.pop("devices")
+    if not data.get("fleet"):
+        data.pop("fleet", None)
+
+    def dumps(value: object) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+
+    lines = ["{", '  "devices": {']
+    rows = [f"    {dumps(serial)}: {dumps(entry)}" for serial, entry in sorted(devices.items())]
+    lines.append(",\n".join(rows))
+    lines.append("  }" + ("," if data else ""))
+    fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]
+    lines.append(",\n".join(fields))
+    lines.append("}")
+    return ("\n".join(line for line in lines if line) + "\n").encode("utf-8")
+
+
+def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
+    """Devices added, changed (any file or its team/platform), removed and unchanged."""
+    old = previous.devices if previous else {}
+    changes = Changes()
+    for serial, entry in manifest.devices.items():
+        before = old.get(serial)
+        if before is None:
+            changes.added.append(serial)
+        elif (before.files, before.platform, before.team) != (entry.files, entry.platform, entry.team):
+            changes.changed.append(serial)
+        else:
+            changes.unchanged += 1
+    changes.removed = sorted(set(old) - set(manifest.devices))
+    return changes
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``; never through a symlink or over an existing entry."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

@@ -1,0 +1,262 @@
+"""The one reader of an output folder: ``diff``, ``preflight``, every publisher and ``compile`` itself
+read a tree on disk only through :func:`read` (or :func:`checked`, which also holds the lock).
+
+Nothing in a tree is trusted before it is checked. The manifest must be an mdmgen manifest whose
+every name is safe (``models.unsafe_name``), and the folder must hold exactly what it lists:
+every ``devices/<SERIAL>`` a real folder (not a symlink), every file a regular file, nothing
+extra. How much of the content is checked is the caller's choice (:class:`Check`):
+
+* ``NAMES``: only the above. ``diff`` and ``preflight`` open few files, and each is checked
+  against its digest as it is read (:meth:`CheckedFile.read`).
+* ``STAT``: also each file's size, and the digest of every file that is not provably older than
+  the manifest. A compile writes the manifest after every file of the tree and never changes a
+  file afterwards (unchanged files keep their modification time), so a file whose mtime is
+  earlier than the manifest's is as the compile left it, unless someone set its mtime back on
+  purpose. A file edited in place since has a later mtime, and one edited in the same clock tick
+  as the manifest was written cannot be told apart, so it is hashed (git's "racy" rule). This
+  costs one ``lstat`` per file, no record beyond the manifest (whose bytes stay deterministic),
+  and hashes only what changed. ``compile`` uses it every run to find hand-edited files.
+* ``DIGESTS``: every file hashed. Publishers, before they upload anything, and ``compile --full``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from ..models import Manifest, ManifestFile, unsafe_name
+from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_real_dir, read_regular, target_of
+from .lock import locked
+from .manifest import load_manifest
+
+_READ_LIMIT = 64 << 20
+"""Read at most this much of a file that grew since the manifest, to say it changed."""
+EDITED = "differs from its sha256 in the manifest (edited after the compile?)"
+
+
+class Check(IntEnum):
+    """How much of the content the reader checks (see the module docstring)."""
+
+    NAMES = 0
+    STAT = 1
+    DIGESTS = 2
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """One file of a checked folder as its manifest describes it (``device`` None: a fleet file or
+    manifest.json). ``error`` is the exception class the reader's caller reports problems with."""
+
+    relpath: str
+    sha256: str
+    size: int
+    root: Path
+    device: str | None = None
+    error: type[Exception] = OutputError
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relpath
+
+    def read(self, *, verify: bool = True) -> bytes:
+        """The file's bytes, refused unless they still have the manifest's digest. ``verify=False``
+        is for a caller that parses first and then checks with :meth:`matches`, so that a file
+        that no longer parses is reported as such (diff)."""
+        try:
+            if not is_real_dir(self.path.parent):
+                raise OutputError(f"{self.path.parent}: is not a folder")
+            data, _info = read_regular(self.path, max(self.size, _READ_LIMIT))
+        except OutputError as exc:
+            raise self.error(str(exc)) from None
+        except OSError as exc:
+            raise self.error(f"{self.path}: cannot read: {exc.strerror}") from None
+        if verify and not self.matches(data):
+            raise self.error(f"{self.path}: changed after it was checked against {MANIFEST_FILE} "
+                             "(did a compile run during the publish?)")
+        return data
+
+    def matches(self, data: bytes) -> bool:
+        return len(data) == self.size and hashlib.sha256(data).hexdigest() == self.sha256
+
+
+@dataclass(frozen=True)
+class CheckedOutput:
+    """A read output folder: its manifest, every file (sorted by path, manifest.json last), and
+    what did not check out (by path; empty after a strict read)."""
+
+    root: Path
+    manifest: Manifest
+    manifest_data: bytes
+    files: tuple[CheckedFile, ...]
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def file(self, relpath: str) -> CheckedFile | None:
+        return self._by_relpath.get(relpath)
+
+    @functools.cached_property
+    def _by_relpath(self) -> dict[str, CheckedFile]:
+        return {f.relpath: f for f in self.files}
+
+    def damaged_devices(self) -> set[str]:
+        """Devices with any file (or their folder) not as the manifest says."""
+        if DEVICES_DIR in self.problems:
+            return set(self.manifest.devices)
+        parts = (relpath.split("/") for relpath in self.problems)
+        return {p[1] for p in parts if p[0] == DEVICES_DIR and len(p) > 1 and p[1] in self.manifest.devices}
+
+    def reusable(self) -> Manifest:
+        """The manifest without its damaged devices: what a compile may reuse without rendering."""
+        bad = self.damaged_devices()
+        return self.manifest.model_copy(
+            update={"devices": {s: e for s, e in self.manifest.devices.items() if s not in bad}})
+
+
+def read(folder: Path, *, check: Check = Check.DIGESTS, error: type[Exception] = OutputError) -> CheckedOutput:
+    """Read ``folder`` and check it (see the module docstring); call with its lock held.
+
+    Raises ``error`` (one line) when the folder is missing, has no valid manifest, is being
+    replaced by a compile (or one was interrupted), or does not match its manifest. A compile,
+    which repairs what does not match rather than refusing it, uses :func:`read_tree`.
+    """
+    try:
+        target = target_of(folder)
+    except OutputError as exc:
+        raise error(str(exc)) from None
+    if not target.is_dir():
+        raise error(f"{folder}: no such folder; run `mdmgen compile` first or pass --out")
+    _refuse_mid_swap(folder, target, error)
+    tree = _read(folder, target, check, error)
+    if tree is None:
+        raise error(f"{folder}: no {MANIFEST_FILE}, so not an mdmgen output folder; run `mdmgen compile` first")
+    if tree.problems:
+        problems = sorted(f"{_shown(relpath)} {why}" for relpath, why in tree.problems.items())
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise error(f"{folder}: does not match its {MANIFEST_FILE}: {problems[0]}{more}; "
+                    f"`mdmgen compile` repairs it (`mdmgen compile --full` if {MANIFEST_FILE} itself was edited)")
+    _refuse_mid_swap(folder, target, error)
+    return tree
+
+
+@contextlib.contextmanager
+def checked(folder: Path, *, check: Check = Check.DIGESTS,
+            error: type[Exception] = OutputError) -> Iterator[CheckedOutput]:
+    """:func:`read`, holding the folder's shared lock while the caller uses the tree."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked(folder, shared=True))
+        except OutputError as exc:
+            raise (exc if isinstance(exc, error) else error(str(exc))) from None
+        yield read(folder, check=check, error=error)
+
+
+def read_tree(folder: Path, target: Path, check: Check) -> CheckedOutput | None:
+    """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
+    OutputError for a manifest that is not a valid mdmgen manifest."""
+    return _read(folder, target, check, OutputError)
+
+
+def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> CheckedOutput | None:
+    try:
+        loaded = load_manifest(target)
+    except OutputError as exc:
+        raise error(str(exc).replace(str(target), str(folder), 1)) from None
+    if loaded is None:
+        return None
+    manifest = loaded.manifest
+    expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
+                for serial, device in manifest.devices.items() for name, entry in device.files.items()}
+    expected.update({relpath: (entry, None) for relpath, entry in manifest.fleet.items()})
+    present, problems = _survey(target, manifest, set(expected))
+    for relpath, (entry, _device) in expected.items():
+        info = present.get(relpath)
+        if info is None:
+            problems.setdefault(relpath, "is missing")
+        elif _edited(check, target, relpath, info, entry, loaded.mtime_ns):
+            problems[relpath] = EDITED
+    files = [CheckedFile(relpath, entry.sha256, entry.size, target, device, error)
+             for relpath, (entry, device) in sorted(expected.items())]
+    files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(loaded.data).hexdigest(), len(loaded.data),
+                             target, None, error))
+    return CheckedOutput(target, manifest, loaded.data, tuple(files), problems)
+
+
+def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry: ManifestFile,
+            manifest_mtime_ns: int) -> bool:
+    """Whether a present regular file differs from its entry, as far as ``check`` looks: the size
+    for STAT, and the digest of every file for DIGESTS, or for STAT of a file not provably older
+    than the manifest."""
+    if check is Check.NAMES:
+        return False
+    if info.st_size != entry.size:
+        return True
+    if check is Check.STAT and info.st_mtime_ns < manifest_mtime_ns:
+        return False
+    return _digest(root / relpath, entry.size) != entry.sha256
+
+
+def _digest(path: Path, size: int) -> str | None:
+    try:
+        data, _info = read_regular(path, size)
+    except (OSError, OutputError):
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _survey(root: Path, manifest: Manifest, expected: set[str]) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+    """Every regular file the folder holds where the manifest expects one (with its lstat), and
+    every entry that is not what the manifest says, by path. Symlinks are never followed, and
+    only folders the manifest implies are entered (``devices/`` is always ours)."""
+    folders = {DEVICES_DIR}
+    for relpath in expected:
+        parts = relpath.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    present: dict[str, os.stat_result] = {}
+    problems: dict[str, str] = {}
+    for top in sorted(f for f in folders if "/" not in f):
+        _survey_folder(root, top, expected, folders, present, problems)
+    return present, problems
+
+
+def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[str],
+                   present: dict[str, os.stat_result], problems: dict[str, str]) -> None:
+    path = os.path.join(root, relpath)  # strings, not Path: this runs once per device folder
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return  # every file expected below it is then reported missing
+    if not stat.S_ISDIR(info.st_mode):
+        problems[relpath] = "is not a folder (a symlink or a file in its place?)"
+        return
+    with os.scandir(path) as entries:
+        for entry in entries:
+            child = f"{relpath}/{entry.name}"
+            if child in expected:
+                if entry.is_file(follow_symlinks=False):
+                    present[child] = entry.stat(follow_symlinks=False)
+                else:
+                    problems[child] = "is not a regular file"
+            elif child in folders:
+                _survey_folder(root, child, expected, folders, present, problems)
+            else:
+                problems[child] = f"is not in {MANIFEST_FILE}"
+
+
+def _shown(relpath: str) -> str:
+    """A path for a one-line message: quoted when a part is not a safe name (a newline, a space)."""
+    return relpath if not any(unsafe_name(part) for part in relpath.split("/")) else repr(relpath)
+
+
+def _refuse_mid_swap(folder: Path, target: Path, error: type[Exception]) -> None:
+    """Refuse a folder a compile is replacing or left half-replaced (the caller holds the
+    folder's shared lock, so no compile can start while it reads)."""
+    leftover = interrupted(target)
+    if leftover is not None:
+        raise error(f"{folder}: a compile is replacing this folder or was interrupted "
+                    f"({leftover.name} exists); wait for it, or run `mdmgen compile` again")

@@ -1,0 +1,336 @@
+"""Writing the tree: staging, the atomic swap, incremental reuse, the kept generation, repairs.
+
+A compile first reads the current tree with the checked reader (:func:`read_previous`, at the
+``STAT`` level), so a hand-edited, deleted or replaced file is found without re-hashing the
+fleet: its device is rendered again and the file rewritten, never linked. The kept generation
+is read the same way before it is reused as the staging tree, and anything in it that does not
+check out is removed and rebuilt. Every path is built from names the manifest model has checked
+(``models.unsafe_name``) or from entries just listed in a folder that was checked to be a real
+folder; files are created with ``O_EXCL | O_NOFOLLOW`` and removed without following links.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+from ..models import CompiledDevice, Manifest, ManifestFile, unsafe_name
+from ..progress import NO_PROGRESS, Progress
+from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
+from .manifest import Changes, build_manifest, compare, manifest_bytes, write_new
+from .reader import Check, CheckedOutput, read_tree
+
+log = logging.getLogger(__name__)
+
+
+def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
+    """The current output as a compile sees it, with what does not match its manifest listed
+    (every file hashed with ``full``); None when there is no previous output. Call with the
+    lock held exclusively: a run killed mid-swap is put right first."""
+    target = target_of(out)
+    recover(target)
+    if not target.exists():
+        return None
+    try:
+        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; move the folder aside or pass another --out") from None
+    if tree is not None and tree.problems:
+        log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
+    return tree
+
+
+def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
+          secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
+          fresh: bool = False, progress: Progress = NO_PROGRESS) -> Changes:
+    """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
+
+    ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
+    are hard-linked from it rather than rewritten, unless they did not check out; if the new
+    manifest equals the previous one and everything checked out, nothing is touched. With
+    ``fresh`` (``--full``) the staging tree is rebuilt from nothing.
+    """
+    target = target_of(out)
+    fleet_files = fleet_files or {}
+    old = previous.manifest if previous else None
+    manifest = build_manifest(compiled, old, secret_env, fleet_files)
+    new_manifest = manifest_bytes(manifest)
+    changes = compare(manifest, old)
+    changes.repaired = sorted(previous.problems) if previous else []
+    try:
+        recover(target)
+        if (not fresh and previous is not None and not previous.problems
+                and previous.manifest_data == new_manifest):
+            log.info("nothing changed; %s left as it was", out)
+            if not _is_complete_generation(sidecar(target, "prev")):
+                _keep_generation(target, manifest)
+            return changes
+        _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
+        if changes.repaired:
+            # The tree just replaced holds the damaged files (a file edited in place is shared
+            # with it through a hard link): keep the new tree as the generation instead.
+            _keep_generation(target, manifest)
+    except OutputError:
+        _remove(sidecar(target, "new"))
+        raise
+    except OSError as exc:
+        _remove(sidecar(target, "new"))
+        reason = exc.strerror or str(exc)
+        raise OutputError(f"{exc.filename or out}: cannot write the output folder: {reason}") from None
+    changes.written = True
+    return changes
+
+
+def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: dict[str, bytes],
+                    manifest: Manifest, previous: CheckedOutput | None, manifest_data: bytes, fresh: bool,
+                    progress: Progress) -> None:
+    """Bring a staging tree to the new state, then swap it in.
+
+    The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
+    by the last run) when there is one that checks out: it already holds most devices, so only
+    what changed since then is touched, instead of recreating a folder per device. Without it
+    (first run, ``--full``, or a run killed mid-way) the staging tree is built from scratch.
+    """
+    staging, staged = _take_staging(target, fresh=fresh)
+    current = previous.manifest if previous else None
+    damaged = set(previous.problems) if previous else set()
+    had = _clean_staging(staging, staged)
+    counts = {"written": 0, "linked": 0, "kept": 0}
+
+    def place(relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
+              before: ManifestFile | None) -> None:
+        dest = staging / relpath
+        if staged_meta is not None:
+            if staged_meta.sha256 == meta.sha256:
+                counts["kept"] += 1  # the staging generation already has these bytes
+                return
+            os.unlink(dest)
+        if before is not None and before.sha256 == meta.sha256 and relpath not in damaged:
+            os.link(target / relpath, dest, follow_symlinks=False)  # same inode: mtime kept
+            counts["linked"] += 1
+            return
+        if data is None:
+            raise OutputError(f"{target / relpath}: not rendered and not reusable; run compile with --full")
+        write_new(dest, data)
+        counts["written"] += 1
+
+    devices_dir = staging / DEVICES_DIR
+    if not is_real_dir(devices_dir):
+        devices_dir.mkdir()
+    progress.start(len(compiled), "Writing")
+    for item in compiled:
+        progress.advance()
+        serial = item.device.serial
+        if unsafe_name(serial):
+            raise OutputError(f"refusing to write unsafe path {serial!r}")
+        entry = manifest.devices[serial]
+        old_entry = had.devices.get(serial)
+        if old_entry is None:
+            (devices_dir / serial).mkdir()
+        else:
+            for name in set(old_entry.files) - set(entry.files):
+                os.unlink(devices_dir / serial / name)
+        before = current.devices.get(serial) if current else None
+        for name, meta in entry.files.items():
+            place(f"{DEVICES_DIR}/{serial}/{name}", meta, item.files[name] if item.files else None,
+                  old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None)
+    progress.finish()
+    for serial in set(had.devices) - set(manifest.devices):
+        _remove(devices_dir / serial)
+    for relpath in set(had.fleet) - set(manifest.fleet):
+        _remove(staging / relpath)
+        _remove_empty_parents(staging, relpath)
+    for relpath, meta in manifest.fleet.items():
+        _make_parents(staging, relpath)
+        place(relpath, meta, fleet_files[relpath], had.fleet.get(relpath),
+              current.fleet.get(relpath) if current else None)
+    write_new(staging / MANIFEST_FILE, manifest_data)
+    log.info("output: %d files written, %d linked, %d already in the staging generation",
+             counts["written"], counts["linked"], counts["kept"])
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    owned = _owned(manifest) | _owned(current) | _owned(had)
+    os.chmod(staging, target.stat().st_mode & 0o7777)
+    for name in sorted(os.listdir(staging)):
+        if name not in _owned(manifest):
+            _remove(staging / name)
+    for name in sorted(os.listdir(target)):
+        if name not in owned:
+            _link_copy(target / name, staging / name)
+    if not _exchange(staging, target):
+        parked = sidecar(target, "old")
+        os.rename(target, parked)
+        os.rename(staging, target)
+        os.rename(parked, staging)
+    os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+
+
+def _owned(manifest: Manifest | None) -> set[str]:
+    """The entries of the folder's root that mdmgen owns: the rest is carried over untouched."""
+    if manifest is None:
+        return set()
+    return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
+
+
+def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, CheckedOutput | None]:
+    """The folder to build the new tree in, and what it already holds (checked, problems listed)."""
+    staging = sidecar(target, "new")
+    previous_generation = sidecar(target, "prev")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove(staging)
+    if not fresh and is_real_dir(previous_generation):
+        try:
+            staged = read_tree(previous_generation, previous_generation, Check.STAT)
+        except OutputError:
+            staged = None  # not a generation we can vouch for: rebuilt, never obeyed
+        if staged is not None:
+            os.rename(previous_generation, staging)
+            os.unlink(staging / MANIFEST_FILE)  # from here on it is a work in progress
+            return staging, staged
+    _remove(previous_generation)
+    staging.mkdir()
+    return staging, None
+
+
+def _clean_staging(staging: Path, staged: CheckedOutput | None) -> Manifest:
+    """Remove from the staging tree whatever did not check out (a device folder with any problem
+    goes whole), and return the manifest of what it still holds."""
+    empty = Manifest(generator="mdmgen", version="", devices={})
+    if staged is None:
+        return empty
+    for relpath in sorted(staged.problems):
+        parts = relpath.split("/")
+        _remove(staging.joinpath(*parts[:2]) if parts[0] == DEVICES_DIR else staging / relpath)
+    bad = staged.damaged_devices()
+    devices = {s: e for s, e in staged.manifest.devices.items() if s not in bad}
+    fleet = {r: e for r, e in staged.manifest.fleet.items() if r not in staged.problems}
+    if staged.problems:
+        log.info("kept generation: %d entries did not check out and were removed", len(staged.problems))
+    return staged.manifest.model_copy(update={"devices": devices, "fleet": fleet})
+
+
+def _make_parents(root: Path, relpath: str) -> None:
+    folder = root
+    for part in relpath.split("/")[:-1]:
+        folder = folder / part
+        if not is_real_dir(folder):
+            if os.path.lexists(folder):
+                _remove(folder)
+            folder.mkdir()
+
+
+def _remove_empty_parents(root: Path, relpath: str) -> None:
+    parts = relpath.split("/")[:-1]
+    while parts:
+        try:
+            os.rmdir(root.joinpath(*parts))
+        except OSError:
+            return
+        parts.pop()
+
+
+def _is_complete_generation(folder: Path) -> bool:
+    """A kept generation that checks out (see ``reader``, the ``STAT`` level): a real folder whose
+    manifest is valid and whose files are what it says. A staging tree has no manifest."""
+    if not is_real_dir(folder):
+        return False
+    try:
+        tree = read_tree(folder, folder, Check.STAT)
+    except OutputError:
+        return False
+    return tree is not None and not tree.problems
+
+
+def _keep_generation(target: Path, manifest: Manifest) -> None:
+    """Recreate the kept generation from the current tree, with hard links.
+
+    Every successful compile leaves the same siblings: the lock and a complete ``-prev``. A
+    compile killed while it built its staging tree consumed ``-prev`` (it was renamed to
+    ``-new`` and half rewritten); the next run removes that leftover, and when nothing else
+    changed this restores ``-prev`` so the next change touches only what changed. A repair does
+    the same, because the tree it replaced holds the damaged files. Only the files the manifest
+    lists are linked (the tree was checked), and it is built as ``-new`` and renamed, so a kill
+    here too leaves only a leftover the next run removes.
+    """
+    staging = sidecar(target, "new")
+    _remove(staging)
+    _remove(sidecar(target, "prev"))
+    staging.mkdir()
+    (staging / DEVICES_DIR).mkdir()
+    for serial, entry in manifest.devices.items():
+        (staging / DEVICES_DIR / serial).mkdir()
+        for name in entry.files:
+            relpath = f"{DEVICES_DIR}/{serial}/{name}"
+            os.link(target / relpath, staging / relpath, follow_symlinks=False)
+    for relpath in manifest.fleet:
+        _make_parents(staging, relpath)
+        os.link(target / relpath, staging / relpath, follow_symlinks=False)
+    os.link(target / MANIFEST_FILE, staging / MANIFEST_FILE, follow_symlinks=False)
+    os.rename(staging, sidecar(target, "prev"))
+    log.info("kept generation %s recreated from the current tree", sidecar(target, "prev").name)
+
+
+def recover(target: Path) -> None:
+    """Finish what a killed run left: put a parked old tree back if the swap did not complete,
+    and remove staging leftovers."""
+    staging = sidecar(target, "new")
+    parked = sidecar(target, "old")
+    if os.path.lexists(parked):
+        if not os.path.lexists(target) and is_real_dir(parked):
+            log.warning("restoring %s from an interrupted run", target)
+            os.rename(parked, target)
+        else:
+            _remove(parked)
+    if os.path.lexists(staging):
+        log.info("removing leftovers of an interrupted run: %s", staging)
+        _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (never what it points to) or a whole folder; nothing if absent."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)  # on Linux, fd-based: it never follows a link inside the folder
+    else:
+        os.unlink(path)
+
+
+def _link_copy(source: Path, dest: Path) -> None:
+    """Carry a foreign entry over without copying bytes: hard links, folders recreated."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), dest)
+    elif source.is_dir():
+        shutil.copytree(source, dest, symlinks=True, copy_function=os.link)
+    else:
+        os.link(source, dest)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two folders (Linux renameat2); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
