@@ -7,6 +7,7 @@ gRPC servers on 127.0.0.1, so preflight's own network code runs as it would agai
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import socket
@@ -368,3 +369,20 @@ def test_a_header_http_cannot_carry_is_not_sent_and_not_printed():
         preflight.FAIL, "NOT SENT: a header name or value is not valid in HTTP")
     assert result.token.text == "not checked: headers could not be sent"
     assert TOKEN not in repr(result)
+
+
+def test_preflight_knows_every_protocol_the_env_schema_admits():
+    """One list of OTLP protocols: a protocol compile accepts must be one preflight can send."""
+    assert set(preflight.OTLP_PROTOCOLS) - {"grpc"} == set(preflight.HTTP_BODIES)
+
+
+def test_preflight_waits_for_no_compile(fleet: Path):
+    """Preflight reads the folder under its shared lock: while a compile holds the folder it
+    exits 5 and sends nothing, like every command that reads the folder."""
+    assert run(fleet, "compile").exit_code == 0
+    with open(fleet / ".output.mdmgen-lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run(fleet, "preflight")
+    assert result.exit_code == 5
+    assert result.stderr.splitlines() == [
+        "error: output: another mdmgen run (a publish?) is using this folder; try again when it has finished"]

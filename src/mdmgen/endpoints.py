@@ -8,7 +8,7 @@ which is what test servers and local collectors use. URLs never carry credential
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 def is_loopback(host: str) -> bool:
@@ -21,11 +21,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_url(url: str, *, credentials_go: str) -> str:
-    """An http(s) URL with a host, no user:password, plain http only to loopback.
-
-    Raises ValueError with a message for the user; ``credentials_go`` says where credentials
-    belong instead of the URL (e.g. "in OTEL_EXPORTER_OTLP_HEADERS")."""
+def split_http_url(url: str) -> SplitResult:
+    """The parts of an http(s) URL with a host (and a numeric port, if any); ValueError otherwise."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -33,8 +30,22 @@ def check_url(url: str, *, credentials_go: str) -> str:
         raise ValueError("is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
+    return parts
+
+
+def may_carry_credentials(parts: SplitResult) -> bool:
+    """The rule itself: https, or plain http to this machine."""
+    return parts.scheme == "https" or is_loopback(parts.hostname or "")
+
+
+def check_url(url: str, *, credentials_go: str) -> str:
+    """An http(s) URL with a host, no user:password, plain http only to loopback.
+
+    Raises ValueError with a message for the user; ``credentials_go`` says where credentials
+    belong instead of the URL (e.g. "in OTEL_EXPORTER_OTLP_HEADERS")."""
+    parts = split_http_url(url)
     if parts.username or parts.password:
         raise ValueError(f"must not carry credentials in the URL; they go {credentials_go}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if not may_carry_credentials(parts):
         raise ValueError("plain http is only allowed to a loopback host; use https")
     return url

@@ -26,18 +26,19 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import __version__, attributes, output
+from . import __version__, attributes, envschema, output
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION
-from .endpoints import is_loopback
+from .endpoints import is_loopback, may_carry_credentials, split_http_url
 from .envschema import fingerprint
-from .messages import redact
+from .messages import first_of, redact
 from .publish.http import Connection, TransportFailure, reason_phrase
 
 SIGNALS = ("metrics", "logs")
@@ -48,6 +49,9 @@ GRPC_METHODS = {
 # What an empty Export*ServiceRequest looks like on each protocol.
 HTTP_BODIES = {"http/json": (b"{}", "application/json"),
                "http/protobuf": (b"", "application/x-protobuf")}
+OTLP_PROTOCOLS = typing.get_args(envschema.Protocol)
+"""The protocols the env schema admits (one list for compile and preflight); each one other than
+grpc has its empty body above (tests/test_preflight.py checks that)."""
 USER_AGENT = f"mdmgen-preflight/{__version__}"
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def targets_for(env: dict) -> tuple[Target, ...]:
         if "otlp" not in (item.strip() for item in exporters.split(",")):
             continue
         protocol = env.get(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        if protocol not in ("grpc", *HTTP_BODIES):
+        if protocol not in OTLP_PROTOCOLS:
             raise ValueError(f"{signal}: OTEL_EXPORTER_OTLP_PROTOCOL is missing or not grpc, http/json "
                              "or http/protobuf")
         per_signal = env.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")
@@ -113,14 +117,11 @@ def targets_for(env: dict) -> tuple[Target, ...]:
         endpoint = str(endpoint)
         url = endpoint if per_signal or protocol == "grpc" else endpoint.rstrip("/") + f"/v1/{signal}"
         try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            parts = split_http_url(url)
         except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{signal}: the endpoint is not an http:// or https:// URL with a host and port")
+            raise ValueError(f"{signal}: the endpoint is not an http:// or https:// URL with a host and port") from None
         headers = _headers(env, upper)
-        if headers and parts.scheme == "http" and not is_loopback(parts.hostname):
+        if headers and not may_carry_credentials(parts):
             raise ValueError(f"{signal}: refusing to send credentials over plain http to {parts.hostname}; "
                              "use https (plain http is only for loopback hosts)")
         targets.append(Target(signal, protocol, endpoint, url, headers))
@@ -186,6 +187,8 @@ def load(out: Path, serial: str | None = None) -> Plan:
                     by_targets.setdefault(targets, Destination(targets)).serials.append(name)
                 else:
                     silent.append(name)
+    except output.OutputBusy:
+        raise  # a compile is replacing the folder: exit 5, like every command that reads it
     except output.OutputError as exc:
         raise PreflightError([str(exc)]) from None
     if problems:
@@ -429,7 +432,7 @@ def describe(destination: Destination) -> str:
     else:
         headers = "; ".join(f"{t.signal} {_describe_headers(t.headers)}" for t in targets)
     serials = destination.serials
-    shown = ", ".join(serials[:3]) + (", ..." if len(serials) > 3 else "")
+    shown = first_of(serials, 3)
     devices = f"device {shown}" if len(serials) == 1 else f"{len(serials)} devices: {shown}"
     return f"{where} | {headers} | {devices}"
 
