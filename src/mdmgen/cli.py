@@ -16,8 +16,10 @@ import click
 
 from . import __version__, diff, output, pipeline, policy
 from .exitcodes import ExitCode, help_epilog
+from .messages import first_of
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
+from .publish import defaults
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
                    Platform.WSL: "WSL"}
@@ -244,7 +246,7 @@ class Report:
                         f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
                         f"{'' if changes.written else ' (nothing written)'}.")
             if changes.repaired:
-                shown = ", ".join(changes.repaired[:3]) + (", ..." if len(changes.repaired) > 3 else "")
+                shown = first_of(changes.repaired, 3)
                 summary += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
                             f"(edited by hand?): {shown}.")
         if not self.quiet:
@@ -323,6 +325,9 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
 
     try:
         plan = preflight.load(out, serial)
+    except output.OutputBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.BUSY)
     except preflight.PreflightError as exc:
         for line in exc.problems:
             click.echo(f"error: {line}", err=True)
@@ -382,7 +387,8 @@ def _publishing(*, prune_help: str):
 
 def _publishing_options(func, prune_help: str):
     func = click.option("--force", is_flag=True, help="Skip the --max-delete guard.")(func)
-    func = click.option("--max-delete", type=click.FloatRange(0, 100), default=10.0, show_default=True,
+    func = click.option("--max-delete", type=click.FloatRange(0, 100), default=defaults.MAX_DELETE_PERCENT,
+                        show_default=True,
                         metavar="PERCENT",
                         help="With --prune, refuse to delete more than this percent of the published "
                              "devices (exit 6).")(func)
@@ -401,9 +407,9 @@ def _publishing_options(func, prune_help: str):
 @click.option("--sse-kms-key-id", metavar="KEY", help="Encrypt with this KMS key (aws:kms) instead of AES256.")
 @click.option("--endpoint-url", metavar="URL", help="An S3-compatible endpoint (https; plain http only to loopback).")
 @click.option("--region", help="AWS region (default: the AWS configuration's, else us-east-1).")
-@click.option("--jobs", type=click.IntRange(1, 64), default=16, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, 64), default=defaults.S3_WORKERS, show_default=True,
               help="Requests in parallel.")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=15.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.S3_TIMEOUT, show_default=True,
               metavar="SECONDS", help="How long one connect or read may take; the SDK tries each request 3 times.")
 @_reporting
 def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_kms_key_id, endpoint_url,
@@ -441,9 +447,10 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
 @_publishing(prune_help="Delete mdmgen's profiles of Macs no longer in the output folder.")
 @click.option("--category", metavar="NAME",
               help="Put the profiles in this Jamf Pro category (it must exist). Default: leave it as it is.")
-@click.option("--jobs", type=click.IntRange(1, 5), default=5, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, defaults.JAMF_MAX_CONNECTIONS),
+              default=defaults.JAMF_MAX_CONNECTIONS, show_default=True,
               help="Connections in parallel (at most 5, Jamf's guidance).")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=60.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.JAMF_TIMEOUT, show_default=True,
               metavar="SECONDS", help="How long one request may take before it is retried.")
 @_reporting
 def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, timeout, as_json, quiet,

@@ -52,6 +52,7 @@ COMMANDS: dict[str, dict[int, str]] = {
         0: "every check passed",
         1: "the output folder cannot be checked, and nothing was sent",
         2: _USAGE,
+        5: "a compile holds the output folder",
         7: "at least one collector check failed (unreachable, TLS, wrong endpoint, token rejected)",
     },
     "publish s3": {

@@ -38,6 +38,12 @@ class ProfileMeta:
         return f"{self.identifier}.prefs"
 
 
+METADATA_KEYS = ("PayloadIdentifier", "PayloadUUID", "PayloadDisplayName", "PayloadOrganization",
+                 "PayloadScope", "PayloadType", "PayloadVersion")
+"""The keys :func:`build` writes beside the settings, on the profile and on its payload (what
+``diff`` shows as profile metadata)."""
+
+
 def profile_identifier(prefix: str, serial: str) -> str:
     return f"{prefix}.claudecode.{serial}"
 

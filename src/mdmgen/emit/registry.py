@@ -159,8 +159,6 @@ def _read_settings_json(data: bytes) -> Semantic:
     return {SETTINGS_SECTION: settings}
 
 
-_PROFILE_META_KEYS = ("PayloadIdentifier", "PayloadUUID", "PayloadDisplayName", "PayloadOrganization",
-                      "PayloadScope", "PayloadType", "PayloadVersion")
 
 
 def _read_profile(data: bytes) -> Semantic:
@@ -170,8 +168,8 @@ def _read_profile(data: bytes) -> Semantic:
         raise ValueError(problems[0])
     profile = plistlib.loads(data)
     payload = profile["PayloadContent"][0]
-    meta = {key: profile[key] for key in _PROFILE_META_KEYS if key in profile}
-    meta.update({f"payload.{key}": payload[key] for key in _PROFILE_META_KEYS if key in payload})
+    meta = {key: profile[key] for key in mobileconfig.METADATA_KEYS if key in profile}
+    meta.update({f"payload.{key}": payload[key] for key in mobileconfig.METADATA_KEYS if key in payload})
     return {SETTINGS_SECTION: mobileconfig.settings_of(data), "metadata": meta}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..emit import registry
 from ..emit.registry import ArtifactKind
+from ..messages import first_of
 
 DEVICES_DIR = "devices"
 MANIFEST_FILE = "manifest.json"
@@ -105,8 +106,7 @@ def refuse_foreign_folder(out: Path, target: Path) -> None:
         return
     foreign = sorted(name for name in os.listdir(target) if not _FIRST_RUN_ALLOWED.match(name))
     if foreign:
-        shown = ", ".join(repr(n) if not _PRINTABLE.match(n) else n for n in foreign[:3])
-        shown += ", ..." if len(foreign) > 3 else ""
+        shown = first_of([repr(n) if not _PRINTABLE.match(n) else n for n in foreign], 3)
         raise OutputError(f"{out}: exists and is not an mdmgen output folder (no {MANIFEST_FILE}; holds "
                           f"{shown}); pass a new or empty folder with --out")
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_real_dir, read_regular, target_of
 from .lock import locked
@@ -137,8 +138,7 @@ def read(folder: Path, *, check: Check = Check.DIGESTS, error: type[Exception] =
         raise error(f"{folder}: no {MANIFEST_FILE}, so not an mdmgen output folder; run `mdmgen compile` first")
     if tree.problems:
         problems = sorted(f"{_shown(relpath)} {why}" for relpath, why in tree.problems.items())
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise error(f"{folder}: does not match its {MANIFEST_FILE}: {problems[0]}{more}; "
+        raise error(f"{folder}: does not match its {MANIFEST_FILE}: {first_of(problems, 1)}; "
                     f"`mdmgen compile` repairs it (`mdmgen compile --full` if {MANIFEST_FILE} itself was edited)")
     _refuse_mid_swap(folder, target, error)
     return tree

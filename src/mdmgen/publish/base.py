@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..progress import NO_PROGRESS, Progress
+from .defaults import MAX_DELETE_PERCENT
 
 if TYPE_CHECKING:
     from ..output import CheckedFile as LocalFile
@@ -44,8 +45,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 E = TypeVar("E", bound=BaseException)
 
-DEFAULT_MAX_DELETE = 10.0
-"""Percent of the published devices a prune may delete without ``--force``."""
+DEFAULT_MAX_DELETE = MAX_DELETE_PERCENT
 
 
 class PublishError(Exception):

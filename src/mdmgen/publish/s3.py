@@ -48,13 +48,12 @@ from ..output import DEVICES_DIR, MANIFEST_FILE, kind_of
 from ..output import CheckedOutput as LocalOutput
 from ..progress import NO_PROGRESS, Progress
 from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_bounded
+from .defaults import S3_TIMEOUT, S3_WORKERS
 
 COMMIT_GAP = 1.0
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
-DEFAULT_WORKERS = 16
-DEFAULT_TIMEOUT = 15.0
-"""Seconds one connect or read may take. botocore's standard mode tries a request 3 times, so a
-silent endpoint fails the run in about 3 x this, not in minutes (its own default is 60 s)."""
+DEFAULT_WORKERS = S3_WORKERS
+DEFAULT_TIMEOUT = S3_TIMEOUT
 
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _DEVICE_KEY = re.compile(rf"^{DEVICES_DIR}/({_PART})/({_PART})$")

@@ -30,6 +30,7 @@ from ... import __version__
 from ...endpoints import check_url as check_url_shared
 from ...messages import redact
 from ..base import RemoteError
+from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
 from ..http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE_DELAY,
@@ -43,9 +44,8 @@ from ..http import (
 
 log = logging.getLogger("mdmgen.publish.jamf")
 
-MAX_CONNECTIONS = 5
-"""Jamf's guidance: at most 5 concurrent connections (§8)."""
-DEFAULT_TIMEOUT = 60.0
+MAX_CONNECTIONS = JAMF_MAX_CONNECTIONS
+DEFAULT_TIMEOUT = JAMF_TIMEOUT
 TOKEN_PATHS = ("/api/oauth/token", "/api/v1/oauth/token")
 """Both are in use (§1.1); the second is tried when the first is not served."""
 ENV_CLIENT_ID = "JAMF_CLIENT_ID"
