@@ -129,6 +129,37 @@ def graph_error(status: int, code: str, message: str, *, client_request_id: str 
     return HttpError(response)
 
 
+# ------------------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class GraphRequest:
+    """A Graph request as handlers see it: version stripped from the path, query decoded."""
+
+    version: str  # "beta" | "v1.0"
+    method: str
+    path: str  # after the version, e.g. "/deviceManagement/deviceConfigurations"
+    query: dict[str, str]
+    raw_query: str
+    headers: Any
+    body: bytes
+    token: Any  # graph_identity.Token
+    client_request_id: str | None
+
+    def json_body(self) -> dict[str, Any]:
+        media = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise graph_error(415, "UnsupportedMediaType", "Content-Type must be application/json.")
+        try:
+            data = json.loads(self.body or b"null")
+        except ValueError:
+            raise graph_error(400, "BadRequest", "The request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise graph_error(400, "BadRequest", "The request body must be a JSON object.")
+        return data
+
+
+
 # ------------------------------------------------------------------------------------------- OData
 
 _FILTER_TERM = re.compile(r"\s*([A-Za-z][A-Za-z0-9/]*)\s+eq\s+'((?:[^']|'')*)'\s*")

@@ -43,15 +43,16 @@ import secrets
 import ssl
 import threading
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+from .graph_directory import DirectoryHandlers, Group, ManagedDevice, User, new_id
 from .graph_http import (
+    GraphRequest,
     HttpError,
     HttpsServer,
     ManualClock,
@@ -124,64 +125,6 @@ GROUPS_READ = ("Group.Read.All", "GroupMember.Read.All", "Directory.Read.All")
 ENTRA_DEVICES_READ = ("Device.Read.All", "Device.ReadWrite.All", "Directory.Read.All")
 
 
-def _guid() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass
-class User:
-    user_principal_name: str
-    mail: str | None = None
-    display_name: str = ""
-    id: str = field(default_factory=_guid)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"@odata.type": "#microsoft.graph.user", "id": self.id, "userPrincipalName": self.user_principal_name,
-                "mail": self.mail, "displayName": self.display_name or self.user_principal_name.split("@")[0]}
-
-
-@dataclass
-class Group:
-    """An Entra group.  ``members`` are object ids: users, Entra devices or (nested) groups."""
-
-    display_name: str
-    members: list[str] = field(default_factory=list)
-    id: str = field(default_factory=_guid)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"@odata.type": "#microsoft.graph.group", "id": self.id, "displayName": self.display_name,
-                "securityEnabled": True, "mailEnabled": False, "groupTypes": []}
-
-
-@dataclass
-class ManagedDevice:
-    """An Intune managed device.  ``entra_object_id`` is its Entra device object (§4.2: the object id,
-    not ``azureADDeviceId``, which is the Entra device's ``deviceId``)."""
-
-    serial_number: str
-    operating_system: str = "macOS"
-    user: User | None = None
-    device_name: str = ""
-    id: str = field(default_factory=_guid)
-    azure_ad_device_id: str = field(default_factory=_guid)
-    entra_object_id: str = field(default_factory=_guid)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"@odata.type": "#microsoft.graph.managedDevice", "id": self.id,
-                "deviceName": self.device_name or f"Mac-{self.serial_number}", "serialNumber": self.serial_number,
-                "operatingSystem": self.operating_system, "osVersion": "15.1" if self.operating_system == "macOS"
-                else "10.0.22631", "userPrincipalName": self.user.user_principal_name if self.user else "",
-                "emailAddress": (self.user.mail or "") if self.user else "",
-                "userId": self.user.id if self.user else None, "azureADDeviceId": self.azure_ad_device_id,
-                "managementAgent": "mdm", "complianceState": "compliant",
-                "lastSyncDateTime": "2026-01-01T00:00:00Z"}
-
-    def entra_json(self) -> dict[str, Any]:
-        return {"@odata.type": "#microsoft.graph.device", "id": self.entra_object_id,
-                "deviceId": self.azure_ad_device_id, "displayName": self.device_name or f"Mac-{self.serial_number}",
-                "operatingSystem": self.operating_system}
-
-
 @dataclass
 class _Fault:
     status: int
@@ -191,35 +134,10 @@ class _Fault:
     path: str | None  # fnmatch glob on the path; None: any Graph path
 
 
-@dataclass
-class _Ctx:
-    version: str  # "beta" | "v1.0"
-    method: str
-    path: str  # after the version, e.g. "/deviceManagement/deviceConfigurations"
-    query: dict[str, str]
-    raw_query: str
-    headers: Any
-    body: bytes
-    token: Token
-    client_request_id: str | None
-
-    def json_body(self) -> dict[str, Any]:
-        media = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise graph_error(415, "UnsupportedMediaType", "Content-Type must be application/json.")
-        try:
-            data = json.loads(self.body or b"null")
-        except ValueError:
-            raise graph_error(400, "BadRequest", "The request body is not valid JSON.") from None
-        if not isinstance(data, dict):
-            raise graph_error(400, "BadRequest", "The request body must be a JSON object.")
-        return data
+Handler = Callable[[GraphRequest, re.Match[str]], Response]
 
 
-Handler = Callable[[_Ctx, re.Match[str]], Response]
-
-
-class FakeGraphServer:
+class FakeGraphServer(DirectoryHandlers):
     """Fake Entra ID + Graph.  Use as a context manager, or ``start()`` / ``stop()``.
 
     Parameters: ``tls`` (certificate, key) - required, Graph is HTTPS only; ``apps`` (default: one app with
@@ -462,7 +380,7 @@ class FakeGraphServer:
             raise graph_error(fault.status, code, message, client_request_id=client_request_id,
                               headers=self._fault_headers(fault))
         query = {k: v[0] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
-        ctx = _Ctx(version, method, rest, query, raw_query, headers, body, token, client_request_id)
+        ctx = GraphRequest(version, method, rest, query, raw_query, headers, body, token, client_request_id)
         if rest == "/$batch":
             if method != "POST":
                 raise graph_error(405, "MethodNotAllowed", "$batch only accepts POST.")
@@ -530,13 +448,13 @@ class FakeGraphServer:
 
     # ----------------------------------------------------------------------------------- helpers
 
-    def _base(self, ctx: _Ctx) -> str:
+    def _base(self, ctx: GraphRequest) -> str:
         return f"{self.url}/{ctx.version}"
 
-    def _context(self, ctx: _Ctx, fragment: str) -> str:
+    def _context(self, ctx: GraphRequest, fragment: str) -> str:
         return f"{self._base(ctx)}/$metadata#{fragment}"
 
-    def _page(self, ctx: _Ctx, items: list[dict[str, Any]], fragment: str) -> Response:
+    def _page(self, ctx: GraphRequest, items: list[dict[str, Any]], fragment: str) -> Response:
         """§5.3 paging.  ``$skiptoken`` is a random key to a server-side cursor, so a client cannot build it;
         the other query options travel in the nextLink.  CHOICE: ``$top`` can only shrink the page."""
         offset = 0
@@ -564,7 +482,8 @@ class FakeGraphServer:
         body["value"] = [apply_select(item, ctx.query.get("$select")) for item in page]
         return json_response(200, body)
 
-    def _filtered(self, ctx: _Ctx, items: list[dict[str, Any]], allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _filtered(self, ctx: GraphRequest, items: list[dict[str, Any]],
+                  allowed: tuple[str, ...]) -> list[dict[str, Any]]:
         if "$filter" not in ctx.query:
             return items
         try:
@@ -573,7 +492,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", str(err), client_request_id=ctx.client_request_id) from None
         return [item for item in items if filter_matches(item, terms)]
 
-    def _not_found(self, ctx: _Ctx, what: str, key: str) -> HttpError:
+    def _not_found(self, ctx: GraphRequest, what: str, key: str) -> HttpError:
         return graph_error(404, "ResourceNotFound", f"{what} with key '{key}' was not found.",
                            client_request_id=ctx.client_request_id)
 
@@ -581,7 +500,8 @@ class FakeGraphServer:
     def _now_text() -> str:
         return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
 
-    def _check_properties(self, ctx: _Ctx, data: dict[str, Any], writable: tuple[str, ...], type_name: str) -> None:
+    def _check_properties(self, ctx: GraphRequest, data: dict[str, Any], writable: tuple[str, ...],
+                          type_name: str) -> None:
         for key in data:
             if key == "@odata.type":
                 continue
@@ -594,7 +514,7 @@ class FakeGraphServer:
                                   f"'{type_name.lstrip('#')}'. Make sure to only use property names that are "
                                   "defined by the type.", client_request_id=ctx.client_request_id)
 
-    def _check_base64(self, ctx: _Ctx, data: dict[str, Any], key: str, limit: int) -> None:
+    def _check_base64(self, ctx: GraphRequest, data: dict[str, Any], key: str, limit: int) -> None:
         if key not in data:
             return
         value = data[key]
@@ -609,7 +529,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", f"The property '{key}' is {len(decoded)} bytes decoded; the limit "
                               f"is {limit}.", client_request_id=ctx.client_request_id)
 
-    def _check_strings(self, ctx: _Ctx, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    def _check_strings(self, ctx: GraphRequest, data: dict[str, Any], keys: tuple[str, ...]) -> None:
         for key in keys:
             if key in data and not (isinstance(data[key], str) or (data[key] is None and key == "description")):
                 raise graph_error(400, "BadRequest", f"The property '{key}' must be a string.",
@@ -619,7 +539,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", "roleScopeTagIds must be an array of strings.",
                               client_request_id=ctx.client_request_id)
 
-    def _view(self, ctx: _Ctx, obj: dict[str, Any], fragment: str | None = None) -> dict[str, Any]:
+    def _view(self, ctx: GraphRequest, obj: dict[str, Any], fragment: str | None = None) -> dict[str, Any]:
         view = dict(obj)
         if ctx.version != "beta":
             view.pop("deploymentChannel", None)
@@ -627,7 +547,7 @@ class FakeGraphServer:
             view = {"@odata.context": self._context(ctx, fragment), **view}
         return view
 
-    def _patched(self, ctx: _Ctx, obj: dict[str, Any], fragment: str) -> Response:
+    def _patched(self, ctx: GraphRequest, obj: dict[str, Any], fragment: str) -> Response:
         if self.patch_status == 200:
             return json_response(200, self._view(ctx, obj, fragment + "/$entity"))
         return Response(204)
@@ -665,22 +585,22 @@ class FakeGraphServer:
 
     # -------------------------------------------------------------- §2 deviceConfigurations
 
-    def _config(self, ctx: _Ctx, config_id: str) -> dict[str, Any]:
+    def _config(self, ctx: GraphRequest, config_id: str) -> dict[str, Any]:
         config = self.configurations.get(config_id)
         if config is None:
             raise self._not_found(ctx, "deviceConfiguration", config_id)
         return config
 
-    def _list_configs(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _list_configs(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         items = self._filtered(ctx, [self._view(ctx, c) for c in self.configurations.values()], ("displayName",))
         return self._page(ctx, items, "deviceManagement/deviceConfigurations")
 
-    def _get_config(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _get_config(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         config = self._config(ctx, match.group(1))
         return json_response(200, apply_select(self._view(ctx, config, "deviceManagement/deviceConfigurations/"
                                                           "$entity"), ctx.query.get("$select")))
 
-    def _validate_config(self, ctx: _Ctx, data: dict[str, Any]) -> None:
+    def _validate_config(self, ctx: GraphRequest, data: dict[str, Any]) -> None:
         self._check_properties(ctx, data, CONFIG_WRITABLE, MACOS_CUSTOM)
         self._check_strings(ctx, data, ("displayName", "description", "payloadName", "payloadFileName"))
         self._check_base64(ctx, data, "payload", MAX_PAYLOAD_BYTES)
@@ -693,7 +613,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", f"Invalid deploymentChannel '{data['deploymentChannel']}'.",
                               client_request_id=ctx.client_request_id)
 
-    def _create_config(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _create_config(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         data = ctx.json_body()
         if data.get("@odata.type") != MACOS_CUSTOM:
             # CHOICE: deviceConfiguration is abstract, so @odata.type is required; the fake knows one type.
@@ -706,7 +626,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", f"Missing required properties: {', '.join(missing)}.",
                               client_request_id=ctx.client_request_id)
         now = self._now_text()
-        config = {"@odata.type": MACOS_CUSTOM, "id": _guid(), "lastModifiedDateTime": now,
+        config = {"@odata.type": MACOS_CUSTOM, "id": new_id(), "lastModifiedDateTime": now,
                   "roleScopeTagIds": data.get("roleScopeTagIds") or ["0"], "supportsScopeTags": True,
                   "createdDateTime": now, "description": data.get("description"),
                   "displayName": data["displayName"], "version": 1, "payloadName": data["payloadName"],
@@ -718,7 +638,7 @@ class FakeGraphServer:
         self.assignments[config["id"]] = []
         return json_response(201, self._view(ctx, config, "deviceManagement/deviceConfigurations/$entity"))
 
-    def _patch_config(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _patch_config(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         config = self._config(ctx, match.group(1))
         data = ctx.json_body()
         if data.get("@odata.type") != config["@odata.type"]:
@@ -737,13 +657,13 @@ class FakeGraphServer:
         config["lastModifiedDateTime"] = self._now_text()
         return self._patched(ctx, config, "deviceManagement/deviceConfigurations")
 
-    def _delete_config(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _delete_config(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         self._config(ctx, match.group(1))
         del self.configurations[match.group(1)]
         self.assignments.pop(match.group(1), None)
         return Response(204)
 
-    def _parse_assignments(self, ctx: _Ctx, entries: Any, owner_id: str) -> list[dict[str, Any]]:
+    def _parse_assignments(self, ctx: GraphRequest, entries: Any, owner_id: str) -> list[dict[str, Any]]:
         """§2.4 targets; a group target must name an existing group.  CHOICE [unverified]: unknown groups are
         400 (intunecd-monitor #40 shows assignments silently lost when the group is missing)."""
         if not isinstance(entries, list):
@@ -769,7 +689,7 @@ class FakeGraphServer:
             result.append({"id": f"{owner_id}_{key}", "target": stored})
         return result
 
-    def _assign_config(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _assign_config(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         config = self._config(ctx, match.group(1))
         entries = self._parse_assignments(ctx, ctx.json_body().get("assignments"), config["id"])
         stored = [{"id": e["id"], "source": "direct", "sourceId": config["id"], "intent": "apply",
@@ -778,20 +698,20 @@ class FakeGraphServer:
         return json_response(200, {"@odata.context": self._context(ctx, "Collection(microsoft.graph."
                                                                    "deviceConfigurationAssignment)"), "value": stored})
 
-    def _list_config_assignments(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _list_config_assignments(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         config = self._config(ctx, match.group(1))
         return self._page(ctx, self.assignments[config["id"]],
                           f"deviceManagement/deviceConfigurations('{config['id']}')/assignments")
 
     # -------------------------------------------------------------- §3.2 deviceManagementScripts
 
-    def _script(self, ctx: _Ctx, script_id: str) -> dict[str, Any]:
+    def _script(self, ctx: GraphRequest, script_id: str) -> dict[str, Any]:
         script = self.scripts.get(script_id)
         if script is None:
             raise self._not_found(ctx, "deviceManagementScript", script_id)
         return script
 
-    def _validate_script(self, ctx: _Ctx, data: dict[str, Any]) -> None:
+    def _validate_script(self, ctx: GraphRequest, data: dict[str, Any]) -> None:
         self._check_properties(ctx, data, SCRIPT_WRITABLE, SCRIPT_TYPE)
         self._check_strings(ctx, data, ("displayName", "description", "fileName"))
         self._check_base64(ctx, data, "scriptContent", MAX_SCRIPT_BYTES)
@@ -805,16 +725,16 @@ class FakeGraphServer:
         if "fileName" in data and not str(data["fileName"]).lower().endswith(".ps1"):
             raise graph_error(400, "BadRequest", "fileName must end in .ps1.", client_request_id=ctx.client_request_id)
 
-    def _list_scripts(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _list_scripts(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         # CHOICE [reported by Intune tools]: the list leaves scriptContent null; GET by id carries it.
         items = [{**s, "scriptContent": None} for s in self.scripts.values()]
         return self._page(ctx, self._filtered(ctx, items, ("displayName",)), "deviceManagement/deviceManagementScripts")
 
-    def _get_script(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _get_script(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         return json_response(200, self._view(ctx, self._script(ctx, match.group(1)),
                                              "deviceManagement/deviceManagementScripts/$entity"))
 
-    def _create_script(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _create_script(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         data = ctx.json_body()
         if data.get("@odata.type", SCRIPT_TYPE) != SCRIPT_TYPE:
             raise graph_error(400, "BadRequest", f"@odata.type must be '{SCRIPT_TYPE}'.",
@@ -825,7 +745,7 @@ class FakeGraphServer:
             raise graph_error(400, "BadRequest", f"Missing required properties: {', '.join(missing)}.",
                               client_request_id=ctx.client_request_id)
         now = self._now_text()
-        script = {"@odata.type": SCRIPT_TYPE, "id": _guid(), "displayName": data["displayName"],
+        script = {"@odata.type": SCRIPT_TYPE, "id": new_id(), "displayName": data["displayName"],
                   "description": data.get("description"), "scriptContent": data["scriptContent"],
                   "createdDateTime": now, "lastModifiedDateTime": now, "runAsAccount": data["runAsAccount"],
                   "enforceSignatureCheck": data.get("enforceSignatureCheck", False), "fileName": data["fileName"],
@@ -834,7 +754,7 @@ class FakeGraphServer:
         self.assignments[script["id"]] = []
         return json_response(201, self._view(ctx, script, "deviceManagement/deviceManagementScripts/$entity"))
 
-    def _patch_script(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _patch_script(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         script = self._script(ctx, match.group(1))
         data = ctx.json_body()
         if data.get("@odata.type", SCRIPT_TYPE) != SCRIPT_TYPE:
@@ -848,13 +768,13 @@ class FakeGraphServer:
         script["lastModifiedDateTime"] = self._now_text()
         return self._patched(ctx, script, "deviceManagement/deviceManagementScripts")
 
-    def _delete_script(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _delete_script(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         self._script(ctx, match.group(1))
         del self.scripts[match.group(1)]
         self.assignments.pop(match.group(1), None)
         return Response(204)
 
-    def _assign_script(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _assign_script(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         script = self._script(ctx, match.group(1))
         data = ctx.json_body()
         if "deviceManagementScriptAssignments" in data:
@@ -869,123 +789,14 @@ class FakeGraphServer:
         self.assignments[script["id"]] = self._parse_assignments(ctx, entries, script["id"])
         return Response(204)
 
-    def _list_script_assignments(self, ctx: _Ctx, match: re.Match[str]) -> Response:
+    def _list_script_assignments(self, ctx: GraphRequest, match: re.Match[str]) -> Response:
         script = self._script(ctx, match.group(1))
         return self._page(ctx, self.assignments[script["id"]],
                           f"deviceManagement/deviceManagementScripts('{script['id']}')/assignments")
 
-    # -------------------------------------------------------------- §4 devices, users, groups
-
-    def _list_managed_devices(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        items = self._filtered(ctx, [d.to_json() for d in self.managed_devices.values()],
-                               ("serialNumber", "userPrincipalName", "operatingSystem", "deviceName",
-                                "azureADDeviceId", "userId"))
-        return self._page(ctx, items, "deviceManagement/managedDevices")
-
-    def _managed_device(self, ctx: _Ctx, device_id: str) -> ManagedDevice:
-        device = self.managed_devices.get(device_id)
-        if device is None:
-            raise self._not_found(ctx, "managedDevice", device_id)
-        return device
-
-    def _get_managed_device(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        body = self._managed_device(ctx, match.group(1)).to_json()
-        return json_response(200, apply_select({"@odata.context": self._context(
-            ctx, "deviceManagement/managedDevices/$entity"), **body}, ctx.query.get("$select")))
-
-    def _managed_device_users(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        device = self._managed_device(ctx, match.group(1))
-        return self._page(ctx, [device.user.to_json()] if device.user else [], "users")
-
-    def _user(self, ctx: _Ctx, key: str) -> User:
-        for user in self.users.values():
-            if key == user.id or key.lower() == user.user_principal_name.lower():
-                return user
-        raise graph_error(404, "Request_ResourceNotFound", f"Resource '{key}' does not exist or one of its queried "
-                          "reference-property objects are not present.", client_request_id=ctx.client_request_id)
-
-    def _list_users(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        items = self._filtered(ctx, [u.to_json() for u in self.users.values()], ("userPrincipalName", "mail", "id"))
-        return self._page(ctx, items, "users")
-
-    def _get_user(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        body = {"@odata.context": self._context(ctx, "users/$entity"), **self._user(ctx, match.group(1)).to_json()}
-        return json_response(200, apply_select(body, ctx.query.get("$select")))
-
-    def _user_groups(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        user = self._user(ctx, match.group(1))
-        direct = {g.id for g in self.groups.values() if user.id in g.members}
-        found = set(direct)
-        if match.group(2) == "transitiveMemberOf":
-            frontier = set(direct)
-            while frontier:
-                frontier = {g.id for g in self.groups.values() if set(g.members) & frontier} - found
-                found |= frontier
-        items = [g.to_json() for g in self.groups.values() if g.id in found]
-        return self._page(ctx, self._filtered(ctx, items, ("displayName",)), "directoryObjects")
-
-    def _group(self, ctx: _Ctx, group_id: str) -> Group:
-        group = self.groups.get(group_id)
-        if group is None:
-            raise graph_error(404, "Request_ResourceNotFound", f"Resource '{group_id}' does not exist or one of its "
-                              "queried reference-property objects are not present.",
-                              client_request_id=ctx.client_request_id)
-        return group
-
-    def _list_groups(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        items = self._filtered(ctx, [g.to_json() for g in self.groups.values()], ("displayName", "id"))
-        return self._page(ctx, items, "groups")
-
-    def _get_group(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        body = {"@odata.context": self._context(ctx, "groups/$entity"), **self._group(ctx, match.group(1)).to_json()}
-        return json_response(200, apply_select(body, ctx.query.get("$select")))
-
-    def _directory_object(self, object_id: str) -> dict[str, Any] | None:
-        if object_id in self.users:
-            return self.users[object_id].to_json()
-        if object_id in self.groups:
-            return self.groups[object_id].to_json()
-        for device in self.managed_devices.values():
-            if device.entra_object_id == object_id:
-                return device.entra_json()
-        return None
-
-    def _group_members(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        group = self._group(ctx, match.group(1))
-        items = [obj for obj in map(self._directory_object, group.members) if obj is not None]
-        return self._page(ctx, items, "directoryObjects")
-
-    def _add_member(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        """§4.2: 204; 400 when already a member; 404 when the object does not exist."""
-        group = self._group(ctx, match.group(1))
-        ref = ctx.json_body().get("@odata.id")
-        object_id = str(ref).rstrip("/").rsplit("/", 1)[-1] if isinstance(ref, str) else ""
-        if not isinstance(ref, str) or "/directoryObjects/" not in ref:
-            raise graph_error(400, "BadRequest", "Invalid @odata.id: expected .../directoryObjects/{id}.",
-                              client_request_id=ctx.client_request_id)
-        obj = self._directory_object(object_id)
-        if obj is None:
-            raise graph_error(404, "Request_ResourceNotFound", f"Resource '{object_id}' does not exist or one of its "
-                              "queried reference-property objects are not present.",
-                              client_request_id=ctx.client_request_id)
-        if obj["@odata.type"] == "#microsoft.graph.device" and "Device.ReadWrite.All" not in ctx.token.roles:
-            # §1.3: adding a device needs GroupMember.ReadWrite.All and Device.ReadWrite.All.
-            raise graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.",
-                              client_request_id=ctx.client_request_id)
-        if object_id in group.members:
-            raise graph_error(400, "Request_BadRequest", "One or more added object references already exist for the "
-                              "following modified properties: 'members'.", client_request_id=ctx.client_request_id)
-        group.members.append(object_id)
-        return Response(204)
-
-    def _list_entra_devices(self, ctx: _Ctx, match: re.Match[str]) -> Response:
-        items = self._filtered(ctx, [d.entra_json() for d in self.managed_devices.values()], ("deviceId",
-                                                                                              "displayName"))
-        return self._page(ctx, items, "devices")
-
     # -------------------------------------------------------------- §5.4 $batch
 
-    def _batch(self, ctx: _Ctx) -> Response:
+    def _batch(self, ctx: GraphRequest) -> Response:
         """Inner requests run one by one through the whole pipeline (auth, faults, budget), so each is
         throttled on its own (§5.4).  CHOICE: ``dependsOn`` may only name an earlier request; a failed
         dependency yields 424 without running; responses come back reversed when ``reverse_batch``."""
