@@ -250,8 +250,9 @@ class FakeIdentity:
         except ValueError:
             raise reject(700025 if app.federated_token else 700027,
                          "Client assertion is not a valid JWT.") from None
-        thumb = header.get("x5t#S256") or header.get("x5t")
-        if not thumb or thumb not in app.thumbprints():
+        thumb = str(header.get("x5t#S256") or header.get("x5t") or "")
+        # MSAL 1.39 sends base64url *with* "=" padding (measured); RFC 7515 says unpadded.  Accept both.
+        if not thumb or thumb.rstrip("=").replace("+", "-").replace("/", "_") not in app.thumbprints():
             raise reject(700027, f"Client assertion contains an invalid signature. [Reason - The key was not "
                                  f"found., Thumbprint of key used by client: '{thumb}']")
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
