@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import ssl
 import threading
 import urllib.error
@@ -638,7 +639,7 @@ def test_write_budget_100_per_20_seconds_per_app(client: Client, graph: FakeGrap
     other = Client(graph, tls_files[0])
     other.login(client_id="second-app", secret="second-secret")
     assert other.call("PATCH", url, {"@odata.type": MACOS, "description": "other app"}).status == 204
-    clock.advance(10.1)
+    clock.advance(11)  # as Retry-After said
     assert client.call("PATCH", url, {"@odata.type": MACOS, "description": "later"}).status == 204
 
 
@@ -748,18 +749,64 @@ def test_concurrent_writes_are_safe(client: Client, graph: FakeGraphServer) -> N
 # ----------------------------------------------------------------------------- the real azure-identity
 
 
+class TrapProxy:
+    """A proxy that records what a client asks it for and refuses it all.
+
+    With ``HTTPS_PROXY`` naming it and ``NO_PROXY`` covering loopback, every request to a host other
+    than the fake lands here, so the tests see attempts to reach a public Microsoft host whether or not
+    this machine has a network, and such a request fails either way."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    self.seen.append(conn.recv(4096).split(b"\r\n", 1)[0].decode("latin-1"))
+                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture
-def trusted(monkeypatch: pytest.MonkeyPatch, tls_files: Any, graph: FakeGraphServer) -> FakeGraphServer:
-    """The environment a publisher run would have: the fake as authority host, the test CA trusted."""
+def trap(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrapProxy]:
+    proxy = TrapProxy()
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def trusted(monkeypatch: pytest.MonkeyPatch, tls_files: Any, graph: FakeGraphServer,
+            trap: TrapProxy) -> Iterator[FakeGraphServer]:
+    """The environment a publisher run would have: the fake as authority host, the test CA trusted.
+    After the test, nothing went anywhere but the fake (unless the test empties ``trap.seen``)."""
     for name in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
-                 "AZURE_USERNAME", "AZURE_PASSWORD", "HTTPS_PROXY", "https_proxy"):
+                 "AZURE_USERNAME", "AZURE_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files[0]))  # azure-core's transport is requests
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", graph.authority_host)
     monkeypatch.setenv("AZURE_TENANT_ID", graph.tenant_id)
     monkeypatch.setenv("AZURE_CLIENT_ID", DEFAULT_CLIENT_ID)
-    return graph
+    yield graph
+    assert trap.seen == []
 
 
 def assert_token_works(graph: FakeGraphServer, tls_files: Any, token: str) -> None:
@@ -855,10 +902,10 @@ def test_workload_identity_with_a_federated_token_file(trusted: FakeGraphServer,
     assert_token_works(trusted, tls_files, token.token)
 
 
-def test_with_instance_discovery_on_the_client_goes_elsewhere_and_fails(trusted: FakeGraphServer) -> None:
-    """The guard the publisher must keep: discovery on means a public Microsoft host is asked first.
-    With no network (or with one: the public host does not know this authority) that fails, and the fake
-    never sees a token request."""
+def test_with_instance_discovery_on_the_client_goes_elsewhere_and_fails(trusted: FakeGraphServer,
+                                                                        trap: TrapProxy) -> None:
+    """The guard the publisher must keep: with discovery on, MSAL asks a public Microsoft host first.
+    That request fails (here at the trap; with no network, at DNS), and the fake never sees a token request."""
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import ClientSecretCredential
 
@@ -867,3 +914,5 @@ def test_with_instance_discovery_on_the_client_goes_elsewhere_and_fails(trusted:
     with pytest.raises(ClientAuthenticationError):
         credential.get_token(GRAPH_SCOPE)
     assert trusted.requests_to("*/oauth2/v2.0/token") == [] and trusted.tokens_issued == 0
+    assert [line.rsplit(" ", 1)[0] for line in trap.seen] == ["CONNECT login.microsoftonline.com:443"]
+    trap.seen.clear()
