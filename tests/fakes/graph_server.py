@@ -143,7 +143,8 @@ class FakeGraphServer(DirectoryHandlers):
     Parameters: ``tls`` (certificate, key) - required, Graph is HTTPS only; ``apps`` (default: one app with
     ``DEFAULT_CLIENT_ID``/``DEFAULT_CLIENT_SECRET`` and every permission); ``page_size`` - the server's
     page size for every collection (small by default so clients must follow ``@odata.nextLink``);
-    ``clock`` - an injectable monotonic clock for token expiry and write budgets (``ManualClock``);
+    ``clock`` - an injectable monotonic clock for token expiry and write budgets (default: a ``ManualClock``,
+    so time stands still unless a test advances it: no test depends on how fast the machine is);
     ``patch_status`` - 204 (§7) or 200 with the object (Graph docs, §2.3); ``write_budget`` /
     ``tenant_write_budget`` / ``budget_window`` - §5.2 limits (None disables); ``reverse_batch`` -
     answer ``$batch`` responses in reverse order (§5.4 says "in any order"); ``empty_last_page`` - a

@@ -822,13 +822,16 @@ def calls(graph: FakeGraphServer) -> list[str]:
     return [f"{r.method} {r.path}".replace(graph.tenant_id, "{t}") for r in graph.requests]
 
 
-def test_client_secret_credential_gets_a_token_from_the_fake_only(trusted: FakeGraphServer, tls_files: Any) -> None:
+@pytest.mark.parametrize("tenant", ["guid", "contoso.onmicrosoft.com"])
+def test_client_secret_credential_gets_a_token_from_the_fake_only(trusted: FakeGraphServer, tls_files: Any,
+                                                                  tenant: str) -> None:
     from azure.identity import ClientSecretCredential
 
-    credential = ClientSecretCredential(trusted.tenant_id, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
+    tenant_id = trusted.tenant_id if tenant == "guid" else tenant  # §1.1: the GUID or a verified domain
+    credential = ClientSecretCredential(tenant_id, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
                                         authority=trusted.authority_host, disable_instance_discovery=True)
     token = credential.get_token(GRAPH_SCOPE)
-    assert calls(trusted) == MSAL_CALLS  # no discovery, nothing else
+    assert [c.replace(tenant, "{t}") for c in calls(trusted)] == MSAL_CALLS  # no discovery, nothing else
     assert "client_secret=<redacted>" in trusted.requests[1].body
     assert credential.get_token(GRAPH_SCOPE).token == token.token  # cached: no second request
     assert trusted.tokens_issued == 1
