@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/perf.py --devices 10000 100000 --json perf.json
 
 For each N it generates a fleet (``benchmarks/fleet.py``, the shipped policy) and measures, in
-this order and in one run:
+this order and in one run, in ``--repeat`` identical rounds (default 3; the median time counts):
 
 - the plain loop (``benchmarks/baseline.py``) into an empty folder: the baseline;
 - a full ``mdmgen compile`` into an empty folder;
@@ -11,10 +11,12 @@ this order and in one run:
 - a no-change recompile;
 - a recompile after ``mutate(1%)`` moved ⌈N/100⌉ rows to another team.
 
-Each measurement is its own child process, reaped with ``os.wait4``, so its peak resident
-memory is its own: ``getrusage(RUSAGE_CHILDREN)`` keeps the maximum over every child so far, so
-sequential children cannot be told apart with it. Wall time is ``time.perf_counter`` around
-the child, interpreter start-up included, as a nightly job sees it.
+Dirty pages are written back (``sync``, untimed) before each measurement, so no figure pays
+for the writeback of the one before. Each measurement is its own child process, reaped with
+``os.wait4``, so its peak resident memory is its own: ``getrusage(RUSAGE_CHILDREN)`` keeps the
+maximum over every child so far, so sequential children cannot be told apart with it. Wall
+time is ``time.perf_counter`` around the child, interpreter start-up included, as a nightly
+job sees it.
 
 Shared machines are noisy, so the targets are ratios to figures measured in the same run,
 never absolute times. The targets are set at 100,000 devices; at other sizes the same checks
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,18 +99,26 @@ def measure(argv: Sequence[str], cwd: Path) -> Measurement:
 
 @dataclass
 class SizeResult:
-    """Everything measured for one fleet size."""
+    """Everything measured for one fleet size: every round's sample of every figure."""
 
     devices: int
     changed_rows: int
-    figures: dict[str, Measurement] = field(default_factory=dict)
+    samples: dict[str, list[Measurement]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    def seconds(self, name: str) -> float:
+        """The median over the rounds: one slow round on a shared machine does not move it."""
+        return statistics.median(m.seconds for m in self.samples[name])
 
-def compile_argv(work: Path) -> list[str]:
-    return [sys.executable, "-m", "mdmgen", "compile", "--inventory", str(work / "fleet" / "inventory"),
-            "--profiles", str(work / "fleet" / "profiles"), "--out", str(work / "out"), "--json", "--quiet"]
+    def peak_rss_mib(self, name: str) -> float:
+        """The largest over the rounds: memory is a limit, so the worst round counts."""
+        return max(m.peak_rss_mib for m in self.samples[name])
+
+
+def compile_argv(fleet_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "mdmgen", "compile", "--inventory", str(fleet_dir / "inventory"),
+            "--profiles", str(fleet_dir / "profiles"), "--out", str(out), "--json", "--quiet"]
 
 
 def tree_size(folder: Path) -> tuple[int, int]:
@@ -120,29 +131,53 @@ def tree_size(folder: Path) -> tuple[int, int]:
     return files, size
 
 
-def run_size(devices: int, seed: int, percent: float, base: Path) -> SizeResult:
-    """Measure every figure for one N in a fresh folder, removed afterwards."""
+def settle() -> None:
+    """Write back dirty pages before a measurement, untimed.
+
+    On ext4 the kernel throttles a writer once enough pages are dirty, so without this a
+    figure pays for the writeback of the step before it (or of the clean-up between rounds),
+    and whichever runs first looks slow."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int) -> SizeResult:
+    """Measure every figure for one N, ``repeat`` identical rounds, in a folder removed afterwards.
+
+    Each round starts from the same inventory and empty output folders, so its samples are
+    repeats of one another, not a drifting sequence."""
     result = SizeResult(devices=devices, changed_rows=changed_count(devices, percent))
     work = Path(tempfile.mkdtemp(prefix=f"mdmgen-perf-{devices}-", dir=base))
+    fleet_dir = work / "fleet"
     try:
         rows = generate(devices, seed)
-        inventory = write_fleet(work / "fleet", rows)
-        steps: list[tuple[str, list[str]]] = [
-            ("plain_loop", [sys.executable, str(BASELINE), "--inventory", str(inventory),
-                            "--profiles", str(work / "fleet" / "profiles"), "--out", str(work / "plain")]),
-            ("full_compile", compile_argv(work)),
-            ("copy_floor", ["cp", "-r", str(work / "out"), str(work / "copy")]),
-            ("no_change_recompile", compile_argv(work)),
-        ]
-        for name, argv in steps:
-            if not record(result, name, measure(argv, work)):
-                return result
-            if name == "copy_floor":
-                result.checks["tree_files"], result.checks["tree_bytes"] = tree_size(work / "copy")
-                shutil.rmtree(work / "copy")  # not needed again; keeps a 100k run's disk use down
-                shutil.rmtree(work / "plain")
-        write_csv(inventory, mutate(rows, percent, seed=seed))
-        record(result, "one_percent_recompile", measure(compile_argv(work), work))
+        changed = mutate(rows, percent, seed=seed)
+        inventory = write_fleet(fleet_dir, rows)
+        for round_number in range(repeat):
+            here = work / f"round-{round_number}"
+            if round_number:
+                shutil.rmtree(work / f"round-{round_number - 1}")
+                write_csv(inventory, rows)
+            here.mkdir()
+            out = here / "out"
+            steps: list[tuple[str, list[str]]] = [
+                ("plain_loop", [sys.executable, str(BASELINE), "--inventory", str(inventory),
+                                "--profiles", str(fleet_dir / "profiles"), "--out", str(here / "plain")]),
+                ("full_compile", compile_argv(fleet_dir, out)),
+                ("copy_floor", ["cp", "-r", str(out), str(here / "copy")]),
+                ("no_change_recompile", compile_argv(fleet_dir, out)),
+                ("one_percent_recompile", compile_argv(fleet_dir, out)),
+            ]
+            for name, argv in steps:
+                if name == "one_percent_recompile":
+                    write_csv(inventory, changed)
+                settle()
+                if not record(result, name, measure(argv, here)):
+                    return result
+                if name == "copy_floor":
+                    result.checks["tree_files"], result.checks["tree_bytes"] = tree_size(here / "copy")
+                    shutil.rmtree(here / "copy")  # not needed again; keeps a 100k run's disk use down
+                    shutil.rmtree(here / "plain")
         summarise_compiles(result)
         return result
     finally:
@@ -151,7 +186,7 @@ def run_size(devices: int, seed: int, percent: float, base: Path) -> SizeResult:
 
 def record(result: SizeResult, name: str, measured: Measurement) -> bool:
     """Keep a measurement; a failed child makes the rest of this size meaningless."""
-    result.figures[name] = measured
+    result.samples.setdefault(name, []).append(measured)
     if measured.returncode != 0:
         result.error = f"{LABELS[name]} exited {measured.returncode}: {measured.stderr.strip()[-2000:]}"
         return False
@@ -161,7 +196,7 @@ def record(result: SizeResult, name: str, measured: Measurement) -> bool:
 def summarise_compiles(result: SizeResult) -> None:
     """What each compile says it did: proof the recompiles did the work they are meant to."""
     for name in MDMGEN_FIGURES:
-        summary = json.loads(result.figures[name].stdout)
+        summary = json.loads(result.samples[name][-1].stdout)
         changes = summary["changes"]
         result.checks[name] = {"devices": summary["devices"], "rendered": summary["rendered"],
                                "added": len(changes["added"]), "changed": len(changes["changed"]),
@@ -169,11 +204,11 @@ def summarise_compiles(result: SizeResult) -> None:
 
 
 def ratios(result: SizeResult, name: str) -> dict[str, float | None]:
-    seconds = result.figures[name].seconds
+    seconds = result.seconds(name)
     out: dict[str, float | None] = {}
     for floor in ("plain_loop", "copy_floor"):
-        reference = result.figures.get(floor)
-        out[floor] = seconds / reference.seconds if reference and reference.seconds > 0 else None
+        reference = result.seconds(floor) if floor in result.samples else 0.0
+        out[floor] = seconds / reference if reference > 0 else None
     return out
 
 
@@ -186,29 +221,32 @@ def targets(result: SizeResult, name: str) -> list[dict[str, Any]]:
         checks.append({"what": f"<= {bound}x {reference.replace('_', ' ')}", "bound": bound, "of": reference,
                        "value": ratio, "met": None if ratio is None else ratio <= bound})
     if name in MDMGEN_FIGURES:
-        rss = result.figures[name].peak_rss_mib
+        rss = result.peak_rss_mib(name)
         checks.append({"what": f"peak RSS < {MEMORY_LIMIT_MIB:g} MiB", "bound": MEMORY_LIMIT_MIB, "of": "MiB",
                        "value": rss, "met": rss < MEMORY_LIMIT_MIB})
     return checks
 
 
-def to_json(results: Sequence[SizeResult], seed: int, percent: float) -> dict[str, Any]:
+def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: int) -> dict[str, Any]:
     sizes = []
     for result in results:
         figures = {}
         for name in FIGURES:
-            if name not in result.figures:
+            if name not in result.samples:
                 continue
-            measured = result.figures[name]
-            figures[name] = {"label": LABELS[name], "seconds": measured.seconds,
-                             "peak_rss_mib": measured.peak_rss_mib, "returncode": measured.returncode,
+            samples = result.samples[name]
+            figures[name] = {"label": LABELS[name], "seconds": result.seconds(name),
+                             "samples_seconds": [m.seconds for m in samples],
+                             "peak_rss_mib": result.peak_rss_mib(name),
+                             "samples_peak_rss_mib": [m.peak_rss_mib for m in samples],
+                             "returncode": next((m.returncode for m in samples if m.returncode), 0),
                              "ratio_to_plain_loop": ratios(result, name)["plain_loop"],
                              "ratio_to_copy_floor": ratios(result, name)["copy_floor"],
                              "targets": targets(result, name)}
         sizes.append({"devices": result.devices, "changed_rows": result.changed_rows,
                       "targets_apply": result.devices == TARGET_DEVICES, "error": result.error,
                       "checks": result.checks, "figures": figures})
-    return {"machine": machine(), "seed": seed, "change_percent": percent,
+    return {"machine": machine(), "seed": seed, "change_percent": percent, "repeat": repeat,
             "target_devices": TARGET_DEVICES, "sizes": sizes, "unmet": unmet(results)}
 
 
@@ -226,7 +264,7 @@ def unmet(results: Sequence[SizeResult]) -> list[str]:
         if result.error:
             lines.append(f"N={result.devices}: not measured: {result.error.splitlines()[0]}")
         for name in MDMGEN_FIGURES:
-            if name in result.figures:
+            if name in result.samples:
                 lines += [f"N={result.devices}: {LABELS[name]}: {check['what']} (got {fmt(check['value'])})"
                           for check in targets(result, name) if check["met"] is False]
     return lines
@@ -241,27 +279,26 @@ def table(result: SizeResult) -> str:
     lines = ["| Figure | Seconds | × plain loop | × copy floor | Peak RSS MiB | Target | Met? |",  # noqa: RUF001
              "|---|---:|---:|---:|---:|---|---|"]
     for name in FIGURES:
-        if name not in result.figures:
+        if name not in result.samples:
             continue
-        measured = result.figures[name]
         figure_ratios = ratios(result, name)
         checks = targets(result, name)
         target = ", ".join(check["what"] for check in checks) or "—"
         met = "—" if not checks else ("yes" if all(c["met"] for c in checks) else
                                       "no: " + ", ".join(c["what"] for c in checks if c["met"] is False))
-        lines.append(f"| {LABELS[name]} | {measured.seconds:.2f} | {fmt(figure_ratios['plain_loop'])} | "
-                     f"{fmt(figure_ratios['copy_floor'])} | {measured.peak_rss_mib:.0f} | {target} | {met} |")
+        lines.append(f"| {LABELS[name]} | {result.seconds(name):.2f} | {fmt(figure_ratios['plain_loop'])} | "
+                     f"{fmt(figure_ratios['copy_floor'])} | {result.peak_rss_mib(name):.0f} | {target} | {met} |")
     return "\n".join(lines)
 
 
-def report(results: Sequence[SizeResult], seed: int) -> str:
+def report(results: Sequence[SizeResult], seed: int, repeat: int) -> str:
     info = machine()
     parts = []
     for result in results:
         scope = "the targets' size" if result.devices == TARGET_DEVICES else \
             f"targets are set at {TARGET_DEVICES:,}; shown here as an indication"
         parts.append(f"### N = {result.devices:,} (seed {seed}, {result.changed_rows} rows changed; {scope})\n")
-        parts.append(f"Machine: {info['nproc']} cores, Python {info['python']}, "
+        parts.append(f"Median of {repeat} rounds. Machine: {info['nproc']} cores, Python {info['python']}, "
                      f"load average {', '.join(f'{x:.1f}' for x in info['loadavg_at_end'] or [])}\n")
         parts.append(table(result))
         if result.checks.get("tree_files"):
@@ -280,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--change-percent", type=float, default=1.0, help="rows changed before the last recompile")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="identical rounds per N; the table shows the median time and the largest RSS")
     parser.add_argument("--json", type=Path, default=None, help="also save the raw numbers and ratios here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the fleets are built (default: the system temp folder); 100,000 devices "
@@ -290,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for devices in args.devices:
         print(f"measuring N={devices:,} ...", file=sys.stderr, flush=True)
-        results.append(run_size(devices, args.seed, args.change_percent, base))
-    print(report(results, args.seed))
+        results.append(run_size(devices, args.seed, args.change_percent, base, max(1, args.repeat)))
+    print(report(results, args.seed, max(1, args.repeat)))
     if args.json:
-        args.json.write_text(json.dumps(to_json(results, args.seed, args.change_percent), indent=2,
+        args.json.write_text(json.dumps(to_json(results, args.seed, args.change_percent, max(1, args.repeat)), indent=2,
                                         ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 

@@ -33,7 +33,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_the_runner_measures_every_figure_with_consistent_ratios(tmp_path):
     out = tmp_path / "perf.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--devices", "200",
-                             "--json", str(out), "--workdir", str(tmp_path / "work")],
+                             "--repeat", "2", "--json", str(out), "--workdir", str(tmp_path / "work")],
                             capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -46,12 +46,15 @@ def test_the_runner_measures_every_figure_with_consistent_ratios(tmp_path):
     for name, figure in figures.items():
         assert figure["returncode"] == 0, name
         assert figure["seconds"] > 0 and figure["peak_rss_mib"] > 0, name
+        assert min(figure["samples_seconds"]) <= figure["seconds"] <= max(figure["samples_seconds"]), name
+        assert figure["peak_rss_mib"] == max(figure["samples_peak_rss_mib"]), name
         assert figure["ratio_to_plain_loop"] == pytest.approx(figure["seconds"] / plain), name
         assert figure["ratio_to_copy_floor"] == pytest.approx(figure["seconds"] / floor), name
         for target in figure["targets"]:
             assert target["met"] == (target["value"] <= target["bound"] if target["of"] != "MiB"
                                      else target["value"] < target["bound"]), (name, target)
     assert figures["plain_loop"]["ratio_to_plain_loop"] == pytest.approx(1.0)
+    assert all(len(f["samples_seconds"]) == 2 for f in figures.values()) and data["repeat"] == 2
     assert {t["of"] for t in figures["full_compile"]["targets"]} == {"plain_loop", "copy_floor", "MiB"}
     # The recompiles did what they are named for, or their times would mean nothing.
     checks = size["checks"]
