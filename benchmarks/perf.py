@@ -212,6 +212,12 @@ def ratios(result: SizeResult, name: str) -> dict[str, float | None]:
     return out
 
 
+def round_ratios(result: SizeResult, name: str, reference: str) -> list[float | None]:
+    """Each round's time over the same round's ``reference``, for rounds that measured both."""
+    pairs = zip(result.samples[name], result.samples.get(reference, []), strict=False)
+    return [m.seconds / r.seconds if r.seconds > 0 else None for m, r in pairs]
+
+
 def targets(result: SizeResult, name: str) -> list[dict[str, Any]]:
     """Each target of a figure with whether it is met (None when it could not be computed)."""
     checks: list[dict[str, Any]] = []
@@ -239,6 +245,10 @@ def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: in
                              "samples_seconds": [m.seconds for m in samples],
                              "peak_rss_mib": result.peak_rss_mib(name),
                              "samples_peak_rss_mib": [m.peak_rss_mib for m in samples],
+                             # Per round, against that round's own figures: on a machine whose
+                             # speed drifts between rounds these vary less than the times do.
+                             "rounds_ratio_to_plain_loop": round_ratios(result, name, "plain_loop"),
+                             "rounds_ratio_to_copy_floor": round_ratios(result, name, "copy_floor"),
                              "returncode": next((m.returncode for m in samples if m.returncode), 0),
                              "ratio_to_plain_loop": ratios(result, name)["plain_loop"],
                              "ratio_to_copy_floor": ratios(result, name)["copy_floor"],

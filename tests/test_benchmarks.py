@@ -48,6 +48,9 @@ def test_the_runner_measures_every_figure_with_consistent_ratios(tmp_path):
         assert figure["seconds"] > 0 and figure["peak_rss_mib"] > 0, name
         assert min(figure["samples_seconds"]) <= figure["seconds"] <= max(figure["samples_seconds"]), name
         assert figure["peak_rss_mib"] == max(figure["samples_peak_rss_mib"]), name
+        for ratio, seconds, plain_seconds in zip(figure["rounds_ratio_to_plain_loop"], figure["samples_seconds"],
+                                                 figures["plain_loop"]["samples_seconds"], strict=True):
+            assert ratio == pytest.approx(seconds / plain_seconds), name
         assert figure["ratio_to_plain_loop"] == pytest.approx(figure["seconds"] / plain), name
         assert figure["ratio_to_copy_floor"] == pytest.approx(figure["seconds"] / floor), name
         for target in figure["targets"]:
