@@ -1,0 +1,351 @@
+"""Performance runner: mdmgen against the plain loop and the copy floor, side by side, per fleet size.
+
+    .venv/bin/python benchmarks/perf.py --devices 10000 100000 --json perf.json
+
+For each N it generates a fleet (``benchmarks/fleet.py``, the shipped policy) and measures, in
+this order and in one run, in ``--repeat`` identical rounds (default 3; the median time counts):
+
+- the plain loop (``benchmarks/baseline.py``) into an empty folder: the baseline;
+- a full ``mdmgen compile`` into an empty folder;
+- ``cp -r`` of the tree that compile produced: the floor, writing the same files with no work;
+- a no-change recompile;
+- a recompile after ``mutate(1%)`` moved ⌈N/100⌉ rows to another team.
+
+Dirty pages are written back (``sync``, untimed) before each measurement, so no figure pays
+for the writeback of the one before. Each measurement is its own child process, reaped with
+``os.wait4``, so its peak resident memory is its own: ``getrusage(RUSAGE_CHILDREN)`` keeps the
+maximum over every child so far, so sequential children cannot be told apart with it. Wall
+time is ``time.perf_counter`` around the child, interpreter start-up included, as a nightly
+job sees it.
+
+Shared machines are noisy, so the targets are ratios to figures measured in the same run,
+never absolute times. The targets are set at 100,000 devices; at other sizes the same checks
+are shown as an indication. This is a measurement, not a test: it exits 0 whether or not the
+targets are met, and says which are not. A run that could not measure (a compile that failed)
+is reported as an error in the table and the JSON, and also exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fleet import changed_count, generate, mutate, write_csv, write_fleet
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = Path(__file__).with_name("baseline.py")
+TARGET_DEVICES = 100_000
+MEMORY_LIMIT_MIB = 1024.0
+
+FIGURES = ("plain_loop", "full_compile", "copy_floor", "no_change_recompile", "one_percent_recompile")
+LABELS = {
+    "plain_loop": "plain loop (baseline)",
+    "full_compile": "full compile, empty folder",
+    "copy_floor": "cp -r of the tree (floor)",
+    "no_change_recompile": "no-change recompile",
+    "one_percent_recompile": "1% change recompile",
+}
+# (ratio name, upper bound): every bound must hold for the figure to meet its target.
+RATIO_TARGETS: dict[str, tuple[tuple[str, float], ...]] = {
+    "full_compile": (("plain_loop", 0.5), ("copy_floor", 1.5)),
+    "no_change_recompile": (("plain_loop", 0.05),),
+    "one_percent_recompile": (("plain_loop", 0.1),),
+}
+MDMGEN_FIGURES = ("full_compile", "no_change_recompile", "one_percent_recompile")
+
+
+@dataclass
+class Measurement:
+    """One child process: its wall time, its own peak RSS, and what it printed."""
+
+    seconds: float
+    peak_rss_mib: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def measure(argv: Sequence[str], cwd: Path) -> Measurement:
+    """Run one child and reap it with ``os.wait4``, which returns that child's own rusage.
+
+    Output goes to files, not pipes: a child that fills a pipe nobody reads would block, and
+    reading pipes concurrently would put the runner's own work inside the timed interval."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped already: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        # ru_maxrss is in KiB on Linux (bytes on macOS).
+        rss_kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
+        return Measurement(seconds=seconds, peak_rss_mib=rss_kib / 1024, returncode=child.returncode,
+                           stdout=out.read().decode("utf-8", "replace"), stderr=err.read().decode("utf-8", "replace"))
+
+
+@dataclass
+class SizeResult:
+    """Everything measured for one fleet size: every round's sample of every figure."""
+
+    devices: int
+    changed_rows: int
+    samples: dict[str, list[Measurement]] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def seconds(self, name: str) -> float:
+        """The median over the rounds: one slow round on a shared machine does not move it."""
+        return statistics.median(m.seconds for m in self.samples[name])
+
+    def peak_rss_mib(self, name: str) -> float:
+        """The largest over the rounds: memory is a limit, so the worst round counts."""
+        return max(m.peak_rss_mib for m in self.samples[name])
+
+
+def compile_argv(fleet_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "mdmgen", "compile", "--inventory", str(fleet_dir / "inventory"),
+            "--profiles", str(fleet_dir / "profiles"), "--out", str(out), "--json", "--quiet"]
+
+
+def tree_size(folder: Path) -> tuple[int, int]:
+    """(files, bytes) of a tree, for the JSON: what the copy floor had to write."""
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, size
+
+
+def settle() -> None:
+    """Write back dirty pages before a measurement, untimed.
+
+    On ext4 the kernel throttles a writer once enough pages are dirty, so without this a
+    figure pays for the writeback of the step before it (or of the clean-up between rounds),
+    and whichever runs first looks slow."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int) -> SizeResult:
+    """Measure every figure for one N, ``repeat`` identical rounds, in a folder removed afterwards.
+
+    Each round starts from the same inventory and empty output folders, so its samples are
+    repeats of one another, not a drifting sequence."""
+    result = SizeResult(devices=devices, changed_rows=changed_count(devices, percent))
+    work = Path(tempfile.mkdtemp(prefix=f"mdmgen-perf-{devices}-", dir=base))
+    fleet_dir = work / "fleet"
+    try:
+        rows = generate(devices, seed)
+        changed = mutate(rows, percent, seed=seed)
+        inventory = write_fleet(fleet_dir, rows)
+        for round_number in range(repeat):
+            here = work / f"round-{round_number}"
+            if round_number:
+                shutil.rmtree(work / f"round-{round_number - 1}")
+                write_csv(inventory, rows)
+            here.mkdir()
+            out = here / "out"
+            steps: list[tuple[str, list[str]]] = [
+                ("plain_loop", [sys.executable, str(BASELINE), "--inventory", str(inventory),
+                                "--profiles", str(fleet_dir / "profiles"), "--out", str(here / "plain")]),
+                ("full_compile", compile_argv(fleet_dir, out)),
+                ("copy_floor", ["cp", "-r", str(out), str(here / "copy")]),
+                ("no_change_recompile", compile_argv(fleet_dir, out)),
+                ("one_percent_recompile", compile_argv(fleet_dir, out)),
+            ]
+            for name, argv in steps:
+                if name == "one_percent_recompile":
+                    write_csv(inventory, changed)
+                settle()
+                if not record(result, name, measure(argv, here)):
+                    return result
+                if name == "copy_floor":
+                    result.checks["tree_files"], result.checks["tree_bytes"] = tree_size(here / "copy")
+                    shutil.rmtree(here / "copy")  # not needed again; keeps a 100k run's disk use down
+                    shutil.rmtree(here / "plain")
+        summarise_compiles(result)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def record(result: SizeResult, name: str, measured: Measurement) -> bool:
+    """Keep a measurement; a failed child makes the rest of this size meaningless."""
+    result.samples.setdefault(name, []).append(measured)
+    if measured.returncode != 0:
+        result.error = f"{LABELS[name]} exited {measured.returncode}: {measured.stderr.strip()[-2000:]}"
+        return False
+    return True
+
+
+def summarise_compiles(result: SizeResult) -> None:
+    """What each compile says it did: proof the recompiles did the work they are meant to."""
+    for name in MDMGEN_FIGURES:
+        summary = json.loads(result.samples[name][-1].stdout)
+        changes = summary["changes"]
+        result.checks[name] = {"devices": summary["devices"], "rendered": summary["rendered"],
+                               "added": len(changes["added"]), "changed": len(changes["changed"]),
+                               "removed": len(changes["removed"]), "written": changes["written"]}
+
+
+def ratios(result: SizeResult, name: str) -> dict[str, float | None]:
+    seconds = result.seconds(name)
+    out: dict[str, float | None] = {}
+    for floor in ("plain_loop", "copy_floor"):
+        reference = result.seconds(floor) if floor in result.samples else 0.0
+        out[floor] = seconds / reference if reference > 0 else None
+    return out
+
+
+def round_ratios(result: SizeResult, name: str, reference: str) -> list[float | None]:
+    """Each round's time over the same round's ``reference``, for rounds that measured both."""
+    pairs = zip(result.samples[name], result.samples.get(reference, []), strict=False)
+    return [m.seconds / r.seconds if r.seconds > 0 else None for m, r in pairs]
+
+
+def targets(result: SizeResult, name: str) -> list[dict[str, Any]]:
+    """Each target of a figure with whether it is met (None when it could not be computed)."""
+    checks: list[dict[str, Any]] = []
+    figure_ratios = ratios(result, name)
+    for reference, bound in RATIO_TARGETS.get(name, ()):
+        ratio = figure_ratios[reference]
+        checks.append({"what": f"<= {bound}x {reference.replace('_', ' ')}", "bound": bound, "of": reference,
+                       "value": ratio, "met": None if ratio is None else ratio <= bound})
+    if name in MDMGEN_FIGURES:
+        rss = result.peak_rss_mib(name)
+        checks.append({"what": f"peak RSS < {MEMORY_LIMIT_MIB:g} MiB", "bound": MEMORY_LIMIT_MIB, "of": "MiB",
+                       "value": rss, "met": rss < MEMORY_LIMIT_MIB})
+    return checks
+
+
+def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: int) -> dict[str, Any]:
+    sizes = []
+    for result in results:
+        figures = {}
+        for name in FIGURES:
+            if name not in result.samples:
+                continue
+            samples = result.samples[name]
+            figures[name] = {"label": LABELS[name], "seconds": result.seconds(name),
+                             "samples_seconds": [m.seconds for m in samples],
+                             "peak_rss_mib": result.peak_rss_mib(name),
+                             "samples_peak_rss_mib": [m.peak_rss_mib for m in samples],
+                             # Per round, against that round's own figures: on a machine whose
+                             # speed drifts between rounds these vary less than the times do.
+                             "rounds_ratio_to_plain_loop": round_ratios(result, name, "plain_loop"),
+                             "rounds_ratio_to_copy_floor": round_ratios(result, name, "copy_floor"),
+                             "returncode": next((m.returncode for m in samples if m.returncode), 0),
+                             "ratio_to_plain_loop": ratios(result, name)["plain_loop"],
+                             "ratio_to_copy_floor": ratios(result, name)["copy_floor"],
+                             "targets": targets(result, name)}
+        sizes.append({"devices": result.devices, "changed_rows": result.changed_rows,
+                      "targets_apply": result.devices == TARGET_DEVICES, "error": result.error,
+                      "checks": result.checks, "figures": figures})
+    return {"machine": machine(), "seed": seed, "change_percent": percent, "repeat": repeat,
+            "target_devices": TARGET_DEVICES, "sizes": sizes, "unmet": unmet(results)}
+
+
+def machine() -> dict[str, Any]:
+    """What the ratios were measured on: they depend on cores, Python and how busy the machine is."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {"nproc": os.cpu_count(), "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "system": platform.platform(),
+            "loadavg_at_end": load}
+
+
+def unmet(results: Sequence[SizeResult]) -> list[str]:
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"N={result.devices}: not measured: {result.error.splitlines()[0]}")
+        for name in MDMGEN_FIGURES:
+            if name in result.samples:
+                lines += [f"N={result.devices}: {LABELS[name]}: {check['what']} (got {fmt(check['value'])})"
+                          for check in targets(result, name) if check["met"] is False]
+    return lines
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def table(result: SizeResult) -> str:
+    """The Markdown table for one N, ratios from this run only."""
+    lines = ["| Figure | Seconds | × plain loop | × copy floor | Peak RSS MiB | Target | Met? |",  # noqa: RUF001
+             "|---|---:|---:|---:|---:|---|---|"]
+    for name in FIGURES:
+        if name not in result.samples:
+            continue
+        figure_ratios = ratios(result, name)
+        checks = targets(result, name)
+        target = ", ".join(check["what"] for check in checks) or "—"
+        met = "—" if not checks else ("yes" if all(c["met"] for c in checks) else
+                                      "no: " + ", ".join(c["what"] for c in checks if c["met"] is False))
+        lines.append(f"| {LABELS[name]} | {result.seconds(name):.2f} | {fmt(figure_ratios['plain_loop'])} | "
+                     f"{fmt(figure_ratios['copy_floor'])} | {result.peak_rss_mib(name):.0f} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+def report(results: Sequence[SizeResult], seed: int, repeat: int) -> str:
+    info = machine()
+    parts = []
+    for result in results:
+        scope = "the targets' size" if result.devices == TARGET_DEVICES else \
+            f"targets are set at {TARGET_DEVICES:,}; shown here as an indication"
+        parts.append(f"### N = {result.devices:,} (seed {seed}, {result.changed_rows} rows changed; {scope})\n")
+        parts.append(f"Median of {repeat} rounds. Machine: {info['nproc']} cores, Python {info['python']}, "
+                     f"load average {', '.join(f'{x:.1f}' for x in info['loadavg_at_end'] or [])}\n")
+        parts.append(table(result))
+        if result.checks.get("tree_files"):
+            mib = result.checks["tree_bytes"] / 2**20
+            parts.append(f"\nTree: {result.checks['tree_files']:,} files, {mib:.1f} MiB")
+        if result.error:
+            parts.append(f"\nERROR: {result.error}")
+        parts.append("")
+    missing = unmet(results)
+    parts.append("Targets not met:\n" + "\n".join(f"- {line}" for line in missing) if missing else "All targets met.")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--change-percent", type=float, default=1.0, help="rows changed before the last recompile")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="identical rounds per N; the table shows the median time and the largest RSS")
+    parser.add_argument("--json", type=Path, default=None, help="also save the raw numbers and ratios here")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the fleets are built (default: the system temp folder); 100,000 devices "
+                             "need a few GB")
+    args = parser.parse_args(argv)
+    base = args.workdir or Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    results = []
+    for devices in args.devices:
+        print(f"measuring N={devices:,} ...", file=sys.stderr, flush=True)
+        results.append(run_size(devices, args.seed, args.change_percent, base, max(1, args.repeat)))
+    print(report(results, args.seed, max(1, args.repeat)))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(results, args.seed, args.change_percent, max(1, args.repeat)), indent=2,
+                                        ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
