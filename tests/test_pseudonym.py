@@ -17,7 +17,7 @@ import pytest
 
 from mdmgen import attributes, secrets
 
-from .conftest import HEADER, run, write_inventory
+from .conftest import HEADER, SHIPPED_POLICY, run, write_inventory
 
 KEY = "k3y-for-the-tests-only-0123456789"
 OTHER_KEY = "an0ther-key-for-the-rotation-test"
@@ -211,3 +211,16 @@ def test_the_pseudonymiser_never_shows_its_key():
     pseudonymiser = secrets.Pseudonymiser(KEY.encode())
     assert KEY not in repr(pseudonymiser) and KEY not in pseudonymiser.key_id
     assert secrets.PSEUDONYM_RE.match(pseudonymiser.pseudonym("a@b.example"))
+
+
+def test_the_readme_missing_key_sample_is_what_the_shipped_policy_prints(tmp_path, monkeypatch):
+    from .test_readme import quoted, shipped_project
+
+    monkeypatch.delenv(secrets.KEY_ENV, raising=False)
+    monkeypatch.delenv(secrets.KEY_FILE_ENV, raising=False)
+    anchor = "allow_content_logging: false\n"
+    policy = SHIPPED_POLICY.read_text()
+    assert anchor in policy
+    result = run(shipped_project(tmp_path, policy.replace(anchor, anchor + "pseudonymise_email: true\n")), "validate")
+    assert result.exit_code == 1
+    assert quoted("profiles/policy.yaml:", "no key is set") in result.stderr.splitlines()
