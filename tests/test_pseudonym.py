@@ -224,3 +224,13 @@ def test_the_readme_missing_key_sample_is_what_the_shipped_policy_prints(tmp_pat
     result = run(shipped_project(tmp_path, policy.replace(anchor, anchor + "pseudonymise_email: true\n")), "validate")
     assert result.exit_code == 1
     assert quoted("profiles/policy.yaml:", "no key is set") in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize(("name", "refused"), [
+    ("user_email_sha256", True), ("hashed_email", True), ("email.md5", True), ("upn-hash", True),
+    ("mailing_shard", False), ("user_email", False), ("team_hash", False), ("email_domain", False),
+])
+def test_which_attribute_names_announce_an_email_hash(name, refused):
+    from mdmgen.policy import announces_email_hash
+
+    assert announces_email_hash(name) is refused

@@ -3,9 +3,11 @@
 A string is a template only if it contains ``{{``, ``{%`` or ``{#``; everything else passes
 through untouched (and costs nothing). Templates see the device's fields (serial, platform,
 user_email, team and every extra inventory column) and the policy variables; an undefined
-name is an error, never an empty string. ``OTEL_RESOURCE_ATTRIBUTES`` is assembled here from
-the rendered ``resource_attributes`` and encoded by ``attributes.encode``, so no value from the
-inventory can inject or split an attribute.
+name is an error, never an empty string. With ``pseudonymise_email`` on, ``user_email`` is the
+device's keyed pseudonym and only ``raw_user_email`` is the address (see ``secrets``); a template
+asking for a plain hash of an email is refused before any device is rendered.
+``OTEL_RESOURCE_ATTRIBUTES`` is assembled here from the rendered ``resource_attributes`` and
+encoded by ``attributes.encode``, so no value from the inventory can inject or split an attribute.
 """
 
 from __future__ import annotations

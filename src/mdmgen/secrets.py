@@ -33,8 +33,8 @@ KEY_ENV = "MDMGEN_PSEUDONYM_KEY"
 KEY_FILE_ENV = "MDMGEN_PSEUDONYM_KEY_FILE"
 MIN_KEY_BYTES = 16
 """128 bits: a shorter key could be found by trying keys against one known email's pseudonym."""
-MAX_KEY_FILE_BYTES = 64 << 10
-"""A key is a few dozen bytes; a larger 'key file' is the wrong file."""
+MAX_KEY_FILE_BYTES = 1 << 20
+"""A key is a few dozen bytes; a megabyte 'key file' is the wrong file (and is not read whole)."""
 PREFIX = "u-"
 HEX_CHARS = 32
 """128 bits of the HMAC: no collision in any fleet (birthday bound about 2**64 users)."""
