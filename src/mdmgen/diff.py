@@ -21,11 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from . import attributes
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION, ArtifactKind
 from .envschema import SECRET_ENV, fingerprint
 from .models import ManifestFile
 from .output import Check, CheckedOutput, checked, device_path, kind_of
+from .secrets import PSEUDONYM_RE
 
 _ABSENT = object()
 
@@ -79,10 +81,13 @@ class TreeDiff(BaseModel):
     removed: list[DeviceDiff] = Field(default_factory=list)
     changed: list[DeviceDiff] = Field(default_factory=list)
     fleet: list[FleetFileDiff] = Field(default_factory=list)
+    pseudonyms_changed: int = Field(default=0, description=(
+        "Devices whose user_email pseudonym changed, when it changed on every device present in both "
+        "folders (a key rotation): counted here once instead of listed per device."))
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.fleet)
+        return not (self.added or self.removed or self.changed or self.fleet or self.pseudonyms_changed)
 
     def lines(self) -> list[str]:
         out = [f"+ {d.serial} ({d.platform}, team {json.dumps(d.team, ensure_ascii=False)})" for d in self.added]
@@ -93,8 +98,13 @@ class TreeDiff(BaseModel):
         for file in self.fleet:
             out.append(f"~ fleet {file.path}")
             out += [f"    {change.describe()}" for change in file.changes]
+        if self.pseudonyms_changed:
+            out.append(f"~ user_email pseudonyms changed on all {self.pseudonyms_changed} devices (key rotation?); "
+                       f"no other attribute changed with them unless listed above")
         if not self.identical:
             summary = f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed."
+            if self.pseudonyms_changed:
+                summary = summary.removesuffix(".") + " beyond the pseudonyms."
             if self.fleet:
                 summary += f" {len(self.fleet)} fleet file(s) changed."
             out.append(summary)
@@ -129,12 +139,52 @@ def _compare(old: CheckedOutput, new: CheckedOutput) -> TreeDiff:
         if changes:
             result.changed.append(DeviceDiff(serial=serial, platform=after.platform.value, team=after.team,
                                              changes=changes))
+    _summarise_rotation(result, len(set(old_devices) & set(new_devices)))
     for relpath in sorted(set(old.manifest.fleet) | set(new.manifest.fleet)):
         changes = _files_changes(old, new, {relpath: relpath} if relpath in old.manifest.fleet else {},
                                  {relpath: relpath} if relpath in new.manifest.fleet else {}, secrets)
         if changes:
             result.fleet.append(FleetFileDiff(path=relpath, changes=changes))
     return result
+
+
+def _summarise_rotation(result: TreeDiff, common: int) -> None:
+    """Fold a pseudonym change that hit every device into one count.
+
+    A key rotation changes every device's ``user_email`` pseudonym, on purpose; listed per device
+    it would bury any other change under 100,000 identical lines. Only when every device present
+    in both folders changed pseudonym (old and new both pseudonyms, see ``secrets``) is it folded:
+    then a device whose attributes changed in nothing else drops that line, and one that also
+    changed another attribute keeps its full line. A pseudonym that changed on some devices only
+    (the email itself changed) stays listed per device."""
+    rotated = {device.serial: [c for c in device.changes if _only_pseudonym(c) is not None]
+               for device in result.changed}
+    rotated = {serial: found for serial, found in rotated.items() if found}
+    if common < 2 or len(rotated) != common:
+        return
+    result.pseudonyms_changed = common
+    kept = []
+    for device in result.changed:
+        device.changes = [c for c in device.changes if _only_pseudonym(c) is not True]
+        if device.changes:
+            kept.append(device)
+    result.changed = kept
+
+
+def _only_pseudonym(change: KeyChange) -> bool | None:
+    """For an attributes change in which the user_email pseudonym changed: True if nothing else in
+    it changed, False if more did; None if the pseudonym did not change (or there is none)."""
+    if (change.key != "env.OTEL_RESOURCE_ATTRIBUTES" or change.secret or not (change.old_present and change.new_present)
+            or not isinstance(change.old, str) or not isinstance(change.new, str)):
+        return None
+    try:
+        before, after = attributes.decode(change.old), attributes.decode(change.new)
+    except attributes.AttributeListError:
+        return None
+    old_id, new_id = before.pop("user_email", ""), after.pop("user_email", "")
+    if old_id == new_id or not (PSEUDONYM_RE.match(old_id) and PSEUDONYM_RE.match(new_id)):
+        return None
+    return before == after
 
 
 def _files_changes(old: CheckedOutput, new: CheckedOutput, before: dict[str, str], after: dict[str, str],

@@ -6,12 +6,14 @@ later publishers and benchmarks call it too. It writes nothing: ``output`` does 
 
 from __future__ import annotations
 
+import html
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envschema, inventory, policy
+from . import attributes, envschema, inventory, policy, secrets
 from .emit import registry
 from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
 from .progress import NO_PROGRESS, Progress
@@ -49,6 +51,30 @@ def check_settings(settings: Settings, device: Device, allow_content_logging: bo
     return problems
 
 
+def _pseudonymiser(loaded: policy.LoadedPolicy) -> secrets.Pseudonymiser:
+    """The key from the environment, or one ``file:line: pseudonymise_email: ...`` error (exit 1)."""
+    try:
+        return secrets.load_key()
+    except secrets.PseudonymKeyError as exc:
+        raise MdmgenError([Problem(location=loaded.location(("pseudonymise_email",)), field="pseudonymise_email",
+                                   message=str(exc))]) from None
+
+
+def _leaks(files: Mapping[str, bytes], email: str) -> bool:
+    """Whether the raw email is in any of the files, as written or percent-encoded, ignoring case.
+
+    The pseudonym replaces ``user_email``, but an extra column can hold the same address (a
+    ``login`` or ``upn`` column); this catches it before it is written, rather than trusting
+    every template."""
+    forms = {form.casefold() for form in (email, attributes.encode_value(email), html.escape(email),
+                                          json.dumps(email)[1:-1])}
+    for data in files.values():
+        text = data.decode("utf-8", errors="replace").casefold()
+        if any(form in text for form in forms):
+            return True
+    return False
+
+
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
@@ -62,7 +88,8 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
     inv = inventory.load(list(inventory_paths), loaded.policy.columns)
-    renderer = Renderer(loaded, variables)
+    pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
+    renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = {name for device in inv.devices for name in device.extra}
     policy_problems = renderer.check(extra_names)
     if policy_problems:
@@ -78,13 +105,17 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         progress.advance()
         if device.serial in bad_serials:
             continue
-        inputs = renderer.inputs(device)
+        raw_email = None
+        if pseudonymiser is not None:  # from here on the device carries only its pseudonym
+            raw_email = device.user_email
+            device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
+        inputs = renderer.inputs(device, raw_email)
         before = known.get(device.serial)
         if before is not None and before.inputs == inputs:
             result.devices.append(CompiledDevice(device=device, inputs=inputs))
             continue
         result.rendered += 1
-        settings, problems = renderer.render(device)
+        settings, problems = renderer.render(device, raw_email)
         if settings is not None:
             problems = check_settings(settings, device, allow_content,
                                       lambda name, device=device: renderer.env_origin(device, name))
@@ -92,6 +123,13 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
             result.problems.extend(problems)
             continue
         files = registry.emit_device(registry.DeviceInput(device=device, settings=settings, policy=loaded.policy))
+        if raw_email is not None and not renderer.uses_raw_email(device) and _leaks(files, raw_email):
+            result.problems.append(Problem(
+                location=device.location, field="user_email", serial=device.serial, row=True,
+                message="pseudonymise_email is on, but this row's email reaches its files through another "
+                        "column or template; use 'user_email' (the pseudonym) there, or 'raw_user_email' "
+                        "if the raw address is really meant"))
+            continue
         result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files))
     progress.finish()
     result.fleet_files = registry.emit_fleet(registry.FleetInput(

@@ -35,7 +35,25 @@ POLICY_FILENAME = "policy.yaml"
 VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REVERSE_DNS_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
-DEVICE_FIELDS = ("serial", "platform", "user_email", "team")
+DEVICE_FIELDS = ("serial", "platform", "user_email", "team", "raw_user_email")
+"""The names every template may use besides the inventory's extra columns and the variables.
+``raw_user_email`` is the inventory's address even when ``pseudonymise_email`` is on."""
+_EMAIL_WORD = re.compile(r"^(e?mail|upn|address)$")
+_HASH_WORD = re.compile(r"^(hash(ed)?|sha\d*|sha3\w*|md5|blake\w*|digest)$")
+
+
+def announces_email_hash(name: str) -> bool:
+    """Whether a name announces a plain hash of an email (``user_email_sha256``, ``hashed_email``).
+
+    Such a hash is reversed by hashing a guessed list of addresses, so it is refused (see
+    ``secrets``). The name is split into words at ``_ - .`` and spaces, so ``mailing_shard`` is
+    not taken for one."""
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    return any(_EMAIL_WORD.match(w) for w in words) and any(_HASH_WORD.match(w) for w in words)
+
+
+UNKEYED_HASH_MESSAGE = ("a plain hash of an email is reversible by hashing guessed addresses; set "
+                        "'pseudonymise_email: true' and use 'user_email' (a keyed pseudonym) instead")
 MAX_DEPTH = 64
 """How deeply policy values may nest. Real settings nest a handful of levels; a bound keeps a
 hostile or broken file from exhausting the parser's recursion."""
@@ -128,6 +146,10 @@ class Policy(Layer):
         description="env variables whose values are secrets: never shown by diff or logs "
         "(the OTLP headers variables always are).",
         json_schema_extra={"items": {"type": "string", "pattern": ENV_NAME_RE.pattern}})
+    pseudonymise_email: bool = Field(
+        default=False, description="Replace user_email everywhere mdmgen writes it with a keyed pseudonym "
+        "(HMAC-SHA256 under MDMGEN_PSEUDONYM_KEY or MDMGEN_PSEUDONYM_KEY_FILE); the key is never read "
+        "from the policy.")
     platforms: dict[Platform, Layer] = Field(default_factory=dict)
     teams: dict[str, Layer] = Field(default_factory=dict)
 
@@ -332,6 +354,11 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             problems.append(Problem(location=loaded.location(path), field=dotted(path), message=(
                 "set attributes under 'resource_attributes:' instead; mdmgen builds and "
                 "encodes this variable itself so no value can inject an attribute")))
+        for key in layer.resource_attributes:
+            if announces_email_hash(key):
+                path = (*prefix, "resource_attributes", key)
+                problems.append(Problem(location=loaded.location(path), field=dotted(path),
+                                        message=UNKEYED_HASH_MESSAGE))
         if prefix == () and any(v is None for v in layer.resource_attributes.values()):
             problems.append(Problem(location=loaded.location(("resource_attributes",)),
                                     field="resource_attributes",

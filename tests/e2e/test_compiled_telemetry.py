@@ -11,11 +11,15 @@ literals, the ones written into the CSV, never values read back from mdmgen.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -63,13 +67,21 @@ def write_inputs(folder: Path) -> None:
     (folder / "profiles" / "policy.yaml").write_text(policy, encoding="utf-8")
 
 
-def mdmgen_compile(folder: Path, endpoint: str, protocol: str) -> Path:
-    """Run `mdmgen compile` as a separate process, the way IT runs it; return the output folder."""
+def mdmgen_compile(folder: Path, endpoint: str, protocol: str, env: dict[str, str | None] | None = None) -> Path:
+    """Run `mdmgen compile` as a separate process, the way IT runs it; return the output folder.
+
+    ``env`` sets (or, with None, removes) environment variables for that process."""
+    environ = dict(os.environ)
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     console_script = shutil.which("mdmgen", path=str(Path(sys.executable).parent))
     command = [console_script] if console_script else [sys.executable, "-m", "mdmgen"]
     proc = subprocess.run(
         [*command, "compile", "--var", f"otlp_endpoint={endpoint}", "--var", f"otlp_protocol={protocol}"],
-        cwd=folder, capture_output=True, text=True, timeout=120,
+        cwd=folder, capture_output=True, text=True, timeout=120, env=environ,
     )
     assert proc.returncode == 0, proc.stderr
     return folder / "output"
@@ -138,3 +150,44 @@ def test_rejected_token_is_invisible_to_the_client(protocol, claude_bin, message
 
     assert rx.exports and not any(e.accepted for e in rx.exports)
     assert rx.metric_names() == set()
+
+
+PSEUDONYM_KEY = "e2e-pseudonym-key-fixture-0123456789"
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf"])
+def test_pseudonymised_device_exports_the_pseudonym_and_the_team_never_the_email(
+        protocol, claude_bin, messages_stub, tmp_path):
+    """pseudonymise_email: true, compiled and run like the case above: the collector receives the
+    keyed pseudonym (computed here from the documented definition) and the readable team, and
+    the email appears nowhere in the output tree nor in anything exported."""
+    write_inputs(tmp_path)
+    policy = tmp_path / "profiles" / "policy.yaml"
+    policy.write_text(policy.read_text(encoding="utf-8") + "pseudonymise_email: true\n", encoding="utf-8")
+    serial, _, email, team = ROWS[0]
+    local, _, domain = email.partition("@")
+    normalised = f"{local}@{domain.lower()}".casefold()
+    pseudonym = "u-" + hmac.new(PSEUDONYM_KEY.encode(), normalised.encode(), hashlib.sha256).hexdigest()[:32]
+    with make_receiver(protocol, require_token=TOKEN) as rx:
+        out = mdmgen_compile(tmp_path, rx.endpoint, protocol,
+                             env={"MDMGEN_PSEUDONYM_KEY": PSEUDONYM_KEY, "MDMGEN_PSEUDONYM_KEY_FILE": None})
+        tree = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file()).decode("utf-8").casefold()
+        for _, _, row_email, _ in ROWS:
+            for form in (row_email, quote(row_email, safe="")):  # as written and percent-encoded
+                assert form.casefold() not in tree, form
+
+        proc = run_claude(out / "devices" / serial, messages_stub.base_url, claude=claude_bin, prompt=PROMPT)
+
+        assert proc.returncode == 0, proc.stderr
+        assert rx.wait_for(got_everything, timeout=WAIT), (rx.exports, rx.errors, proc.stderr)
+
+    assert rx.errors == []
+    for export in rx.exports:
+        custom = {k: v for k, v in export.resource.items() if not k.startswith(BUILTIN_PREFIXES)}
+        assert custom == {"user_email": pseudonym, "team": team}
+    for event in rx.events():
+        assert (event.attributes.get("user_email"), event.attributes.get("team")) == (pseudonym, team), event.name
+    exported = json.dumps([(e.resource, [(ev.name, ev.attributes, ev.body) for ev in e.events])
+                           for e in rx.exports], ensure_ascii=False, default=str).casefold()
+    assert local.casefold() not in exported and email.casefold() not in exported
+    assert pseudonym in exported
