@@ -76,6 +76,8 @@ def test_the_exit_code_tables_list_what_the_commands_do():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_help_text_lists_its_exit_codes(workdir, command):
+    """The wiring: each command prints its own table (a command that forgot its epilog, or got
+    another command's, fails here); that the tables are right is checked against the README."""
     help_text = run(workdir, *command.split(), "--help").stdout
     listed = re.findall(r"^ +(\d)  ", help_text.split("Exit codes:")[1], re.M)
     assert [int(c) for c in listed] == list(COMMANDS[command])

@@ -75,15 +75,15 @@ class _GuardedGroup(click.Group):
             raise
         except Exception as exc:
             command = f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip()
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
+            debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+            if debug:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
             reason = " ".join(str(exc).split())[:200]
             click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
-                       f"{'' if logging.getLogger().isEnabledFor(logging.DEBUG) else ' (-vv shows the traceback)'}",
-                       err=True)
+                       f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
             sys.exit(ExitCode.BUG)
 
 

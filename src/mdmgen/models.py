@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,6 +41,18 @@ def safe_relpath(relpath: str) -> str:
     if len(parts) > 4 or any(unsafe_name(part) for part in parts):
         raise ValueError(f"unsafe path {relpath!r}")
     return relpath
+
+
+T = TypeVar("T")
+
+
+def _safe_keys(mapping: dict[str, T], what: str) -> dict[str, T]:
+    """``mapping`` if every key passes :func:`unsafe_name`; ValueError naming the first that does not."""
+    for name in mapping:
+        reason = unsafe_name(name)
+        if reason:
+            raise ValueError(f"{what} {name!r}: {reason}")
+    return mapping
 
 
 def fleet_relpath(relpath: str) -> str:
@@ -171,11 +183,7 @@ class ManifestDevice(BaseModel):
     @field_validator("files")
     @classmethod
     def _safe_file_names(cls, files: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
-        for name in files:
-            reason = unsafe_name(name)
-            if reason:
-                raise ValueError(f"file name {name!r}: {reason}")
-        return files
+        return _safe_keys(files, "file name")
 
 
 class Manifest(BaseModel):
@@ -201,11 +209,7 @@ class Manifest(BaseModel):
     @field_validator("devices")
     @classmethod
     def _safe_serials(cls, devices: dict[str, ManifestDevice]) -> dict[str, ManifestDevice]:
-        for serial in devices:
-            reason = unsafe_name(serial)
-            if reason:
-                raise ValueError(f"device {serial!r}: {reason}")
-        return devices
+        return _safe_keys(devices, "device")
 
     @field_validator("fleet")
     @classmethod

@@ -45,7 +45,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 E = TypeVar("E", bound=BaseException)
 
-DEFAULT_MAX_DELETE = MAX_DELETE_PERCENT
 
 
 class PublishError(Exception):
@@ -234,7 +233,7 @@ def build_plan(desired: Iterable[Desired], remote: Iterable[Remote], *, prune: b
     return Plan(tuple(items), tuple(notes))
 
 
-def check_deletions(plan: Plan, *, max_delete: float = DEFAULT_MAX_DELETE, force: bool = False) -> None:
+def check_deletions(plan: Plan, *, max_delete: float = MAX_DELETE_PERCENT, force: bool = False) -> None:
     """Refuse a plan that deletes more than ``max_delete`` percent of the published devices.
 
     Raises DeletionRefused with a one-line message; ``force`` skips the check. Items of no

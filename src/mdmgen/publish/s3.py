@@ -52,8 +52,6 @@ from .defaults import S3_TIMEOUT, S3_WORKERS
 
 COMMIT_GAP = 1.0
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
-DEFAULT_WORKERS = S3_WORKERS
-DEFAULT_TIMEOUT = S3_TIMEOUT
 
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _DEVICE_KEY = re.compile(rf"^{DEVICES_DIR}/({_PART})/({_PART})$")
@@ -112,7 +110,7 @@ def checksum_header(sha256_hex: str) -> str:
 
 
 def make_client(*, endpoint_url: str | None = None, region: str | None = None,
-                workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT):
+                workers: int = S3_WORKERS, timeout: float = S3_TIMEOUT):
     """An S3 client on the standard AWS credential chain (env, profile, SSO, instance role).
 
     Raises ValueError when the endpoint in use (from the argument, or from AWS_ENDPOINT_URL(_S3)
@@ -198,7 +196,7 @@ class S3Publisher:
     noun = "file"
 
     def __init__(self, client, destination: Destination, *, kms_key_id: str | None = None,
-                 verify: bool = False, workers: int = DEFAULT_WORKERS, commit_gap: float = COMMIT_GAP,
+                 verify: bool = False, workers: int = S3_WORKERS, commit_gap: float = COMMIT_GAP,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
         self.client = client
         self.destination = destination

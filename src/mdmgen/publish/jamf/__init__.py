@@ -10,10 +10,8 @@ Three modules, one concern each:
 """
 
 from .client import (
-    DEFAULT_TIMEOUT,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
-    MAX_CONNECTIONS,
     JamfClient,
     JamfHTTPError,
     check_url,
@@ -24,10 +22,8 @@ from .profiles import NAME_PREFIX, SERVER_KEYS, description, profile_name, seria
 from .publisher import JamfPublisher
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "ENV_CLIENT_ID",
     "ENV_CLIENT_SECRET",
-    "MAX_CONNECTIONS",
     "NAME_PREFIX",
     "SERVER_KEYS",
     "JamfClient",

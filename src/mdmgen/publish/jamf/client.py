@@ -44,8 +44,6 @@ from ..http import (
 
 log = logging.getLogger("mdmgen.publish.jamf")
 
-MAX_CONNECTIONS = JAMF_MAX_CONNECTIONS
-DEFAULT_TIMEOUT = JAMF_TIMEOUT
 TOKEN_PATHS = ("/api/oauth/token", "/api/v1/oauth/token")
 """Both are in use (§1.1); the second is tried when the first is not served."""
 ENV_CLIENT_ID = "JAMF_CLIENT_ID"
@@ -121,13 +119,13 @@ class JamfClient:
     """
 
     def __init__(self, base_url: str, client_id: str, client_secret: str, *,
-                 max_connections: int = MAX_CONNECTIONS, timeout: float = DEFAULT_TIMEOUT,
+                 max_connections: int = JAMF_MAX_CONNECTIONS, timeout: float = JAMF_TIMEOUT,
                  attempts: int = DEFAULT_ATTEMPTS, base_delay: float = DEFAULT_BASE_DELAY,
                  max_delay: float = DEFAULT_MAX_DELAY, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  ssl_context: ssl.SSLContext | None = None):
         self.base_url = check_url(base_url)
-        self.max_connections = max(1, min(max_connections, MAX_CONNECTIONS))
+        self.max_connections = max(1, min(max_connections, JAMF_MAX_CONNECTIONS))
         self.timeout = timeout
         self.attempts = attempts
         self._client_id = client_id

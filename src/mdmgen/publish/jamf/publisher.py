@@ -43,8 +43,9 @@ from ..base import (
     copy_with_message,
     run_bounded,
 )
+from ..defaults import JAMF_MAX_CONNECTIONS
 from ..http import UnexpectedAnswer
-from .client import MAX_CONNECTIONS, JamfClient, JamfHTTPError
+from .client import JamfClient, JamfHTTPError
 from .profiles import (
     DISTRIBUTION,
     LEVEL,
@@ -82,7 +83,7 @@ class JamfPublisher:
 
     noun = "profile"
 
-    def __init__(self, client: JamfClient, *, category: str | None = None, workers: int = MAX_CONNECTIONS):
+    def __init__(self, client: JamfClient, *, category: str | None = None, workers: int = JAMF_MAX_CONNECTIONS):
         self.client = client
         self.category = category
         self.workers = max(1, min(workers, client.max_connections))
