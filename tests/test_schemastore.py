@@ -15,6 +15,9 @@ SCHEMA_PATH = REFERENCE / "claude-code-settings.schema.json"
 
 @pytest.fixture(scope="module")
 def validator():
+    if not SCHEMA_PATH.is_file():  # CI lays shared/ beside the checkout; a bare clone elsewhere has none
+        pytest.fail(f"the independent oracle is read from {SCHEMA_PATH}, which is missing: put shared/ "
+                    "beside the checkout, as CI does (it is never copied into the project)", pytrace=False)
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
