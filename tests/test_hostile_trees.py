@@ -248,3 +248,13 @@ def test_a_manifest_replaced_by_a_link_is_not_read_through_it(workdir, victim):
     assert result.exit_code == 4 and "manifest.json: cannot read" in result.stderr
     assert run(workdir, "diff", str(out), str(out)).exit_code == 2
     assert snapshot(victim.parent) == before
+
+
+@pytest.mark.parametrize("name", ["WIN-1\n", "devices\n", "a\r", "b\x00"])
+def test_a_name_ending_in_a_newline_is_not_a_safe_path_part(name):
+    """A manifest key read from disk can end in a newline; ``$`` alone would accept it."""
+    from mdmgen.models import safe_relpath, unsafe_name
+
+    assert unsafe_name(name) is not None
+    with pytest.raises(ValueError):
+        safe_relpath(f"devices/{name}/managed-settings.json")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would also match before a final newline
 """What a serial, a file name or any one path part under the output folder may look like: at most
 64 letters, digits, '-', '_' and '.', never starting with '.' (so never '..' and never hidden)."""
 WINDOWS_RESERVED = frozenset(
