@@ -163,7 +163,8 @@ def read_table(content: bytes) -> dict[str, bytes]:
 
 
 def _entry(serial: str, data: bytes) -> _Entry:
-    problem = unsafe_name(serial) if SAFE_NAME.match(serial) else "has characters a serial may not have"
+    # fullmatch: SAFE_NAME ends in '$', which also matches before a trailing newline.
+    problem = unsafe_name(serial) if SAFE_NAME.fullmatch(serial) else "has characters a serial may not have"
     if problem is None and serial != serial.upper():
         problem = "is not upper-case as the inventory stores serials"
     if problem is not None:
