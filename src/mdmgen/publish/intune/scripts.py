@@ -77,10 +77,13 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ...models import SAFE_NAME, unsafe_name
+from ...emit.registry import SETTINGS_JSON
+from ...models import SAFE_NAME, Platform, unsafe_name
 
-INSTALL_DIR = "C:\\Program Files\\ClaudeCode"
-INSTALL_PATH = INSTALL_DIR + "\\managed-settings.json"
+INSTALL_PATH = SETTINGS_JSON.install_paths[Platform.WINDOWS]
+"""``C:\\Program Files\\ClaudeCode\\managed-settings.json``: the registry's path, hard-coded in the script
+(never ``$env:ProgramFiles``, which a 32-bit host would see as ``Program Files (x86)``)."""
+INSTALL_DIR = INSTALL_PATH.rpartition("\\")[0]
 INTUNE_SCRIPT_LIMIT = 200_000
 """Intune's documented limit, "under 200 KB" (Intune docs ``apps/intune-management-extension.md``)."""
 DEFAULT_MAX_BYTES = INTUNE_SCRIPT_LIMIT * 3 // 4
