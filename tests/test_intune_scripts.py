@@ -308,6 +308,8 @@ def test_read_table_refuses_a_script_it_did_not_write():
         "table never ends": text.split("\r\n}\r\n")[0],
     }
     for what, content in tampered.items():
-        with pytest.raises(ValueError):
+        try:
             read_table(content.encode("utf-8"))
-        assert what
+        except ValueError:
+            continue
+        pytest.fail(f"read_table accepted a script with {what}")
