@@ -1,0 +1,1 @@
+"""Publish to Microsoft Intune through Microsoft Graph."""
