@@ -114,7 +114,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full, progress=report.progress())
+                                   fresh=full, progress=report.progress(), secrets=result.secrets)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
