@@ -276,10 +276,17 @@ class Renderer:
             if _header_leaf(leaf):
                 self._check_rendered_header(leaf, rendered, device, problems)
             return rendered
-        except jinja2.TemplateError as exc:
-            problems.append(self._problem(leaf, exc.message or type(exc).__name__, device))
         except Exception as exc:  # a template can raise anything (e.g. division by zero)
-            problems.append(self._problem(leaf, f"template failed: {exc}", device))
+            if self._refs.get(leaf.value):
+                # Its message could hold the value in any escaping ({}[secret("T")|tojson] names the
+                # key it missed): only the kind of error is shown, and the line to look at.
+                message = (f"template failed ({type(exc).__name__}); the message is not shown because this "
+                           "template reads a secret and it could repeat the value")
+            elif isinstance(exc, jinja2.TemplateError):
+                message = exc.message or type(exc).__name__
+            else:
+                message = f"template failed: {exc}"
+            problems.append(self._problem(leaf, message, device))
         return None
 
     def _check_rendered_header(self, leaf: Leaf, rendered: str, device: Device, problems: list) -> None:
