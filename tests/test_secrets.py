@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,3 +313,22 @@ def test_redaction_covers_every_problem_message(fleet, monkeypatch):
     result = run(fleet, "compile", "--json")
     assert result.exit_code == 1 and "settings.env.ACME_CC" in result.stderr
     assert TOKEN not in result.stderr and TOKEN not in result.stdout and "[redacted]" in result.stderr
+
+
+# --- the README's example ------------------------------------------------------------------------------
+
+
+def test_the_readme_example_compiles_with_the_token_from_the_environment(tmp_path):
+    """The README's "Trying it" block, pasted into a copy of the project (with this venv's mdmgen)."""
+    from .test_readme import ROOT, clean_env, paste, shell_blocks
+
+    (block,) = [body for marker, body in shell_blocks() if marker and "tests/test_secrets.py" in marker]
+    for folder in ("inventory", "profiles"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    result = paste(block, tmp_path, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "600 output-token/devices/LNX-0001/managed-settings.json" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "0"
+    settings = json.loads((tmp_path / "output-token/devices/LNX-0001/managed-settings.json").read_text())
+    assert settings["env"]["OTEL_EXPORTER_OTLP_HEADERS"] == "Authorization=Bearer tok-example-0123456789"
