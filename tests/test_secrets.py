@@ -332,3 +332,21 @@ def test_the_readme_example_compiles_with_the_token_from_the_environment(tmp_pat
     assert result.stdout.splitlines()[-1] == "0"
     settings = json.loads((tmp_path / "output-token/devices/LNX-0001/managed-settings.json").read_text())
     assert settings["env"]["OTEL_EXPORTER_OTLP_HEADERS"] == "Authorization=Bearer tok-example-0123456789"
+
+
+def test_a_run_killed_before_the_generation_was_rebuilt_is_finished_by_the_next(fleet, monkeypatch):
+    """Killed between the swap and rebuilding the kept generation after a rotation: the next run,
+    with nothing to compile, still removes the old token from the kept generation."""
+    assert run(fleet, "compile").exit_code == 0
+    monkeypatch.setenv("OTEL_TOKEN", OTHER)
+    assert run(fleet, "compile").exit_code == 0
+    prev = fleet / ".output.mdmgen-prev"
+    shutil.rmtree(prev)
+    shutil.copytree(fleet / "output", prev, copy_function=shutil.copy2)
+    old_manifest = (prev / "manifest.json").read_text().replace(
+        secrets.fingerprint(secrets.SecretRef("env", "OTEL_TOKEN"), OTHER),
+        secrets.fingerprint(secrets.SecretRef("env", "OTEL_TOKEN"), TOKEN))
+    (prev / "manifest.json").write_text(old_manifest)  # as the tree before the rotation said
+    result = run(fleet, "compile", "--json")
+    assert json.loads(result.stdout)["changes"]["written"] is False
+    assert (prev / "manifest.json").samefile(fleet / "output" / "manifest.json")  # rebuilt from the current tree

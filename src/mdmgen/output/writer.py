@@ -23,7 +23,7 @@ from pathlib import Path
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
-from .manifest import SECRET_FILE_MODE, Changes, build_manifest, compare, manifest_bytes, write_new
+from .manifest import SECRET_FILE_MODE, Changes, build_manifest, compare, load_manifest, manifest_bytes, write_new
 from .reader import Check, CheckedOutput, read_tree
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            if not _is_complete_generation(sidecar(target, "prev")):
+            prev = sidecar(target, "prev")
+            if not _is_complete_generation(prev) or _holds_other_secrets(prev, manifest):
                 _keep_generation(target, manifest)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
@@ -200,6 +201,16 @@ def _secrets_rotated(old: Manifest | None, new: Manifest) -> bool:
     after = new.secrets or {}
     return any(label not in after or after[label].fingerprint != entry.fingerprint
                for label, entry in before.items())
+
+
+def _holds_other_secrets(generation: Path, manifest: Manifest) -> bool:
+    """Whether a kept generation holds a secret the current tree no longer has (a run killed
+    between the swap and rebuilding the generation after a rotation)."""
+    try:
+        loaded = load_manifest(generation)
+    except OutputError:
+        return True
+    return loaded is not None and _secrets_rotated(loaded.manifest, manifest)
 
 
 def _owned(manifest: Manifest | None) -> set[str]:
