@@ -143,12 +143,20 @@ def _redacted(problems: list[Problem]) -> list[Problem]:
     return [p.model_copy(update={"message": redact(p.message, forms)}) for p in problems]
 
 
-def _blanked(files: Mapping[str, bytes], values: Mapping[str, str]) -> str:
-    """sha256 of a device's files with each secret value (every form) replaced by its label, so
+def _blanks(values: Mapping[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """For each secret label, every form of its value and what replaces it, longest first."""
+    return {label: sorted(((form.encode("utf-8"), f"<{label}>".encode()) for form in secrets.forms(value)),
+                          key=lambda pair: len(pair[0]), reverse=True)
+            for label, value in values.items()}
+
+
+def _blanked(files: Mapping[str, bytes], blanks: Mapping[str, list[tuple[bytes, bytes]]],
+             labels: Iterable[str]) -> str:
+    """sha256 of a device's files with each of its secrets (every form) replaced by its label, so
     two trees whose files differ only by a rotated secret give the same digest (see ``diff``)."""
     outer = hashlib.sha256()
-    replacements = sorted(((form.encode("utf-8"), f"<{label}>".encode()) for label, value in values.items()
-                           for form in secrets.forms(value)), key=lambda pair: len(pair[0]), reverse=True)
+    replacements = sorted((pair for label in labels for pair in blanks[label]), key=lambda pair: len(pair[0]),
+                          reverse=True)
     for name in sorted(files):
         data = files[name]
         for form, label in replacements:
@@ -184,6 +192,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
                            secret_env=list(loaded.policy.secret_env))
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
+    blanks = _blanks(secret_values)
     embedded: set[str] = set()
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
@@ -223,7 +232,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                         "if the raw address is really meant"))
             continue
         embedded.update(labels)
-        redacted = _blanked(files, {label: secret_values[label] for label in labels}) if labels else None
+        redacted = _blanked(files, blanks, labels) if labels else None
         result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
                                              redacted=redacted))
     progress.finish()
