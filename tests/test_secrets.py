@@ -350,3 +350,30 @@ def test_a_run_killed_before_the_generation_was_rebuilt_is_finished_by_the_next(
     result = run(fleet, "compile", "--json")
     assert json.loads(result.stdout)["changes"]["written"] is False
     assert (prev / "manifest.json").samefile(fleet / "output" / "manifest.json")  # rebuilt from the current tree
+
+
+def test_a_column_called_secret_cannot_hide_the_function(fleet):
+    write_inventory(fleet, "serial_number,platform,user_email,team,secret\n"
+                    + "".join(f"{row},not-the-token\n" for row in ROWS.splitlines()))
+    result = run(fleet, "compile")
+    assert result.exit_code == 0, result.stderr
+    assert settings_of(fleet / "output", "LNX1")["env"]["OTEL_EXPORTER_OTLP_HEADERS"] == f"Authorization=Bearer {TOKEN}"
+
+
+def test_a_fleet_file_that_would_hold_a_secret_value_is_refused(fleet):
+    """The collector's files must name a secret (``${env:NAME}``), never carry it: here a fleet-level
+    kind that lists the teams meets a team named like the token."""
+    from mdmgen.emit import registry
+
+    def emit(given: registry.FleetInput) -> bytes:
+        return json.dumps(sorted({d.team for d in given.devices})).encode()
+
+    kind = registry.ArtifactKind(name="collector/teams.json", content_type="application/json",
+                                 read_semantic=lambda data: {"teams": json.loads(data)}, emit=emit,
+                                 label="teams", fleet=True, sections={"teams": "teams"})
+    write_inventory(fleet, HEADER + ROWS + f"LNX9,linux,eve@example.com,{TOKEN}\n")
+    with registry.registered(kind):
+        result = run(fleet, "compile", "--json")
+    assert result.exit_code == 1
+    assert "collector/teams.json: this fleet file would hold a secret value" in result.stderr
+    assert TOKEN not in result.stderr and TOKEN not in result.stdout and not (fleet / "output").exists()
