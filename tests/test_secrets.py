@@ -377,3 +377,15 @@ def test_a_fleet_file_that_would_hold_a_secret_value_is_refused(fleet):
     assert result.exit_code == 1
     assert "collector/teams.json: this fleet file would hold a secret value" in result.stderr
     assert TOKEN not in result.stderr and TOKEN not in result.stdout and not (fleet / "output").exists()
+
+
+def test_the_readme_sample_error_is_what_the_example_policy_prints(tmp_path, monkeypatch):
+    from .test_readme import ROOT
+
+    monkeypatch.delenv("OTEL_TOKEN", raising=False)
+    for folder in ("inventory", "profiles"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    result = run(tmp_path, "validate", "--profiles", "profiles/examples/otel-token.yaml")
+    assert result.exit_code == 1
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{result.stderr.splitlines()[0]}`" in readme
