@@ -19,14 +19,17 @@ def compile_to(workdir, name, rows=ROWS, *args):
     return workdir / name
 
 
-def set_headers(workdir, token):
+def set_headers(workdir, token, monkeypatch):
+    """The collector token as IT gives it: in the environment, named by the policy."""
+    monkeypatch.setenv("DIFF_TOKEN", token)
     policy = workdir / "profiles" / "policy.yaml"
     text = policy.read_text()
     if "OTEL_EXPORTER_OTLP_HEADERS" in text:
         text = "\n".join(line for line in text.splitlines() if "OTEL_EXPORTER_OTLP_HEADERS" not in line) + "\n"
     policy.write_text(text.replace('    CLAUDE_CODE_ENABLE_TELEMETRY: "1"',
                                    '    CLAUDE_CODE_ENABLE_TELEMETRY: "1"\n'
-                                   f'    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {token}"'))
+                                   '    OTEL_EXPORTER_OTLP_HEADERS: '
+                                   '"Authorization=Bearer {{ secret(\'DIFF_TOKEN\') }}"'))
 
 
 def test_same_folder_twice_prints_nothing_and_exits_0(workdir):
@@ -84,10 +87,10 @@ def test_profile_settings_and_metadata_are_compared_decoded(workdir):
     assert not any("PayloadUUID" in line for line in mac)  # UUIDs follow identifiers, not names
 
 
-def test_secrets_are_never_printed_only_fingerprints(workdir):
-    set_headers(workdir, TOKEN_OLD)
+def test_secrets_are_never_printed_only_fingerprints(workdir, monkeypatch):
+    set_headers(workdir, TOKEN_OLD, monkeypatch)
     old = compile_to(workdir, "old")
-    set_headers(workdir, TOKEN_NEW)
+    set_headers(workdir, TOKEN_NEW, monkeypatch)
     new = compile_to(workdir, "new")
     for args in ([], ["--json"]):
         result = run(workdir, "diff", *args, str(old), str(new))
@@ -95,8 +98,14 @@ def test_secrets_are_never_printed_only_fingerprints(workdir):
         assert TOKEN_OLD not in result.stdout and TOKEN_NEW not in result.stdout
         assert "OTEL_EXPORTER_OTLP_HEADERS" in result.stdout
     text = run(workdir, "diff", str(old), str(new)).stdout
-    old_fp = hashlib.sha256(f"Authorization=Bearer {TOKEN_OLD}".encode()).hexdigest()[:8]
-    assert f"changed (secret value not shown; sha256:{old_fp} -> sha256:" in text
+    old_fp = json.loads((old / "manifest.json").read_text())["secrets"]["env:DIFF_TOKEN"]["fingerprint"][:8]
+    new_fp = json.loads((new / "manifest.json").read_text())["secrets"]["env:DIFF_TOKEN"]["fingerprint"][:8]
+    assert text.splitlines() == [
+        f"~ env.OTEL_EXPORTER_OTLP_HEADERS: secret DIFF_TOKEN changed (fingerprint {old_fp} -> {new_fp}) on 3 "
+        "device(s) that embed it; nothing else changed with it unless listed above",
+        "0 added, 0 removed, 0 changed beyond the rotated secrets."]
+    for token in (TOKEN_OLD, TOKEN_NEW):  # no unkeyed hash of the value either (a short token is guessed)
+        assert hashlib.sha256(f"Authorization=Bearer {token}".encode()).hexdigest()[:8] not in text
 
 
 def test_policy_marked_secrets_are_hidden_too(workdir):

@@ -160,20 +160,22 @@ def test_json_summary_on_failure(workdir):
 
 def test_verbose_logs_never_show_secrets(workdir):
     token = "tok-4f9a1c0b2e7d"
+    environ = {**os.environ, "NIGHTLY_TOKEN": token}
     policy = workdir / "profiles" / "policy.yaml"
     policy.write_text(policy.read_text().replace(
         '    CLAUDE_CODE_ENABLE_TELEMETRY: "1"',
-        f'    CLAUDE_CODE_ENABLE_TELEMETRY: "1"\n    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {token}"'))
+        '    CLAUDE_CODE_ENABLE_TELEMETRY: "1"\n'
+        '    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {{ secret(\'NIGHTLY_TOKEN\') }}"'))
     inventory(workdir)
     result = subprocess.run([sys.executable, "-m", "mdmgen", "compile", "-vv", "--json"], cwd=workdir,
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, env=environ)
     assert result.returncode == 0, result.stderr
     assert "INFO" in result.stderr  # logging is on
     assert token not in result.stderr and token not in result.stdout
     # A malformed header must not be echoed either.
-    policy.write_text(policy.read_text().replace(f"Authorization=Bearer {token}", f"Bearer {token}"))
+    policy.write_text(policy.read_text().replace("Authorization=Bearer", "Bearer"))
     result = subprocess.run([sys.executable, "-m", "mdmgen", "compile", "-vv"], cwd=workdir,
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, env=environ)
     assert result.returncode == 1
     assert "OTEL_EXPORTER_OTLP_HEADERS" in result.stderr and token not in result.stderr
 

@@ -27,7 +27,13 @@ TOKEN = "pf-t0ken-8c1e5a0b9d"  # a test fixture, never a real credential
 ROWS = "LNX-1,linux,ann+cc@example.com,\"R&D, Berlin\"\nWSL-1,wsl,bob@example.com,sales=emea\n"
 
 
-def write_policy(workdir: Path, *, headers: str | None = f"Authorization=Bearer {TOKEN}",
+@pytest.fixture(autouse=True)
+def _token_in_environment(monkeypatch):
+    """The collector token reaches the compile the only way a credential may: the environment."""
+    monkeypatch.setenv("PF_TOKEN", TOKEN)
+
+
+def write_policy(workdir: Path, *, headers: str | None = 'Authorization=Bearer {{ secret("PF_TOKEN") }}',
                  env: dict | None = None, variables: dict | None = None, teams: dict | None = None) -> None:
     path = workdir / "profiles" / "policy.yaml"
     policy = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -220,7 +226,7 @@ def test_header_values_are_sent_like_the_real_client(protocol, workdir):
     """Shared reference section 11: grpc percent-decodes header values, HTTP sends them as written,
     so a percent-encoded space only works on grpc. Preflight must tell IT the same."""
     write_inventory(workdir, HEADER + ROWS)
-    write_policy(workdir, headers=f"Authorization=Bearer%20{TOKEN}")
+    write_policy(workdir, headers='Authorization=Bearer%20{{ secret("PF_TOKEN") }}')
     with make_receiver(protocol, require_token=TOKEN) as rx:
         compile_for(fleet_dir := workdir, rx.endpoint, protocol)
         result = preflight_run(fleet_dir)

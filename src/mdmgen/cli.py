@@ -16,10 +16,12 @@ import click
 
 from . import __version__, diff, output, pipeline, policy
 from .exitcodes import ExitCode, help_epilog
-from .messages import first_of
+from .messages import first_of, redact
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
+from .secrets import forms as _forms
+from .secrets import resolved_values
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
                    Platform.WSL: "WSL"}
@@ -62,6 +64,11 @@ def _reporting(func):
     return func
 
 
+def secret_forms() -> list[str]:
+    """Every form of every secret this process resolved (see ``secrets.forms``)."""
+    return [form for value in resolved_values() for form in _forms(value)]
+
+
 class _GuardedGroup(click.Group):
     """The exception boundary: an exception no stage turned into a user-facing message is a bug
     in mdmgen. It prints one line that names the command and asks for a report (the traceback
@@ -80,7 +87,8 @@ class _GuardedGroup(click.Group):
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
-            reason = " ".join(str(exc).split())[:200]
+            # Redacted before it is cut, so no resolved secret (not even part of one) is printed.
+            reason = redact(" ".join(str(exc).split()), secret_forms())[:200]
             click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
@@ -114,7 +122,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full, progress=report.progress())
+                                   fresh=full, progress=report.progress(), secrets=result.secrets)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:

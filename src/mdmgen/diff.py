@@ -10,12 +10,17 @@ opened, so diffing two nightly trees of a large fleet is quick. Fleet-level file
 the same way; a file of a kind this version does not know is compared by digest.
 
 Secret values (the OTLP headers variables, and whatever the policy listed in ``secret_env``)
-are never shown: only that they changed, with a short SHA-256 fingerprint of each side.
+are never shown: only that they changed, with a short SHA-256 fingerprint of each side. A key
+that embeds a referenced secret (``{{ secret("NAME") }}``, listed under the manifest's
+``secrets``) shows only the secret's keyed fingerprint from the manifest, never a hash of the
+value; a rotation that changed nothing else on the devices (their ``redacted`` digests agree)
+is folded into one line for the whole fleet.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,12 @@ from . import attributes
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION, ArtifactKind
 from .envschema import SECRET_ENV, fingerprint
-from .models import ManifestFile
+from .models import ManifestDevice, ManifestFile
 from .output import Check, CheckedOutput, checked, device_path, kind_of
-from .secrets import PSEUDONYM_RE
+from .secrets import PSEUDONYM_RE, SecretRef
+
+SHOWN_FINGERPRINT = 8
+"""Hex digits of a secret's keyed fingerprint that diff shows."""
 
 _ABSENT = object()
 
@@ -46,6 +54,8 @@ class KeyChange(BaseModel):
     old_present: bool = True
     new_present: bool = True
     secret: bool = False
+    note: str | None = Field(default=None, description="What changed, when the values cannot be shown "
+                             "(a key embedding a referenced secret).")
 
     def describe(self) -> str:
         def show(value: Any, present: bool) -> str:
@@ -56,6 +66,8 @@ class KeyChange(BaseModel):
             return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
         label = f"{self.where} {self.key}" if self.where != "settings" else self.key
+        if self.note:
+            return f"{label}: {self.note}"
         old, new = show(self.old, self.old_present), show(self.new, self.new_present)
         if self.secret:
             return f"{label}: changed (secret value not shown; {old} -> {new})"
@@ -76,6 +88,22 @@ class FleetFileDiff(BaseModel):
     changes: list[KeyChange] = Field(default_factory=list)
 
 
+class SecretChange(BaseModel):
+    """A referenced secret whose keyed fingerprint changed (a rotation), folded for the whole fleet."""
+
+    secret: str  # label, env:NAME or file:PATH
+    keys: list[str]
+    old: str
+    new: str
+    devices: int = Field(description="Devices whose files changed by this secret only.")
+
+    def describe(self) -> str:
+        ref = SecretRef.from_label(self.secret)
+        return (f"{', '.join(self.keys) or 'settings'}: {ref.describe()} changed (fingerprint {self.old} -> "
+                f"{self.new}) on {self.devices} device(s) that embed it; nothing else changed with it unless "
+                f"listed above")
+
+
 class TreeDiff(BaseModel):
     added: list[DeviceDiff] = Field(default_factory=list)
     removed: list[DeviceDiff] = Field(default_factory=list)
@@ -84,10 +112,13 @@ class TreeDiff(BaseModel):
     pseudonyms_changed: int = Field(default=0, description=(
         "Devices whose user_email pseudonym changed, when it changed on every device present in both "
         "folders (a key rotation): counted here once instead of listed per device."))
+    secrets_changed: list[SecretChange] = Field(default_factory=list, description=(
+        "Referenced secrets that were rotated; devices whose files changed by them only are counted here."))
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.fleet or self.pseudonyms_changed)
+        return not (self.added or self.removed or self.changed or self.fleet or self.pseudonyms_changed
+                    or self.secrets_changed)
 
     def lines(self) -> list[str]:
         out = [f"+ {d.serial} ({d.platform}, team {json.dumps(d.team, ensure_ascii=False)})" for d in self.added]
@@ -101,10 +132,13 @@ class TreeDiff(BaseModel):
         if self.pseudonyms_changed:
             out.append(f"~ user_email pseudonyms changed on all {self.pseudonyms_changed} devices (key rotation?); "
                        f"no other attribute changed with them unless listed above")
+        out += [f"~ {change.describe()}" for change in self.secrets_changed]
         if not self.identical:
             summary = f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed."
-            if self.pseudonyms_changed:
-                summary = summary.removesuffix(".") + " beyond the pseudonyms."
+            if self.pseudonyms_changed or self.secrets_changed:
+                beyond = " and ".join(word for word, on in (("the pseudonyms", self.pseudonyms_changed),
+                                                            ("the rotated secrets", self.secrets_changed)) if on)
+                summary = summary.removesuffix(".") + f" beyond {beyond}."
             if self.fleet:
                 summary += f" {len(self.fleet)} fleet file(s) changed."
             out.append(summary)
@@ -118,9 +152,47 @@ def trees(old: Path, new: Path) -> TreeDiff:
         return _compare(before, after)
 
 
+@dataclass
+class _Secrets:
+    """What diff must not show: env variables whose values are secret, and the settings keys that
+    embed a referenced secret, each with that secret's fingerprint on either side."""
+
+    env: set[str]
+    embedded: dict[str, list[tuple[SecretRef, str | None, str | None]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, old: CheckedOutput, new: CheckedOutput) -> _Secrets:
+        found = cls(set(SECRET_ENV) | set(old.manifest.secret_env) | set(new.manifest.secret_env))
+        before, after = old.manifest.secrets or {}, new.manifest.secrets or {}
+        for label in sorted(set(before) | set(after)):
+            old_fp = before[label].fingerprint[:SHOWN_FINGERPRINT] if label in before else None
+            new_fp = after[label].fingerprint[:SHOWN_FINGERPRINT] if label in after else None
+            keys = set(before[label].keys if label in before else []) | set(after[label].keys if label in after else [])
+            for key in keys:
+                found.embedded.setdefault(key, []).append((SecretRef.from_label(label), old_fp, new_fp))
+        return found
+
+    def note(self, key: str) -> str | None:
+        """The line for a changed key that embeds a secret: its fingerprints, never the value."""
+        refs = self.embedded.get(key)
+        if not refs:
+            return None
+        parts = []
+        for ref, old_fp, new_fp in refs:
+            if old_fp == new_fp:
+                parts.append(f"{ref.describe()} unchanged (fingerprint {old_fp})")
+            else:
+                parts.append(f"{ref.describe()} changed (fingerprint {old_fp or '(absent)'} -> {new_fp or '(absent)'})")
+        if all(old_fp != new_fp for _ref, old_fp, new_fp in refs):
+            return "; ".join(parts)  # e.g. "secret OTEL_TOKEN changed (fingerprint ab12cd34 -> 9f8e7d6c)"
+        return "changed (secret value not shown; " + "; ".join(parts) + ")"
+
+
 def _compare(old: CheckedOutput, new: CheckedOutput) -> TreeDiff:
     old_devices, new_devices = old.manifest.devices, new.manifest.devices
-    secrets = set(SECRET_ENV) | set(old.manifest.secret_env) | set(new.manifest.secret_env)
+    secrets = _Secrets.of(old, new)
+    rotated = _rotated(old, new)
+    folded: dict[str, int] = dict.fromkeys(rotated, 0)
     result = TreeDiff()
     for serial in sorted(set(new_devices) - set(old_devices)):
         entry = new_devices[serial]
@@ -132,6 +204,11 @@ def _compare(old: CheckedOutput, new: CheckedOutput) -> TreeDiff:
         before, after = old_devices[serial], new_devices[serial]
         if (before.files, before.team, before.platform) == (after.files, after.team, after.platform):
             continue
+        by_rotation = _only_rotated(before, after, rotated)
+        if by_rotation:
+            for label in by_rotation:
+                folded[label] += 1
+            continue
         changes = [KeyChange(where="device", key=key, old=str(getattr(before, key)), new=str(getattr(after, key)))
                    for key in ("platform", "team") if getattr(before, key) != getattr(after, key)]
         changes += _files_changes(old, new, {n: device_path(serial, n) for n in before.files},
@@ -140,12 +217,35 @@ def _compare(old: CheckedOutput, new: CheckedOutput) -> TreeDiff:
             result.changed.append(DeviceDiff(serial=serial, platform=after.platform.value, team=after.team,
                                              changes=changes))
     _summarise_rotation(result, len(set(old_devices) & set(new_devices)))
+    after_secrets = new.manifest.secrets or {}
+    for label, (old_fp, new_fp) in rotated.items():
+        if folded[label]:
+            result.secrets_changed.append(SecretChange(secret=label, keys=after_secrets[label].keys, old=old_fp,
+                                                       new=new_fp, devices=folded[label]))
     for relpath in sorted(set(old.manifest.fleet) | set(new.manifest.fleet)):
         changes = _files_changes(old, new, {relpath: relpath} if relpath in old.manifest.fleet else {},
                                  {relpath: relpath} if relpath in new.manifest.fleet else {}, secrets)
         if changes:
             result.fleet.append(FleetFileDiff(path=relpath, changes=changes))
     return result
+
+
+def _rotated(old: CheckedOutput, new: CheckedOutput) -> dict[str, tuple[str, str]]:
+    """Secrets embedded on both sides whose keyed fingerprint changed, with the shown fingerprints."""
+    before, after = old.manifest.secrets or {}, new.manifest.secrets or {}
+    return {label: (before[label].fingerprint[:SHOWN_FINGERPRINT], after[label].fingerprint[:SHOWN_FINGERPRINT])
+            for label in sorted(set(before) & set(after)) if before[label].fingerprint != after[label].fingerprint}
+
+
+def _only_rotated(before: ManifestDevice, after: ManifestDevice, rotated: dict[str, tuple[str, str]]) -> list[str]:
+    """The rotated secrets that explain all of a device's change, or [] when something else changed:
+    same team, platform, file names and secrets, and the same digest of its files with the secrets
+    blanked (``redacted``, written by the compile)."""
+    if (not before.secrets or before.secrets != after.secrets or not before.redacted
+            or before.redacted != after.redacted or (before.team, before.platform) != (after.team, after.platform)
+            or set(before.files) != set(after.files)):
+        return []
+    return [label for label in before.secrets if label in rotated]
 
 
 def _summarise_rotation(result: TreeDiff, common: int) -> None:
@@ -188,7 +288,7 @@ def _only_pseudonym(change: KeyChange) -> bool | None:
 
 
 def _files_changes(old: CheckedOutput, new: CheckedOutput, before: dict[str, str], after: dict[str, str],
-                   secrets: set[str]) -> list[KeyChange]:
+                   secrets: _Secrets) -> list[KeyChange]:
     """What changed between two sets of files (one device's, or one fleet file), by name -> relpath.
 
     The settings section is compared across every kind present on both sides: a key that changed
@@ -225,7 +325,7 @@ def _files_changes(old: CheckedOutput, new: CheckedOutput, before: dict[str, str
 
 
 def _settings_changes(settings: dict[str, dict[str, tuple[Any, Any]]], kinds: dict[str, ArtifactKind | None],
-                      secrets: set[str]) -> list[KeyChange]:
+                      secrets: _Secrets) -> list[KeyChange]:
     changes = []
     for key in sorted({key for changed in settings.values() for key in changed}):
         pairs = [changed.get(key) for changed in settings.values()]
@@ -268,9 +368,13 @@ def _semantic(tree: CheckedOutput, relpath: str, kind: ArtifactKind) -> registry
     return meaning
 
 
-def _key_change(where: str, key: str, pair: tuple[Any, Any], secrets: set[str]) -> KeyChange:
+def _key_change(where: str, key: str, pair: tuple[Any, Any], secrets: _Secrets) -> KeyChange:
     old, new = pair
-    secret = key.startswith("env.") and key[4:] in secrets
+    note = secrets.note(key)
+    if note is not None:  # never a hash of a value that holds a referenced secret
+        return KeyChange(where=where, key=key, secret=True, note=note, old_present=pair[0] is not _ABSENT,
+                         new_present=pair[1] is not _ABSENT)
+    secret = key.startswith("env.") and key[4:] in secrets.env
     if secret:
         old = _fingerprint(old) if old is not _ABSENT else None
         new = _fingerprint(new) if new is not _ABSENT else None

@@ -159,6 +159,8 @@ class CompiledDevice(BaseModel):
     device: Device
     inputs: str
     files: dict[str, bytes] | None = None
+    secrets: tuple[str, ...] = ()  # labels (env:NAME, file:PATH) of the secrets its files embed
+    redacted: str | None = None  # digest of its files with those secrets blanked (see ManifestDevice)
 
 
 class ManifestFile(BaseModel):
@@ -179,11 +181,26 @@ class ManifestDevice(BaseModel):
     inputs: str = Field(default="", description="Fingerprint of the device's inputs; unchanged means not "
                         "re-rendered (empty in manifests of older versions: always re-rendered).")
     files: dict[str, ManifestFile]
+    secrets: list[str] | None = Field(default=None, description=(
+        "Labels (env:NAME, file:PATH) of the secrets this device's files embed; its files are mode 0600."))
+    redacted: str | None = Field(default=None, description=(
+        "First 32 hex digits of a sha256 of the device's files with every embedded secret value blanked: "
+        "equal on both sides of a diff means the files differ only by their secrets (a rotation)."))
 
     @field_validator("files")
     @classmethod
     def _safe_file_names(cls, files: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
         return _safe_keys(files, "file name")
+
+
+class ManifestSecret(BaseModel):
+    """A secret the compile resolved: its keyed fingerprint (never the value) and the settings
+    keys that embed it, which ``diff`` never shows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fingerprint: str
+    keys: list[str] = Field(default_factory=list)
 
 
 class Manifest(BaseModel):
@@ -205,6 +222,8 @@ class Manifest(BaseModel):
     devices: dict[str, ManifestDevice]
     fleet: dict[str, ManifestFile] = Field(
         default_factory=dict, description="Fleet-level files by path from the folder's root.")
+    secrets: dict[str, ManifestSecret] | None = Field(
+        default=None, description="Secrets embedded by some device, by label (env:NAME, file:PATH).")
 
     @field_validator("devices")
     @classmethod

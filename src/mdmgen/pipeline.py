@@ -6,6 +6,7 @@ later publishers and benchmarks call it too. It writes nothing: ``output`` does 
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections import Counter
@@ -15,7 +16,18 @@ from pathlib import Path
 
 from . import attributes, envschema, inventory, policy, secrets
 from .emit import registry
-from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
+from .messages import redact
+from .models import (
+    CompiledDevice,
+    Device,
+    Location,
+    Manifest,
+    ManifestSecret,
+    MdmgenError,
+    Platform,
+    Problem,
+    Settings,
+)
 from .progress import NO_PROGRESS, Progress
 from .render import Renderer
 
@@ -31,6 +43,7 @@ class CompileResult:
     rendered: int = 0  # devices rendered this run; the others were unchanged and reused
     secret_env: list[str] = field(default_factory=list)
     fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
+    secrets: dict[str, ManifestSecret] = field(default_factory=dict)  # by label; fingerprints, never values
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -75,6 +88,31 @@ def _leaks(files: Mapping[str, bytes], email: str) -> bool:
     return False
 
 
+def check_headers_helper(settings: Settings, device: Device) -> list[Problem]:
+    """``otelHeadersHelper`` (a top-level setting, see the reference §8.3) is a command that prints
+    the export headers, so no token sits in the file. The client runs it only for the HTTP
+    protocols and only with telemetry on; anything else would silently send no credentials."""
+    helper = settings.get("otelHeadersHelper")
+    if helper is None:
+        return []
+
+    def problem(message: str) -> Problem:
+        return Problem(location=device.location, field="otelHeadersHelper", message=message,
+                       serial=device.serial, row=True)
+
+    if not isinstance(helper, str) or not helper.strip():
+        return [problem("must be the path of an executable or a command line (a non-empty string)")]
+    env = settings.get("env") if isinstance(settings.get("env"), dict) else {}
+    problems = []
+    if env.get("CLAUDE_CODE_ENABLE_TELEMETRY") != "1":
+        problems.append(problem("is run only with CLAUDE_CODE_ENABLE_TELEMETRY=1"))
+    protocols = {env.get(f"OTEL_EXPORTER_OTLP_{s}PROTOCOL") for s in ("", "METRICS_", "LOGS_", "TRACES_")}
+    if "grpc" in protocols:
+        problems.append(problem("works with the http/protobuf and http/json protocols only; grpc sends only "
+                                "OTEL_EXPORTER_OTLP_HEADERS"))
+    return problems
+
+
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
@@ -84,7 +122,63 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
 
     A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
     it is returned with ``files=None`` and the output stage keeps its files.
+
+    Every problem's message has every resolved secret value redacted (in every form it can take)
+    before it leaves: a template error such as ``{{ {}[secret("T")] }}`` names the missing key.
     """
+    try:
+        result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
+                                previous=previous, progress=progress)
+    except MdmgenError as exc:
+        raise MdmgenError(_redacted(exc.problems)) from None
+    result.problems = _redacted(result.problems)
+    return result
+
+
+def _redacted(problems: list[Problem]) -> list[Problem]:
+    values = secrets.resolved_values()
+    if not values:
+        return problems
+    forms = sorted({form for value in values for form in secrets.forms(value)}, key=len, reverse=True)
+    return [p.model_copy(update={"message": redact(p.message, forms)}) for p in problems]
+
+
+def _blanks(values: Mapping[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """For each secret label, every form of its value and what replaces it, longest first."""
+    return {label: sorted(((form.encode("utf-8"), f"<{label}>".encode()) for form in secrets.forms(value)),
+                          key=lambda pair: len(pair[0]), reverse=True)
+            for label, value in values.items()}
+
+
+def _blanked(files: Mapping[str, bytes], blanks: Mapping[str, list[tuple[bytes, bytes]]],
+             labels: Iterable[str]) -> str:
+    """sha256 of a device's files with each of its secrets (every form) replaced by its label, so
+    two trees whose files differ only by a rotated secret give the same digest (see ``diff``)."""
+    outer = hashlib.sha256()
+    replacements = sorted((pair for label in labels for pair in blanks[label]), key=lambda pair: len(pair[0]),
+                          reverse=True)
+    for name in sorted(files):
+        data = files[name]
+        for form, label in replacements:
+            data = data.replace(form, label)
+        outer.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
+    return outer.hexdigest()[:32]  # 128 bits: a change detector, kept short for 100,000-line manifests
+
+
+def _fleet_leaks(fleet_files: Mapping[str, bytes], values: Iterable[str], where: Location) -> list[Problem]:
+    """A fleet file (the collector's config) must name a secret (``${env:NAME}``), never hold it."""
+    problems = []
+    for relpath, data in sorted(fleet_files.items()):
+        text = data.decode("utf-8", errors="replace")
+        if any(form in text for value in values for form in secrets.forms(value)):
+            problems.append(Problem(location=where, field=relpath, message=(
+                "this fleet file would hold a secret value; it must refer to it instead")))
+    return problems
+
+
+def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
+                   var_overrides: Mapping[str, str], *, skip_invalid: bool,
+                   previous: Manifest | None, progress: Progress) -> CompileResult:
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
     inv = inventory.load(list(inventory_paths), loaded.policy.columns)
@@ -97,6 +191,9 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
                            secret_env=list(loaded.policy.secret_env))
+    secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
+    blanks = _blanks(secret_values)
+    embedded: set[str] = set()
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
     known = previous.devices if previous else {}
@@ -110,15 +207,19 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
             raw_email = device.user_email
             device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
         inputs = renderer.inputs(device, raw_email)
+        labels = tuple(ref.label for ref in renderer.secrets_used(device))
         before = known.get(device.serial)
         if before is not None and before.inputs == inputs:
-            result.devices.append(CompiledDevice(device=device, inputs=inputs))
+            embedded.update(labels)
+            result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels,
+                                                 redacted=before.redacted))
             continue
         result.rendered += 1
         settings, problems = renderer.render(device, raw_email)
         if settings is not None:
             problems = check_settings(settings, device, allow_content,
                                       lambda name, device=device: renderer.env_origin(device, name))
+            problems += check_headers_helper(settings, device)
         if problems or settings is None:
             result.problems.extend(problems)
             continue
@@ -130,10 +231,22 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                         "column or template; use 'user_email' (the pseudonym) there, or 'raw_user_email' "
                         "if the raw address is really meant"))
             continue
-        result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files))
+        embedded.update(labels)
+        redacted = _blanked(files, blanks, labels) if labels else None
+        result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
+                                             redacted=redacted))
     progress.finish()
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
         devices=tuple(c.device for c in result.devices), policy=loaded.policy))
+    leaks = _fleet_leaks(result.fleet_files, secret_values.values(), Location(file=loaded.file))
+    if leaks:
+        raise MdmgenError(leaks)
+    keys = {ref.label: found for ref, found in renderer.secret_keys().items()}
+    fingerprints = {ref.label: fp for ref, fp in renderer.secret_fingerprints().items()}
+    result.secrets = {label: ManifestSecret(fingerprint=fingerprints[label], keys=keys.get(label, []))
+                      for label in sorted(embedded)}
+    result.secret_env = sorted(set(result.secret_env) | {key[4:] for label in embedded for key in keys.get(label, [])
+                                                          if key.startswith("env.") and key.count(".") == 1})
     bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):

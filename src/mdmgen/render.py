@@ -6,6 +6,9 @@ user_email, team and every extra inventory column) and the policy variables; an 
 name is an error, never an empty string. With ``pseudonymise_email`` on, ``user_email`` is the
 device's keyed pseudonym and only ``raw_user_email`` is the address (see ``secrets``); a template
 asking for a plain hash of an email is refused before any device is rendered.
+``{{ secret("NAME") }}`` and ``{{ secret_file("PATH") }}`` are resolved once, in ``check``, before
+any device is rendered (see ``secrets``); a device's inputs fingerprint carries only their keyed
+fingerprints, and a credential in a header must come from one of them.
 ``OTEL_RESOURCE_ATTRIBUTES`` is assembled here from the rendered ``resource_attributes`` and
 encoded by ``attributes.encode``, so no value from the inventory can inject or split an attribute.
 """
@@ -13,6 +16,7 @@ encoded by ``attributes.encode``, so no value from the inventory can inject or s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -20,7 +24,9 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import __version__, attributes
+from . import secrets as secret_refs
 from .canonical import digest
+from .envschema import SECRET_ENV
 from .models import Device, Platform, Problem, Settings
 from .policy import (
     DEVICE_FIELDS,
@@ -57,6 +63,13 @@ class Renderer:
         self.env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
                                                  keep_trailing_newline=True)
         self.env.filters["baggage"] = attributes.encode_value
+        self._secret_functions = {secret_refs.SECRET_FUNCTION: self._secret_env,
+                                  secret_refs.SECRET_FILE_FUNCTION: self._secret_file}
+        self._secret_values: dict[secret_refs.SecretRef, str] = {}
+        self._secret_fingerprints: dict[secret_refs.SecretRef, str] = {}
+        self._secret_keys: dict[secret_refs.SecretRef, set[str]] = {}
+        self._refs: dict[str, list[secret_refs.SecretRef]] = {}
+        self._secrets_used: dict[tuple[Platform, str], list[secret_refs.SecretRef]] = {}
         self._templates: dict[str, jinja2.Template] = {}
         self._merged: dict[tuple[Platform, str], tuple[dict[str, Any], dict[str, Leaf]]] = {}
         self._policy_inputs: dict[tuple[Platform, str], str] = {}
@@ -67,7 +80,8 @@ class Renderer:
 
         Done once before any device is rendered, so a typo is one clear error, not one per device.
         """
-        known = set(DEVICE_FIELDS) | set(self.variables) | set(extra_names)
+        known = set(DEVICE_FIELDS) | set(self.variables) | set(extra_names) | set(secret_refs.SECRET_FUNCTIONS)
+        first_use: dict[secret_refs.SecretRef, Leaf] = {}
         problems: list[Problem] = []
         for clash in sorted(set(self.variables) & set(extra_names)):
             problems.append(Problem(location=self.loaded.location(("variables", clash)),
@@ -82,13 +96,77 @@ class Renderer:
                 if hashing:
                     problems.append(self._problem(leaf, f"{hashing}: {UNKEYED_HASH_MESSAGE}"))
                     continue
+                refs = self._refs[leaf.value] = secret_refs.references_in(ast)
                 self._compile(leaf.value)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(self._problem(leaf, f"template syntax error: {exc.message}"))
                 continue
+            except secret_refs.SecretReferenceError as exc:
+                problems.append(self._problem(leaf, str(exc)))
+                continue
+            if refs and "resource_attributes" in leaf.path:
+                problems.append(self._problem(leaf, "a secret in a resource attribute is sent with every metric "
+                                              "and event to whoever reads the telemetry; put it in a header"))
+                continue
+            for ref in refs:
+                first_use.setdefault(ref, leaf)
+                self._secret_keys.setdefault(ref, set()).add(_settings_key(leaf.path))
             for name in sorted(meta.find_undeclared_variables(ast) - known):
                 problems.append(self._problem(leaf, f"undefined name {name!r} in template"))
+        problems += self._literal_credentials()
+        problems += self._resolve_secrets(first_use)
         return problems
+
+    def _literal_credentials(self) -> list[Problem]:
+        """A header credential written in the policy (or taken from a variable) instead of a secret."""
+        problems = []
+        for leaf in _policy_leaves(self.loaded):
+            if _header_leaf(leaf) and isinstance(leaf.value, str):
+                for name in secret_refs.literal_credentials(leaf.value):
+                    problems.append(self._problem(leaf, _LITERAL_CREDENTIAL.format(name=name)))
+        return problems
+
+    def _resolve_secrets(self, first_use: dict[secret_refs.SecretRef, Leaf]) -> list[Problem]:
+        """Read every referenced secret once; a missing one is an error at the first line using it."""
+        problems = []
+        policy_dir = Path(self.loaded.file).parent
+        for ref, leaf in first_use.items():
+            try:
+                value = secret_refs.resolve(ref, policy_dir)
+            except secret_refs.SecretValueError as exc:
+                problems.append(self._problem(leaf, f"{ref.call()}: {exc}"))
+                continue
+            secret_refs.remember(value)
+            self._secret_values[ref] = value
+            self._secret_fingerprints[ref] = secret_refs.fingerprint(ref, value)
+        return problems
+
+    def secret_values(self) -> dict[secret_refs.SecretRef, str]:
+        """Every resolved secret and its value (to blank them for ``diff`` and keep them out of fleet files)."""
+        return dict(self._secret_values)
+
+    def secret_fingerprints(self) -> dict[secret_refs.SecretRef, str]:
+        return dict(self._secret_fingerprints)
+
+    def secret_keys(self) -> dict[secret_refs.SecretRef, list[str]]:
+        """The settings keys (``env.OTEL_EXPORTER_OTLP_HEADERS``) whose values embed each secret."""
+        return {ref: sorted(keys) for ref, keys in self._secret_keys.items()}
+
+    def secrets_used(self, device: Device) -> list[secret_refs.SecretRef]:
+        """The secrets the device's templates embed (call after ``inputs``)."""
+        return self._secrets_used.get((device.platform, device.team.casefold()), [])
+
+    def _secret_env(self, name: str) -> str:
+        return self._secret_value(secret_refs.SecretRef("env", name))
+
+    def _secret_file(self, path: str) -> str:
+        return self._secret_value(secret_refs.SecretRef("file", path))
+
+    def _secret_value(self, ref: secret_refs.SecretRef) -> str:
+        try:
+            return self._secret_values[ref]
+        except KeyError:  # check() resolves every constant reference; anything else never gets here
+            raise jinja2.TemplateRuntimeError(f"{ref.call()} was not resolved before rendering") from None
 
     def _layers(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
         key = (device.platform, device.team.casefold())
@@ -111,14 +189,19 @@ class Renderer:
             tree, attribute_leaves = self._layers(device)
             leaves = [*_tree_leaves(tree), *attribute_leaves.values()]
             used: set[str] = set()
+            refs: list[secret_refs.SecretRef] = []
             for leaf in leaves:
                 if _is_template(leaf.value):
                     used |= meta.find_undeclared_variables(self.env.parse(leaf.value))
+                    refs += [r for r in self._refs.get(leaf.value, []) if r not in refs]
+            self._secrets_used[key] = sorted(refs, key=lambda r: r.label)
+            fingerprints = {r.label: self._secret_fingerprints.get(r, "") for r in self._secrets_used[key]}
             org = self.loaded.policy.org
             self._uses_raw[key] = "raw_user_email" in used
             pseudonym = {"pseudonym_key": self.pseudonymiser.key_id} if self.pseudonymiser else {}
             part = digest({
                 **pseudonym,
+                **({"secrets": fingerprints} if fingerprints else {}),  # keyed: never the values
                 "generator": __version__,
                 "settings": _plain(tree),
                 "attributes": {name: leaf.value for name, leaf in attribute_leaves.items()},
@@ -158,7 +241,8 @@ class Renderer:
         only a template that names ``raw_user_email`` sees it."""
         tree, attribute_leaves = self._layers(device)
         context = {**self.variables, **device.template_fields(),
-                   "raw_user_email": device.user_email if raw_email is None else raw_email}
+                   "raw_user_email": device.user_email if raw_email is None else raw_email,
+                   **self._secret_functions}  # last: a column called 'secret' cannot hide them
         problems: list[Problem] = []
         settings = self._render_tree(tree, context, device, problems)
         rendered_attributes = {
@@ -188,12 +272,34 @@ class Renderer:
         if not _is_template(leaf.value):
             return leaf.value
         try:
-            return self._compile(leaf.value).render(context)
-        except jinja2.TemplateError as exc:
-            problems.append(self._problem(leaf, exc.message or type(exc).__name__, device))
+            rendered = self._compile(leaf.value).render(context)
+            if _header_leaf(leaf):
+                self._check_rendered_header(leaf, rendered, device, problems)
+            return rendered
         except Exception as exc:  # a template can raise anything (e.g. division by zero)
-            problems.append(self._problem(leaf, f"template failed: {exc}", device))
+            if self._refs.get(leaf.value):
+                # Its message could hold the value in any escaping ({}[secret("T")|tojson] names the
+                # key it missed): only the kind of error is shown, and the line to look at.
+                message = (f"template failed ({type(exc).__name__}); the message is not shown because this "
+                           "template reads a secret and it could repeat the value")
+            elif isinstance(exc, jinja2.TemplateError):
+                message = exc.message or type(exc).__name__
+            else:
+                message = f"template failed: {exc}"
+            problems.append(self._problem(leaf, message, device))
         return None
+
+    def _check_rendered_header(self, leaf: Leaf, rendered: str, device: Device, problems: list) -> None:
+        """A credential header whose rendered value holds none of its template's secrets got its
+        token from a variable, a ``--var`` or a column: refused like a literal one."""
+        values = [self._secret_values[r] for r in self._refs.get(leaf.value, []) if r in self._secret_values]
+        try:
+            pairs = attributes.split_pairs(rendered)
+        except attributes.AttributeListError:
+            return  # the env schema reports the format
+        for name, value in pairs:
+            if secret_refs.credential_header(name, value) and not any(v in value for v in values):
+                problems.append(self._problem(leaf, _LITERAL_CREDENTIAL.format(name=name), device))
 
     def _compile(self, source: str) -> jinja2.Template:
         template = self._templates.get(source)
@@ -206,6 +312,32 @@ class Renderer:
         return Problem(location=self.loaded.location(leaf.path), field=dotted(leaf.path),
                        message=message + suffix, serial=device.serial if device else None,
                        row=device is not None)
+
+
+_LITERAL_CREDENTIAL = ('header {name!r} carries a credential that is not read from a secret; write it as '
+                       '{{{{ secret("NAME") }}}} (an environment variable) or {{{{ secret_file("PATH") }}}}, '
+                       'never in the policy or a --var (which shows in ps)')
+
+
+def _settings_key(path: tuple[str | int, ...]) -> str:
+    """The key a settings leaf has in the compiled file (``env.X``), lists counting whole, as ``diff``
+    compares them; a resource attribute counts as ``env.OTEL_RESOURCE_ATTRIBUTES``."""
+    if "resource_attributes" in path:
+        return "env.OTEL_RESOURCE_ATTRIBUTES"
+    rest = path[1:] if path[0] == "settings" else path[3:]
+    keys = []
+    for part in rest:
+        if isinstance(part, int):
+            break
+        keys.append(str(part))
+    return ".".join(keys)
+
+
+def _header_leaf(leaf: Leaf) -> bool:
+    """Whether a settings leaf becomes an OTLP header variable."""
+    path = leaf.path
+    rest = path[1:] if path and path[0] == "settings" else path[3:] if len(path) > 3 and path[2] == "settings" else ()
+    return len(rest) == 2 and rest[0] == "env" and rest[1] in SECRET_ENV
 
 
 def _unkeyed_hashing(ast: nodes.Template) -> str | None:

@@ -1,7 +1,7 @@
 """Secrets mdmgen handles itself: the pseudonym key, and the keyed pseudonyms made with it.
 
-This module is the room for resolving secret references, keyed fingerprints and redaction; for
-now it holds only what ``pseudonymise_email: true`` needs. A pseudonym is
+It also resolves the secrets a policy refers to (``{{ secret("NAME") }}``, ``{{ secret_file("PATH") }}``)
+and fingerprints them with a keyed digest (see the second half). A pseudonym is
 
     "u-" + hex(HMAC-SHA256(key, normalised email as UTF-8))[:32]
 
@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import json
 import os
 import re
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, quote_plus
+
+import jinja2
+from jinja2 import nodes
 
 from .inputfile import InputFileError, read_input
 
@@ -118,3 +126,227 @@ def load_key(environ: Mapping[str, str] | None = None) -> Pseudonymiser:
     if len(key) < MIN_KEY_BYTES:
         raise PseudonymKeyError(f"the key in {source} is {len(key)} bytes; it must be at least {MIN_KEY_BYTES}")
     return Pseudonymiser(key)
+
+
+# --- secrets by reference: {{ secret("NAME") }} and {{ secret_file("PATH") }} ---------------------
+#
+# A policy names a secret; the value is read at compile time, once, before any device is rendered.
+# The value goes only into the device files whose templates call for it. Everything else mdmgen
+# writes or prints (manifest, inputs fingerprints, diff, logs, --json, errors) carries at most a
+# *keyed fingerprint*: scrypt of the value (N=2**15, r=8, p=1: 32 MiB and about 0.1 s per guess on
+# one core) salted with a fixed label and the secret's name. A plain SHA-256 prefix of a short or
+# guessable token would be reversed by trying tokens; scrypt makes each guess cost memory and time,
+# and the salt makes one guess useless against another secret's fingerprint. The salt is fixed (not
+# random) on purpose: the same value must give the same fingerprint on every run and machine, so an
+# unchanged token re-renders nothing and a rotated one re-renders every device that embeds it.
+
+SECRET_FUNCTION = "secret"
+SECRET_FILE_FUNCTION = "secret_file"
+SECRET_FUNCTIONS = (SECRET_FUNCTION, SECRET_FILE_FUNCTION)
+MAX_SECRET_FILE_BYTES = 64 << 10
+"""A token is a few hundred bytes; 64 KiB is a certificate chain at most, and bounds the read."""
+MIN_SECRET_CHARS = 8
+"""Shorter values are refused: a credential that short is guessable, and redacting it from error
+messages would also blank ordinary words that happen to contain it."""
+FINGERPRINT_CHARS = 16
+"""Hex digits of the keyed fingerprint kept in the manifest (64 bits); ``diff`` shows the first 8."""
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1, "maxmem": 64 << 20, "dklen": 32}
+_FINGERPRINT_LABEL = b"mdmgen secret fingerprint v1"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One secret a template refers to: an environment variable, or a file (its path as written,
+    relative to the policy file that holds the template)."""
+
+    kind: Literal["env", "file"]
+    name: str
+
+    @property
+    def label(self) -> str:
+        """``env:NAME`` or ``file:PATH``: how the manifest names it."""
+        return f"{self.kind}:{self.name}"
+
+    def describe(self) -> str:
+        """How a person reads it: ``secret OTEL_TOKEN`` / ``secret_file tokens/otel.token``."""
+        return f"{SECRET_FUNCTION if self.kind == 'env' else SECRET_FILE_FUNCTION} {self.name}"
+
+    def call(self) -> str:
+        function = SECRET_FUNCTION if self.kind == "env" else SECRET_FILE_FUNCTION
+        return f"{function}({json.dumps(self.name)})"
+
+    @classmethod
+    def from_label(cls, label: str) -> SecretRef:
+        kind, _, name = label.partition(":")
+        if kind not in ("env", "file") or not name:
+            raise ValueError(f"not a secret label: {label!r}")
+        return cls(kind, name)  # type: ignore[arg-type]
+
+
+class SecretReferenceError(ValueError):
+    """A template calls secret()/secret_file() in a way that cannot be resolved before rendering."""
+
+
+class SecretValueError(ValueError):
+    """A referenced secret is missing or unusable; the message names it, never its value."""
+
+
+_PARSER = jinja2.Environment()  # parsing only: nothing is rendered with it
+
+
+def references(source: str) -> list[SecretRef]:
+    """The secret()/secret_file() calls in one template string, in order, without repeats.
+
+    Every argument must be one constant string, so what a compile needs is known before any
+    device is rendered (and the collector side can write ``${env:NAME}`` for the same names).
+    Raises SecretReferenceError for anything else (a variable as the name, a second argument, the
+    function used without being called), and jinja2.TemplateSyntaxError for a broken template."""
+    return references_in(_PARSER.parse(source))
+
+
+def references_in(ast: nodes.Template) -> list[SecretRef]:
+    """:func:`references` over an already parsed template."""
+    found: list[SecretRef] = []
+    calls: set[int] = set()
+    for call in ast.find_all(nodes.Call):
+        if not (isinstance(call.node, nodes.Name) and call.node.name in SECRET_FUNCTIONS):
+            continue
+        calls.add(id(call.node))
+        function = call.node.name
+        arg = call.args[0] if len(call.args) == 1 else None
+        if (arg is None or call.kwargs or call.dyn_args or call.dyn_kwargs
+                or not isinstance(arg, nodes.Const) or not isinstance(arg.value, str)):
+            raise SecretReferenceError(f"{function}() takes one constant string, e.g. "
+                                       f"{function}(\"OTEL_TOKEN\"), so the secret is known before rendering")
+        ref = SecretRef("env" if function == SECRET_FUNCTION else "file", arg.value)
+        problem = _bad_reference(ref)
+        if problem:
+            raise SecretReferenceError(f"{function}({json.dumps(ref.name)}): {problem}")
+        if ref not in found:
+            found.append(ref)
+    for name in ast.find_all(nodes.Name):
+        if name.name in SECRET_FUNCTIONS and id(name) not in calls:
+            raise SecretReferenceError(f"{name.name} must be called directly, as {name.name}(\"...\")")
+    return found
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _bad_reference(ref: SecretRef) -> str | None:
+    if ref.kind == "env":
+        return None if _ENV_NAME_RE.match(ref.name) else "not an environment variable name"
+    if not ref.name or "\x00" in ref.name:
+        return "not a file path"
+    return None
+
+
+def resolve(ref: SecretRef, policy_dir: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The value of one secret; raises SecretValueError saying what is wrong, never the value.
+
+    A file is read like every other input (a regular file, bounded), relative to the folder of the
+    policy file, as UTF-8, with one trailing newline (LF or CRLF) stripped, since editors and
+    ``echo`` add one and a token with a newline is a broken header."""
+    if ref.kind == "env":
+        env = os.environ if environ is None else environ
+        value = env.get(ref.name)
+        if value is None:
+            raise SecretValueError(f"environment variable {ref.name} is not set")
+        source = f"environment variable {ref.name}"
+    else:
+        path = policy_dir / ref.name
+        try:
+            data = read_input(path, MAX_SECRET_FILE_BYTES)
+        except FileNotFoundError:
+            raise SecretValueError(f"no such file: {path}") from None
+        except InputFileError as exc:
+            message = str(exc).replace(f"{MAX_SECRET_FILE_BYTES >> 20} MB", f"{MAX_SECRET_FILE_BYTES >> 10} KiB")
+            raise SecretValueError(f"{path} {message}") from None
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretValueError(f"{path} is not UTF-8 text") from None
+        value = value.removesuffix("\n").removesuffix("\r")
+        source = f"the file {path}"
+    if not value:
+        raise SecretValueError(f"{source} is empty")
+    if len(value) < MIN_SECRET_CHARS:
+        raise SecretValueError(f"{source} holds {len(value)} characters; a secret must have at least "
+                               f"{MIN_SECRET_CHARS}")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise SecretValueError(f"{source} holds a control character (a newline inside the value?); "
+                               "a header value cannot carry one")
+    return value
+
+
+def fingerprint(ref: SecretRef, value: str) -> str:
+    """The keyed fingerprint of a secret value (see the comment above): hex, FINGERPRINT_CHARS long."""
+    salt = _FINGERPRINT_LABEL + b"\x00" + ref.label.encode("utf-8")
+    return hashlib.scrypt(value.encode("utf-8"), salt=salt, **_SCRYPT).hex()[:FINGERPRINT_CHARS]
+
+
+def forms(value: str) -> set[str]:
+    """The ways a value can appear in a file or a message: as written, JSON-escaped, XML-escaped,
+    percent-encoded (attributes, URLs, forms) and as Python's repr escapes it."""
+    found = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+             html.escape(value, quote=False), html.escape(value), quote(value, safe=""), quote_plus(value),
+             repr(value)[1:-1]}
+    return {form for form in found if form}
+
+
+_RESOLVED: dict[str, None] = {}
+"""Every secret value resolved by this process, so last-resort paths (an internal error's message)
+can redact them too; values only, never written anywhere."""
+
+
+def remember(value: str) -> None:
+    _RESOLVED[value] = None
+
+
+def resolved_values() -> list[str]:
+    """The secret values this process has resolved (for :func:`messages.redact`)."""
+    return list(_RESOLVED)
+
+
+# --- credentials written into a header by hand ---------------------------------------------------
+
+_CREDENTIAL_HEADER = re.compile(
+    r"(^|[-_])(authorization|auth|token|api-?key|apikey|key|secret|password|passwd|credentials?|dsn)([-_]|$)"
+    r"|^x-honeycomb-team$", re.IGNORECASE)
+_CREDENTIAL_SCHEME = re.compile(r"^\s*(bearer|basic|token|apikey|api-key|digest)\s+\S", re.IGNORECASE)
+_EXPRESSION = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def credential_header(name: str, value: str) -> bool:
+    """Whether one ``Name=value`` header pair carries a credential: by its name (Authorization,
+    X-Api-Key, ...-Token, X-Honeycomb-Team) or by its value's scheme (``Bearer …``, ``Basic …``)."""
+    return bool(_CREDENTIAL_HEADER.search(name.strip()) or _CREDENTIAL_SCHEME.match(value))
+
+
+def literal_credentials(source: str) -> list[str]:
+    """The header names in a headers value as written in the policy (``Name=value,...``, maybe a
+    template) whose credential is not taken from secret()/secret_file(): a literal token, or one
+    from a variable or ``--var`` (which sits in the audit repository, or shows in ``ps``)."""
+    holes: list[str] = []
+
+    def hole(match: re.Match[str]) -> str:
+        holes.append(match.group(0))
+        return f"\x00{len(holes) - 1}\x00"
+
+    text = _EXPRESSION.sub(hole, source)
+    bad = []
+    for pair in text.split(","):
+        name, sep, value = pair.partition("=")
+        if not sep or "\x00" in name or not credential_header(name, value):
+            continue
+        used = [holes[int(index)] for index in re.findall(r"\x00(\d+)\x00", value)]
+        if not any(_calls_secret(expression) for expression in used):
+            bad.append(name.strip())
+    return bad
+
+
+def _calls_secret(expression: str) -> bool:
+    try:
+        return bool(references(expression))
+    except (SecretReferenceError, jinja2.TemplateSyntaxError):
+        return False

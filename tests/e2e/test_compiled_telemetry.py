@@ -62,7 +62,9 @@ def write_inputs(folder: Path) -> None:
     policy = SHIPPED_POLICY.read_text(encoding="utf-8")
     anchor = '    OTEL_EXPORTER_OTLP_ENDPOINT: "{{ otlp_endpoint }}"\n'
     assert anchor in policy, "the shipped policy changed; update this test's anchor"
-    policy = policy.replace(anchor, anchor + f'    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {TOKEN}"\n')
+    # The token comes only from the environment (OTEL_TOKEN, set by mdmgen_compile), as IT runs it.
+    header = '    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {{ secret(\'OTEL_TOKEN\') }}"\n'
+    policy = policy.replace(anchor, anchor + header)
     (folder / "profiles").mkdir()
     (folder / "profiles" / "policy.yaml").write_text(policy, encoding="utf-8")
 
@@ -71,7 +73,7 @@ def mdmgen_compile(folder: Path, endpoint: str, protocol: str, env: dict[str, st
     """Run `mdmgen compile` as a separate process, the way IT runs it; return the output folder.
 
     ``env`` sets (or, with None, removes) environment variables for that process."""
-    environ = dict(os.environ)
+    environ = {**os.environ, "OTEL_TOKEN": TOKEN}
     for name, value in (env or {}).items():
         if value is None:
             environ.pop(name, None)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..emit import registry
 from ..envschema import SECRET_ENV
-from ..models import CompiledDevice, Manifest, ManifestDevice, ManifestFile
+from ..models import CompiledDevice, Manifest, ManifestDevice, ManifestFile, ManifestSecret
 from .layout import MANIFEST_FILE, MAX_MANIFEST_BYTES, OutputError, read_regular
 
 
@@ -79,16 +79,19 @@ def manifest_entry(compiled: CompiledDevice, previous: Manifest | None) -> Manif
     for name, data in compiled.files.items():
         kind = registry.get(name)
         files[name] = file_entry(data, kind.install_path(device.platform) if kind else None)
-    return ManifestDevice(platform=device.platform, team=device.team, inputs=compiled.inputs, files=files)
+    return ManifestDevice(platform=device.platform, team=device.team, inputs=compiled.inputs, files=files,
+                          secrets=list(compiled.secrets) or None, redacted=compiled.redacted)
 
 
 def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = None,
-                   secret_env: list[str] | None = None, fleet_files: dict[str, bytes] | None = None) -> Manifest:
+                   secret_env: list[str] | None = None, fleet_files: dict[str, bytes] | None = None,
+                   secrets: dict[str, ManifestSecret] | None = None) -> Manifest:
     devices = {c.device.serial: manifest_entry(c, previous) for c in compiled}
     fleet = {relpath: file_entry(data) for relpath, data in sorted((fleet_files or {}).items())}
     return Manifest(generator="mdmgen", version=__version__,
                     secret_env=sorted(set(SECRET_ENV) | set(secret_env or [])),
-                    devices=dict(sorted(devices.items())), fleet=fleet)
+                    devices=dict(sorted(devices.items())), fleet=fleet,
+                    secrets=dict(sorted(secrets.items())) if secrets else None)
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
@@ -129,8 +132,14 @@ def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
     return changes
 
 
-def write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data``; never through a symlink or over an existing entry."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+SECRET_FILE_MODE = 0o600
+"""Files that embed a secret value are readable by their owner only (the manifest still hashes them)."""
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Create ``path`` with ``data``; never through a symlink or over an existing entry. The file is
+    created with ``mode`` (less the umask), so a secret-bearing file is never readable by others,
+    not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -20,10 +20,10 @@ import stat
 import sys
 from pathlib import Path
 
-from ..models import CompiledDevice, Manifest, ManifestFile, unsafe_name
+from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
-from .manifest import Changes, build_manifest, compare, manifest_bytes, write_new
+from .manifest import SECRET_FILE_MODE, Changes, build_manifest, compare, load_manifest, manifest_bytes, write_new
 from .reader import Check, CheckedOutput, read_tree
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,24 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
 
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
-          fresh: bool = False, progress: Progress = NO_PROGRESS) -> Changes:
+          fresh: bool = False, progress: Progress = NO_PROGRESS,
+          secrets: dict[str, ManifestSecret] | None = None) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
     are hard-linked from it rather than rewritten, unless they did not check out; if the new
     manifest equals the previous one and everything checked out, nothing is touched. With
     ``fresh`` (``--full``) the staging tree is rebuilt from nothing.
+
+    The files of a device that embeds a secret are mode 0600. After a compile that rotated a secret
+    (a fingerprint changed, or a secret is no longer used), the kept generation is rebuilt from the
+    new tree, as after a repair: the tree just replaced holds the old token, and it must not stay
+    readable on disk beside the output folder.
     """
     target = target_of(out)
     fleet_files = fleet_files or {}
     old = previous.manifest if previous else None
-    manifest = build_manifest(compiled, old, secret_env, fleet_files)
+    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets)
     new_manifest = manifest_bytes(manifest)
     changes = compare(manifest, old)
     changes.repaired = sorted(previous.problems) if previous else []
@@ -68,13 +74,14 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            if not _is_complete_generation(sidecar(target, "prev")):
+            prev = sidecar(target, "prev")
+            if not _is_complete_generation(prev) or _holds_other_secrets(prev, manifest):
                 _keep_generation(target, manifest)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
-        if changes.repaired:
+        if changes.repaired or _secrets_rotated(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
-            # with it through a hard link): keep the new tree as the generation instead.
+            # with it through a hard link), or the old token: keep the new tree as the generation.
             _keep_generation(target, manifest)
     except OutputError:
         _remove(sidecar(target, "new"))
@@ -104,20 +111,22 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     counts = {"written": 0, "linked": 0, "kept": 0}
 
     def place(relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
-              before: ManifestFile | None) -> None:
+              before: ManifestFile | None, secret: bool = False) -> None:
         dest = staging / relpath
         if staged_meta is not None:
             if staged_meta.sha256 == meta.sha256:
                 counts["kept"] += 1  # the staging generation already has these bytes
+                _restrict(dest, secret)
                 return
             os.unlink(dest)
         if before is not None and before.sha256 == meta.sha256 and relpath not in damaged:
             os.link(target / relpath, dest, follow_symlinks=False)  # same inode: mtime kept
             counts["linked"] += 1
+            _restrict(dest, secret)
             return
         if data is None:
             raise OutputError(f"{target / relpath}: not rendered and not reusable; run compile with --full")
-        write_new(dest, data)
+        write_new(dest, data, SECRET_FILE_MODE if secret else 0o666)
         counts["written"] += 1
 
     devices_dir = staging / DEVICES_DIR
@@ -139,7 +148,8 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         before = current.devices.get(serial) if current else None
         for name, meta in entry.files.items():
             place(f"{DEVICES_DIR}/{serial}/{name}", meta, item.files[name] if item.files else None,
-                  old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None)
+                  old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
+                  secret=bool(entry.secrets))
     progress.finish()
     for serial in set(had.devices) - set(manifest.devices):
         _remove(devices_dir / serial)
@@ -170,6 +180,37 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         os.rename(staging, target)
         os.rename(parked, staging)
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+
+
+def _restrict(path: Path, secret: bool) -> None:
+    """A reused file that embeds a secret is made 0600 if it is not (one linked from a tree an
+    older version wrote); never through a link."""
+    if not secret:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & ~SECRET_FILE_MODE:
+            os.fchmod(fd, SECRET_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _secrets_rotated(old: Manifest | None, new: Manifest) -> bool:
+    """Whether a secret the old tree embedded is gone or has another fingerprint in the new one."""
+    before = (old.secrets or {}) if old else {}
+    after = new.secrets or {}
+    return any(label not in after or after[label].fingerprint != entry.fingerprint
+               for label, entry in before.items())
+
+
+def _holds_other_secrets(generation: Path, manifest: Manifest) -> bool:
+    """Whether a kept generation holds a secret the current tree no longer has (a run killed
+    between the swap and rebuilding the generation after a rotation)."""
+    try:
+        loaded = load_manifest(generation)
+    except OutputError:
+        return True
+    return loaded is not None and _secrets_rotated(loaded.manifest, manifest)
 
 
 def _owned(manifest: Manifest | None) -> set[str]:
