@@ -246,6 +246,22 @@ def test_a_deleted_or_edited_signed_file_is_signed_again(project):
         assert_embeds(project, sn)
 
 
+def test_a_full_compile_checks_the_signed_files_and_keeps_them(project):
+    compile_signed(project)
+    before = _stats(project)
+    result = compile_signed(project, "--full", "-v")
+    assert "signed 0 profile(s); 3 unchanged signed profile(s) kept" in result.output
+    assert _stats(project) == before
+
+
+def test_a_manifest_whose_derived_entry_names_no_listed_file_is_not_an_mdmgen_manifest(project):
+    compile_signed(project)
+    path = project / "output" / "manifest.json"
+    path.write_text(path.read_text().replace('"from": "claude-code.mobileconfig"', '"from": "elsewhere.mobileconfig"'))
+    with pytest.raises(output.OutputError, match="not a valid mdmgen manifest"):
+        output.read(project / "output")
+
+
 def test_pkcs12_with_its_password_from_the_environment(project, monkeypatch):
     monkeypatch.setenv("MDMGEN_SIGN_P12_PASSWORD", P12_PASSWORD)
     result = run(project, "compile", "--sign-p12", "pki/leaf.p12")

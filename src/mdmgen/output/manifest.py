@@ -107,7 +107,11 @@ def with_derived(entry: ManifestDevice, derived: Mapping[str, Derived] | None) -
     files = {name: meta for name, meta in entry.files.items() if name not in old}
     made = {}
     for name, item in sorted((derived or {}).items()):
-        files[name] = item.entry
+        # Everything the source's entry says about it (beyond what the bytes are) holds for a file
+        # that embeds it, so the derived entry starts as a copy of the source's.
+        source = files[item.made.source]
+        files[name] = source.model_copy(update={"sha256": item.entry.sha256, "size": item.entry.size,
+                                                "install_path": item.entry.install_path})
         made[name] = item.made
     return entry.model_copy(update={"files": files, "derived": made or None})
 
