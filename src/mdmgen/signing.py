@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from .emit import cms, registry
 from .inputfile import InputFileError, read_input
-from .models import CompiledDevice, DerivedFile, Location, MdmgenError, Problem
+from .models import CompiledDevice, DerivedFile, Location, ManifestDevice, MdmgenError, Problem
 from .output import CheckedOutput, device_path
 from .output.manifest import Derived, file_entry
 from .progress import NO_PROGRESS, Progress
@@ -223,44 +223,47 @@ def sign_devices(compiled: list[CompiledDevice], previous: CheckedOutput | None,
         return {}
     fingerprint = signer.fingerprint
     derived: dict[str, dict[str, Derived]] = {}
-    signed = kept = 0
     progress.start(len(compiled), "Signing")
     for item in compiled:
         progress.advance()
-        if not SIGNED.applies_to(item.device.platform):
-            continue
-        made = _signed_profile(item, previous, signer, fingerprint)
-        if made is not None:
-            derived[item.device.serial] = {SIGNED.name: made}
-            signed, kept = (signed + 1, kept) if made.data is not None else (signed, kept + 1)
+        if SIGNED.applies_to(item.device.platform):
+            made = _signed_profile(item, previous, signer, fingerprint)
+            if made is not None:
+                derived[item.device.serial] = {SIGNED.name: made}
     progress.finish()
-    log.info("signed %d profile(s); %d unchanged signed profile(s) kept", signed, kept)
+    signed = sum(1 for files in derived.values() if files[SIGNED.name].data is not None)
+    log.info("signed %d profile(s); %d unchanged signed profile(s) kept", signed, len(derived) - signed)
     return derived
 
 
 def _signed_profile(item: CompiledDevice, previous: CheckedOutput | None, signer: Signer,
                     fingerprint: str) -> Derived | None:
+    """One Mac's signed profile: kept when made from these profile bytes with these certificates
+    and still intact on disk, else signed now; None when the Mac has no profile."""
     serial, source = item.device.serial, SIGNED.derived_from
     assert source is not None
-    before = previous.manifest.devices.get(serial) if previous else None
+    before = previous.manifest.devices.get(serial) if previous is not None else None
     if item.files is not None:
         data = item.files.get(source)
         if data is None:
             return None
         source_sha256 = hashlib.sha256(data).hexdigest()
-    else:  # reused unchanged: its profile is the previous tree's
-        assert before is not None and previous is not None
+    else:  # not rendered again (inputs unchanged): its profile is the previous tree's
+        assert previous is not None and before is not None
         if source not in before.files:
             return None
         data, source_sha256 = None, before.files[source].sha256
     made = DerivedFile(source=source, from_sha256=source_sha256, signer_sha256=fingerprint)
-    made_before = (before.derived or {}).get(SIGNED.name) if before else None
-    if (made_before == made and SIGNED.name in before.files
-            and device_path(serial, SIGNED.name) not in previous.problems):
+    if previous is not None and before is not None and _still_right(previous, serial, before, made):
         return Derived(entry=before.files[SIGNED.name], made=made)
     if data is None:
-        checked = previous.file(device_path(serial, source))
+        checked = previous.file(device_path(serial, source)) if previous is not None else None
         assert checked is not None
-        data = checked.read()
+        data = checked.read()  # checked against its digest in the manifest
     signed = signer.sign(data)
     return Derived(entry=file_entry(signed), made=made, data=signed)
+
+
+def _still_right(previous: CheckedOutput, serial: str, before: ManifestDevice, made: DerivedFile) -> bool:
+    return ((before.derived or {}).get(SIGNED.name) == made and SIGNED.name in before.files
+            and device_path(serial, SIGNED.name) not in previous.problems)

@@ -9,6 +9,13 @@ is one :func:`register` call and its emitter, plus the publishers that want it.
 
 Emitters are pure: the same input gives the same bytes (or None: this kind has nothing to
 say for that input, for example a collector file when the policy names no collector).
+
+A *derived* kind (``derived_from`` set: the signed profile) is made from another file of the
+same device by a stage after the compile (``signing``), not by an emitter, and is never
+canonical: the manifest records what it was made from under the device's ``derived`` map, the
+checked reader accepts it and checks that it embeds its source, ``diff`` compares the source
+instead (a derived kind has no sections), S3 uploads it with its content type, and Jamf, which
+asks for ``MAC_PROFILE`` by name, never sees it.
 """
 
 from __future__ import annotations
