@@ -23,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdmgen import output
 from mdmgen.emit import cms
@@ -277,6 +279,12 @@ def test_an_encrypted_pem_key_with_its_password_from_the_environment(project, mo
     assert_embeds(project, MACS[0])
 
 
+def test_a_key_password_set_for_an_unencrypted_key_does_no_harm(project, monkeypatch):
+    monkeypatch.setenv("MDMGEN_SIGN_KEY_PASSWORD", KEY_PASSWORD)
+    compile_signed(project)
+    assert_embeds(project, MACS[0])
+
+
 def test_an_ec_identity_signs_too(project):
     compile_signed(project, cert="pki/ec.pem", key="pki/ec.key")
     for sn in MACS:
@@ -379,6 +387,26 @@ def test_the_embedded_content_reader_refuses_what_is_not_an_attached_signature()
         cms.embedded_content(b'<?xml version="1.0"?><plist/>')
     with pytest.raises(ValueError):
         cms.embedded_content(b"\x30\x84\xff\xff\xff\xff")  # a length far past the end
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_the_embedded_content_reader_answers_any_bytes_with_content_or_one_value_error(data):
+    try:
+        content = cms.embedded_content(b"\x30" + data)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert len(content) < len(data)
+
+
+def test_every_truncation_of_a_signed_profile_is_refused(project):
+    compile_signed(project)
+    signed = device(project, MACS[0], SIGNED).read_bytes()
+    assert cms.embedded_content(signed) == device(project, MACS[0], UNSIGNED).read_bytes()
+    for cut in range(0, len(signed), 7):
+        with pytest.raises(ValueError):
+            cms.embedded_content(signed[:cut])
 
 
 def test_diff_compares_the_unsigned_profiles_and_ignores_signatures(project):
