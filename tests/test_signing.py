@@ -96,6 +96,7 @@ def pki(tmp_path_factory) -> Path:
     now = dt.datetime.now(dt.UTC)
     _dated(folder, "expired", now - dt.timedelta(days=30), now - dt.timedelta(days=1))
     _dated(folder, "future", now + dt.timedelta(days=1), now + dt.timedelta(days=30))
+    _dated(folder, "ending", now - dt.timedelta(days=300), now + dt.timedelta(days=5, hours=1))
     return folder
 
 
@@ -277,6 +278,13 @@ def test_an_encrypted_pem_key_with_its_password_from_the_environment(project, mo
     monkeypatch.setenv("MDMGEN_SIGN_KEY_PASSWORD", KEY_PASSWORD)
     compile_signed(project, key="pki/leaf.enc.key")
     assert_embeds(project, MACS[0])
+
+
+def test_a_certificate_about_to_expire_signs_with_a_warning(project):
+    result = compile_signed(project, cert="pki/ending.pem", key="pki/ending.key")
+    assert "pki/ending.pem: the signing certificate expires on " in result.output
+    assert "(in 5 day(s)); renew it before then" in result.output
+    assert "expires on" not in compile_signed(project).output  # 30 days left: no warning
 
 
 def test_a_key_password_set_for_an_unencrypted_key_does_no_harm(project, monkeypatch):

@@ -35,7 +35,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -58,6 +58,8 @@ P12_PASSWORD_ENV = "MDMGEN_SIGN_P12_PASSWORD"
 MAX_SIGNING_FILE_BYTES = 1 << 20
 """A certificate chain, a key or a PKCS#12 file is a few kilobytes; a megabyte is not one of them."""
 SIGNED = registry.SIGNED_MAC_PROFILE
+EXPIRY_WARNING = timedelta(days=14)
+"""A nightly compile warns this long before the signing certificate expires (and then fails)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,14 @@ def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path 
         certificate = matching[0]
         chain = [c for c in certificates if c is not certificate]
         where, option = cert, "--sign-cert"
-    problems = _certificate_problems(certificate, now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    problems = _certificate_problems(certificate, now)
     if problems:
         raise MdmgenError([_problem(where, option, message) for message in problems])
+    left = certificate.not_valid_after_utc - now
+    if left < EXPIRY_WARNING:
+        log.warning("%s: the signing certificate expires on %s UTC (in %d day(s)); renew it before then",
+                    where, f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M}", left.days)
     return Signer(certificate, private_key, tuple(chain))
 
 
