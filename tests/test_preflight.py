@@ -108,7 +108,11 @@ def test_accepted_token_passes(protocol, fleet):
     assert "not used: plain http to a loopback host" in line(result.stdout, "TLS")
     assert line(result.stdout, "token").startswith("  ok    token     accepted")
     assert "2 devices: LNX-1, WSL-1" in result.stdout
-    assert f"Authorization=sha256:{hashlib.sha256(f'Bearer {TOKEN}'.encode()).hexdigest()[:8]}" in result.stdout
+    # The documented fingerprint (README, Preflight): scrypt N=2**15, r=8, p=1, fixed salt; never a plain sha256.
+    shown = hashlib.scrypt(f"Bearer {TOKEN}".encode(), salt=b"mdmgen shown value fingerprint v1", n=2**15, r=8, p=1,
+                           maxmem=64 << 20, dklen=32).hex()[:8]
+    assert f"Authorization=fp:{shown}" in result.stdout
+    assert hashlib.sha256(f"Bearer {TOKEN}".encode()).hexdigest()[:8] not in result.stdout
     # One EMPTY export per signal, with the token as the client sends it.
     assert sorted(e.signal for e in rx.exports) == ["logs", "metrics"]
     for export in rx.exports:
@@ -266,9 +270,9 @@ def test_fleet_checks_each_distinct_setting_once(workdir):
     assert result.exit_code == 7
     assert len(good.exports) == 2 and len(bad.exports) == 2  # once per signal, not once per device
     assert "Preflight of 2 collector setting(s) used by 3 device(s)" in result.stdout
-    assert f"[1/2] grpc {good.endpoint} | headers Authorization=sha256:" in result.stdout
+    assert f"[1/2] grpc {good.endpoint} | headers Authorization=fp:" in result.stdout
     assert "| 2 devices: LNX-1, WSL-1" in result.stdout
-    assert f"[2/2] grpc {bad.endpoint} | headers Authorization=sha256:" in result.stdout
+    assert f"[2/2] grpc {bad.endpoint} | headers Authorization=fp:" in result.stdout
     assert "| device LNX-2" in result.stdout
     assert "FAILED for 1 of 2 collector setting(s) (1 device(s)): token rejected." in result.stdout
 

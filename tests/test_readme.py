@@ -159,11 +159,11 @@ def clean_env() -> dict[str, str]:
 
 
 def test_the_run_blocks_work_when_pasted_in_order(tmp_path):
-    """Quick start, then trying S3 and Jamf locally, each pasted as one block, as a newcomer would."""
+    """Quick start, then trying S3, Jamf and signing locally, each pasted as one block, as a newcomer would."""
     project = project_copy(tmp_path / "mdmgen")
     blocks = [body for marker, body in shell_blocks() if marker == "run"]
-    assert len(blocks) == 3
-    quick_start, try_s3, try_jamf = blocks
+    assert len(blocks) == 4
+    quick_start, try_s3, try_jamf, try_signing = blocks
 
     result = paste(quick_start, project, clean_env())
     assert result.returncode == 0, result.stdout
@@ -183,6 +183,15 @@ def test_the_run_blocks_work_when_pasted_in_order(tmp_path):
     assert "4 uploaded (4 new, 0 changed)" in summaries[0]  # 4 new, 2 not enrolled
     assert "0 uploaded (0 new, 0 changed), 4 unchanged" in summaries[1]  # no write
     assert "2 Mac(s) are not enrolled" in result.stdout
+
+    result = paste(try_signing, project, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    assert "the signed profile embeds the unsigned one" in result.stdout
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("Compiled 18 devices")]
+    assert len(summaries) == 2, result.stdout
+    assert "(nothing written)" not in summaries[0] and "(nothing written)" in summaries[1]
+    assert len(list((project / "output" / "devices").glob("*/claude-code.signed.mobileconfig"))) == 6
 
 
 def test_the_nightly_job_leaves_a_clean_audit_repository(tmp_path):

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from . import __version__, diff, output, pipeline, policy
+from . import __version__, diff, output, pipeline, policy, signing
 from .exitcodes import ExitCode, help_epilog
 from .messages import first_of, redact
 from .models import MdmgenError, Platform, Problem
@@ -69,6 +69,20 @@ def secret_forms() -> list[str]:
     return [form for value in resolved_values() for form in _forms(value)]
 
 
+def _signing_options(func):
+    """``compile``'s signing options; passwords come from the environment only (see ``signing``)."""
+    func = click.option("--sign-p12", type=click.Path(path_type=Path), metavar="FILE.p12",
+                        help=f"Sign with this PKCS#12 identity instead; its password from {signing.P12_PASSWORD_ENV}."
+                        )(func)
+    func = click.option("--sign-key", type=click.Path(path_type=Path), metavar="KEY.pem",
+                        help=f"The private key of --sign-cert (if encrypted, its password from "
+                             f"{signing.KEY_PASSWORD_ENV}).")(func)
+    func = click.option("--sign-cert", type=click.Path(path_type=Path), metavar="CERT.pem",
+                        help="Also write each Mac's claude-code.signed.mobileconfig, signed with this certificate "
+                             "(PEM; chain certificates after it are included).")(func)
+    return func
+
+
 class _GuardedGroup(click.Group):
     """The exception boundary: an exception no stage turned into a user-facing message is a bug
     in mdmgen. It prints one line that names the command and asks for a report (the traceback
@@ -109,26 +123,48 @@ def main() -> None:
               show_default=True, help="Output folder (replaced atomically).")
 @click.option("--full", is_flag=True,
               help="Re-render every device and re-check the files on disk instead of trusting the manifest.")
-def compile_command(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose, out, full) -> None:
+@_signing_options
+def compile_command(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose, out, full,
+                    sign_cert, sign_key, sign_p12) -> None:
     """Compile every device and write the output folder.
 
     Only devices whose inputs changed are rendered again, unchanged files keep their
     modification time, and a run where nothing changed writes nothing.
     """
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    signer = _signer(report, sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
     try:
         with output.locked(out):
             previous = output.read_previous(out, full=full)
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
+            derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full, progress=report.progress(), secrets=result.secrets)
+                                   fresh=full, progress=report.progress(), secrets=result.secrets,
+                                   derived=derived)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
         report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
     headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
     report.finish(result, headline, changes)
+
+
+def _signer(report: Report, cert: Path | None, key: Path | None, p12: Path | None) -> signing.Signer | None:
+    """The checked signer of the compile's options, or None; a problem with it is exit 1, a wrong
+    combination of options exit 2."""
+    if p12 is not None and (cert is not None or key is not None):
+        raise click.UsageError("--sign-p12 holds the certificate and the key: do not also pass --sign-cert or "
+                               "--sign-key")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--sign-cert and --sign-key go together (or pass --sign-p12)")
+    if cert is None and p12 is None:
+        return None
+    try:
+        return signing.load_signer(cert=cert, key=key, p12=p12)
+    except MdmgenError as exc:
+        report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s) with the signing identity; "
+                    "nothing was written.", exc.problems)
 
 
 def _refuse_out(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -29,10 +29,10 @@ from pydantic import BaseModel, Field
 from . import attributes
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION, ArtifactKind
-from .envschema import SECRET_ENV, fingerprint
+from .envschema import SECRET_ENV
 from .models import ManifestDevice, ManifestFile
 from .output import Check, CheckedOutput, checked, device_path, kind_of
-from .secrets import PSEUDONYM_RE, SecretRef
+from .secrets import PSEUDONYM_RE, SecretRef, shown_fingerprint
 
 SHOWN_FINGERPRINT = 8
 """Hex digits of a secret's keyed fingerprint that diff shows."""
@@ -384,7 +384,7 @@ def _key_change(where: str, key: str, pair: tuple[Any, Any], secrets: _Secrets) 
 
 
 def _fingerprint(value: Any) -> str:
-    return fingerprint(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True))
+    return shown_fingerprint(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True))
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -10,7 +10,6 @@ Error messages never repeat a value: headers carry credentials.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,12 +34,6 @@ SECRET_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
               "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 
 
-def fingerprint(value: str) -> str:
-    """Names a secret without showing it: ``sha256:`` and the first 8 hex digits of its SHA-256.
-
-    The same value gets the same fingerprint in ``diff`` and ``preflight``, so an admin can tell
-    which token a device has without anyone seeing it."""
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
 _EXPORTERS = {
     "METRICS": {"otlp", "prometheus", "console", "none"},
     "LOGS": {"otlp", "console", "none"},

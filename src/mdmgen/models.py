@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would also match before a final newline
 """What a serial, a file name or any one path part under the output folder may look like: at most
@@ -173,6 +173,26 @@ class ManifestFile(BaseModel):
     install_path: str | None = None
 
 
+class DerivedFile(BaseModel):
+    """How a derived file of a device (a signed profile) was made: from which of the device's files,
+    whose sha256 then, and with which signing certificate(s) (sha256 of their DER, see ``signing``).
+    Only written when the file is made again, so an unchanged profile keeps the same entry."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    source: str = Field(alias="from")
+    from_sha256: str
+    signer_sha256: str
+
+    @field_validator("source")
+    @classmethod
+    def _safe_source(cls, source: str) -> str:
+        reason = unsafe_name(source)
+        if reason:
+            raise ValueError(f"file name {source!r}: {reason}")
+        return source
+
+
 class ManifestDevice(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -186,11 +206,22 @@ class ManifestDevice(BaseModel):
     redacted: str | None = Field(default=None, description=(
         "First 32 hex digits of a sha256 of the device's files with every embedded secret value blanked: "
         "equal on both sides of a diff means the files differ only by their secrets (a rotation)."))
+    derived: dict[str, DerivedFile] | None = Field(
+        default=None, description="Files of ``files`` made from another of them (signed profiles), by name; "
+        "left out when there are none.")
 
     @field_validator("files")
     @classmethod
     def _safe_file_names(cls, files: dict[str, ManifestFile]) -> dict[str, ManifestFile]:
         return _safe_keys(files, "file name")
+
+    @model_validator(mode="after")
+    def _derived_are_listed(self) -> ManifestDevice:
+        """A derived entry names a listed file made from another listed file, never itself."""
+        for name, made in (self.derived or {}).items():
+            if name not in self.files or made.source not in self.files or made.source == name:
+                raise ValueError(f"derived file {name!r}: it and its source {made.source!r} must be two listed files")
+        return self
 
 
 class ManifestSecret(BaseModel):

@@ -12,8 +12,8 @@ endpoint:
 
 Like the real client (shared/reference/claude-code-managed-settings.md, section 11), grpc
 percent-decodes header values and the HTTP protocols send them as written. Header values are
-credentials: they are never printed; a header is shown as its name and the first 8 hex digits
-of the sha256 of its value. Credentials only travel over https, or over http to a loopback host.
+credentials: they are never printed; a header is shown as its name and a slow, salted
+fingerprint of its value (``secrets.shown_fingerprint``), never a plain hash a guess could match. Credentials only travel over https, or over http to a loopback host.
 
 The endpoint and TLS answers come from a probe (a TCP connection, then a TLS handshake with the
 system's CAs, ``SSL_CERT_FILE`` honoured); the export then goes over the shared HTTP layer
@@ -37,9 +37,9 @@ from . import __version__, attributes, envschema, output
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback, may_carry_credentials, split_http_url
-from .envschema import fingerprint
 from .messages import first_of, redact
 from .publish.http import Connection, TransportFailure, reason_phrase
+from .secrets import shown_fingerprint
 
 SIGNALS = ("metrics", "logs")
 GRPC_METHODS = {
@@ -440,7 +440,7 @@ def describe(destination: Destination) -> str:
 def _describe_headers(headers: tuple[tuple[str, str], ...]) -> str:
     if not headers:
         return "no headers"
-    return "headers " + ", ".join(f"{name}={fingerprint(value)}" for name, value in headers)
+    return "headers " + ", ".join(f"{name}={shown_fingerprint(value)}" for name, value in headers)
 
 
 def report_lines(results: list[SignalResult]) -> list[str]:

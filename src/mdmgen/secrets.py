@@ -19,6 +19,7 @@ device's inputs fingerprint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import html
@@ -283,6 +284,19 @@ def fingerprint(ref: SecretRef, value: str) -> str:
     """The keyed fingerprint of a secret value (see the comment above): hex, FINGERPRINT_CHARS long."""
     salt = _FINGERPRINT_LABEL + b"\x00" + ref.label.encode("utf-8")
     return hashlib.scrypt(value.encode("utf-8"), salt=salt, **_SCRYPT).hex()[:FINGERPRINT_CHARS]
+
+
+_SHOWN_LABEL = b"mdmgen shown value fingerprint v1"
+
+
+@functools.lru_cache(maxsize=4096)
+def shown_fingerprint(value: str) -> str:
+    """How ``diff`` and ``preflight`` name a secret-bearing value they must not show: ``fp:`` and 8
+    hex digits of the same slow, salted scrypt as :func:`fingerprint` (never a plain SHA-256, which
+    anyone could reverse for a guessable token by hashing guesses). The same value always gets the
+    same name, so an admin can tell which token a device has; values repeat across a fleet, hence
+    the cache."""
+    return "fp:" + hashlib.scrypt(value.encode("utf-8"), salt=_SHOWN_LABEL, **_SCRYPT).hex()[:8]
 
 
 def forms(value: str) -> set[str]:

@@ -9,6 +9,13 @@ is one :func:`register` call and its emitter, plus the publishers that want it.
 
 Emitters are pure: the same input gives the same bytes (or None: this kind has nothing to
 say for that input, for example a collector file when the policy names no collector).
+
+A *derived* kind (``derived_from`` set: the signed profile) is made from another file of the
+same device by a stage after the compile (``signing``), not by an emitter, and is never
+canonical: the manifest records what it was made from under the device's ``derived`` map, the
+checked reader accepts it and checks that it embeds its source, ``diff`` compares the source
+instead (a derived kind has no sections), S3 uploads it with its content type, and Jamf, which
+asks for ``MAC_PROFILE`` by name, never sees it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
-from . import mobileconfig, settings_json
+from . import cms, mobileconfig, settings_json
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -72,6 +79,12 @@ class ArtifactKind:
     fleet: bool = False
     install_paths: Mapping[Platform, str] = field(default_factory=dict)
     sections: Mapping[str, str] = field(default_factory=dict)
+    derived_from: str | None = None
+    """For a derived kind: the name of the device file it is made from (a signed profile is made
+    from the unsigned one). A derived file is not emitted with the others: a later stage makes it
+    (``signing``), only when asked to, and the manifest records it under ``derived``. It is never
+    canonical: ``diff`` reads its source, and a publisher that must not get it (Jamf re-signs
+    profiles itself) asks for the source kind by name."""
 
     def __post_init__(self) -> None:
         if self.fleet:
@@ -116,6 +129,11 @@ def get(name: str) -> ArtifactKind | None:
     return _KINDS.get(name)
 
 
+def derived_kinds() -> list[ArtifactKind]:
+    """Device-level kinds made from another device file by a later stage (see ``derived_from``)."""
+    return [k for k in _KINDS.values() if k.derived_from is not None and not k.fleet]
+
+
 def device_kinds() -> list[ArtifactKind]:
     """Device-level kinds in the order they were registered (diff lists changes in this order)."""
     return [k for k in _KINDS.values() if not k.fleet]
@@ -129,7 +147,7 @@ def emit_device(given: DeviceInput) -> dict[str, bytes]:
     """The bytes of every file one device gets, by file name."""
     files = {}
     for kind in device_kinds():
-        if kind.applies_to(given.device.platform):
+        if kind.applies_to(given.device.platform) and kind.derived_from is None:
             data = kind.emit(given)
             if data is not None:
                 files[kind.name] = data
@@ -208,3 +226,29 @@ MAC_PROFILE = register(ArtifactKind(
     sections={SETTINGS_SECTION: "profile settings", "metadata": "profile"},
 ))
 """A Mac's configuration profile, deployed by the MDM (Jamf publishes it)."""
+
+
+def _read_signed_profile(data: bytes) -> Semantic:
+    """A signed profile means nothing of its own: its settings are its source's, which ``diff``
+    compares. It must still be a CMS SignedData carrying a valid profile."""
+    problems = mobileconfig.check_profile(cms.embedded_content(data))
+    if problems:
+        raise ValueError(f"the embedded profile: {problems[0]}")
+    return {}
+
+
+def _not_emitted(_given: DeviceInput) -> None:
+    return None  # made by ``signing`` from the unsigned profile, after the compile
+
+
+SIGNED_MAC_PROFILE = register(ArtifactKind(
+    name="claude-code.signed.mobileconfig",
+    content_type=MAC_PROFILE.content_type,
+    read_semantic=_read_signed_profile,
+    emit=_not_emitted,
+    label="signed profile",
+    platforms=MAC_PROFILE.platforms,
+    derived_from=MAC_PROFILE.name,
+))
+"""A Mac's profile as a DER CMS SignedData (``compile --sign-cert``), for channels that take a signed
+profile: opened by hand, most MDMs' custom upload, S3. Jamf gets the unsigned one (it re-signs)."""

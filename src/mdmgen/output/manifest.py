@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..emit import registry
 from ..envschema import SECRET_ENV
-from ..models import CompiledDevice, Manifest, ManifestDevice, ManifestFile, ManifestSecret
+from ..models import CompiledDevice, DerivedFile, Manifest, ManifestDevice, ManifestFile, ManifestSecret
 from .layout import MANIFEST_FILE, MAX_MANIFEST_BYTES, OutputError, read_regular
 
 
@@ -83,10 +84,46 @@ def manifest_entry(compiled: CompiledDevice, previous: Manifest | None) -> Manif
                           secrets=list(compiled.secrets) or None, redacted=compiled.redacted)
 
 
+@dataclass(frozen=True)
+class Derived:
+    """A derived file of one device made by a stage after the compile (a signed profile, see
+    ``signing``): its manifest entry, how it was made, and its bytes (None: unchanged, the file of
+    the previous tree with this entry's digest is kept)."""
+
+    entry: ManifestFile
+    made: DerivedFile
+    data: bytes | None = None
+
+
+DerivedFiles = Mapping[str, Mapping[str, Derived]]
+"""Derived files by serial, then file name."""
+
+
+def with_derived(entry: ManifestDevice, derived: Mapping[str, Derived] | None) -> ManifestDevice:
+    """``entry`` with this run's derived files: those of a reused previous entry are dropped first
+    (a compile without ``--sign-cert`` makes none), then these are added with their ``derived`` record."""
+    old = entry.derived or {}
+    if not old and not derived:
+        return entry
+    files = {name: meta for name, meta in entry.files.items() if name not in old}
+    made = {}
+    for name, item in sorted((derived or {}).items()):
+        # Everything the source's entry says about it (beyond what the bytes are) holds for a file
+        # that embeds it, so the derived entry starts as a copy of the source's.
+        source = files[item.made.source]
+        files[name] = source.model_copy(update={"sha256": item.entry.sha256, "size": item.entry.size,
+                                                "install_path": item.entry.install_path})
+        made[name] = item.made
+    return entry.model_copy(update={"files": files, "derived": made or None})
+
+
 def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = None,
                    secret_env: list[str] | None = None, fleet_files: dict[str, bytes] | None = None,
-                   secrets: dict[str, ManifestSecret] | None = None) -> Manifest:
-    devices = {c.device.serial: manifest_entry(c, previous) for c in compiled}
+                   secrets: dict[str, ManifestSecret] | None = None,
+                   derived: DerivedFiles | None = None) -> Manifest:
+    derived = derived or {}
+    devices = {c.device.serial: with_derived(manifest_entry(c, previous), derived.get(c.device.serial))
+               for c in compiled}
     fleet = {relpath: file_entry(data) for relpath, data in sorted((fleet_files or {}).items())}
     return Manifest(generator="mdmgen", version=__version__,
                     secret_env=sorted(set(SECRET_ENV) | set(secret_env or [])),

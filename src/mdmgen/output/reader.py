@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from ..emit import cms
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_real_dir, read_regular, target_of
@@ -180,6 +181,8 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
             problems.setdefault(relpath, "is missing")
         elif _edited(check, target, relpath, info, entry, loaded.mtime_ns):
             problems[relpath] = EDITED
+    if check is not Check.NAMES:
+        _check_derived(target, manifest, check, problems)
     files = [CheckedFile(relpath, entry.sha256, entry.size, target, device, error)
              for relpath, (entry, device) in sorted(expected.items())]
     files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(loaded.data).hexdigest(), len(loaded.data),
@@ -199,6 +202,35 @@ def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry:
     if check is Check.STAT and info.st_mtime_ns < manifest_mtime_ns:
         return False
     return _digest(root / relpath, entry.size) != entry.sha256
+
+
+def _check_derived(root: Path, manifest: Manifest, check: Check, problems: dict[str, str]) -> None:
+    """Add the derived files (signed profiles) that are not what their ``derived`` entry says: made
+    from another version of their source, or (at ``DIGESTS``) not embedding the source byte for byte."""
+    for serial, device in manifest.devices.items():
+        for name, made in (device.derived or {}).items():
+            relpath = f"{DEVICES_DIR}/{serial}/{name}"
+            if relpath in problems:
+                continue
+            if made.from_sha256 != device.files[made.source].sha256:
+                problems[relpath] = f"was made from another version of {made.source} than the one listed"
+            elif check is Check.DIGESTS:
+                reason = _embedding_problem(root / relpath, device.files[name].size, made.from_sha256, made.source)
+                if reason:
+                    problems[relpath] = reason
+
+
+def _embedding_problem(path: Path, size: int, source_sha256: str, source: str) -> str | None:
+    try:
+        data, _info = read_regular(path, size)
+        content = cms.embedded_content(data)
+    except (OSError, OutputError):
+        return "cannot be read"
+    except ValueError as exc:
+        return str(exc)
+    if hashlib.sha256(content).hexdigest() != source_sha256:
+        return f"does not embed {source} byte for byte"
+    return None
 
 
 def _digest(path: Path, size: int) -> str | None:

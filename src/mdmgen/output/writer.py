@@ -18,12 +18,23 @@ import os
 import shutil
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
-from .manifest import SECRET_FILE_MODE, Changes, build_manifest, compare, load_manifest, manifest_bytes, write_new
+from .manifest import (
+    SECRET_FILE_MODE,
+    Changes,
+    Derived,
+    DerivedFiles,
+    build_manifest,
+    compare,
+    load_manifest,
+    manifest_bytes,
+    write_new,
+)
 from .reader import Check, CheckedOutput, read_tree
 
 log = logging.getLogger(__name__)
@@ -49,23 +60,26 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
           fresh: bool = False, progress: Progress = NO_PROGRESS,
-          secrets: dict[str, ManifestSecret] | None = None) -> Changes:
+          secrets: dict[str, ManifestSecret] | None = None, derived: DerivedFiles | None = None) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
     are hard-linked from it rather than rewritten, unless they did not check out; if the new
     manifest equals the previous one and everything checked out, nothing is touched. With
-    ``fresh`` (``--full``) the staging tree is rebuilt from nothing.
+    ``fresh`` (``--full``) the staging tree is rebuilt from nothing. ``derived`` adds files made
+    after the compile (signed profiles, see ``signing``); one given without bytes is kept from
+    the previous tree like any unchanged file.
 
-    The files of a device that embeds a secret are mode 0600. After a compile that rotated a secret
-    (a fingerprint changed, or a secret is no longer used), the kept generation is rebuilt from the
-    new tree, as after a repair: the tree just replaced holds the old token, and it must not stay
-    readable on disk beside the output folder.
+    The files of a device that embeds a secret are mode 0600 (a signed profile too: it embeds
+    its profile). After a compile that rotated a secret (a fingerprint changed, or a secret is no
+    longer used), the kept generation is rebuilt from the new tree, as after a repair: the tree
+    just replaced holds the old token, and it must not stay readable on disk beside the output folder.
     """
     target = target_of(out)
     fleet_files = fleet_files or {}
     old = previous.manifest if previous else None
-    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets)
+    derived = derived or {}
+    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived)
     new_manifest = manifest_bytes(manifest)
     changes = compare(manifest, old)
     changes.repaired = sorted(previous.problems) if previous else []
@@ -78,7 +92,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             if not _is_complete_generation(prev) or _holds_other_secrets(prev, manifest):
                 _keep_generation(target, manifest)
             return changes
-        _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
+        _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
         if changes.repaired or _secrets_rotated(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
             # with it through a hard link), or the old token: keep the new tree as the generation.
@@ -96,7 +110,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: dict[str, bytes],
                     manifest: Manifest, previous: CheckedOutput | None, manifest_data: bytes, fresh: bool,
-                    progress: Progress) -> None:
+                    progress: Progress, derived: DerivedFiles) -> None:
     """Bring a staging tree to the new state, then swap it in.
 
     The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
@@ -147,7 +161,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
                 os.unlink(devices_dir / serial / name)
         before = current.devices.get(serial) if current else None
         for name, meta in entry.files.items():
-            place(f"{DEVICES_DIR}/{serial}/{name}", meta, item.files[name] if item.files else None,
+            place(f"{DEVICES_DIR}/{serial}/{name}", meta, _data_of(item, name, derived.get(serial)),
                   old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
                   secret=bool(entry.secrets))
     progress.finish()
@@ -211,6 +225,13 @@ def _holds_other_secrets(generation: Path, manifest: Manifest) -> bool:
     except OutputError:
         return True
     return loaded is not None and _secrets_rotated(loaded.manifest, manifest)
+
+
+def _data_of(item: CompiledDevice, name: str, derived: Mapping[str, Derived] | None) -> bytes | None:
+    """The new bytes of one device file (None: unchanged, kept from the previous tree)."""
+    if derived and name in derived:
+        return derived[name].data
+    return item.files.get(name) if item.files else None
 
 
 def _owned(manifest: Manifest | None) -> set[str]:
