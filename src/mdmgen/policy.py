@@ -125,6 +125,27 @@ class Layer(BaseModel):
         return value
 
 
+class Intune(BaseModel):
+    """How ``mdmgen publish intune`` serves teams; the compile carries it into the output folder
+    (``intune/teams.json``), because the publisher reads only that folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="Team -> the Entra group (displayName or object id) whose members get the team's "
+        "Intune objects. A team not listed is served by the group whose displayName is the team name, "
+        "ignoring case.")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: dict[str, str]) -> dict[str, str]:
+        for team, group in value.items():
+            if not group.strip():
+                raise ValueError(f"team {team!r}: the group must be a displayName or an object id")
+        return value
+
+
 class Policy(Layer):
     """The whole policy file. ``mdmgen schema`` prints the JSON Schema of this model."""
 
@@ -152,6 +173,9 @@ class Policy(Layer):
         "from the policy.")
     platforms: dict[Platform, Layer] = Field(default_factory=dict)
     teams: dict[str, Layer] = Field(default_factory=dict)
+    intune: Intune | None = Field(
+        default=None, description="Publishing to Microsoft Intune: present (even as 'intune: {}') makes the "
+        "compile write intune/teams.json for `mdmgen publish intune`.")
 
     @field_validator("secret_env")
     @classmethod
