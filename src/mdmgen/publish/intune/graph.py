@@ -41,6 +41,10 @@ from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
 
 log = logging.getLogger("mdmgen.publish.intune")
+for _library in ("azure", "msal", "urllib3"):
+    # azure-core logs request headers at INFO, azure-identity failures with tracebacks, MSAL token
+    # cache details at DEBUG: none of it may reach -vv. Failures come back as one-line RemoteErrors.
+    logging.getLogger(_library).setLevel(logging.CRITICAL)
 
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"

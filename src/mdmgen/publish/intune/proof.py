@@ -188,9 +188,17 @@ def prove(team: str, macs: Iterable[Mac], seen: Mapping[str, list[Seen]], *, gro
     needs_mail = uses(template, MAIL)
     mail_in_list = any(_is_list(("env", name)) and MAIL in str(value)
                        for name, value in (template.get("env") or {}).items())
-    for mac in sorted(macs, key=lambda m: m.serial):
+    macs = sorted(macs, key=lambda m: m.serial)
+    # Pseudonyms have no Intune token: a team whose Macs differ cannot share one profile at all.
+    pseudonyms_differ = pseudonymised and len({repr(sorted(m.settings.items())) for m in macs}) > 1
+    for mac in macs:
         for record in seen.get(mac.serial, []):
             refusals += membership(team, record, group_id=group_id, other_groups=other_groups)
+            if pseudonyms_differ:
+                refusals.append(Refusal(mac.serial, "user_email", "its own pseudonym", "the team's one profile",
+                                        "the email is pseudonymised (pseudonymise_email): Intune has no token for a "
+                                        "keyed pseudonym, so the team's Macs cannot share one profile"))
+                continue
             mail = record.mail or ""
             if needs_mail:
                 problem = _mail_problem(mac, record, mail_in_list)

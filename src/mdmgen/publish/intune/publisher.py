@@ -196,9 +196,9 @@ class IntunePublisher:
                     matches = []
             else:
                 literal = wanted.replace("'", "''")  # §4.1: OData string escaping
-                listed = self.client.pages(f"/v1.0/groups?$filter={quote(f'displayName eq {chr(39)}{literal}'
-                                                                          f'{chr(39)}', safe='')}"
-                                           "&$select=id,displayName", doing=f"looking up the group of team {team!r}")
+                condition = quote(f"displayName eq '{literal}'", safe="")
+                listed = self.client.pages(f"/v1.0/groups?$filter={condition}&$select=id,displayName",
+                                           doing=f"looking up the group of team {team!r}")
                 matches = [g for g in listed if str(g.get("displayName", "")).casefold() == wanted.casefold()]
             if len(matches) == 1:
                 found[team] = str(matches[0]["id"])
