@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from mdmgen.publish import flow
 from mdmgen.publish.intune.graph import GraphClient, credential_factory
 from mdmgen.publish.intune.publisher import IntunePublisher

@@ -290,7 +290,8 @@ class IntunePublisher:
                                              doing=f"reading the assignments of Intune object {object_id}"))
         content = objects.decoded_content(data.get("payload" if kind == "macos" else "scriptContent"))
         return RemoteObject(kind, object_id, str(data.get("displayName", "")), objects.compared_fields(kind, data),
-                            content, objects.assigned_groups(assignments), objects.devices_served(data.get("description")))
+                            content, objects.assigned_groups(assignments),
+                            objects.devices_served(data.get("description")))
 
     # -- apply --
 
@@ -393,8 +394,8 @@ def team_profile(representative: bytes, serial: str, team: str, template: dict[s
     profile = plistlib.loads(representative)
     identifier = str(profile.get("PayloadIdentifier", "mdmgen.claudecode"))
     base = identifier[: -len(serial) - 1] if identifier.endswith("." + serial) else identifier
-    meta = mobileconfig.ProfileMeta(identifier=f"{base}.team.{objects.slug(team)}",
-                                    display_name=str(profile.get("PayloadDisplayName") or "Claude Code managed settings"),
+    shown = str(profile.get("PayloadDisplayName") or "Claude Code managed settings")
+    meta = mobileconfig.ProfileMeta(identifier=f"{base}.team.{objects.slug(team)}", display_name=shown,
                                     organization=str(profile.get("PayloadOrganization") or ""))
     return mobileconfig.dumps(template, meta)
 
