@@ -55,6 +55,8 @@ class Seen:
     mail: str | None
     groups: frozenset[str]
     """Object ids of every group the primary user is in, transitively."""
+    serial_number: str = ""
+    """The serial as Intune spells it (matched ignoring case): what ``{{serialnumber}}`` becomes."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def prove(team: str, macs: Iterable[Mac], seen: Mapping[str, list[Seen]], *, gro
                 if problem is not None:
                     refusals.append(problem)
                     continue
-            delivered = substitute(template, mail=mail, serial=mac.serial)
+            delivered = substitute(template, mail=mail, serial=record.serial_number or mac.serial)
             for field, compiled, got in differences(client_view(mac.settings), client_view(delivered)):
                 hidden = field.split(".")[-1] in secret and field.startswith("env.")
                 why = ("the email is pseudonymised: Intune has no token for a keyed pseudonym" if pseudonymised

@@ -157,8 +157,7 @@ class IntunePublisher:
                           f"{len(wanted)} Intune object(s).", ()))
         remote = self._remote(progress)
         desired = [Desired(w.name, w.sha256, len(w.content), None, None, detail=w) for w in wanted]
-        plan = build_plan(desired, [Remote(r.name, None, r.sha256, detail=r) for r in remote], prune=prune,
-                          notes=notes)
+        plan = build_plan(desired, _keyed(remote, notes), prune=prune, notes=notes)
         return IntunePlan(plan.items, plan.notes)
 
     def _scripts(self, team: str, pcs: dict[str, bytes], group: str) -> list[WantedObject]:
@@ -229,7 +228,7 @@ class IntunePublisher:
                 seen.setdefault(serial, []).append(proof.Seen(
                     serial, uid if user is not None else None,
                     (user or {}).get("upn") or record.get("userPrincipalName"), (user or {}).get("mail"),
-                    frozenset((user or {}).get("groups", ()))))
+                    frozenset((user or {}).get("groups", ())), str(record.get("serialNumber") or "")))
         return seen
 
     def _users(self, user_ids: list[str], progress: Progress) -> dict[str, dict[str, Any]]:
@@ -343,6 +342,25 @@ class IntunePublisher:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _keyed(remote: list[RemoteObject], notes: list[Note]) -> list[Remote]:
+    """Remote items by name. A second object with one of our names (a create that was retried after
+    it had in fact succeeded, or a copy made in the portal) would give its devices the settings
+    twice, so it gets a key of its own: stale, and deleted by ``--prune``."""
+    seen: set[tuple[str, str]] = set()
+    out, extra = [], []
+    for obj in sorted(remote, key=lambda r: (r.kind, r.name, r.id)):
+        key = obj.name
+        if (obj.kind, obj.name) in seen:
+            key = f"{obj.name} [duplicate, id {obj.id}]"
+            extra.append(key)
+        seen.add((obj.kind, obj.name))
+        out.append(Remote(key, None, obj.sha256, detail=obj))
+    if extra:
+        notes.append(Note("duplicates", f"{len(extra)} Intune object(s) repeat the name of another of mdmgen's: "
+                          f"{first_of(extra)}; --prune deletes them.", tuple(extra)))
+    return out
 
 
 # --- the output folder --------------------------------------------------------------------------
