@@ -170,6 +170,15 @@ def test_a_user_in_two_teams_groups_refuses(workdir: Path, graph: FakeGraphServe
     assert "C02MAC0099: group membership" in output and "also in the group of team(s) 'R&D, Berlin'" in output
 
 
+def test_a_pc_whose_user_is_in_another_teams_group_still_gets_only_its_file(workdir: Path, graph):
+    rows = fleet()
+    rows.append(Row("PC0099", "windows", "user1@example.com", "helpdesk"))  # user1 (R&D) has a PC of a PC-only team
+    out, users, rows = publish_fleet(workdir, graph, rows)
+    result = publish(workdir, graph)
+    assert result.exit_code == 0, result.output
+    assert_every_device_gets_its_settings(graph, out, rows, users)
+
+
 def test_a_value_differing_per_device_without_a_token_refuses(workdir: Path, graph: FakeGraphServer):
     rows = fleet()
     for i, row in enumerate(rows):

@@ -131,7 +131,9 @@ class IntunePublisher:
             group = groups.get(team)
             if group is None:
                 continue
-            others = {t: g for t, g in groups.items() if t != team}
+            # Only another team's macOS profile can reach a Mac; a PC runs every script assigned to it,
+            # but only the one whose table holds its serial writes anything, so only its own team matters.
+            others = {t: g for t, g in groups.items() if t != team and t in fleet.macs}
             macs = fleet.macs.get(team, [])
             if macs:
                 template = proof.team_template(macs[0])
@@ -146,7 +148,7 @@ class IntunePublisher:
             pcs = fleet.pcs.get(team, {})
             for serial in sorted(pcs):
                 for record in seen.get(serial, []):
-                    refusals += proof.membership(team, record, group_id=group, other_groups=others)
+                    refusals += proof.membership(team, record, group_id=group, other_groups={})
                 proven_pcs += 1 if serial in seen else 0
             if pcs:
                 wanted += self._scripts(team, pcs, group)
