@@ -134,6 +134,28 @@ def test_dry_run_prints_the_proof_and_writes_nothing(workdir: Path, graph: FakeG
     assert writes(graph) == [] and not graph.configurations
     assert "Proof: 6 enrolled Mac(s)" in result.output
     assert "create  mdmgen - Claude Code - ops - macOS" in result.output
+    group = next(g.id for g in graph.groups.values() if g.display_name == "OPS")
+    assert (f"proof   ops: group {group}; 3 of 3 Mac(s) and 2 of 2 PC(s) enrolled, each proven to get exactly its "
+            "compiled settings from 2 object(s)") in result.output
+
+
+def test_a_user_in_a_group_nested_in_the_teams_group_is_served(workdir: Path, graph: FakeGraphServer):
+    rows = fleet()
+    out = compile_rows(workdir, rows, intune=RND_GROUP)
+    users = seed(graph, rows, groups={R_AND_D: "sg-rnd-berlin", "ops": "OPS-direct"})
+    direct = next(g for g in graph.groups.values() if g.display_name == "OPS-direct")
+    graph.add_group("ops", members=[direct.id])  # ops's group holds only a nested group
+    result = publish(workdir, graph)
+    assert result.exit_code == 0, result.output
+    assert_every_device_gets_its_settings(graph, out, rows, users)
+
+
+def test_a_serial_enrolled_twice_is_proven_for_each_record(workdir: Path, graph: FakeGraphServer):
+    publish_fleet(workdir, graph)
+    stranger = graph.add_user("stranger@example.com")
+    graph.add_managed_device("C02MAC0004", user=stranger)  # re-enrolled by someone in no team's group
+    output = refused(publish(workdir, graph), graph)
+    assert "C02MAC0004: group membership" in output and "'stranger@example.com' is not in the team's group" in output
 
 
 def test_a_device_not_enrolled_is_a_note_not_an_error(workdir: Path, graph: FakeGraphServer):

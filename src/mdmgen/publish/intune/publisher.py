@@ -50,7 +50,7 @@ from ..base import (
     run_bounded,
 )
 from . import objects, proof
-from .graph import GraphClient, GraphError
+from .graph import MAX_BATCH, GraphClient, GraphError
 from .objects import CONFIGS, MACOS_TYPE, NAME_PREFIX, SCRIPTS, RemoteObject, WantedObject
 from .scripts import build_team_scripts, read_table
 
@@ -64,7 +64,13 @@ WORKERS = 4
 @dataclass(frozen=True)
 class IntunePlan(Plan):
     """A plan whose objects serve whole teams: the deletion guard counts the devices each object
-    serves (from its description), so ``--max-delete`` keeps meaning a share of the devices."""
+    serves (from its description), so ``--max-delete`` keeps meaning a share of the devices.
+    ``proof`` is one line per team saying what was proven, printed by ``--dry-run`` before the plan."""
+
+    proof: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        return [*self.proof, *super().lines()]
 
     def _served(self, *actions: Action) -> set[str]:
         return {f"{item.key}#{n}" for item in self.of(*actions)
@@ -127,10 +133,12 @@ class IntunePublisher:
                               f"each record was proven: {first_of(twice)}.", tuple(twice)))
         wanted: list[WantedObject] = []
         proven_macs = proven_pcs = 0
+        lines: list[str] = []
         for team in fleet.teams:
             group = groups.get(team)
             if group is None:
                 continue
+            before = (proven_macs, proven_pcs, len(wanted))
             # Only another team's macOS profile can reach a Mac; a PC runs every script assigned to it,
             # but only the one whose table holds its serial writes anything, so only its own team matters.
             others = {t: g for t, g in groups.items() if t != team and t in fleet.macs}
@@ -152,6 +160,9 @@ class IntunePublisher:
                 proven_pcs += 1 if serial in seen else 0
             if pcs:
                 wanted += self._scripts(team, pcs, group)
+            lines.append(f"proof   {team}: group {group}; {proven_macs - before[0]} of {len(macs)} Mac(s) and "
+                         f"{proven_pcs - before[1]} of {len(pcs)} PC(s) enrolled, each proven to get exactly its "
+                         f"compiled settings from {len(wanted) - before[2]} object(s)")
         if refusals:
             raise Unservable(refusal_message(refusals))
         notes.append(Note("proof", f"Proof: {proven_macs} enrolled Mac(s) and {proven_pcs} enrolled PC(s) of "
@@ -160,7 +171,7 @@ class IntunePublisher:
         remote = self._remote(progress)
         desired = [Desired(w.name, w.sha256, len(w.content), None, None, detail=w) for w in wanted]
         plan = build_plan(desired, _keyed(remote, notes), prune=prune, notes=notes)
-        return IntunePlan(plan.items, plan.notes)
+        return IntunePlan(plan.items, plan.notes, tuple(lines))
 
     def _scripts(self, team: str, pcs: dict[str, bytes], group: str) -> list[WantedObject]:
         out = []
@@ -240,16 +251,13 @@ class IntunePublisher:
             safe = quote(uid, safe="")
             urls[f"u{n}"] = f"/users/{safe}?$select=id,mail,userPrincipalName"
             urls[f"g{n}"] = f"/users/{safe}/transitiveMemberOf?$select=id"
-        progress.start(len(user_ids), "Looking up users in Entra ID")
-        answers: dict[str, Any] = {}
         keys = list(urls)
-        try:
-            for start in range(0, len(keys), 200):
-                part = {k: urls[k] for k in keys[start:start + 200]}
-                answers.update(self.client.batch("v1.0", part, doing="looking up device users in Entra ID"))
-                progress.advance(len(part) // 2)
-        finally:
-            progress.finish()
+        parts = [{k: urls[k] for k in keys[start:start + MAX_BATCH]} for start in range(0, len(keys), MAX_BATCH)]
+        answers: dict[str, Any] = {}
+        for found in run_bounded(parts, lambda part: self.client.batch("v1.0", part, doing="looking up device users "
+                                                                        "in Entra ID"),
+                                 workers=self.workers, progress=progress, label="Looking up users in Entra ID"):
+            answers.update(found)
         users: dict[str, dict[str, Any]] = {}
         for n, uid in enumerate(user_ids):
             user, groups = answers[f"u{n}"], answers[f"g{n}"]
