@@ -4,6 +4,8 @@ enrolled device exactly its compiled settings.
 
 * :mod:`.graph`: the Graph client (azure-identity token, paging, ``$batch``, write pacing) on the
   shared HTTP layer (:mod:`mdmgen.publish.http`).
+* :mod:`.fleet`: what the output folder says per team; :mod:`.directory`: each team's group and
+  what Entra and Intune know of each device (reads only).
 * :mod:`.objects`: the objects' names, bodies and what counts as a change.
 * :mod:`.proof`: the team profile with Intune's token variables, and the equivalence proof.
 * :mod:`.scripts`: the Windows script generator (serial table -> managed-settings.json).

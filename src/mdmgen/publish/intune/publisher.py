@@ -3,15 +3,12 @@ to the team's Entra group, after proving every enrolled device gets exactly its 
 
 Planning reads, in this order, and writes nothing:
 
-1. ``intune/teams.json`` of the output folder (the policy's team -> group mapping and the Macs'
-   inventory emails; the compile writes it when the policy has an ``intune:`` section);
-2. each team's group (a mapped id, or the group whose displayName is the mapped name or the team
-   name, ignoring case); a team with no group is refused by name;
-3. every managed device (one paged list, §4.1: cheaper than a filter per serial for a fleet), and
-   for each enrolled device of the output its primary user's ``mail``, UPN and transitive groups
-   (``$batch``, §5.4);
-4. the proof (:mod:`.proof`); any device that cannot be served refuses the whole publish (exit 1);
-5. mdmgen's objects in Intune, each read by id with its assignments, so a change is decided on the
+1. the output folder, per team (:mod:`.fleet`: ``intune/teams.json`` carries the policy's
+   team -> group mapping and the Macs' inventory emails);
+2. each team's group, and what Intune and Entra know of each enrolled device (:mod:`.directory`);
+   a team with no group is refused by name;
+3. the proof (:mod:`.proof`); any device that cannot be served refuses the whole publish (exit 1);
+4. mdmgen's objects in Intune, each read by id with its assignments, so a change is decided on the
    decoded content itself (a description could lie after IntuneCD #264's silent PATCH).
 
 Applying creates or PATCHes only what changed, sends the complete assignment set only when it
@@ -20,25 +17,17 @@ changed, and reads every written object back: a PATCH that kept the old payload 
 
 from __future__ import annotations
 
-import json
 import logging
-import plistlib
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from ...emit import mobileconfig, registry
 from ...messages import first_of
-from ...models import Platform
 from ...output import CheckedOutput as LocalOutput
-from ...output import device_path
 from ...progress import NO_PROGRESS, Progress
 from ..base import (
     Action,
     Desired,
-    LocalOutputError,
     Note,
     Plan,
     PlanItem,
@@ -50,14 +39,14 @@ from ..base import (
     run_bounded,
 )
 from . import objects, proof
-from .graph import MAX_BATCH, GraphClient, GraphError
+from .directory import devices_seen, team_groups
+from .fleet import payload_name, read_fleet, team_profile
+from .graph import GraphClient, GraphError
 from .objects import CONFIGS, MACOS_TYPE, NAME_PREFIX, SCRIPTS, RemoteObject, WantedObject
 from .scripts import build_team_scripts, read_table
 
 log = logging.getLogger("mdmgen.publish.intune")
 
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-DEVICE_FIELDS = "id,serialNumber,userId,userPrincipalName,operatingSystem"
 WORKERS = 4
 
 
@@ -86,23 +75,6 @@ class IntunePlan(Plan):
         return self._served(Action.STALE)
 
 
-@dataclass(frozen=True)
-class Fleet:
-    """What the output folder says, per team."""
-
-    macs: dict[str, list[proof.Mac]]
-    mac_profiles: dict[str, bytes]
-    """The representative Mac's compiled profile, per team (for the profile's names)."""
-    pcs: dict[str, dict[str, bytes]]
-    groups: dict[str, str]
-    pseudonymised: bool
-    secret_env: tuple[str, ...]
-
-    @property
-    def teams(self) -> list[str]:
-        return sorted(set(self.macs) | set(self.pcs))
-
-
 class IntunePublisher:
     """Plans and applies a publish to one tenant's Intune through :class:`GraphClient`."""
 
@@ -111,16 +83,15 @@ class IntunePublisher:
     def __init__(self, client: GraphClient, *, workers: int = WORKERS) -> None:
         self.client = client
         self.workers = workers
-        self.proof_lines: list[str] = []
 
     # -- plan --
 
     def plan(self, local: LocalOutput, *, prune: bool, progress: Progress = NO_PROGRESS) -> Plan:
         fleet = read_fleet(local)
-        groups, refusals = self._groups(fleet)
+        groups, refusals = team_groups(self.client, fleet)
         serials = {m.serial for team in fleet.macs.values() for m in team} | {
             s for files in fleet.pcs.values() for s in files}
-        seen = self._seen(serials, progress)
+        seen = devices_seen(self.client, serials, progress, self.workers)
         notes: list[Note] = []
         unenrolled = sorted(serials - set(seen))
         if unenrolled:
@@ -151,7 +122,7 @@ class IntunePublisher:
                 proven_macs += sum(1 for m in macs if m.serial in seen)
                 payload = team_profile(fleet.mac_profiles[team], macs[0].serial, team, template)
                 wanted.append(WantedObject("macos", objects.macos_name(team), team,
-                                           objects.macos_fields(team, len(macs), _payload_name(payload)),
+                                           objects.macos_fields(team, len(macs), payload_name(payload)),
                                            payload, (group,), len(macs), tuple(m.serial for m in macs)))
             pcs = fleet.pcs.get(team, {})
             for serial in sorted(pcs):
@@ -186,99 +157,6 @@ class IntunePublisher:
                                                           len(script.serials)),
                                     script.content, (group,), len(script.serials), script.serials))
         return out
-
-    def _groups(self, fleet: Fleet) -> tuple[dict[str, str], list[proof.Refusal]]:
-        """Each team's group id; a team without one is a refusal naming it."""
-        mapping = {team.casefold(): group for team, group in fleet.groups.items()}
-        found: dict[str, str] = {}
-        refusals = []
-        for team in fleet.teams:
-            wanted = mapping.get(team.casefold(), team)
-            if GUID.match(wanted):
-                try:
-                    data = self.client.get_json(f"/v1.0/groups/{wanted}?$select=id,displayName",
-                                                doing=f"reading the group {wanted} of team {team!r}")
-                    found[team] = str(data["id"])
-                    continue
-                except GraphError as exc:
-                    if exc.status != 404:
-                        raise
-                    matches: list[dict[str, Any]] = []
-                except KeyError:
-                    matches = []
-            else:
-                literal = wanted.replace("'", "''")  # §4.1: OData string escaping
-                condition = quote(f"displayName eq '{literal}'", safe="")
-                listed = self.client.pages(f"/v1.0/groups?$filter={condition}&$select=id,displayName",
-                                           doing=f"looking up the group of team {team!r}")
-                matches = [g for g in listed if str(g.get("displayName", "")).casefold() == wanted.casefold()]
-            if len(matches) == 1:
-                found[team] = str(matches[0]["id"])
-            else:
-                how = "no Entra group" if not matches else f"{len(matches)} Entra groups"
-                refusals.append(proof.Refusal(
-                    f"team {team!r}", "group", repr(wanted), how,
-                    f"{how} {'is' if not matches else 'are'} named {wanted!r} (ignoring case); create it, or map the "
-                    "team to a group name or id under 'intune: groups:' in the policy"))
-        return found, refusals
-
-    def _seen(self, serials: set[str], progress: Progress) -> dict[str, list[proof.Seen]]:
-        """What Intune and Entra know of each enrolled device of the output, by serial."""
-        wanted = {s.upper(): s for s in serials}
-        records: dict[str, list[dict[str, Any]]] = {}
-        for device in self.client.pages(f"/v1.0/deviceManagement/managedDevices?$select={DEVICE_FIELDS}",
-                                        doing="listing Intune's managed devices"):
-            serial = wanted.get(str(device.get("serialNumber") or "").strip().upper())
-            if serial is not None:
-                records.setdefault(serial, []).append(device)
-        user_ids = sorted({str(r["userId"]) for rs in records.values() for r in rs if r.get("userId")})
-        users = self._users(user_ids, progress)
-        seen: dict[str, list[proof.Seen]] = {}
-        for serial, found in sorted(records.items()):
-            for record in found:
-                uid = str(record["userId"]) if record.get("userId") else None
-                user = users.get(uid) if uid else None
-                seen.setdefault(serial, []).append(proof.Seen(
-                    serial, uid if user is not None else None,
-                    (user or {}).get("upn") or record.get("userPrincipalName"), (user or {}).get("mail"),
-                    frozenset((user or {}).get("groups", ())), str(record.get("serialNumber") or "")))
-        return seen
-
-    def _users(self, user_ids: list[str], progress: Progress) -> dict[str, dict[str, Any]]:
-        """mail, UPN and transitive group ids of each user, through ``$batch``."""
-        urls: dict[str, str] = {}
-        for n, uid in enumerate(user_ids):
-            safe = quote(uid, safe="")
-            urls[f"u{n}"] = f"/users/{safe}?$select=id,mail,userPrincipalName"
-            urls[f"g{n}"] = f"/users/{safe}/transitiveMemberOf?$select=id"
-        keys = list(urls)
-        parts = [{k: urls[k] for k in keys[start:start + MAX_BATCH]} for start in range(0, len(keys), MAX_BATCH)]
-        answers: dict[str, Any] = {}
-        for found in run_bounded(parts, lambda part: self.client.batch("v1.0", part, doing="looking up device users "
-                                                                        "in Entra ID"),
-                                 workers=self.workers, progress=progress, label="Looking up users in Entra ID"):
-            answers.update(found)
-        users: dict[str, dict[str, Any]] = {}
-        for n, uid in enumerate(user_ids):
-            user, groups = answers[f"u{n}"], answers[f"g{n}"]
-            if user.status == 404:
-                continue  # the device names a user that is gone: no user, so no assignment reaches it
-            for answer in (user, groups):
-                if not 200 <= answer.status < 300:
-                    code = ((answer.body or {}).get("error") or {}).get("code", "") if isinstance(answer.body,
-                                                                                                  dict) else ""
-                    raise GraphError(f"Microsoft Graph answered {answer.status} while looking up user {uid} in "
-                                     f"$batch{f' ({code})' if code else ''}"
-                                     + ("; the app needs User.Read.All and GroupMember.Read.All" if answer.status
-                                        == 403 else ""), answer.status, code)
-            body = user.body if isinstance(user.body, dict) else {}
-            member = groups.body if isinstance(groups.body, dict) else {}
-            ids = [str(g.get("id")) for g in member.get("value") or [] if isinstance(g, dict)]
-            link = member.get("@odata.nextLink")
-            if isinstance(link, str) and link:
-                ids += [str(g.get("id")) for g in self.client.pages(link, doing=f"listing the groups of user {uid}")]
-            users[uid] = {"mail": body.get("mail"), "upn": body.get("userPrincipalName"), "groups": ids}
-        return users
 
     def _remote(self, progress: Progress) -> list[RemoteObject]:
         """mdmgen's objects in Intune, each read by id with its assignments."""
@@ -372,64 +250,6 @@ def _keyed(remote: list[RemoteObject], notes: list[Note]) -> list[Remote]:
                           f"{first_of(extra)}; --prune deletes them.", tuple(extra)))
     return out
 
-
-# --- the output folder --------------------------------------------------------------------------
-
-
-def read_fleet(local: LocalOutput) -> Fleet:
-    """Macs and PCs per team, with what the proof needs, from the checked output folder."""
-    facts_file = local.file(registry.INTUNE_TEAMS_FILE)
-    if facts_file is None:
-        raise LocalOutputError(f"{local.root}: no {registry.INTUNE_TEAMS_FILE}; add an 'intune:' section to the "
-                               "policy ('intune: {}' is enough; 'intune: {groups: {TEAM: GROUP}}' maps teams to "
-                               "Entra groups) and compile again")
-    try:
-        facts = registry.INTUNE_TEAMS.read_semantic(facts_file.read())["intune"]
-    except ValueError as exc:
-        raise LocalOutputError(f"{facts_file.path}: {exc}") from None
-    emails: Mapping[str, Any] = facts["mac_emails"]
-    macs: dict[str, list[proof.Mac]] = {}
-    profiles: dict[str, bytes] = {}
-    pcs: dict[str, dict[str, bytes]] = {}
-    settings_name = registry.SETTINGS_JSON.name
-    for serial, device in sorted(local.manifest.devices.items()):
-        if device.platform not in (Platform.MACOS, Platform.WINDOWS) or settings_name not in device.files:
-            continue
-        file = local.file(device_path(serial, settings_name))
-        assert file is not None
-        data = file.read()
-        if device.platform is Platform.WINDOWS:
-            pcs.setdefault(device.team, {})[serial] = data
-            continue
-        try:
-            settings = json.loads(data)
-        except ValueError:
-            raise LocalOutputError(f"{file.path}: not valid JSON") from None
-        email = emails.get(serial)
-        macs.setdefault(device.team, []).append(proof.Mac(serial, settings, email if isinstance(email, str) else None))
-        if device.team not in profiles:
-            profile = local.file(device_path(serial, registry.MAC_PROFILE.name))
-            if profile is None:
-                raise LocalOutputError(f"{local.root}: the Mac {serial} has no {registry.MAC_PROFILE.name}")
-            profiles[device.team] = profile.read()
-    return Fleet(macs, profiles, pcs, {str(k): str(v) for k, v in facts["groups"].items()},
-                 bool(facts.get("pseudonymised")), tuple(local.manifest.secret_env))
-
-
-def team_profile(representative: bytes, serial: str, team: str, template: dict[str, Any]) -> bytes:
-    """The team's profile: the representative Mac's names (organisation, display name, identifier
-    prefix), a team identifier, and the tokenised settings. Never signed: it holds tokens."""
-    profile = plistlib.loads(representative)
-    identifier = str(profile.get("PayloadIdentifier", "mdmgen.claudecode"))
-    base = identifier[: -len(serial) - 1] if identifier.endswith("." + serial) else identifier
-    shown = str(profile.get("PayloadDisplayName") or "Claude Code managed settings")
-    meta = mobileconfig.ProfileMeta(identifier=f"{base}.team.{objects.slug(team)}", display_name=shown,
-                                    organization=str(profile.get("PayloadOrganization") or ""))
-    return mobileconfig.dumps(template, meta)
-
-
-def _payload_name(payload: bytes) -> str:
-    return str(plistlib.loads(payload).get("PayloadDisplayName"))
 
 
 def refusal_message(refusals: list[proof.Refusal]) -> str:
