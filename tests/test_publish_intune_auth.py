@@ -108,3 +108,38 @@ def test_a_second_object_with_our_name_is_stale_and_pruned(workdir: Path, graph:
     result = publish(workdir, graph, "--prune", "--force")
     assert result.exit_code == 0, result.output
     assert len(graph.configurations) == 1 and len(writes(graph)) == 1 and writes(graph)[0].startswith("DELETE")
+
+
+# --- the Graph client on its own ------------------------------------------------------------------
+
+
+def client_for(graph: FakeGraphServer, waits: list[float]):
+    from mdmgen.publish.intune.graph import GraphClient, credential_factory
+
+    return GraphClient(graph.graph_url, credential_factory(), sleep=waits.append)
+
+
+def test_a_next_link_to_another_host_is_not_followed(graph: FakeGraphServer):
+    from mdmgen.publish.base import RemoteError
+
+    client = client_for(graph, [])
+    with pytest.raises(RemoteError, match="next link to another host"):
+        list(client.pages("https://graph.example.net/v1.0/users", doing="test"))
+    client.close()
+    assert graph.requests == []  # the token was not even fetched for it
+
+
+def test_batch_splits_by_20_judges_each_answer_and_waits_for_an_inner_429(graph: FakeGraphServer):
+    users = [graph.add_user(f"u{i}@example.com") for i in range(30)]
+    graph.throttle(2, retry_after=7, path="/v1.0/users/*")  # two inner requests of the first batch
+    waits: list[float] = []
+    client = client_for(graph, waits)
+    urls = {f"k{i}": f"/users/{u.id}?$select=id,mail" for i, u in enumerate(users)}
+    urls["missing"] = "/users/00000000-0000-0000-0000-000000000000?$select=id"
+    answers = client.batch("v1.0", urls, doing="test")
+    client.close()
+    assert {k: a.status for k, a in answers.items()} == {**{f"k{i}": 200 for i in range(30)}, "missing": 404}
+    assert answers["k3"].body["mail"] == "u3@example.com"
+    batches = graph.requests_to("/v1.0/$batch", "POST")
+    assert len(batches) == 3  # 31 requests: 20 + 11, then the 2 throttled ones again
+    assert waits == [7.0]
