@@ -67,7 +67,7 @@ TIMEOUT = 60.0
 _PERMISSIONS = (("deviceManagementScripts", "DeviceManagementConfiguration.ReadWrite.All"),
                 ("deviceConfigurations", "DeviceManagementConfiguration.ReadWrite.All"),
                 ("managedDevices", "DeviceManagementManagedDevices.Read.All"),
-                ("memberOf", "GroupMember.Read.All"), ("groups", "Group.Read.All"), ("users", "User.Read.All"))
+                ("memberOf", "GroupMember.Read.All"), ("groups", "GroupMember.Read.All"), ("users", "User.Read.All"))
 
 
 def check_url(url: str) -> str:
