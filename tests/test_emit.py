@@ -93,7 +93,8 @@ def _kind(name: str, **kwargs) -> registry.ArtifactKind:
 def test_the_registry_says_who_gets_each_shipped_kind_and_where_it_is_installed():
     assert [k.name for k in registry.device_kinds()] == ["managed-settings.json", "claude-code.mobileconfig",
                                                         "claude-code.signed.mobileconfig"]
-    assert registry.fleet_kinds() == []  # no placeholder fleet file ships
+    # The one shipped fleet file: what `publish intune` needs, written only for a policy with `intune:`.
+    assert [k.name for k in registry.fleet_kinds()] == ["intune/teams.json"]
     assert all(registry.SETTINGS_JSON.applies_to(p) for p in Platform)
     assert [p for p in Platform if registry.MAC_PROFILE.applies_to(p)] == [Platform.MACOS]
     windows = registry.SETTINGS_JSON.install_path(Platform.WINDOWS)

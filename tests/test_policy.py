@@ -234,3 +234,13 @@ def test_deeply_nested_values_are_a_file_line_error_not_a_crash():
     assert len(errors) == 1
     assert errors[0].startswith("policy.yaml:7: yaml: values nest deeper than 64 levels")
     assert problems_of(BASE.replace("settings:\n", f"settings:\n  deep: {'[' * 60}{']' * 60}\n", 1)) == []
+
+
+def test_the_intune_section_maps_teams_to_groups_and_refuses_an_empty_group():
+    loaded = policy.parse(BASE + 'intune:\n  groups:\n    "R&D, Berlin": sg-rnd-berlin\n', "policy.yaml")
+    assert loaded.policy.intune is not None and loaded.policy.intune.groups == {"R&D, Berlin": "sg-rnd-berlin"}
+    assert policy.parse(BASE, "policy.yaml").policy.intune is None
+    problems = problems_of(BASE + "intune:\n  groups:\n    ops: ' '\n")
+    assert any("intune.groups" in p and "displayName or an object id" in p for p in problems), problems
+    problems = problems_of(BASE + "intune:\n  group: {}\n")
+    assert any("unknown key 'group'; did you mean 'groups'?" in p for p in problems), problems

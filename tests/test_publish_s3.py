@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mdmgen.emit import registry
 from mdmgen.publish import base, local
 from mdmgen.publish import s3 as s3pub
 
@@ -185,7 +186,8 @@ def test_republish_without_change_makes_no_put(workdir: Path, s3: S3Server):
     assert result.exit_code == 0
     assert "0 uploaded (0 new, 0 changed), 16 unchanged, 0 deleted" in result.output
     assert s3.requests("PUT") == [] and s3.requests("DELETE") == []
-    assert (len(s3.gets()), len(s3.lists())) == (1, 1)  # the manifest, one listing page
+    fleet_folders = {kind.name.split("/")[0] for kind in registry.fleet_kinds()}  # intune/: one listing each
+    assert (len(s3.gets()), len(s3.lists())) == (1, 1 + len(fleet_folders))  # the manifest, one page of devices/
 
 
 def test_one_changed_device_puts_exactly_its_files_and_the_manifest(workdir: Path, s3: S3Server):

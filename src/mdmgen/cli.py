@@ -421,6 +421,7 @@ def publish_group() -> None:
     \b
       mdmgen publish s3://BUCKET/PREFIX [--out DIR] [--dry-run] [--prune] ...
       mdmgen publish jamf --url https://ORG.jamfcloud.com [--out DIR] [--dry-run] [--prune] ...
+      mdmgen publish intune [--graph-url URL] [--out DIR] [--dry-run] [--prune] ...
     """
 
 
@@ -519,6 +520,40 @@ def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, ti
              max_delete=max_delete, force=force)
 
 
+@publish_group.command(name="intune", epilog=help_epilog("publish intune"))
+@_publishing(prune_help="Delete mdmgen's Intune objects that no team of the output folder needs any more.")
+@click.option("--graph-url", default=defaults.GRAPH_URL, show_default=True, metavar="URL",
+              help="Microsoft Graph (a national cloud, or a test server; https, plain http only to loopback).")
+@_reporting
+def publish_intune(out, dry_run, prune, max_delete, force, graph_url, as_json, quiet, verbose) -> None:
+    """Publish to Microsoft Intune: per team one macOS profile and Windows platform script(s), assigned
+    to the team's Entra group, after proving every enrolled device gets exactly its compiled settings.
+
+    \b
+    Credentials come only from the environment (azure-identity):
+      AZURE_TENANT_ID, AZURE_CLIENT_ID, and one of
+      AZURE_CLIENT_SECRET                      a client secret
+      AZURE_CLIENT_CERTIFICATE_PATH            a PEM certificate with its key
+                                               (AZURE_CLIENT_CERTIFICATE_PASSWORD if encrypted)
+      AZURE_FEDERATED_TOKEN_FILE               workload identity federation (GitHub Actions OIDC)
+      AZURE_AUTHORITY_HOST                     identity host (default https://login.microsoftonline.com)
+      SSL_CERT_FILE, REQUESTS_CA_BUNDLE        a private CA
+    """
+    from .publish import intune
+
+    try:
+        base_url = intune.check_url(graph_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--graph-url") from None
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+
+    def connect():
+        return intune.make_publisher(base_url)
+
+    _publish(report, connect, f"Intune via {base_url}", out=out, dry_run=dry_run, prune=prune,
+             max_delete=max_delete, force=force)
+
+
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
     """Run the shared publish flow and print its outcome; exceptions become exit codes."""
@@ -539,6 +574,8 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except (output.OutputError, base.LocalOutputError) as exc:
+        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
+    except base.Unservable as exc:
         report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
     except base.DeletionRefused as exc:
         report.fail(ExitCode.DELETION_REFUSED, f"error: {exc}")

@@ -74,6 +74,16 @@ COMMANDS: dict[str, dict[int, str]] = {
         7: "Jamf Pro failed or refused: credentials missing or rejected, a missing privilege, "
            "unreachable, TLS, retries exhausted, a 409, a profile that reads back differently",
     },
+    "publish intune": {
+        0: "published (or, with --dry-run, planned), including when some devices are not enrolled",
+        1: _OUTPUT_UNREADABLE + "; or the proof refused: a device would not get exactly its compiled "
+           "settings, or a team has no group (each listed); nothing was written",
+        2: "usage: a --graph-url that is not https (plain http only to loopback) or has a path",
+        5: _BUSY_PUBLISH,
+        6: _GUARD,
+        7: "Graph or Entra ID failed or refused: credentials missing or rejected, a missing permission, "
+           "unreachable, TLS, retries exhausted, an object that reads back differently",
+    },
     "schema": {
         0: "printed",
         2: _USAGE,

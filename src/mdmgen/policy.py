@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,6 +126,27 @@ class Layer(BaseModel):
         return value
 
 
+class Intune(BaseModel):
+    """How ``mdmgen publish intune`` serves teams; the compile carries it into the output folder
+    (``intune/teams.json``), because the publisher reads only that folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="Team -> the Entra group (displayName or object id) whose members get the team's "
+        "Intune objects. A team not listed is served by the group whose displayName is the team name, "
+        "ignoring case.")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: dict[str, str]) -> dict[str, str]:
+        for team, group in value.items():
+            if not group.strip():
+                raise ValueError(f"team {team!r}: the group must be a displayName or an object id")
+        return value
+
+
 class Policy(Layer):
     """The whole policy file. ``mdmgen schema`` prints the JSON Schema of this model."""
 
@@ -152,6 +174,9 @@ class Policy(Layer):
         "from the policy.")
     platforms: dict[Platform, Layer] = Field(default_factory=dict)
     teams: dict[str, Layer] = Field(default_factory=dict)
+    intune: Intune | None = Field(
+        default=None, description="Publishing to Microsoft Intune: present (even as 'intune: {}') makes the "
+        "compile write intune/teams.json for `mdmgen publish intune`.")
 
     @field_validator("secret_env")
     @classmethod
@@ -295,6 +320,8 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or rest[0] not in model.model_fields:
             return []
         annotation = model.model_fields[rest.pop(0)].annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # ``Intune | None``
+            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
         if typing.get_origin(annotation) is dict:  # platforms.<name>, teams.<name>: skip the free key
             if not rest:
                 return []

@@ -13,7 +13,8 @@ endpoint:
 Like the real client (shared/reference/claude-code-managed-settings.md, section 11), grpc
 percent-decodes header values and the HTTP protocols send them as written. Header values are
 credentials: they are never printed; a header is shown as its name and a slow, salted
-fingerprint of its value (``secrets.shown_fingerprint``), never a plain hash a guess could match. Credentials only travel over https, or over http to a loopback host.
+fingerprint of its value (``secrets.shown_fingerprint``), never a plain hash a guess could match.
+Credentials only travel over https, or over http to a loopback host.
 
 The endpoint and TLS answers come from a probe (a TCP connection, then a TLS handshake with the
 system's CAs, ``SSL_CERT_FILE`` honoured); the export then goes over the shared HTTP layer

@@ -114,6 +114,8 @@ class DirectoryHandlers:
         return self._page(ctx, [device.user.to_json()] if device.user else [], "users")
 
     def _user(self, ctx: GraphRequest, key: str) -> User:
+        if key in self.users:  # by id: a dict lookup, so a 3,000-user fleet does not cost a scan per request
+            return self.users[key]
         for user in self.users.values():
             if key == user.id or key.lower() == user.user_principal_name.lower():
                 return user

@@ -252,3 +252,48 @@ SIGNED_MAC_PROFILE = register(ArtifactKind(
 ))
 """A Mac's profile as a DER CMS SignedData (``compile --sign-cert``), for channels that take a signed
 profile: opened by hand, most MDMs' custom upload, S3. Jamf gets the unsigned one (it re-signs)."""
+
+
+# --- Intune ---------------------------------------------------------------------------------------
+
+INTUNE_TEAMS_FILE = "intune/teams.json"
+
+
+def _emit_intune_teams(given: FleetInput) -> bytes | None:
+    """What ``mdmgen publish intune`` needs beyond the device files, since it reads only the output
+    folder: the policy's team -> group mapping, and each Mac's inventory email (what its Entra
+    ``mail`` must equal for Intune's ``{{mail}}`` to give it its compiled settings). With
+    ``pseudonymise_email`` on, no address is written (the publisher then refuses those Macs).
+    Written only when the policy has an ``intune:`` section."""
+    intune = given.policy.intune
+    if intune is None:
+        return None
+    pseudonymised = given.policy.pseudonymise_email
+    emails = {} if pseudonymised else {d.serial: d.user_email for d in given.devices
+                                       if d.platform is Platform.MACOS}
+    data = {"groups": dict(sorted(intune.groups.items())), "pseudonymised": pseudonymised,
+            "mac_emails": dict(sorted(emails.items()))}
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _read_intune_teams(data: bytes) -> Semantic:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not (isinstance(value, dict) and isinstance(value.get("groups"), dict)
+            and isinstance(value.get("mac_emails"), dict)):
+        raise ValueError("not an mdmgen intune/teams.json (groups, mac_emails)")
+    return {"intune": value}
+
+
+INTUNE_TEAMS = register(ArtifactKind(
+    name=INTUNE_TEAMS_FILE,
+    content_type="application/json",
+    read_semantic=_read_intune_teams,
+    emit=_emit_intune_teams,
+    label="Intune team mapping",
+    fleet=True,
+    sections={"intune": "Intune team mapping"},
+))
+"""The fleet's Intune facts (team -> group, Macs' emails), for ``mdmgen publish intune``."""

@@ -82,6 +82,11 @@ class RemoteError(PublishError):
     """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ..."""
 
 
+class Unservable(PublishError):
+    """The target cannot give some devices exactly their compiled settings (Intune's equivalence
+    proof failed); refused before any write, exit 1 like any input the user must fix."""
+
+
 class DeletionRefused(PublishError):
     """The plan would delete more published devices than the guard allows."""
 

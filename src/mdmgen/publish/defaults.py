@@ -15,3 +15,6 @@ silent endpoint fails the run in about 3 x this, not in minutes (its own default
 JAMF_MAX_CONNECTIONS = 5
 """Jamf's guidance: at most 5 concurrent connections (jamf-pro-api.md §8)."""
 JAMF_TIMEOUT = 60.0
+
+GRAPH_URL = "https://graph.microsoft.com"
+"""Microsoft Graph; the Intune client uses /beta (and /v1.0) under it."""

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 
 from ...emit.registry import SETTINGS_JSON
 from ...models import SAFE_NAME, Platform, unsafe_name
+from .objects import windows_name
 
 INSTALL_PATH = SETTINGS_JSON.install_paths[Platform.WINDOWS]
 """``C:\\Program Files\\ClaudeCode\\managed-settings.json``: the registry's path, hard-coded in the script
@@ -89,7 +90,6 @@ INTUNE_SCRIPT_LIMIT = 200_000
 DEFAULT_MAX_BYTES = INTUNE_SCRIPT_LIMIT * 3 // 4
 """150,000: under 200 KB whether Intune measures the script or its base64 ``scriptContent``."""
 
-DISPLAY_NAME_PREFIX = "mdmgen - Claude Code - "
 _HASH_BITS = 256
 _EOL = "\r\n"
 _TABLE_START = "$Table = @{"
@@ -204,7 +204,7 @@ def _script(team: str, label: str, entries: list[_Entry]) -> PlatformScript:
     text = head + "".join(entry.line + _EOL for entry in entries) + tail
     suffix = f" (part {label})" if label else ""
     return PlatformScript(
-        display_name=f"{DISPLAY_NAME_PREFIX}{team} - Windows{suffix}",
+        display_name=f"{windows_name(team)}{suffix}",
         file_name=f"mdmgen-claude-code-{_team_slug(team)}{f'-p{label}' if label else ''}.ps1",
         content=text.encode("ascii"),
         serials=tuple(entry.serial for entry in entries),

@@ -1,0 +1,145 @@
+"""``mdmgen publish intune``: each standard way of authenticating, nothing sent to a public Microsoft
+host when the authority is another one, missing permissions, and objects that repeat our names."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .fakes.graph_server import ALL_ROLES, AppRegistration, FakeGraphServer
+from .fakes.test_graph_server import TrapProxy
+from .fakes.tls import self_signed
+from .intune_helpers import Row, azure_env, compile_rows, publish, seed, writes
+
+ROWS = [Row("C02AAA0001", "macos", "ada@example.com", "ops"), Row("C02AAA0002", "macos", "bob@example.com", "ops"),
+        Row("PC00000001", "windows", "cy@example.com", "ops")]
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("intune-auth-tls"))
+
+
+@pytest.fixture
+def trap(monkeypatch) -> Iterator[TrapProxy]:
+    """Every request to a host other than loopback lands at this proxy, which refuses it."""
+    proxy = TrapProxy()
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def graph(tls_files, monkeypatch, trap) -> Iterator[FakeGraphServer]:
+    with FakeGraphServer(tls=tls_files, page_size=2) as server:
+        azure_env(monkeypatch, server, tls_files[0])
+        yield server
+        assert server.internal_errors == []
+    assert trap.seen == []  # nothing went to a public Microsoft host (or anywhere else)
+
+
+def ready(workdir: Path, graph: FakeGraphServer) -> None:
+    compile_rows(workdir, ROWS)
+    seed(graph, ROWS)
+
+
+def test_workload_identity_federation_from_a_token_file(workdir: Path, graph: FakeGraphServer, monkeypatch,
+                                                         tmp_path: Path):
+    ready(workdir, graph)
+    graph.add_app(AppRegistration("gh-actions-app", secret=None, federated_token="eyJ.github.oidc-token-value"))
+    token_file = tmp_path / "azure-token"
+    token_file.write_text("eyJ.github.oidc-token-value")
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "gh-actions-app")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    result = publish(workdir, graph, "-vv")
+    assert result.exit_code == 0, result.output
+    assert len(graph.configurations) == 1 and len(graph.scripts) == 1
+    assert "oidc-token-value" not in result.output
+
+
+def test_a_client_certificate(workdir: Path, graph: FakeGraphServer, monkeypatch, tmp_path: Path):
+    ready(workdir, graph)
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=mdmgen"], check=True, capture_output=True)
+    both = tmp_path / "app.pem"
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    graph.add_app(AppRegistration("cert-app", secret=None, certificate_pem=cert.read_bytes()))
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "cert-app")
+    monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", str(both))
+    result = publish(workdir, graph)
+    assert result.exit_code == 0, result.output
+    assert "client_assertion=<redacted>" in graph.requests_to("*/oauth2/v2.0/token")[0].body
+
+
+def test_only_ssl_cert_file_is_enough_for_both_libraries(workdir: Path, graph: FakeGraphServer, monkeypatch):
+    ready(workdir, graph)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    result = publish(workdir, graph)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_missing_permission_names_it(workdir: Path, graph: FakeGraphServer, monkeypatch):
+    ready(workdir, graph)
+    roles = tuple(r for r in ALL_ROLES if r != "DeviceManagementConfiguration.ReadWrite.All")
+    graph.add_app(AppRegistration("read-only-app", roles=(*roles, "DeviceManagementConfiguration.Read.All")))
+    monkeypatch.setenv("AZURE_CLIENT_ID", "read-only-app")
+    result = publish(workdir, graph)
+    assert result.exit_code == 7, result.output
+    assert "needs the application permission DeviceManagementConfiguration.ReadWrite.All" in result.output
+
+
+def test_a_second_object_with_our_name_is_stale_and_pruned(workdir: Path, graph: FakeGraphServer):
+    ready(workdir, graph)
+    assert publish(workdir, graph).exit_code == 0
+    (original,) = graph.configurations.values()
+    copy = {**original, "id": "00000000-0000-0000-0000-00000000c0de"}
+    graph.configurations[copy["id"]] = copy
+    graph.assignments[copy["id"]] = list(graph.assignments[original["id"]])
+    result = publish(workdir, graph)
+    assert result.exit_code == 0 and "repeat the name of another of mdmgen's" in result.output
+    graph.reset_requests()
+    result = publish(workdir, graph, "--prune", "--force")
+    assert result.exit_code == 0, result.output
+    assert len(graph.configurations) == 1 and len(writes(graph)) == 1 and writes(graph)[0].startswith("DELETE")
+
+
+# --- the Graph client on its own ------------------------------------------------------------------
+
+
+def client_for(graph: FakeGraphServer, waits: list[float]):
+    from mdmgen.publish.intune.graph import GraphClient, credential_factory
+
+    return GraphClient(graph.graph_url, credential_factory(), sleep=waits.append)
+
+
+def test_a_next_link_to_another_host_is_not_followed(graph: FakeGraphServer):
+    from mdmgen.publish.base import RemoteError
+
+    client = client_for(graph, [])
+    with pytest.raises(RemoteError, match="next link to another host"):
+        list(client.pages("https://graph.example.net/v1.0/users", doing="test"))
+    client.close()
+    assert graph.requests == []  # the token was not even fetched for it
+
+
+def test_batch_splits_by_20_judges_each_answer_and_waits_for_an_inner_429(graph: FakeGraphServer):
+    users = [graph.add_user(f"u{i}@example.com") for i in range(30)]
+    graph.throttle(2, retry_after=7, path="/v1.0/users/*")  # two inner requests of the first batch
+    waits: list[float] = []
+    client = client_for(graph, waits)
+    urls = {f"k{i}": f"/users/{u.id}?$select=id,mail" for i, u in enumerate(users)}
+    urls["missing"] = "/users/00000000-0000-0000-0000-000000000000?$select=id"
+    answers = client.batch("v1.0", urls, doing="test")
+    client.close()
+    assert {k: a.status for k, a in answers.items()} == {**{f"k{i}": 200 for i in range(30)}, "missing": 404}
+    assert answers["k3"].body["mail"] == "u3@example.com"
+    batches = graph.requests_to("/v1.0/$batch", "POST")
+    assert len(batches) == 3  # 31 requests: 20 + 11, then the 2 throttled ones again
+    assert waits == [7.0]
