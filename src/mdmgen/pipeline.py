@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, envschema, inventory, policy, secrets
+from . import attributes, destinations, envschema, inventory, policy, secrets
 from .emit import registry
 from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
 from .progress import NO_PROGRESS, Progress
@@ -100,6 +100,7 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
     known = previous.devices if previous else {}
+    telemetry = destinations.FleetDestinations(renderer)  # for the collector side (fleet files)
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
@@ -113,6 +114,8 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         before = known.get(device.serial)
         if before is not None and before.inputs == inputs:
             result.devices.append(CompiledDevice(device=device, inputs=inputs))
+            if loaded.policy.collector is not None:
+                telemetry.reused(device, raw_email)
             continue
         result.rendered += 1
         settings, problems = renderer.render(device, raw_email)
@@ -131,9 +134,11 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                         "if the raw address is really meant"))
             continue
         result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files))
+        if loaded.policy.collector is not None:
+            telemetry.rendered(device, settings)
     progress.finish()
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
-        devices=tuple(c.device for c in result.devices), policy=loaded.policy))
+        devices=tuple(c.device for c in result.devices), policy=loaded.policy, destinations=telemetry.sorted()))
     bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):

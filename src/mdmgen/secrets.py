@@ -118,3 +118,45 @@ def load_key(environ: Mapping[str, str] | None = None) -> Pseudonymiser:
     if len(key) < MIN_KEY_BYTES:
         raise PseudonymKeyError(f"the key in {source} is {len(key)} bytes; it must be at least {MIN_KEY_BYTES}")
     return Pseudonymiser(key)
+
+
+# --- placeholder until the secret-references work lands ------------------------------------------
+# The secret-references work adds the template functions ``{{ secret("NAME") }}`` (an env variable)
+# and ``{{ secret_file("PATH") }}`` and the real ``SecretRef``/``references`` below; the collector
+# emitters (emit/collector) are written against exactly this interface. Keep theirs at merge.
+
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import jinja2  # noqa: E402
+from jinja2 import nodes  # noqa: E402
+
+_SECRET_FUNCTIONS = {"secret": "env", "secret_file": "file"}
+
+
+@dataclass(frozen=True, order=True)
+class SecretRef:
+    """A secret a template names: an env variable (``secret``) or a file (``secret_file``)."""
+
+    kind: Literal["env", "file"]
+    name: str
+
+
+def references(source: str) -> list[SecretRef]:
+    """The ``secret("NAME")`` and ``secret_file("PATH")`` calls in a template, in order, once each.
+
+    Only calls with one constant string argument count (a computed name cannot be known before
+    rendering). A string that is no valid template names no secret."""
+    try:
+        ast = jinja2.Environment().parse(source)
+    except jinja2.TemplateSyntaxError:
+        return []
+    found: list[SecretRef] = []
+    for call in ast.find_all(nodes.Call):
+        kind = _SECRET_FUNCTIONS.get(call.node.name) if isinstance(call.node, nodes.Name) else None
+        if kind and len(call.args) == 1 and isinstance(call.args[0], nodes.Const) \
+                and isinstance(call.args[0].value, str):
+            ref = SecretRef(kind, call.args[0].value)  # type: ignore[arg-type]
+            if ref not in found:
+                found.append(ref)
+    return found

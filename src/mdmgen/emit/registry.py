@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
 from . import mobileconfig, settings_json
+from .collector.fleet import OtlpDestination
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -39,10 +42,14 @@ class DeviceInput:
 @dataclass(frozen=True)
 class FleetInput:
     """What a fleet-level emitter is given: every compiled device (rendered this run or not) and
-    the policy. Fleet files are made again on every compile: there is one of each, not one per device."""
+    the policy. Fleet files are made again on every compile: there is one of each, not one per device.
+
+    ``destinations`` are the distinct OTLP destinations in the devices' compiled settings (sorted);
+    ``pipeline`` computes them, also for devices reused from the previous output."""
 
     devices: tuple[Device, ...]
     policy: Policy
+    destinations: tuple[OtlpDestination, ...] = ()
 
 
 Semantic = dict[str, Any]
@@ -208,3 +215,47 @@ MAC_PROFILE = register(ArtifactKind(
     sections={SETTINGS_SECTION: "profile settings", "metadata": "profile"},
 ))
 """A Mac's configuration profile, deployed by the MDM (Jamf publishes it)."""
+
+
+# --- the collector side (emit/collector): fleet-level, written when the policy has `collector:` ----
+
+
+def _read_yaml(section: str) -> Callable[[bytes], Semantic]:
+    """A reader of a YAML file (one document or several, as a list) into ``section``."""
+
+    def read(data: bytes) -> Semantic:
+        try:
+            documents = list(yaml.safe_load_all(data.decode("utf-8")))
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ValueError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        return {section: documents[0] if len(documents) == 1 else documents}
+
+    return read
+
+
+def _read_json(section: str) -> Callable[[bytes], Semantic]:
+    def read(data: bytes) -> Semantic:
+        try:
+            return {section: json.loads(data.decode("utf-8"))}
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+
+    return read
+
+
+def _register_collector() -> None:
+    from .collector import dashboards, k8s, otel_config, prometheus_rules
+
+    for path, emit, content_type, label, reader in [
+        (otel_config.PATH, otel_config.emit, "application/yaml", "collector config", _read_yaml),
+        (prometheus_rules.PATH, prometheus_rules.emit, "application/yaml", "prometheus rules", _read_yaml),
+        (dashboards.PERSONAL_PATH, dashboards.emit_personal, "application/json", "personal dashboard", _read_json),
+        (dashboards.TEAM_PATH, dashboards.emit_team, "application/json", "team dashboard", _read_json),
+        (k8s.PATH, k8s.emit, "application/yaml", "collector ingress", _read_yaml),
+    ]:
+        register(ArtifactKind(name=path, content_type=content_type, read_semantic=reader(label), emit=emit,
+                              label=label, fleet=True, sections={label: label}))
+
+
+_register_collector()
+"""The collector side: its config, the alert rules, two dashboards, the ingress (see emit/collector)."""
