@@ -28,9 +28,18 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+def series(metric: str, **labels: str) -> str:
+    """A series in promtool's notation; JSON string escapes are PromQL's for these names."""
+    matchers = ", ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in labels.items())
+    return f"{metric}{{{matchers}}}"
+
+
 def selector(team: str, user: str) -> str:
-    return "claude_code_session_count_total{team=%s, user_email=%s}" % (json.dumps(team, ensure_ascii=False),
-                                                                       json.dumps(user))
+    return series("claude_code_session_count_total", team=team, user_email=user)
+
+
+def rules_of(path: Path) -> list[dict]:
+    return [rule for group in load_yaml(path)["groups"] for rule in group["rules"]]
 
 
 def active(team: str, prefix: str, users: int) -> list[dict]:
@@ -53,21 +62,20 @@ def test_promtool_accepts_the_rules_and_adoption_fires_per_team_against_its_head
     rules = workdir / "output" / RULES
     checked = promtool("check", "rules", str(rules), cwd=workdir)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    headcount = [r for g in load_yaml(rules)["groups"] for r in g["rules"] if r.get("record", "").endswith("enrolled_users")]
+    headcount = [r for r in rules_of(rules) if r.get("record") == "mdmgen:claude_code_enrolled_users"]
     assert {r["labels"]["team"]: r["expr"] for r in headcount} == {
         LOW: "vector(10)", HIGH: "vector(10)", HOSTILE: "vector(4)"}
 
-    series = active(LOW, "LOW", 3) + active(HIGH, "HIGH", 8) + active(HOSTILE, "HOS", 2) + active(GONE, "GONE", 1)
+    inputs = active(LOW, "LOW", 3) + active(HIGH, "HIGH", 8) + active(HOSTILE, "HOS", 2) + active(GONE, "GONE", 1)
     tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
         "interval": "5m",
-        "input_series": series,
+        "input_series": inputs,
         "alert_rule_test": [{"eval_time": "2h", "alertname": "ClaudeCodeLowTeamAdoption",
                              # 3 of 10 fires; 8 of 10 and 2 of 4 (50%) do not; the gone team has no headcount
                              "exp_alerts": [low_adoption_alert(LOW, "30%")]}],
-        "promql_expr_test": [{"eval_time": "2h", "expr": "mdmgen:claude_code_active_users_7d",
-                              "exp_samples": [
-                                  {"labels": "mdmgen:claude_code_active_users_7d{team=%s}" % json.dumps(t, ensure_ascii=False),
-                                   "value": n} for t, n in [(LOW, 3), (HIGH, 8), (HOSTILE, 2), (GONE, 1)]]}],
+        "promql_expr_test": [{"eval_time": "2h", "expr": "mdmgen:claude_code_active_users_7d", "exp_samples": [
+            {"labels": series("mdmgen:claude_code_active_users_7d", team=team), "value": count}
+            for team, count in [(LOW, 3), (HIGH, 8), (HOSTILE, 2), (GONE, 1)]]}],
     }, {
         "interval": "5m",
         "input_series": active(HIGH, "HIGH", 8),  # nobody of LOW or HOSTILE is active at all
@@ -84,7 +92,7 @@ def test_daily_spend_fires_above_the_policy_threshold(workdir):
     set_policy(workdir)
     compile_fleet(workdir, team_rows(LOW, 2, "LOW"))
     rules = workdir / "output" / RULES
-    cost = "claude_code_cost_usage_USD_total{team=%s, user_email=\"low0@example.com\", model=\"m\"}" % json.dumps(LOW)
+    cost = series("claude_code_cost_usage_USD_total", team=LOW, user_email="low0@example.com", model="m")
     tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [
         {"interval": "1h", "input_series": [{"series": cost, "values": "0+30x30"}],  # 720 USD a day
          "alert_rule_test": [{"eval_time": "25h", "alertname": "ClaudeCodeDailySpendHigh", "exp_alerts": [{
@@ -107,6 +115,6 @@ def test_a_team_that_left_the_inventory_has_no_rule_and_a_new_team_gets_one(work
     rules = workdir / "output" / RULES
     text = rules.read_text(encoding="utf-8")
     assert GONE not in text
-    teams = [r["labels"]["team"] for g in load_yaml(rules)["groups"] for r in g["rules"] if "record" in r and "labels" in r]
+    teams = [r["labels"]["team"] for r in rules_of(rules) if r.get("record") == "mdmgen:claude_code_enrolled_users"]
     assert teams == [HIGH, LOW]
     assert promtool("check", "rules", str(rules), cwd=workdir).returncode == 0

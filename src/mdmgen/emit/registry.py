@@ -221,16 +221,25 @@ MAC_PROFILE = register(ArtifactKind(
 
 
 def _read_yaml(section: str) -> Callable[[bytes], Semantic]:
-    """A reader of a YAML file (one document or several, as a list) into ``section``."""
+    """A reader of a YAML file into ``section``: its document, or its documents by kind and name."""
 
     def read(data: bytes) -> Semantic:
         try:
             documents = list(yaml.safe_load_all(data.decode("utf-8")))
         except (ValueError, yaml.YAMLError) as exc:
             raise ValueError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
-        return {section: documents[0] if len(documents) == 1 else documents}
+        if len(documents) == 1:
+            return {section: documents[0]}
+        return {section: {_document_name(i, doc): doc for i, doc in enumerate(documents)}}
 
     return read
+
+
+def _document_name(index: int, document: object) -> str:
+    """A document of a multi-document file by what it is (``Ingress otel-collector``), so diff names it."""
+    if isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+        return f"{document.get('kind')} {document['metadata'].get('name')}"
+    return str(index)
 
 
 def _read_json(section: str) -> Callable[[bytes], Semantic]:

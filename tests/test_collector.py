@@ -1,0 +1,258 @@
+"""``output/collector/``: made from the same policy and inventory as the device files, and consistent with them.
+
+The collector binary itself is not available here (shared/reference/collector-side.md 1.6), so the
+config is parsed and compared with what the compiled devices send: ports, protocols, signals and
+the token reference. The Kubernetes manifests are validated against the bundled Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+
+from mdmgen import policy
+from mdmgen.emit import registry
+from mdmgen.emit.collector.fleet import OtlpDestination
+from mdmgen.models import Device, Location, Platform
+
+from .collector_helpers import (
+    ALL,
+    CONFIG,
+    HOSTILE,
+    INGRESS,
+    PERSONAL,
+    RULES,
+    TEAMS,
+    compile_fleet,
+    device_env,
+    load_yaml,
+    set_policy,
+    team_rows,
+)
+from .conftest import run
+
+ROWS = team_rows("Ops", 2, "OPS") + team_rows(HOSTILE, 1, "HOS", "macos") + team_rows("Sec", 1, "SEC", "windows")
+KUBERNETES_VERSION = "1.30"
+
+
+def receivers_of(config: dict) -> dict[str, tuple[str, int]]:
+    """Receiver name -> (protocol, port) of the parsed collector config."""
+    found = {}
+    for name, receiver in config["receivers"].items():
+        ((protocol, settings),) = receiver["protocols"].items()
+        found[name] = (protocol, int(settings["endpoint"].rsplit(":", 1)[1]))
+    return found
+
+
+def test_without_a_collector_section_no_collector_file_is_written(workdir):
+    compile_fleet(workdir, ROWS)
+    assert not (workdir / "output" / "collector").exists()
+    assert "fleet" not in json.loads((workdir / "output" / "manifest.json").read_text())
+
+
+def test_the_config_receives_exactly_what_the_devices_send(workdir):
+    set_policy(workdir, endpoint="https://otel.example.com:4317", protocol="grpc")
+    compile_fleet(workdir, ROWS)
+    out = workdir / "output"
+    env = device_env(out, "OPS00")
+    device_url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    config = load_yaml(out / CONFIG)
+    assert receivers_of(config) == {"otlp/grpc-4317": (env["OTEL_EXPORTER_OTLP_PROTOCOL"], device_url.port)}
+    grpc = config["receivers"]["otlp/grpc-4317"]["protocols"]["grpc"]
+    assert grpc["auth"] == {"authenticator": "bearertokenauth"}
+    assert config["extensions"] == {"bearertokenauth": {"token": "${env:OTEL_TOKEN}"}}
+    assert config["service"]["extensions"] == ["bearertokenauth"]
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"metrics", "logs"}  # the devices export both over otlp
+    assert pipelines["metrics"] == {"receivers": ["otlp/grpc-4317"],
+                                    "processors": ["memory_limiter", "attributes/user-email", "batch"],
+                                    "exporters": ["prometheus"]}
+    assert pipelines["logs"]["exporters"] == ["otlphttp/loki"]
+    assert config["exporters"]["otlphttp/loki"] == {"endpoint": "http://loki:3100/otlp"}  # not the gone loki exporter
+    assert config["exporters"]["prometheus"]["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    assert config["processors"]["attributes/user-email"] == {"actions": [{"key": "user.email", "action": "delete"}]}
+    assert set(config["processors"]["memory_limiter"]) >= {"check_interval", "limit_percentage"}
+    text = (out / CONFIG).read_text()
+    assert "# user_email collision, resolved on purpose" in text.split("attributes/user-email:")[0]
+
+
+def test_changing_port_and_protocol_changes_devices_and_collector_together(workdir):
+    set_policy(workdir, endpoint="https://otel.example.com:4317", protocol="grpc")
+    compile_fleet(workdir, ROWS, "old")
+    set_policy(workdir, endpoint="https://otel.example.com:14318", protocol="http/protobuf")
+    compile_fleet(workdir, ROWS, "new")
+    env = device_env(workdir / "new", "SEC00")
+    assert (env["OTEL_EXPORTER_OTLP_PROTOCOL"], env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == (
+        "http/protobuf", "https://otel.example.com:14318")
+    config = load_yaml(workdir / "new" / CONFIG)
+    assert receivers_of(config) == {"otlp/http-14318": ("http", 14318)}
+    assert config["service"]["pipelines"]["logs"]["receivers"] == ["otlp/http-14318"]
+    ingress = [doc for doc in load_yaml(workdir / "new" / INGRESS) if doc["kind"] == "Ingress"]
+    assert [doc["metadata"]["annotations"] for doc in ingress] == [
+        {"nginx.ingress.kubernetes.io/backend-protocol": "HTTP"}]
+    assert ingress[0]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {"number": 14318}
+
+    result = run(workdir, "diff", "old", "new")
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert f"~ fleet {CONFIG}" in lines and f"~ fleet {INGRESS}" in lines, result.stdout
+    assert any("OTEL_EXPORTER_OTLP_ENDPOINT" in line and "14318" in line for line in lines)  # the device side
+    assert lines[-1].endswith("2 fleet file(s) changed.") and "4 changed" in lines[-1]
+
+
+def test_devices_reused_from_the_previous_run_still_shape_the_collector(workdir):
+    """A second compile renders nothing again; the collector's receivers must not vanish."""
+    set_policy(workdir, endpoint="https://otel.example.com:4317", protocol="grpc")
+    compile_fleet(workdir, ROWS)
+    first = {path: (workdir / "output" / path).read_bytes() for path in ALL}
+    set_policy(workdir, endpoint="https://otel.example.com:4317", protocol="grpc",
+               section="\ncollector:\n  token_env: OTEL_TOKEN\n  previous_token_env: OTEL_TOKEN_OLD\n")
+    summary = compile_fleet(workdir, ROWS)
+    assert summary["rendered"] == 0
+    config = load_yaml(workdir / "output" / CONFIG)
+    assert receivers_of(config) == {"otlp/grpc-4317": ("grpc", 4317)}
+    assert config["extensions"]["bearertokenauth"] == {"tokens": ["${env:OTEL_TOKEN}", "${env:OTEL_TOKEN_OLD}"]}
+    assert (workdir / "output" / RULES).read_bytes() != first[RULES]  # the threshold section was dropped
+
+
+def test_two_compiles_give_the_same_bytes(workdir):
+    set_policy(workdir)
+    compile_fleet(workdir, ROWS, "one")
+    compile_fleet(workdir, ROWS, "two")
+    for path in ALL:
+        assert (workdir / "one" / path).read_bytes() == (workdir / "two" / path).read_bytes(), path
+    assert (workdir / "one" / "manifest.json").read_bytes() == (workdir / "two" / "manifest.json").read_bytes()
+    manifest = json.loads((workdir / "one" / "manifest.json").read_text())
+    assert sorted(manifest["fleet"]) == sorted(ALL)
+
+
+def test_the_team_dashboard_lists_the_inventory_teams_and_a_new_team_appears(workdir):
+    set_policy(workdir)
+    compile_fleet(workdir, ROWS)
+    out = workdir / "output"
+    dashboard = json.loads((out / TEAMS).read_text(encoding="utf-8"))
+    (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
+    assert team["type"] == "custom"
+    assert [o["value"] for o in team["options"]] == sorted(["Ops", HOSTILE, "Sec"])
+    assert team["query"] == ",".join(sorted(["Ops", HOSTILE.replace(",", "\\,"), "Sec"]))
+    personal = json.loads((out / PERSONAL).read_text(encoding="utf-8"))
+    assert [v["name"] for v in personal["templating"]["list"]] == ["datasource", "user"]
+    assert all(t["expr"] for p in personal["panels"] for t in p["targets"])
+
+    compile_fleet(workdir, [*ROWS, *team_rows("Brand New", 1, "NEW")])
+    dashboard = json.loads((out / TEAMS).read_text(encoding="utf-8"))
+    (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
+    assert "Brand New" in [o["value"] for o in team["options"]]
+    assert "Brand New" in (out / RULES).read_text(encoding="utf-8")
+
+
+def test_the_kubernetes_manifests_are_valid_and_grpc_gets_its_backend_protocol(workdir):
+    set_policy(workdir, endpoint="https://OTEL.example.com:4317", protocol="grpc")
+    compile_fleet(workdir, ROWS)
+    documents = load_yaml(workdir / "output" / INGRESS)
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)  # raises when invalid
+    service, ingress = documents
+    assert [p["port"] for p in service["spec"]["ports"]] == [4317]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
+    assert ingress["spec"]["tls"] == [{"hosts": ["otel.example.com"], "secretName": "otel-collector-tls"}]
+    assert ingress["spec"]["rules"][0]["host"] == "otel.example.com"
+
+
+def test_a_loopback_endpoint_gets_a_service_but_no_ingress(workdir):
+    set_policy(workdir, endpoint="http://127.0.0.1:4318", protocol="http/json")
+    compile_fleet(workdir, ROWS)
+    documents = load_yaml(workdir / "output" / INGRESS)
+    assert [d["kind"] for d in [documents] if isinstance(documents, dict)] == ["Service"]
+    kubernetes_validate.validate(documents, KUBERNETES_VERSION, strict=True)
+
+
+def test_clickhouse_logs_use_the_current_keys(workdir):
+    section = """
+collector:
+  logs:
+    exporter: clickhouse
+    endpoint: tcp://clickhouse:9000
+    username_env: CH_USER
+    password_env: CH_PASSWORD
+"""
+    set_policy(workdir, section=section)
+    compile_fleet(workdir, ROWS)
+    config = load_yaml(workdir / "output" / CONFIG)
+    assert config["exporters"]["clickhouse"] == {
+        "endpoint": "tcp://clickhouse:9000", "database": "otel", "username": "${env:CH_USER}",
+        "password": "${env:CH_PASSWORD}", "logs_table_name": "otel_logs", "ttl": "720h", "create_schema": True}
+    assert config["service"]["pipelines"]["logs"]["exporters"] == ["clickhouse"]
+    assert "extensions" not in config  # the devices send no token and the section names none
+
+
+def test_with_pseudonymised_emails_no_inventory_email_reaches_the_collector_files(workdir, monkeypatch):
+    monkeypatch.setenv("MDMGEN_PSEUDONYM_KEY", "k" * 32)
+    set_policy(workdir, section="pseudonymise_email: true\n" + "\ncollector: {}\n")
+    compile_fleet(workdir, ROWS)
+    emails = [row.split(",")[2] for row in ROWS]
+    for path in ALL:
+        text = (workdir / "output" / path).read_text(encoding="utf-8").casefold()
+        assert not [e for e in emails if e in text], path
+    assert "u-" in device_env(workdir / "output", "OPS00")["OTEL_RESOURCE_ATTRIBUTES"]
+
+
+def test_a_policy_error_in_the_collector_section_points_at_its_line(workdir):
+    set_policy(workdir, section="\ncollector:\n  alerts:\n    adoption_window: a week\n")
+    result = run(workdir, "compile")
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if "adoption_window" in line]
+    assert line.startswith("profiles/policy.yaml:") and "duration" in line
+
+
+# --- the token reference, from the headers template (the secret() functions of the policy) --------
+
+SECRET_POLICY = """
+org: {name: Example, identifier_prefix: com.example.mdmgen}
+settings:
+  env:
+    CLAUDE_CODE_ENABLE_TELEMETRY: "1"
+    OTEL_METRICS_EXPORTER: otlp
+    OTEL_EXPORTER_OTLP_PROTOCOL: grpc
+    OTEL_EXPORTER_OTLP_ENDPOINT: https://otel.example.com:4317
+    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {{ secret('%s') }}"
+teams:
+  Sec:
+    settings:
+      env:
+        OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {{ secret('SEC_TOKEN') }}"
+collector:
+  previous_token_env: OLD_TOKEN
+"""
+
+
+def fleet_input(token: str, teams: tuple[str, ...] = ("Ops",)) -> registry.FleetInput:
+    loaded = policy.parse(SECRET_POLICY % token, "policy.yaml")
+    devices = tuple(Device(serial=f"S{i}", platform=Platform.LINUX, user_email=f"u{i}@example.com", team=team,
+                           location=Location(file="devices.csv", line=i + 2)) for i, team in enumerate(teams))
+    return registry.FleetInput(devices=devices, policy=loaded.policy,
+                               destinations=(OtlpDestination("metrics", "grpc", "https://otel.example.com:4317"),))
+
+
+@pytest.mark.parametrize("token", ["OTEL_TOKEN", "ROTATED_TOKEN"])
+def test_the_collector_accepts_the_reference_the_headers_name_and_the_old_token(token):
+    config = load_yaml_bytes(registry.emit_fleet(fleet_input(token))[CONFIG])
+    assert config["extensions"]["bearertokenauth"] == {"tokens": sorted([f"${{env:{token}}}", "${env:OLD_TOKEN}"])}
+    receiver = config["receivers"]["otlp/grpc-4317"]["protocols"]["grpc"]
+    assert receiver == {"endpoint": "0.0.0.0:4317", "auth": {"authenticator": "bearertokenauth"}}
+
+
+def test_every_token_the_compiled_teams_send_is_accepted_and_only_those():
+    with_sec = load_yaml_bytes(registry.emit_fleet(fleet_input("OTEL_TOKEN", ("Ops", "Sec")))[CONFIG])
+    assert with_sec["extensions"]["bearertokenauth"]["tokens"] == [
+        "${env:OLD_TOKEN}", "${env:OTEL_TOKEN}", "${env:SEC_TOKEN}"]
+    assert "tokens" not in with_sec["receivers"]  # references only: no value anywhere
+
+
+def load_yaml_bytes(data: bytes):
+    import yaml
+
+    return yaml.safe_load(data.decode("utf-8"))
