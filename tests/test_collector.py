@@ -18,6 +18,7 @@ from mdmgen.emit import registry
 from mdmgen.emit.collector.fleet import OtlpDestination
 from mdmgen.models import Device, Location, Platform
 
+from . import test_publish_s3
 from .collector_helpers import (
     ALL,
     CONFIG,
@@ -256,3 +257,27 @@ def load_yaml_bytes(data: bytes):
     import yaml
 
     return yaml.safe_load(data.decode("utf-8"))
+
+
+def test_a_typo_in_the_collector_section_suggests_the_key(workdir):
+    set_policy(workdir, section="\ncollector:\n  alert:\n    daily_spend_usd: 5\n")
+    result = run(workdir, "compile")
+    assert result.exit_code == 1
+    assert "collector.alert: unknown key 'alert'; did you mean 'alerts'?" in result.output
+
+
+aws_env = test_publish_s3.aws_env  # moto's threaded S3 server over HTTP, as the S3 tests use it
+s3 = test_publish_s3.s3
+
+
+def test_s3_publishes_the_collector_files_with_their_content_types(workdir, s3):
+    set_policy(workdir)
+    compile_fleet(workdir, ROWS)
+    result = test_publish_s3.publish(workdir, s3)
+    assert result.exit_code == 0, result.output
+    remote = test_publish_s3.remote_tree(s3)
+    for path in ALL:
+        assert remote[path] == (workdir / "output" / path).read_bytes(), path
+    types = {path: s3.client().head_object(Bucket=test_publish_s3.BUCKET, Key=f"prod/{path}")["ContentType"]
+             for path in (CONFIG, TEAMS)}
+    assert types == {CONFIG: "application/yaml", TEAMS: "application/json"}

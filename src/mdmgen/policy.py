@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -397,6 +398,9 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or rest[0] not in model.model_fields:
             return []
         annotation = model.model_fields[rest.pop(0)].annotation
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(optional) == 1:
+            annotation = optional[0]  # ``collector: Collector | None``: its keys are Collector's
         if typing.get_origin(annotation) is dict:  # platforms.<name>, teams.<name>: skip the free key
             if not rest:
                 return []
