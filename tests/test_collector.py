@@ -8,6 +8,9 @@ the token reference. The Kubernetes manifests are validated against the bundled 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -18,7 +21,7 @@ from mdmgen.emit import registry
 from mdmgen.emit.collector.fleet import OtlpDestination
 from mdmgen.models import Device, Location, Platform
 
-from . import test_publish_s3
+from . import test_publish_s3, test_readme
 from .collector_helpers import (
     ALL,
     CONFIG,
@@ -33,7 +36,7 @@ from .collector_helpers import (
     set_policy,
     team_rows,
 )
-from .conftest import run
+from .conftest import ROOT, run
 
 ROWS = team_rows("Ops", 2, "OPS") + team_rows(HOSTILE, 1, "HOS", "macos") + team_rows("Sec", 1, "SEC", "windows")
 KUBERNETES_VERSION = "1.30"
@@ -281,3 +284,18 @@ def test_s3_publishes_the_collector_files_with_their_content_types(workdir, s3):
     types = {path: s3.client().head_object(Bucket=test_publish_s3.BUCKET, Key=f"prod/{path}")["ContentType"]
              for path in (CONFIG, TEAMS)}
     assert types == {CONFIG: "application/yaml", TEAMS: "application/json"}
+
+
+def test_the_readme_collector_example_works_when_pasted(tmp_path):
+    """The README's "Collector side" block, pasted into a copy of the shipped example (with this
+    venv as its .venv: the block is about the collector, not about installing)."""
+    (block,) = [body for _marker, body in test_readme.shell_blocks() if "with-collector.yaml" in body]
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "inventory", project / "inventory")
+    shutil.copytree(ROOT / "profiles", project / "profiles")
+    (project / ".venv").symlink_to(Path(sys.prefix))
+    result = test_readme.paste(block, project, test_readme.clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "SUCCESS" in result.stdout
+    assert sorted(str(p.relative_to(project / "collector-demo")) for p in (project / "collector-demo" / "collector")
+                  .rglob("*") if p.is_file()) == sorted(ALL)
