@@ -92,7 +92,9 @@ def _kind(name: str, **kwargs) -> registry.ArtifactKind:
 
 def test_the_registry_says_who_gets_each_shipped_kind_and_where_it_is_installed():
     assert [k.name for k in registry.device_kinds()] == ["managed-settings.json", "claude-code.mobileconfig"]
-    assert registry.fleet_kinds() == []  # no placeholder fleet file ships
+    assert [k.name for k in registry.fleet_kinds()] == [  # the collector side (emit/collector), once per fleet
+        "collector/otel-collector-config.yaml", "collector/prometheus-rules.yaml",
+        "collector/dashboards/personal.json", "collector/dashboards/team-overview.json", "collector/k8s/ingress.yaml"]
     assert all(registry.SETTINGS_JSON.applies_to(p) for p in Platform)
     assert [p for p in Platform if registry.MAC_PROFILE.applies_to(p)] == [Platform.MACOS]
     windows = registry.SETTINGS_JSON.install_path(Platform.WINDOWS)
