@@ -15,11 +15,13 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdmgen import policy
 from mdmgen.emit import registry
 from mdmgen.emit.collector.fleet import OtlpDestination
-from mdmgen.models import Device, Location, Platform
+from mdmgen.models import Device, Location, MdmgenError, Platform
 
 from . import test_publish_s3, test_readme
 from .collector_helpers import (
@@ -299,3 +301,39 @@ def test_the_readme_collector_example_works_when_pasted(tmp_path):
     assert "SUCCESS" in result.stdout
     assert sorted(str(p.relative_to(project / "collector-demo")) for p in (project / "collector-demo" / "collector")
                   .rglob("*") if p.is_file()) == sorted(ALL)
+
+
+def test_headers_mixing_a_token_file_and_env_tokens_are_refused_at_the_collector_section():
+    text = SECRET_POLICY.replace("secret('SEC_TOKEN')", "secret_file('/run/secrets/otel')") % "OTEL_TOKEN"
+    with pytest.raises(MdmgenError) as caught:
+        policy.parse(text, "policy.yaml")
+    (problem,) = caught.value.problems
+    assert str(problem).startswith("policy.yaml:15: collector: the devices' OTLP headers name tokens as both")
+
+
+def test_a_token_file_becomes_the_extensions_filename():
+    text = SECRET_POLICY.replace("{{ secret('%s') }}", "{{ secret_file('/run/secrets/otel') }}").replace(
+        "{{ secret('SEC_TOKEN') }}", "{{ secret_file('/run/secrets/otel') }}").replace(
+        "  previous_token_env: OLD_TOKEN\n", "  {}\n").replace("collector:\n  {}", "collector: {}")
+    given = fleet_input("unused")
+    given = registry.FleetInput(devices=given.devices, policy=policy.parse(text, "p.yaml").policy,
+                                destinations=given.destinations)
+    config = load_yaml_bytes(registry.emit_fleet(given)[CONFIG])
+    assert config["extensions"] == {"bearertokenauth": {"filename": "/run/secrets/otel"}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+                min_size=1, max_size=5, unique=True))
+def test_any_team_name_round_trips_through_the_rules_and_the_dashboard(teams):
+    given_input = fleet_input("OTEL_TOKEN", tuple(teams))
+    files = registry.emit_fleet(given_input)
+    rules = load_yaml_bytes(files[RULES])
+    headcount = [r["labels"]["team"] for g in rules["groups"] for r in g["rules"]
+                 if r.get("record") == "mdmgen:claude_code_enrolled_users"]
+    assert headcount == sorted(teams)
+    dashboard = json.loads(files[TEAMS])
+    (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
+    assert [o["value"] for o in team["options"]] == sorted(teams)
+    assert not any(t in str(r.get("annotations", "")) for t in teams if "{{" in t
+                   for g in rules["groups"] for r in g["rules"])

@@ -469,6 +469,7 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             problems.append(Problem(location=loaded.location(("resource_attributes",)),
                                     field="resource_attributes",
                                     message="null is only meaningful in an override"))
+    problems.extend(_check_collector_tokens(loaded))
     folded: dict[str, str] = {}
     for team in policy.teams:
         other = folded.setdefault(team.casefold(), team)
@@ -477,6 +478,28 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             problems.append(Problem(location=loaded.location(path), field=dotted(path),
                                     message=f"same team as {other!r} (team names ignore case)"))
     return problems
+
+
+def _check_collector_tokens(loaded: LoadedPolicy) -> list[Problem]:
+    """The collector accepts the devices' tokens as env variables, or as one file, not both: a
+    policy whose headers mix ``secret()`` and ``secret_file()`` (or name two files) would leave
+    some devices' token unaccepted, so it is refused where the collector section is."""
+    if loaded.policy.collector is None:
+        return []
+    from .secrets import references  # the one parser of secret references in templates
+
+    refs = set()
+    for _prefix, layer in all_layers(loaded.policy):
+        env = layer.settings.get("env")
+        for name, value in (env.items() if isinstance(env, dict) else ()):
+            if name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith("HEADERS") and isinstance(value, str):
+                refs.update(references(value))
+    files = sorted(ref.name for ref in refs if ref.kind == "file")
+    if len(files) > 1 or (files and any(ref.kind == "env" for ref in refs)):
+        return [Problem(location=loaded.location(("collector",)), field="collector", message=(
+            "the devices' OTLP headers name tokens as both secret() and secret_file() (or several files); "
+            "the collector accepts env variables or one token file: name every token one way"))]
+    return []
 
 
 class _BadKey(str):
