@@ -159,6 +159,19 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+_LINE_BREAKS = "\n\r\x85\u2028\u2029"
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    """Strings holding a line break are double-quoted, where YAML escapes it (``\\N``, ``\\L``): in
+    another style a team called ``a<NEL>b`` would load back as ``a b``."""
+    style = '"' if any(ch in value for ch in _LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump_yaml(data: object) -> str:
     """Block-style YAML in the order the emitter built it, Unicode kept, never wrapped."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 20,
