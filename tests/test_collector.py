@@ -337,3 +337,15 @@ def test_any_team_name_round_trips_through_the_rules_and_the_dashboard(teams):
     assert [o["value"] for o in team["options"]] == sorted(teams)
     assert not any(t in str(r.get("annotations", "")) for t in teams if "{{" in t
                    for g in rules["groups"] for r in g["rules"])
+
+
+def test_a_literal_token_in_the_headers_needs_the_collector_to_be_told_its_name(workdir):
+    set_policy(workdir, section="\ncollector: {}\n", headers="Authorization=Bearer not-a-reference")
+    result = run(workdir, "compile")
+    assert result.exit_code == 1
+    assert "collector: the devices send an Authorization header whose token the collector cannot name" in result.output
+    assert "not-a-reference" not in result.output
+    set_policy(workdir, headers="Authorization=Bearer not-a-reference")  # names OTEL_TOKEN
+    compile_fleet(workdir, ROWS)
+    assert load_yaml(workdir / "output" / CONFIG)["extensions"]["bearertokenauth"] == {"token": "${env:OTEL_TOKEN}"}
+    assert "not-a-reference" not in (workdir / "output" / CONFIG).read_text()

@@ -489,11 +489,18 @@ def _check_collector_tokens(loaded: LoadedPolicy) -> list[Problem]:
     from .secrets import references  # the one parser of secret references in templates
 
     refs = set()
+    unnamed = False  # an Authorization header whose token no reference names
     for _prefix, layer in all_layers(loaded.policy):
         env = layer.settings.get("env")
         for name, value in (env.items() if isinstance(env, dict) else ()):
             if name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith("HEADERS") and isinstance(value, str):
-                refs.update(references(value))
+                found = references(value)
+                refs.update(found)
+                unnamed |= not found and "authorization" in value.lower()
+    if unnamed and not loaded.policy.collector.token_env:
+        return [Problem(location=loaded.location(("collector",)), field="collector", message=(
+            "the devices send an Authorization header whose token the collector cannot name; write it as "
+            "{{ secret('NAME') }} in the headers, or set collector.token_env"))]
     files = sorted(ref.name for ref in refs if ref.kind == "file")
     if len(files) > 1 or (files and any(ref.kind == "env" for ref in refs)):
         return [Problem(location=loaded.location(("collector",)), field="collector", message=(
