@@ -349,3 +349,16 @@ def test_a_literal_token_in_the_headers_needs_the_collector_to_be_told_its_name(
     compile_fleet(workdir, ROWS)
     assert load_yaml(workdir / "output" / CONFIG)["extensions"]["bearertokenauth"] == {"token": "${env:OTEL_TOKEN}"}
     assert "not-a-reference" not in (workdir / "output" / CONFIG).read_text()
+
+
+def test_reused_devices_whose_endpoint_depends_on_the_device_are_rendered_for_the_collector(workdir):
+    set_policy(workdir)
+    path = workdir / "profiles" / "policy.yaml"
+    per_device = '"https://otel-{{ serial | lower }}.example.com:4317"'  # a template over a device field
+    path.write_text(path.read_text().replace('"{{ otlp_endpoint }}"', per_device))
+    compile_fleet(workdir, ROWS)
+    first = (workdir / "output" / INGRESS).read_bytes()
+    assert compile_fleet(workdir, ROWS)["rendered"] == 0
+    assert (workdir / "output" / INGRESS).read_bytes() == first
+    (_service, ingress) = load_yaml(workdir / "output" / INGRESS)
+    assert ingress["spec"]["tls"][0]["hosts"] == [f"otel-{s}.example.com" for s in ("hos00", "ops00", "ops01", "sec00")]
