@@ -502,10 +502,13 @@ def _check_collector_tokens(loaded: LoadedPolicy) -> list[Problem]:
             "the devices send an Authorization header whose token the collector cannot name; write it as "
             "{{ secret('NAME') }} in the headers, or set collector.token_env"))]
     files = sorted(ref.name for ref in refs if ref.kind == "file")
-    if len(files) > 1 or (files and any(ref.kind == "env" for ref in refs)):
+    collector = loaded.policy.collector
+    env_tokens = any(ref.kind == "env" for ref in refs) or collector.token_env or collector.previous_token_env
+    if len(files) > 1 or (files and env_tokens):
         return [Problem(location=loaded.location(("collector",)), field="collector", message=(
-            "the devices' OTLP headers name tokens as both secret() and secret_file() (or several files); "
-            "the collector accepts env variables or one token file: name every token one way"))]
+            "the devices' OTLP headers name tokens as both secret() and secret_file() (or several files, or a "
+            "file beside token_env/previous_token_env); the collector accepts env variables or one token file: "
+            "name every token one way"))]
     return []
 
 
