@@ -20,7 +20,7 @@ from ... import secrets
 from ...models import Device
 
 if TYPE_CHECKING:
-    from ...policy import Collector, Policy
+    from ...policy import Policy
     from ..registry import FleetInput
 
 TRANSLATION_STRATEGY = "UnderscoreEscapingWithSuffixes"
@@ -89,10 +89,6 @@ def receivers(destinations: Iterable[OtlpDestination]) -> list[Receiver]:
             hosts.setdefault(key, set()).add(dest.host)
     return [Receiver(family, port, tuple(sorted(signals[(family, port)])), tuple(sorted(hosts.get((family, port), ()))))
             for family, port in sorted(signals)]
-
-
-def collector_of(given: FleetInput) -> Collector | None:
-    return given.policy.collector
 
 
 def headcounts(devices: Iterable[Device]) -> dict[str, int]:
