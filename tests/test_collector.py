@@ -362,3 +362,15 @@ def test_reused_devices_whose_endpoint_depends_on_the_device_are_rendered_for_th
     assert (workdir / "output" / INGRESS).read_bytes() == first
     (_service, ingress) = load_yaml(workdir / "output" / INGRESS)
     assert ingress["spec"]["tls"][0]["hosts"] == [f"otel-{s}.example.com" for s in ("hos00", "ops00", "ops01", "sec00")]
+
+
+def test_a_hand_edited_collector_file_is_repaired_and_yaml_aliases_are_refused(workdir):
+    set_policy(workdir)
+    compile_fleet(workdir, ROWS)
+    path = workdir / "output" / CONFIG
+    good = path.read_bytes()
+    path.write_text("a: &x [1, 2]\nb: [*x, *x]\n")
+    assert compile_fleet(workdir, ROWS)["repaired"] == [CONFIG]
+    assert path.read_bytes() == good
+    with pytest.raises(ValueError, match="alias"):
+        registry.get(CONFIG).read_semantic(b"a: &x [1, 2]\nb: [*x, *x]\n")

@@ -220,12 +220,23 @@ MAC_PROFILE = register(ArtifactKind(
 # --- the collector side (emit/collector): fleet-level, written when the policy has `collector:` ----
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader, refusing aliases: mdmgen never writes them, and a hand-edited file full of
+    nested aliases would cost exponential time once diff walks it."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "holds a YAML alias, which mdmgen never writes",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(section: str) -> Callable[[bytes], Semantic]:
     """A reader of a YAML file into ``section``: its document, or its documents by kind and name."""
 
     def read(data: bytes) -> Semantic:
         try:
-            documents = list(yaml.safe_load_all(data.decode("utf-8")))
+            documents = list(yaml.load_all(data.decode("utf-8"), Loader=_NoAliasLoader))  # safe: a SafeLoader
         except (ValueError, yaml.YAMLError) as exc:
             raise ValueError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
         if len(documents) == 1:
