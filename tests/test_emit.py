@@ -93,8 +93,10 @@ def _kind(name: str, **kwargs) -> registry.ArtifactKind:
 def test_the_registry_says_who_gets_each_shipped_kind_and_where_it_is_installed():
     assert [k.name for k in registry.device_kinds()] == ["managed-settings.json", "claude-code.mobileconfig",
                                                         "claude-code.signed.mobileconfig"]
-    # The one shipped fleet file: what `publish intune` needs, written only for a policy with `intune:`.
-    assert [k.name for k in registry.fleet_kinds()] == ["intune/teams.json"]
+    assert [k.name for k in registry.fleet_kinds()] == [  # once per fleet, each only when the policy asks
+        "intune/teams.json",  # what `publish intune` needs (`intune:`)
+        "collector/otel-collector-config.yaml", "collector/prometheus-rules.yaml",  # the collector side
+        "collector/dashboards/personal.json", "collector/dashboards/team-overview.json", "collector/k8s/ingress.yaml"]
     assert all(registry.SETTINGS_JSON.applies_to(p) for p in Platform)
     assert [p for p in Platform if registry.MAC_PROFILE.applies_to(p)] == [Platform.MACOS]
     windows = registry.SETTINGS_JSON.install_path(Platform.WINDOWS)

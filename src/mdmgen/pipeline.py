@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, envschema, inventory, policy, secrets
+from . import attributes, destinations, envschema, inventory, policy, secrets
 from .emit import registry
 from .messages import redact
 from .models import (
@@ -197,6 +197,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
     known = previous.devices if previous else {}
+    telemetry = destinations.FleetDestinations(renderer)  # for the collector side (fleet files)
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
@@ -213,6 +214,8 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
             embedded.update(labels)
             result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels,
                                                  redacted=before.redacted))
+            if loaded.policy.collector is not None:
+                telemetry.reused(device, raw_email)
             continue
         result.rendered += 1
         settings, problems = renderer.render(device, raw_email)
@@ -235,9 +238,11 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         redacted = _blanked(files, blanks, labels) if labels else None
         result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
                                              redacted=redacted))
+        if loaded.policy.collector is not None:
+            telemetry.rendered(device, settings)
     progress.finish()
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
-        devices=tuple(c.device for c in result.devices), policy=loaded.policy))
+        devices=tuple(c.device for c in result.devices), policy=loaded.policy, destinations=telemetry.sorted()))
     leaks = _fleet_leaks(result.fleet_files, secret_values.values(), Location(file=loaded.file))
     if leaks:
         raise MdmgenError(leaks)

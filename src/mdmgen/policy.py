@@ -147,6 +147,106 @@ class Intune(BaseModel):
         return value
 
 
+DURATION_RE = re.compile(r"^[1-9][0-9]*[smhdw]$")
+"""A Prometheus range duration in one unit (``7d``, ``24h``): what the generated rules use."""
+
+
+class CollectorLogs(BaseModel):
+    """Where the collector sends the logs signal (Claude Code's events). The ``loki`` exporter is
+    gone from the collector; Loki is reached through its OTLP endpoint with ``otlphttp``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exporter: Literal["loki", "clickhouse"] = Field(
+        default="loki", description="'loki' (otlphttp to Loki's OTLP endpoint) or 'clickhouse'.")
+    endpoint: str = Field(default="http://loki:3100/otlp", min_length=1,
+                          description="Loki's OTLP endpoint, or the ClickHouse DSN (tcp://host:9000).")
+    database: str = Field(default="otel", min_length=1, description="ClickHouse database.")
+    logs_table_name: str = Field(default="otel_logs", min_length=1, description="ClickHouse logs table.")
+    ttl: str = Field(default="720h", description="ClickHouse retention, a duration such as 720h.",
+                     json_schema_extra={"pattern": r"^[1-9][0-9]*h$"})
+    username_env: str | None = Field(default=None, description="Env variable of the ClickHouse user.")
+    password_env: str | None = Field(default=None, description="Env variable of the ClickHouse password.")
+
+    @field_validator("ttl")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        if not re.match(r"^[1-9][0-9]*h$", value):
+            raise ValueError("must be a number of hours, e.g. '720h'")
+        return value
+
+    @field_validator("username_env", "password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not an env variable name")
+        return value
+
+
+class CollectorAlerts(BaseModel):
+    """The org's alert thresholds; the rules themselves are generated (see emit/collector)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_spend_usd: float = Field(default=1000.0, gt=0, description="Alert when the whole fleet's "
+                                   "spend over the last 24h is above this.")
+    user_daily_spend_usd: float | None = Field(default=None, gt=0, description="Alert when one user's "
+                                               "spend over the last 24h is above this (none: no rule).")
+    adoption_min_ratio: float = Field(default=0.5, gt=0, le=1, description="Alert when fewer than this "
+                                      "share of a team's enrolled users were active in the window.")
+    adoption_window: str = Field(default="7d", description="How far back 'active' looks (Prometheus "
+                                 "duration).", json_schema_extra={"pattern": DURATION_RE.pattern})
+    severity: str = Field(default="warning", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                          description="The severity label every generated alert carries.")
+
+    @field_validator("adoption_window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not DURATION_RE.match(value):
+            raise ValueError("must be a duration such as '7d' or '168h'")
+        return value
+
+
+class CollectorKubernetes(BaseModel):
+    """Names for the ingress manifests (host and port come from the compiled endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = Field(default="observability", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    service: str = Field(default="otel-collector", pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+                         description="The collector's Service (and the pods' app.kubernetes.io/name).")
+    ingress_class: str = Field(default="nginx", pattern=r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+    tls_secret: str = Field(default="otel-collector-tls", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+                            description="The kubernetes.io/tls Secret holding the endpoint's certificate.")
+
+
+class Collector(BaseModel):
+    """``collector:``: the server side generated from the same policy (output/collector/).
+
+    Without this section no collector file is written. The token the devices send is found in
+    the headers templates (``{{ secret('NAME') }}``); ``token_env`` names it for a policy whose
+    headers hold no reference (the collector accepts every token named either way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_env: str | None = Field(default=None, description="Env variable holding the devices' bearer "
+                                  "token on the collector, when the headers template names none.")
+    previous_token_env: str | None = Field(default=None, description="During a rotation: env variable of "
+                                           "the old token, accepted beside the new one until removed.")
+    logs: CollectorLogs = Field(default_factory=CollectorLogs)
+    alerts: CollectorAlerts = Field(default_factory=CollectorAlerts)
+    kubernetes: CollectorKubernetes = Field(default_factory=CollectorKubernetes)
+    prometheus_port: int = Field(default=8889, ge=1, le=65535,
+                                 description="Where the collector's prometheus exporter is scraped.")
+
+    @field_validator("token_env", "previous_token_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not an env variable name")
+        return value
+
+
 class Policy(Layer):
     """The whole policy file. ``mdmgen schema`` prints the JSON Schema of this model."""
 
@@ -177,6 +277,8 @@ class Policy(Layer):
     intune: Intune | None = Field(
         default=None, description="Publishing to Microsoft Intune: present (even as 'intune: {}') makes the "
         "compile write intune/teams.json for `mdmgen publish intune`.")
+    collector: Collector | None = Field(
+        default=None, description="The collector side (output/collector/); none: no collector files.")
 
     @field_validator("secret_env")
     @classmethod
@@ -320,8 +422,9 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or rest[0] not in model.model_fields:
             return []
         annotation = model.model_fields[rest.pop(0)].annotation
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # ``Intune | None``
-            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(optional) == 1:
+            annotation = optional[0]  # ``collector: Collector | None``: its keys are Collector's
         if typing.get_origin(annotation) is dict:  # platforms.<name>, teams.<name>: skip the free key
             if not rest:
                 return []
@@ -390,6 +493,7 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             problems.append(Problem(location=loaded.location(("resource_attributes",)),
                                     field="resource_attributes",
                                     message="null is only meaningful in an override"))
+    problems.extend(_check_collector_tokens(loaded))
     folded: dict[str, str] = {}
     for team in policy.teams:
         other = folded.setdefault(team.casefold(), team)
@@ -398,6 +502,38 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
             problems.append(Problem(location=loaded.location(path), field=dotted(path),
                                     message=f"same team as {other!r} (team names ignore case)"))
     return problems
+
+
+def _check_collector_tokens(loaded: LoadedPolicy) -> list[Problem]:
+    """The collector accepts the devices' tokens as env variables, or as one file, not both: a
+    policy whose headers mix ``secret()`` and ``secret_file()`` (or name two files) would leave
+    some devices' token unaccepted, so it is refused where the collector section is."""
+    if loaded.policy.collector is None:
+        return []
+    from .secrets import references  # the one parser of secret references in templates
+
+    refs = set()
+    unnamed = False  # an Authorization header whose token no reference names
+    for _prefix, layer in all_layers(loaded.policy):
+        env = layer.settings.get("env")
+        for name, value in (env.items() if isinstance(env, dict) else ()):
+            if name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith("HEADERS") and isinstance(value, str):
+                found = references(value)
+                refs.update(found)
+                unnamed |= not found and "authorization" in value.lower()
+    if unnamed and not loaded.policy.collector.token_env:
+        return [Problem(location=loaded.location(("collector",)), field="collector", message=(
+            "the devices send an Authorization header whose token the collector cannot name; write it as "
+            "{{ secret('NAME') }} in the headers, or set collector.token_env"))]
+    files = sorted(ref.name for ref in refs if ref.kind == "file")
+    collector = loaded.policy.collector
+    env_tokens = any(ref.kind == "env" for ref in refs) or collector.token_env or collector.previous_token_env
+    if len(files) > 1 or (files and env_tokens):
+        return [Problem(location=loaded.location(("collector",)), field="collector", message=(
+            "the devices' OTLP headers name tokens as both secret() and secret_file() (or several files, or a "
+            "file beside token_env/previous_token_env); the collector accepts env variables or one token file: "
+            "name every token one way"))]
+    return []
 
 
 class _BadKey(str):

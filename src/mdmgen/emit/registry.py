@@ -27,8 +27,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
 from . import cms, mobileconfig, settings_json
+from .collector.fleet import OtlpDestination
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -46,10 +49,14 @@ class DeviceInput:
 @dataclass(frozen=True)
 class FleetInput:
     """What a fleet-level emitter is given: every compiled device (rendered this run or not) and
-    the policy. Fleet files are made again on every compile: there is one of each, not one per device."""
+    the policy. Fleet files are made again on every compile: there is one of each, not one per device.
+
+    ``destinations`` are the distinct OTLP destinations in the devices' compiled settings (sorted);
+    ``pipeline`` computes them, also for devices reused from the previous output."""
 
     devices: tuple[Device, ...]
     policy: Policy
+    destinations: tuple[OtlpDestination, ...] = ()
 
 
 Semantic = dict[str, Any]
@@ -297,3 +304,67 @@ INTUNE_TEAMS = register(ArtifactKind(
     sections={"intune": "Intune team mapping"},
 ))
 """The fleet's Intune facts (team -> group, Macs' emails), for ``mdmgen publish intune``."""
+
+
+# --- the collector side (emit/collector): fleet-level, written when the policy has `collector:` ----
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader, refusing aliases: mdmgen never writes them, and a hand-edited file full of
+    nested aliases would cost exponential time once diff walks it."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "holds a YAML alias, which mdmgen never writes",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _read_yaml(section: str) -> Callable[[bytes], Semantic]:
+    """A reader of a YAML file into ``section``: its document, or its documents by kind and name."""
+
+    def read(data: bytes) -> Semantic:
+        try:
+            documents = list(yaml.load_all(data.decode("utf-8"), Loader=_NoAliasLoader))  # safe: a SafeLoader
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ValueError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        if len(documents) == 1:
+            return {section: documents[0]}
+        return {section: {_document_name(i, doc): doc for i, doc in enumerate(documents)}}
+
+    return read
+
+
+def _document_name(index: int, document: object) -> str:
+    """A document of a multi-document file by what it is (``Ingress otel-collector``), so diff names it."""
+    if isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+        return f"{document.get('kind')} {document['metadata'].get('name')}"
+    return str(index)
+
+
+def _read_json(section: str) -> Callable[[bytes], Semantic]:
+    def read(data: bytes) -> Semantic:
+        try:
+            return {section: json.loads(data.decode("utf-8"))}
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+
+    return read
+
+
+def _register_collector() -> None:
+    from .collector import dashboards, k8s, otel_config, prometheus_rules
+
+    for path, emit, content_type, label, reader in [
+        (otel_config.PATH, otel_config.emit, "application/yaml", "collector config", _read_yaml),
+        (prometheus_rules.PATH, prometheus_rules.emit, "application/yaml", "prometheus rules", _read_yaml),
+        (dashboards.PERSONAL_PATH, dashboards.emit_personal, "application/json", "personal dashboard", _read_json),
+        (dashboards.TEAM_PATH, dashboards.emit_team, "application/json", "team dashboard", _read_json),
+        (k8s.PATH, k8s.emit, "application/yaml", "collector ingress", _read_yaml),
+    ]:
+        register(ArtifactKind(name=path, content_type=content_type, read_semantic=reader(label), emit=emit,
+                              label=label, fleet=True, sections={label: label}))
+
+
+_register_collector()
+"""The collector side: its config, the alert rules, two dashboards, the ingress (see emit/collector)."""

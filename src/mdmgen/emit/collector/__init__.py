@@ -1,0 +1,13 @@
+"""The collector side, emitted from the same policy and inventory as the device files.
+
+``output/collector/`` holds the OpenTelemetry Collector's config, the Prometheus rules, the Grafana
+dashboards and the Kubernetes ingress for the collector. Each is a fleet-level artifact kind (see
+``emit.registry``) made by one module here from a :class:`~mdmgen.emit.registry.FleetInput`: the
+compiled devices, the policy, and the distinct OTLP destinations the devices' rendered settings
+send to. They are consistent with the devices by construction: the receivers are the devices'
+protocols and ports, the bearer token is the reference the devices' headers name, and the teams
+and their headcounts are the inventory's.
+
+Every emitter returns None when the policy has no ``collector:`` section. They are pure and
+deterministic: no clock, everything sorted.
+"""

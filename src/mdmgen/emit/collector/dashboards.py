@@ -1,0 +1,112 @@
+"""``collector/dashboards/*.json``: Grafana dashboards over the metrics the collector exports.
+
+- ``personal.json``: one person's usage (cost, tokens, sessions, lines of code); the person is a
+  query variable over the ``user_email`` label, so no address is written into the file (and with
+  ``pseudonymise_email`` the label holds only pseudonyms).
+- ``team-overview.json``: adoption against enrolled headcount, and cost, per team; its ``team``
+  variable is a custom variable whose values are exactly the inventory's teams.
+
+Built with Grafana Labs' own ``grafana-foundation-sdk`` (its typed builders follow Grafana's
+dashboard schema, so field names and variable shapes are Grafana's, not hand-typed), then written
+as sorted JSON so the same fleet gives the same bytes. Metric names follow the translation
+strategy pinned in the collector config (see ``fleet``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    GridPos,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
+from .fleet import ACTIVE_RECORD, COST_METRIC, ENROLLED_RECORD, LINES_METRIC, SESSION_METRIC, TOKEN_METRIC, headcounts
+
+if TYPE_CHECKING:
+    from ..registry import FleetInput
+
+PERSONAL_PATH = "collector/dashboards/personal.json"
+TEAM_PATH = "collector/dashboards/team-overview.json"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+TAGS = ["claude-code", "mdmgen"]
+
+
+def emit_personal(given: FleetInput) -> bytes | None:
+    if given.policy.collector is None:
+        return None
+    who = 'user_email="$user"'
+    user = (dashboard.QueryVariable("user").label("User").datasource(DATASOURCE)
+            .query(f"label_values({SESSION_METRIC}, user_email)")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC))
+    panels = [
+        _stat(1, "Cost in the range (USD)", f"sum(increase({COST_METRIC}{{{who}}}[$__range]))", "currencyUSD", 0, 0),
+        _stat(2, "Sessions in the range", f"sum(increase({SESSION_METRIC}{{{who}}}[$__range]))", "short", 8, 0),
+        _stat(3, "Lines of code changed", f"sum(increase({LINES_METRIC}{{{who}}}[$__range]))", "short", 16, 0),
+        _series(4, "Cost per hour by model (USD)", f"sum by (model) (increase({COST_METRIC}{{{who}}}[1h]))",
+                "{{model}}", "currencyUSD", 0, 6),
+        _series(5, "Tokens per hour by type", f"sum by (type) (increase({TOKEN_METRIC}{{{who}}}[1h]))",
+                "{{type}}", "short", 12, 6),
+    ]
+    return _dumps(_dashboard("mdmgen-claude-code-personal", "Claude Code: my usage", [user], panels))
+
+
+def emit_team(given: FleetInput) -> bytes | None:
+    collector = given.policy.collector
+    if collector is None:
+        return None
+    teams = list(headcounts(given.devices))
+    window = collector.alerts.adoption_window
+    team_variable = (dashboard.CustomVariable("team").label("Team").multi(True).include_all(True)
+                     .values(",".join(team.replace(",", "\\,") for team in teams))
+                     .options([VariableOption(selected=False, text=team, value=team) for team in teams])
+                     .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
+    selected = 'team=~"$team"'
+    panels = [
+        _series(1, f"Adoption: share of enrolled users active in {window}",
+                f"{ACTIVE_RECORD}_{window}{{{selected}}} / on (team) {ENROLLED_RECORD}{{{selected}}}",
+                "{{team}}", "percentunit", 0, 0),
+        _series(2, f"Active users in {window}", f"{ACTIVE_RECORD}_{window}{{{selected}}}", "{{team}}", "short", 12, 0),
+        _series(3, "Enrolled users (inventory)", f"{ENROLLED_RECORD}{{{selected}}}", "{{team}}", "short", 0, 9),
+        _series(4, "Cost per day by team (USD)", f"sum by (team) (increase({COST_METRIC}{{{selected}}}[1d]))",
+                "{{team}}", "currencyUSD", 12, 9),
+    ]
+    return _dumps(_dashboard("mdmgen-claude-code-teams", "Claude Code: team overview", [team_variable], panels))
+
+
+def _dashboard(uid: str, title: str, variables: list, panels: list) -> dashboard.Dashboard:
+    source = dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+    builder = (dashboard.Dashboard(title).uid(uid).tags(TAGS).time("now-7d", "now").refresh("5m")
+               .timezone("browser").editable().with_variable(source))
+    for variable in variables:
+        builder = builder.with_variable(variable)
+    for panel in panels:
+        builder = builder.with_panel(panel)
+    return builder
+
+
+def _query(expr: str, legend: str = "__auto") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id("A").datasource(DATASOURCE)
+
+
+def _stat(panel_id: int, title: str, expr: str, unit: str, x: int, y: int) -> stat.Panel:
+    return (stat.Panel().id(panel_id).title(title).datasource(DATASOURCE).unit(unit)
+            .grid_pos(GridPos(h=6, w=8, x=x, y=y)).with_target(_query(expr)))
+
+
+def _series(panel_id: int, title: str, expr: str, legend: str, unit: str, x: int, y: int) -> timeseries.Panel:
+    return (timeseries.Panel().id(panel_id).title(title).datasource(DATASOURCE).unit(unit)
+            .grid_pos(GridPos(h=9, w=12, x=x, y=y)).with_target(_query(expr, legend)))
+
+
+def _dumps(builder: dashboard.Dashboard) -> bytes:
+    model: Any = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    for panel in model["panels"]:
+        panel["options"] = panel.get("options") or {}  # the SDK leaves unset panel options null
+    return (json.dumps(model, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
