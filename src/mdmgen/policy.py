@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,8 +55,13 @@ def announces_email_hash(name: str) -> bool:
 UNKEYED_HASH_MESSAGE = ("a plain hash of an email is reversible by hashing guessed addresses; set "
                         "'pseudonymise_email: true' and use 'user_email' (a keyed pseudonym) instead")
 MAX_DEPTH = 64
-"""How deeply policy values may nest. Real settings nest a handful of levels; a bound keeps a
-hostile or broken file from exhausting the parser's recursion."""
+"""How deeply policy values may nest, counted after aliases are expanded. Real settings nest a
+handful of levels; a bound keeps a hostile or broken file from exhausting the recursion of every
+stage that walks the tree (merge, render, the plist writer)."""
+MAX_VALUES = 100_000
+"""How many values (mappings, lists and scalars) the policy may hold once its YAML aliases are
+expanded. A real policy holds a few hundred; a 420-byte "billion laughs" file of 10 levels of 9
+aliases expands to 3.4 billion, which every later stage would walk once per team."""
 PLIST_INTEGERS = (-(2**63), 2**64 - 1)
 """The integers a property list can hold (plistlib refuses others when it writes a profile)."""
 
@@ -228,6 +233,8 @@ def load(profiles: Path) -> LoadedPolicy:
 def parse(text: str, name: str) -> LoadedPolicy:
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
+        if node is not None:
+            _expanded_size(node, name)  # raises before construction and every later walk expand the aliases
         data = yaml.load(text, Loader=_BoundedLoader)  # a subclass of the safe loader: no tags run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -238,7 +245,7 @@ def parse(text: str, name: str) -> LoadedPolicy:
     lines: dict[tuple[str | int, ...], int] = {}
     problems: list[Problem] = []
     if node is not None:
-        _index_lines(node, (), lines, problems, name)
+        _index_lines(node, (), lines, problems, name, set())
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -306,10 +313,63 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
     return []
 
 
+def _expanded_size(root: yaml.Node, name: str) -> int:
+    """How many values ``root`` holds with its aliases expanded, refusing a policy that nests
+    deeper than :data:`MAX_DEPTH` or holds more than :data:`MAX_VALUES` values that way.
+
+    An alias reuses its anchor's node object, so sizes and depths are memoised per node: the cost
+    is linear in the file, however many paths the aliases make. An alias of a node that contains
+    itself (``&a [*a]``) would expand forever and is refused too."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
+    open_nodes: set[int] = set()
+
+    def refuse(node: yaml.Node, message: str) -> NoReturn:
+        raise MdmgenError([Problem(location=Location(file=name, line=node.start_mark.line + 1), field="yaml",
+                                   message=message)])
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        known = measured.get(id(node))
+        if known is not None:
+            if depth + known[1] > MAX_DEPTH:
+                refuse(node, f"values nest deeper than {MAX_DEPTH} levels once aliases are expanded")
+            return known
+        if id(node) in open_nodes:
+            refuse(node, "an alias refers to a value that contains it (a recursive anchor)")
+        if depth > MAX_DEPTH:
+            refuse(node, f"values nest deeper than {MAX_DEPTH} levels once aliases are expanded")
+        open_nodes.add(id(node))
+        values, deepest = 1, 0
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in children:
+            size, below = measure(child, depth + 1)
+            values += size
+            deepest = max(deepest, below + 1)
+            if values > MAX_VALUES:
+                refuse(child, f"the policy holds more than {MAX_VALUES:,} values once its aliases are expanded "
+                              "(an alias bomb?)")
+        open_nodes.discard(id(node))
+        measured[id(node)] = (values, deepest)
+        return values, deepest
+
+    return measure(root, 0)[0]
+
+
 def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, problems: list,
-                 name: str) -> None:
-    """Map every key path to its line, and refuse duplicate keys (YAML would silently keep one)."""
+                 name: str, indexed: set[int]) -> None:
+    """Map every key path to its line, and refuse duplicate keys (YAML would silently keep one).
+
+    A node reached again through an alias is indexed once, at its first path: a later path finds
+    its line through ``LoadedPolicy.location``'s longest known prefix (the line of the key that
+    holds the alias), so the index stays as small as the file."""
     lines[path] = node.start_mark.line + 1
+    if id(node) in indexed:
+        return
+    indexed.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
@@ -318,11 +378,11 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, prob
                 problems.append(Problem(location=Location(file=name, line=key_node.start_mark.line + 1),
                                         field=dotted((*path, key)), message="duplicate key"))
             seen.add(key)
-            _index_lines(value_node, (*path, key), lines, problems, name)
+            _index_lines(value_node, (*path, key), lines, problems, name, indexed)
             lines[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, (*path, i), lines, problems, name)
+            _index_lines(item, (*path, i), lines, problems, name, indexed)
 
 
 def _check_values(loaded: LoadedPolicy) -> list[Problem]:
