@@ -77,3 +77,61 @@ def test_aliases_that_stay_small_still_work_and_point_at_their_lines(workdir):
     write_inventory(workdir, HEADER + ROW + "LNX1,linux,bob@example.com,Ops\n")
     result = run(workdir, "validate")
     assert result.exit_code == 0, result.output
+
+
+# --- 2. Templates that burn CPU or memory ------------------------------------------------------
+
+EXPENSIVE_TEMPLATES = {
+    "{{ serial|center(10**9) }}": "the result of filter 'center' would be longer than 65,536 characters",
+    "{{ 'a' * 10**9 }}": "a '*' repetition would be longer than 65,536 characters",
+    "{{ [serial] * 10**9 }}": "a '*' repetition would be longer than 65,536 characters",
+    "{{ range(10**9)|list|length }}": "range of 1,000,000,000 numbers; at most 100,000",
+    "{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}":
+        "template takes more than 100,000 steps",
+    "{% for c in serial * 16000 %}{% for d in serial * 16000 %}{% endfor %}{% endfor %}":
+        "template takes more than 100,000 steps",
+    "{{ 10 ** 100000 }}": "template computes an integer larger than 2**4096",
+    "{{ 'xx'|replace('', serial * 10000) }}": "the result of filter 'replace' would be longer",
+    "{{ '%*d' % (10**9, 1) }}": "a formatted value would be longer",
+    "{{ '%999999999d' % 1 }}": "a formatted value would be longer",
+    "{{ '{:>999999999}'.format(1) }}": "a formatted value would be longer",
+    "{{ '{:>{w}}'.format(1, w=10**9) }}": "a formatted value would be longer",
+    "{{ '%s'|format(serial) ~ serial.ljust(10**9) }}": "str.ljust() would be longer",
+    "{{ serial|indent(10**9) }}": "the result of filter 'indent' would be longer",
+    "{{ (serial * 1000)|wordwrap(1, wrapstring=serial * 100) }}": "the result of filter 'wordwrap' would be longer",
+    "{{ range(60000)|join(serial) }}": "the result of filter 'join' would be longer",
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}":
+        "a '~' concatenation would be longer",
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}":
+        "a '+' operation would be longer",
+    "{% for i in range(1000) %}{{ serial * 100 }}{% endfor %}": "the rendered value would be longer",
+    "{% macro m() %}{% for i in range(1000) %}{{ serial * 100 }}{% endfor %}{% endmacro %}{{ m()|length }}":
+        "the rendered value would be longer",
+}
+
+
+@pytest.mark.parametrize("template", list(EXPENSIVE_TEMPLATES))
+def test_an_expensive_template_is_a_line_naming_field_and_device_and_writes_nothing(workdir, template):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(
+        policy.replace('  team: "{{ team }}"', "  team: " + json.dumps(template)))
+    line = next(i for i, text in enumerate(policy.splitlines(), 1) if text == '  team: "{{ team }}"')
+    write_inventory(workdir, HEADER + ROW)
+    lines = one_line_errors(run(workdir, "compile"))
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"profiles/policy.yaml:{line}: resource_attributes.team: ")
+    assert EXPENSIVE_TEMPLATES[template] in lines[0]
+    assert lines[0].endswith("(device MAC1)")
+    assert not (workdir / "output").exists()
+
+
+def test_ordinary_templates_still_render_within_the_limits(workdir):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    template = ("{% for i in range(3) %}{{ loop.index }}{% endfor %}-{{ '%s.%d'|format(serial, 7) }}-"
+                "{{ '{a}'.format(a=team) }}-{{ [team, serial]|join('/') }}-{{ serial|center(9) }}-{{ 2 ** 64 }}")
+    (workdir / "profiles" / "policy.yaml").write_text(
+        policy.replace('  team: "{{ team }}"', "  team: " + json.dumps(template)))
+    write_inventory(workdir, HEADER + ROW)
+    assert run(workdir, "compile").exit_code == 0
+    env = json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())["env"]
+    assert "team=123-MAC1.7-Ops-Ops%2FMAC1-%20%20%20MAC1%20%20-18446744073709551616" in env["OTEL_RESOURCE_ATTRIBUTES"]

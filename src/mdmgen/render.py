@@ -17,7 +17,6 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import __version__, attributes
 from .canonical import digest
@@ -34,6 +33,7 @@ from .policy import (
     merge,
 )
 from .secrets import Pseudonymiser
+from .templating import make_environment
 
 _MARKERS = ("{{", "{%", "{#")
 
@@ -54,8 +54,7 @@ class Renderer:
         self.loaded = loaded
         self.variables = dict(variables)
         self.pseudonymiser = pseudonymiser
-        self.env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                                 keep_trailing_newline=True)
+        self.env = make_environment()  # sandboxed and bounded in time and size (see templating)
         self.env.filters["baggage"] = attributes.encode_value
         self._templates: dict[str, jinja2.Template] = {}
         self._merged: dict[tuple[Platform, str], tuple[dict[str, Any], dict[str, Leaf]]] = {}
