@@ -360,7 +360,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
         return checked_format
 
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _budget().step()
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
