@@ -16,7 +16,7 @@ import click
 
 from . import __version__, diff, output, pipeline, policy
 from .exitcodes import ExitCode, help_epilog
-from .messages import first_of
+from .messages import first_of, printable
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
@@ -80,7 +80,7 @@ class _GuardedGroup(click.Group):
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
-            reason = " ".join(str(exc).split())[:200]
+            reason = printable(" ".join(str(exc).split())[:200])
             click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
@@ -154,13 +154,13 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     try:
         result = diff.trees(old, new)
     except diff.DiffError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(2)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:
         for line in result.lines():
-            click.echo(line)
+            click.echo(printable(line))
     sys.exit(0 if result.identical else 1)
 
 
@@ -221,6 +221,7 @@ class Report:
         return _ClickProgress()
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
+        message = printable(message)  # an OS, S3 or Jamf error can hold newlines and escape sequences
         lines = _problem_lines(problems)
         for line in _collapsed(problems):
             click.echo(line, err=True)
@@ -326,11 +327,11 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
     try:
         plan = preflight.load(out, serial)
     except output.OutputBusy as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(ExitCode.BUSY)
     except preflight.PreflightError as exc:
         for line in exc.problems:
-            click.echo(f"error: {line}", err=True)
+            click.echo(printable(f"error: {line}"), err=True)
         sys.exit(ExitCode.INVALID_INPUT)
     destinations = plan.destinations
     devices = sum(len(d.serials) for d in destinations)
@@ -341,7 +342,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
         click.echo(f"[{index}/{len(destinations)}] {preflight.describe(destination)}")
         results = preflight.check_destination(destination, timeout)
         for line in preflight.report_lines(results):
-            click.echo(line)
+            click.echo(printable(line))
         kinds = preflight.failure_kinds(results)
         if kinds:
             failed.append((len(destination.serials), kinds))
@@ -501,9 +502,9 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     except base.RemoteError as exc:
         report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
     if not report.quiet:
-        click.echo(outcome.summary(), err=True)
+        click.echo(printable(outcome.summary()), err=True)
         for note in outcome.notes:
-            click.echo(f"note: {note.message}", err=True)
+            click.echo(printable(f"note: {note.message}"), err=True)
     if report.as_json:
         click.echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)

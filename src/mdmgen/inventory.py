@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from email_validator import EmailNotValidError, validate_email
 
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
-from .models import SAFE_NAME, Device, Location, Platform, Problem, unsafe_name
+from .models import SAFE_NAME, Device, Location, Platform, Problem, unencodable_text, unsafe_name
+from .policy import team_problem
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
 
@@ -43,7 +45,6 @@ EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"
 
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
-_EXTRA_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 _DELIMITERS = (",", "\t", ";")
 
 
@@ -250,16 +251,18 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
     email = _check_email(cell("user_email"), bad)
-    team = cell("team")
+    team = unicodedata.normalize("NFC", cell("team"))  # one spelling of "Café" in every output
     if not team:
         bad("team", "missing value")
-    elif _CONTROL_RE.search(team):
-        bad("team", "contains control characters")
+    elif "\n" in team or "\t" in team:
+        bad("team", "contains a line break or a tab; a team name is one line")
+    elif reason := team_problem(team):
+        bad("team", reason)
     extra: dict[str, str] = {}
     for i, tname in header.extras.items():
         value = cells[i].strip()
-        if _EXTRA_CONTROL_RE.search(value):
-            bad(tname, "contains control characters")
+        if reason := unencodable_text(value):
+            bad(tname, reason)
         extra[tname] = value
 
     if serial is not None:

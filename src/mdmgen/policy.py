@@ -18,6 +18,7 @@ import difflib
 import math
 import re
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .attributes import TOKEN_RE
 from .envschema import ENV_NAME_PATTERN
 from .inputfile import MAX_POLICY_BYTES, InputFileError, read_input
-from .models import Location, MdmgenError, Platform, Problem
+from .models import Location, MdmgenError, Platform, Problem, unencodable_text
 
 POLICY_FILENAME = "policy.yaml"
 VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -236,12 +237,18 @@ def parse(text: str, name: str) -> LoadedPolicy:
         if node is not None:
             _expanded_size(node, name)  # raises before construction and every later walk expand the aliases
         data = yaml.load(text, Loader=_BoundedLoader)  # a subclass of the safe loader: no tags run code
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, written raw in the file
+        line = text[:exc.position].count("\n") + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        reason = unencodable_text(char) or f"contains U+{ord(char[:1] or '?'):04X}, which YAML does not allow"
+        raise MdmgenError([Problem(location=Location(file=name, line=line), field="yaml",
+                                   message=reason)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         reason = getattr(exc, "problem", None) or str(exc)
         raise MdmgenError([Problem(location=Location(file=name, line=line), field="yaml",
-                                   message=str(reason))]) from None
+                                   message=" ".join(str(reason).split()))]) from None
     lines: dict[tuple[str | int, ...], int] = {}
     problems: list[Problem] = []
     if node is not None:
@@ -252,6 +259,9 @@ def parse(text: str, name: str) -> LoadedPolicy:
         problems.append(Problem(location=Location(file=name, line=1), field="policy",
                                 message="must be a mapping of keys (org, settings, ...)"))
         raise MdmgenError(problems)
+    unreadable = _character_problems(data, LoadedPolicy(policy=Policy.model_construct(), file=name, lines=lines))
+    if unreadable:  # before the schema, whose messages would repeat the characters
+        raise MdmgenError(problems + unreadable)
     loaded = None
     try:
         loaded = LoadedPolicy(policy=Policy.model_validate(data), file=name, lines=lines)
@@ -385,6 +395,58 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, prob
             _index_lines(item, (*path, i), lines, problems, name, indexed)
 
 
+def team_problem(team: str) -> str | None:
+    """Why ``team`` cannot name a team, or None. A team name is shown to auditors (``diff``, the
+    telemetry's ``team`` attribute) and matched between the inventory and the policy, so it must
+    look like what it is: no invisible format characters (Unicode category Cf: the bidi controls
+    such as U+202E RIGHT-TO-LEFT OVERRIDE, zero-width U+200B, U+FEFF), which make one name display
+    as another, or make two names that look equal miss each other, and no character a profile
+    cannot carry."""
+    bad = unencodable_text(team)
+    if bad:
+        return bad
+    for char in team:
+        if unicodedata.category(char) == "Cf":
+            name = unicodedata.name(char, "format character")
+            return (f"contains the invisible character U+{ord(char):04X} ({name}), which makes a team name "
+                    "display as another; remove it")
+    return None
+
+
+def team_key(team: str) -> str:
+    """What two team names must share to be the same team: the same letters once NFC-normalised
+    (``é`` typed as one character or as ``e`` plus an accent) and case-folded."""
+    return unicodedata.normalize("NFC", team).casefold()
+
+
+def _character_problems(data: Any, holder: LoadedPolicy) -> list[Problem]:
+    """Every key and string of the policy that a profile cannot carry unchanged (see
+    ``models.unencodable_text``), and every team name that is not plainly readable, each at its line.
+
+    Checked on the parsed YAML before the schema, since YAML escapes ("\\x00", "\\ud800") can
+    write any character; what templates make from these is checked again when they render."""
+    problems: list[Problem] = []
+    pending: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = (*path, key) if isinstance(key, (str, int)) else (*path, str(key))
+                reason = team_problem(key) if path == ("teams",) and isinstance(key, str) else (
+                    unencodable_text(key) if isinstance(key, str) else None)
+                if reason:
+                    problems.append(Problem(location=holder.location(child), field=dotted(child), message=reason))
+                    continue
+                pending.append((child, item))
+        elif isinstance(value, list):
+            pending.extend(((*path, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            reason = unencodable_text(value)
+            if reason:
+                problems.append(Problem(location=holder.location(path), field=dotted(path), message=reason))
+    return sorted(problems, key=lambda p: p.location.line)
+
+
 def _check_values(loaded: LoadedPolicy) -> list[Problem]:
     """Settings must be JSON-shaped; team names must not collide once case is ignored."""
     problems: list[Problem] = []
@@ -425,7 +487,7 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
                                     message="null is only meaningful in an override"))
     folded: dict[str, str] = {}
     for team in policy.teams:
-        other = folded.setdefault(team.casefold(), team)
+        other = folded.setdefault(team_key(team), team)
         if other != team:
             path = ("teams", team)
             problems.append(Problem(location=loaded.location(path), field=dotted(path),
@@ -458,6 +520,10 @@ def resolve_variables(policy: Policy, overrides: Mapping[str, str]) -> dict[str,
     if unknown:
         known = ", ".join(sorted(policy.variables)) or "none"
         raise UnknownVariable(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
+    bad = [Problem(location=Location(file="--var"), field=f"variables.{name}", message=reason)
+           for name, value in sorted(overrides.items()) if (reason := unencodable_text(value))]
+    if bad:
+        raise MdmgenError(bad)
     return {**policy.variables, **overrides}
 
 
@@ -475,9 +541,9 @@ def layers_for(loaded: LoadedPolicy, platform: Platform, team: str) -> list[tupl
     layers: list[tuple[tuple, Layer]] = [((), policy)]
     if platform in policy.platforms:
         layers.append((("platforms", platform.value), policy.platforms[platform]))
-    folded = team.casefold()
+    folded = team_key(team)
     for name, layer in policy.teams.items():
-        if name.casefold() == folded:
+        if team_key(name) == folded:
             layers.append((("teams", name), layer))
     return layers
 

@@ -25,6 +25,7 @@ renderer reports like any other template error.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import re
@@ -37,6 +38,8 @@ from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
+
+from .models import unencodable_text
 
 MAX_OUTPUT_CHARS = 65_536
 """Longest value a template may render, or build along the way (string length, list items).
@@ -260,14 +263,20 @@ class _Bounding(NodeTransformer):
 
 
 class BoundedTemplate(jinja2.Template):
-    """A template whose every ``render`` starts a fresh :class:`Budget`."""
+    """A template whose every ``render`` starts a fresh :class:`Budget`, and whose output obeys the
+    character rule of every value mdmgen writes (``models.unencodable_text``): a template can make
+    characters no input holds (``{{ '\\x00' }}``, ``'%c'|format(13)``)."""
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         token = _BUDGET.set(Budget())
         try:
-            return super().render(*args, **kwargs)
+            out = super().render(*args, **kwargs)
         finally:
             _BUDGET.reset(token)
+        reason = unencodable_text(out)
+        if reason:
+            raise jinja2.TemplateRuntimeError(f"the rendered value {reason}")
+        return out
 
 
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -366,10 +375,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, str):
             estimate = _STR_METHOD_ESTIMATES.get(getattr(__obj, "__name__", ""))
             if estimate is not None:
-                try:
+                with contextlib.suppress(TypeError):  # wrong arguments: the call itself says so
                     _precheck(f"str.{__obj.__name__}()", estimate(owner, *args, **kwargs))
-                except TypeError:
-                    pass  # wrong arguments: the call itself says so
         for arg in (*args, *kwargs.values()):
             _checked(arg, "a call argument")
         return _checked(super().call(__context, __obj, *args, **kwargs), "a call's result")
