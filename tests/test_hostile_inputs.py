@@ -5,7 +5,6 @@ a hang or a huge file), or in output that round-trips exactly."""
 from __future__ import annotations
 
 import json
-import plistlib
 import re
 
 import pytest
@@ -135,3 +134,43 @@ def test_ordinary_templates_still_render_within_the_limits(workdir):
     assert run(workdir, "compile").exit_code == 0
     env = json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())["env"]
     assert "team=123-MAC1.7-Ops-Ops%2FMAC1-%20%20%20MAC1%20%20-18446744073709551616" in env["OTEL_RESOURCE_ATTRIBUTES"]
+
+
+# --- 5. One line per problem, whatever the inputs hold -----------------------------------------
+
+def test_a_header_with_a_newline_and_an_escape_sequence_is_printed_escaped_on_one_line(workdir):
+    write_inventory(workdir, 'serial_number,platform,user_email,team,note,"\x1bnote\n\x07"\n'
+                             "MAC1,macos,ann@example.com,Ops,a,b\n")
+    result = run(workdir, "validate")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert one_line_errors(result) == [
+        "inventory/devices.csv:1: \\x1bnote\\n\\x07: column name clashes with another column as template name "
+        "'note'; rename it"]
+
+
+def test_a_nul_byte_in_the_policy_is_one_line_with_its_line_number(workdir):
+    (workdir / "profiles" / "policy.yaml").write_bytes(POLICY_HEAD.encode() + b"settings: {x: \"a\x00b\"}\n")
+    write_inventory(workdir, HEADER + ROW)
+    assert one_line_errors(run(workdir, "validate")) == [
+        "profiles/policy.yaml:2: yaml: contains a NUL byte (U+0000), which a profile cannot carry unchanged"]
+
+
+def test_an_error_from_elsewhere_holding_newlines_and_escapes_is_printed_on_one_line(capsys):
+    from mdmgen.cli import Report
+    from mdmgen.exitcodes import ExitCode
+
+    with pytest.raises(SystemExit) as exited:
+        Report(as_json=True, quiet=True, verbose=0).fail(
+            ExitCode.REMOTE_FAILED, "error: S3 said: <Error>\n<Message>denied\x1b]0;pwned\x07</Message>\r\n")
+    assert exited.value.code == ExitCode.REMOTE_FAILED
+    err = capsys.readouterr()
+    assert err.err == "error: S3 said: <Error>\\n<Message>denied\\x1b]0;pwned\\x07</Message>\\r\\n\n"
+    assert json.loads(err.out)["error"] == "error: S3 said: <Error>\\n<Message>denied\\x1b]0;pwned\\x07</Message>\\r\\n"
+
+
+def test_printable_escapes_controls_bidi_and_separators_and_keeps_text():
+    from mdmgen.messages import printable
+
+    assert printable("a\nb\tc\r\x1b[0m\x9b\u202e\u200b\ufeff\u2028\ud800\ufffe") == (
+        "a\\nb\\tc\\r\\x1b[0m\\x9b\\u202e\\u200b\\ufeff\\u2028\\ud800\\ufffe")
+    assert printable("Équipe R&D, Berlin 😀 'x' \\ path") == "Équipe R&D, Berlin 😀 'x' \\ path"
