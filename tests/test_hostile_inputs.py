@@ -174,3 +174,39 @@ def test_printable_escapes_controls_bidi_and_separators_and_keeps_text():
     assert printable("a\nb\tc\r\x1b[0m\x9b\u202e\u200b\ufeff\u2028\ud800\ufffe") == (
         "a\\nb\\tc\\r\\x1b[0m\\x9b\\u202e\\u200b\\ufeff\\u2028\\ud800\\ufffe")
     assert printable("Équipe R&D, Berlin 😀 'x' \\ path") == "Équipe R&D, Berlin 😀 'x' \\ path"
+
+
+# --- 6. Absurdly wide and long inventories --------------------------------------------------------
+
+def test_a_header_of_100000_columns_is_refused_at_its_line(workdir):
+    header = "serial_number,platform,user_email,team," + ",".join(f"c{i}" for i in range(100_000))
+    write_inventory(workdir, header + "\n" + ROW)
+    assert one_line_errors(run(workdir, "validate")) == [
+        "inventory/devices.csv:1: header: 100,004 columns; an inventory has at most 1,000 (is it the right file?)"]
+
+
+def test_a_thousand_columns_are_accepted_and_usable(workdir):
+    header = "serial_number,platform,user_email,team," + ",".join(f"c{i}" for i in range(996))
+    write_inventory(workdir, header + "\n" + ROW.strip() + "," + ",".join(str(i) for i in range(996)) + "\n")
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(policy.replace('  team: "{{ team }}"', '  team: "{{ c995 }}"'))
+    assert run(workdir, "compile").exit_code == 0
+    env = json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())["env"]
+    assert "team=995" in env["OTEL_RESOURCE_ATTRIBUTES"]
+
+
+def test_a_field_longer_than_the_limit_rejects_its_row_only(workdir):
+    write_inventory(workdir, "serial_number,platform,user_email,team,note\n"
+                             f"MAC1,macos,ann@example.com,Ops,{'x' * 70_000}\nMAC2,macos,bob@example.com,Ops,fine\n")
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[0] == (
+        "inventory/devices.csv:2: row: field 5 is longer than 65,536 characters")
+    assert sorted(p.name for p in (workdir / "output" / "devices").iterdir()) == ["MAC2"]
+
+
+def test_a_field_beyond_the_csv_reader_limit_is_a_line(workdir):
+    write_inventory(workdir, "serial_number,platform,user_email,team,note\n"
+                             f"MAC1,macos,ann@example.com,Ops,\"{'x' * 200_000}\"\n")
+    lines = one_line_errors(run(workdir, "validate"))
+    assert len(lines) == 1 and lines[0].startswith("inventory/devices.csv:2: csv: cannot parse: field larger than")

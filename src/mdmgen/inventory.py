@@ -46,6 +46,11 @@ EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 _DELIMITERS = (",", "\t", ";")
+MAX_COLUMNS = 1_000
+"""Widest inventory accepted. HR exports have tens of columns; a bound keeps a broken export (one
+row of 100,000 cells) from making every row costly."""
+MAX_FIELD_CHARS = 65_536
+"""Longest cell, as long as the longest value a template may render (``templating``)."""
 
 
 @dataclass
@@ -166,7 +171,12 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
     lookup = {fold_header(alias): fld for fld, aliases in wanted.items() for alias in aliases}
     index: dict[str, int] = {}
     extras: dict[int, str] = {}
+    taken: set[str] = set()  # the template names of ``extras``, for a linear clash check
     loc = Location(file=name, line=line)
+    if len(cells) > MAX_COLUMNS:
+        problems.append(Problem(location=loc, field="header", message=(
+            f"{len(cells):,} columns; an inventory has at most {MAX_COLUMNS:,} (is it the right file?)")))
+        return None
     ok = True
     for i, cell in enumerate(cells):
         header = cell.strip()
@@ -175,7 +185,7 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
             tname = template_name(header)
             if not tname:
                 continue  # an unnamed column carries nothing a template could use
-            if tname in extras.values() or tname in HEADER_ALIASES or tname in {
+            if tname in taken or tname in HEADER_ALIASES or tname in {
                 "serial", "user_email", "platform", "team"
             }:
                 problems.append(Problem(location=loc, field=header, message=(
@@ -183,6 +193,7 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
                     "rename it")))
                 ok = False
             extras[i] = tname
+            taken.add(tname)
         elif fld in index:
             problems.append(Problem(location=loc, field=header, message=(
                 f"both {cells[index[fld]].strip()!r} and {header!r} map to {fld}; "
@@ -235,6 +246,11 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
             "(a value with an unquoted comma?)")))
         return
     cells = cells + [""] * (header.width - len(cells))
+    too_long = [i for i, c in enumerate(cells[:header.width]) if len(c) > MAX_FIELD_CHARS]
+    if too_long:
+        inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
+            f"field {too_long[0] + 1} is longer than {MAX_FIELD_CHARS:,} characters")))
+        return
 
     def cell(fld: str) -> str:
         return cells[header.index[fld]].strip() if fld in header.index else ""
