@@ -4,7 +4,10 @@ from elsewhere (a server's error page, an exception's message) before it is prin
 
 from __future__ import annotations
 
+import base64
 import functools
+import html
+import json
 import re
 import sys
 import unicodedata
@@ -23,22 +26,52 @@ def first_of(items: Iterable[str], shown: int = 10) -> str:
     return ", ".join(items[:shown]) + more
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``[redacted]``.
+def secret_forms(secret: str) -> set[str]:
+    """Every form in which ``secret`` may come back in a server's or a library's text.
 
-    A server or library may echo a secret in another form than it was sent, so each secret is
-    also looked for percent-decoded, percent-encoded (both as a path and as a form field would
-    encode it) and word by word; the longest forms are replaced first."""
+    Raw; percent-decoded; percent-encoded as a path or as a form field would (``quote``,
+    ``quote_plus``), with upper- or lower-case hex; JSON-escaped (``\\u00e9``, ``\\/``, ``\\"``);
+    HTML-escaped; and base64, as in a Basic ``Authorization`` header (pass ``"id:secret"`` as a
+    secret for the pair). A word of a secret at least :data:`_SHORTEST_SECRET_PART` long is a form of
+    its own (the token of ``Bearer <token>``)."""
+    if not secret:
+        return set()
+    forms = {secret, unquote(secret)}
+    for encoded in (quote(secret, safe=""), quote_plus(secret)):
+        forms.add(encoded)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms.add(escaped)
+        forms.add(escaped.replace("/", "\\/"))
+    forms.add(html.escape(secret))
+    forms.add(html.escape(secret, quote=False))
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms.add(base64.b64encode(raw).decode())
+    forms.add(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+    words = {word for form in forms for word in form.split() if len(word) >= _SHORTEST_SECRET_PART}
+    return forms | words
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every form of every secret (:func:`secret_forms`) replaced by ``[redacted]``,
+    the longest forms first, ignoring case. Call it on the whole text, before any cut: a secret that straddles
+    the cut would otherwise be printed in part."""
     forms: set[str] = set()
     for secret in secrets:
-        if not secret:
-            continue
-        for form in (secret, unquote(secret), quote(secret, safe=""), quote_plus(secret)):
-            forms.add(form)
-            forms.update(word for word in form.split() if len(word) >= _SHORTEST_SECRET_PART)
-    for form in sorted((f for f in forms if len(f) >= 4), key=len, reverse=True):
-        text = text.replace(form, REDACTED)
-    return text
+        forms |= secret_forms(secret)
+    shown = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+    if not shown:
+        return text
+    # Ignoring case: a server that lower-cases what it echoes (or its percent-encoding) still
+    # echoes the secret.
+    return re.sub("|".join(re.escape(form) for form in shown), REDACTED, text, flags=re.IGNORECASE)
+
+
+def shorten(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """``text`` redacted, then cut to ``limit`` characters with ``...`` when it was longer: the one
+    order that never shows part of a secret."""
+    text = redact(text, secrets)
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _unprintable_class() -> str:
