@@ -44,8 +44,8 @@ HANG_SECONDS = 30
 
 GOOD_SERIALS = ["MAC1", "MAC2", "LNX1", "WIN1", "WSL1", "mac3", "A-b_c.9"]
 BAD_SERIALS = ["../../outside", "..", ".", "", "a/b", "a\\b", "C:", "NUL", "nul.txt", "x" * 65, ".hidden",
-               "\uff0e\uff0e", "trailing.", "CON", "x\x00y", "../manifest.json", "../.output.mdmgen-prev", "/etc/passwd",
-               "MAC1\u200b"]
+               "\uff0e\uff0e", "trailing.", "CON", "x\x00y", "../manifest.json", "../.output.mdmgen-prev",
+               "/etc/passwd", "MAC1\u200b"]
 GOOD_PLATFORMS = ["macos", "mac", "MacOS", "linux", "windows", "wsl"]
 BAD_PLATFORMS = ["beos", "", "osx\u200b", "mac\x00"]
 GOOD_EMAILS = ["ann@example.com", "zoë@example.com", "b.c+d@example.org"]
