@@ -210,3 +210,22 @@ def test_a_field_beyond_the_csv_reader_limit_is_a_line(workdir):
                              f"MAC1,macos,ann@example.com,Ops,\"{'x' * 200_000}\"\n")
     lines = one_line_errors(run(workdir, "validate"))
     assert len(lines) == 1 and lines[0].startswith("inventory/devices.csv:2: csv: cannot parse: field larger than")
+
+
+# --- templates that try to leave the sandbox ----------------------------------------------------
+
+@pytest.mark.parametrize("template", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ cycler.__init__.__globals__.os }}",
+    "{{ lipsum.__globals__['os'].system('id') }}", "{{ self._TemplateReference__context }}",
+    "{{ range.__self__.globals }}", "{{ range.__func__ }}", "{{ joiner.__init__.__globals__ }}",
+    "{{ namespace.__init__.__globals__ }}", "{% include '/etc/passwd' %}", "{% import 'os' as os %}",
+    "{{ serial.format.__globals__ }}", "{{ 'x'.format_map.__self__ }}",
+])
+def test_a_template_that_tries_to_leave_the_sandbox_is_a_line_and_writes_nothing(workdir, template):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(
+        policy.replace('  team: "{{ team }}"', "  team: " + json.dumps(template)))
+    write_inventory(workdir, HEADER + ROW)
+    lines = one_line_errors(run(workdir, "compile"))
+    assert len(lines) == 1 and lines[0].startswith("profiles/policy.yaml:31: resource_attributes.team: "), lines
+    assert not (workdir / "output").exists()
