@@ -106,6 +106,11 @@ EXPENSIVE_TEMPLATES = {
     "{% for i in range(1000) %}{{ serial * 100 }}{% endfor %}": "the rendered value would be longer",
     "{% macro m() %}{% for i in range(1000) %}{{ serial * 100 }}{% endfor %}{% endmacro %}{{ m()|length }}":
         "the rendered value would be longer",
+    "{{ range(3)|batch(10**9, 'x')|list|length }}": "the result of filter 'batch' would be longer",
+    "{{ range(3)|slice(10**7, 'x')|list|length }}": "the result of filter 'slice' would be longer",
+    "{{ lipsum(10**6)|length }}": "lipsum() would be longer",
+    "{{ range(10**5)|map('string')|map('string')|list|length }}": "template takes more than 100,000 steps",
+    "{{ ['a']|map('center', 10**9)|list }}": "the result of filter 'center' would be longer",
 }
 
 

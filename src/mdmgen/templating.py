@@ -193,6 +193,8 @@ _FILTER_ESTIMATES: dict[str, Callable[..., int]] = {
     "replace": lambda text, old="", new="", count=None, *_r, **_k: _estimate_replace(text, old, new, count),
     "join": _estimate_join,
     "truncate": lambda text, length=255, *_r, **_k: min(_length(text), _as_int(length)),
+    "batch": lambda _value, linecount=1, *_r, **_k: _as_int(linecount),  # pads the last batch to this size
+    "slice": lambda _value, slices=1, *_r, **_k: _as_int(slices),
 }
 """What a filter's result could grow to, from its arguments, for filters that can make a long
 result from short arguments."""
@@ -211,6 +213,21 @@ _STR_METHOD_ESTIMATES: dict[str, Callable[..., int]] = {
 def _precheck(what: str, estimate: int) -> None:
     if estimate > MAX_OUTPUT_CHARS:
         raise _too_big(what)
+
+
+def _stepping(items: Iterator[Any]) -> Iterator[Any]:
+    budget = _budget()
+    for item in items:
+        budget.step()
+        yield item
+
+
+def _bounded_result(result: Any, what: str) -> Any:
+    """A filter's or call's result, checked; a lazy one (``map``, ``batch``, ``select``) costs a
+    step per item, so a later ``list`` or ``join`` cannot drain it without limit."""
+    if isinstance(result, Iterator) and not isinstance(result, (str, bytes)):
+        return _stepping(result)
+    return _checked(result, what)
 
 
 def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -232,7 +249,7 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             _precheck(f"the result of filter {name!r}", estimate(*values, **kwargs))
         if name == "format" and values:
             check_format(values[0], (*values[1:], *kwargs.values()))
-        return _checked(func(*args, **kwargs), f"the result of filter {name!r}")
+        return _bounded_result(func(*args, **kwargs), f"the result of filter {name!r}")
 
     bounded.mdmgen_bounded = True  # type: ignore[attr-defined]
     return bounded
@@ -293,6 +310,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             filters[name] = func
         self.filters = filters
         self.globals["range"] = self.bounded_range
+        self.globals["lipsum"] = self.bounded_lipsum
 
     @staticmethod
     def concat(pieces: Iterable[str]) -> str:  # type: ignore[override]
@@ -333,6 +351,11 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         if len(numbers) > MAX_STEPS:
             raise TemplateBudgetError(f"range of {len(numbers):,} numbers; at most {MAX_STEPS:,}")
         return numbers
+
+    def bounded_lipsum(self, n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+        """Jinja's ``lipsum`` global, which would write ``n`` paragraphs of up to ``max`` words."""
+        _precheck("lipsum()", _as_int(n, 5) * _as_int(max, 100) * 12)
+        return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         _budget().step()
@@ -379,7 +402,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                     _precheck(f"str.{__obj.__name__}()", estimate(owner, *args, **kwargs))
         for arg in (*args, *kwargs.values()):
             _checked(arg, "a call argument")
-        return _checked(super().call(__context, __obj, *args, **kwargs), "a call's result")
+        return _bounded_result(super().call(__context, __obj, *args, **kwargs), "a call's result")
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:
