@@ -65,6 +65,8 @@ BAD_TEMPLATES = [
     "{{ 1 / 0 }}", "{{ {}['x'] }}", "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "{{ '%c'|format(13) }}",
     "{{ '\\x00' }}", "{% include 'x' %}", "{{ unclosed", "{% for %}", "{{ user_email_sha256 }}",
     "{{ user_email|sha256 }}", "{{ raw_user_email }}", "{{ '%c'|format(27) }}[2J",
+    "{{ " + "(" * 400 + ")" * 400 + " }}",
+    "{{ 1" + "+1" * 2000 + " }}", "{{ range(3)|batch(10**9, 'x')|list }}", "{{ lipsum(10**6) }}",
 ]
 ENV_GOOD = {"CLAUDE_CODE_ENABLE_TELEMETRY": '"1"', "OTEL_METRICS_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example.com:4317"}

@@ -234,3 +234,15 @@ def test_a_template_that_tries_to_leave_the_sandbox_is_a_line_and_writes_nothing
     lines = one_line_errors(run(workdir, "compile"))
     assert len(lines) == 1 and lines[0].startswith("profiles/policy.yaml:31: resource_attributes.team: "), lines
     assert not (workdir / "output").exists()
+
+
+@pytest.mark.parametrize("template", ["{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "{{ 1" + " + 1" * 3000 + " }}",
+                                      "{{ serial" + "|e" * 3000 + " }}", "{% if 1 %}" * 300 + "{% endif %}" * 300])
+def test_a_template_nested_too_deeply_is_a_syntax_error_not_a_recursion_error(workdir, template):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(
+        policy.replace('  team: "{{ team }}"', "  team: " + json.dumps(template)))
+    write_inventory(workdir, HEADER + ROW)
+    assert one_line_errors(run(workdir, "validate")) == [
+        "profiles/policy.yaml:31: resource_attributes.team: template syntax error: template nests more than 100 "
+        "levels (brackets, operators, filters or blocks); simplify it"]

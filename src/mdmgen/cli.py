@@ -301,8 +301,8 @@ def _collapsed(problems) -> list[str]:
             shown.append(line)
     for (field, _message), group in groups.items():
         if len(group) > SAME_PROBLEM_SHOWN:
-            shown.append(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} more rows "
-                         "with the same problem (--json lists them all)")
+            shown.append(printable(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} "
+                                   "more rows with the same problem (--json lists them all)"))
     return shown
 
 

@@ -50,6 +50,8 @@ MAX_PRODUCED_CHARS = 4_000_000
 """Characters produced by all checked operations of one rendered value together."""
 MAX_INT_BITS = 4096
 """Largest integer a template may compute (about 1,233 decimal digits)."""
+MAX_TEMPLATE_DEPTH = 100
+"""How deeply a template's syntax may nest; Jinja's parser and code generator recurse per level."""
 MAX_SECONDS = 2.0
 """Wall-clock backstop per rendered value; the limits above stop every known expensive template
 long before it."""
@@ -279,6 +281,23 @@ class _Bounding(NodeTransformer):
                           lineno=node.lineno)
 
 
+def _too_deep(name: str | None, filename: str | None) -> jinja2.TemplateSyntaxError:
+    return jinja2.TemplateSyntaxError(f"template nests more than {MAX_TEMPLATE_DEPTH} levels "
+                                      "(brackets, operators, filters or blocks); simplify it", 1, name, filename)
+
+
+def _depth(ast: nodes.Node) -> int:
+    """How deeply a parsed template nests, measured without recursion."""
+    deepest = 0
+    pending = [(ast, 1)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_TEMPLATE_DEPTH:
+            pending.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return deepest
+
+
 class BoundedTemplate(jinja2.Template):
     """A template whose every ``render`` starts a fresh :class:`Budget`, and whose output obeys the
     character rule of every value mdmgen writes (``models.unencodable_text``): a template can make
@@ -332,7 +351,20 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return value
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        return _Bounding().visit(super()._parse(source, name, filename))
+        try:
+            ast = super()._parse(source, name, filename)
+        except RecursionError:  # Jinja's parser recurses once per nested bracket, operator or block
+            raise _too_deep(name, filename) from None
+        if _depth(ast) > MAX_TEMPLATE_DEPTH:
+            raise _too_deep(name, filename)
+        return _Bounding().visit(ast)
+
+    def compile(self, source: Any, name: str | None = None, filename: str | None = None, raw: bool = False,
+                defer_init: bool = False) -> Any:
+        try:
+            return super().compile(source, name, filename, raw, defer_init)
+        except RecursionError:  # the code generator and Python's compiler recurse too
+            raise _too_deep(name, filename) from None
 
     def bounded_iter(self, iterable: Any) -> Iterator[Any]:
         """The iterable of a ``{% for %}`` loop, one budget step per item."""
