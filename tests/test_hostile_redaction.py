@@ -42,3 +42,22 @@ def test_a_token_error_echoing_the_secret_prints_no_part_of_it(workdir: Path, ja
     for piece in (echoed[i:i + 6] for i in range(0, len(echoed) - 6, 3)):
         assert piece not in result.output, (form, piece)
     assert "kkkkkk" not in result.output
+
+
+def test_an_unexpected_error_holding_a_credential_from_the_environment_prints_none_of_it(workdir: Path, monkeypatch):
+    from mdmgen import pipeline
+
+    from .conftest import run, write_inventory
+
+    credential = "AKIA/secret+value\x1b[2J" + "z" * 30
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credential)
+    write_inventory(workdir, "serial_number,platform,user_email,team\nS1,linux,a@example.com,Ops\n")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("x" * 190 + f" key={quote_plus(credential)} and\nmore")
+
+    monkeypatch.setattr(pipeline, "compile_fleet", broken)
+    result = run(workdir, "compile")
+    assert result.exit_code == 70
+    assert len(result.stderr.splitlines()) == 1
+    assert "AKIA" not in result.stderr and "zzzzzz" not in result.stderr and "\x1b" not in result.stderr

@@ -16,7 +16,7 @@ import click
 
 from . import __version__, diff, output, pipeline, policy
 from .exitcodes import ExitCode, help_epilog
-from .messages import first_of, printable
+from .messages import environment_secrets, first_of, printable, shorten
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
@@ -80,7 +80,7 @@ class _GuardedGroup(click.Group):
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
-            reason = printable(" ".join(str(exc).split())[:200])
+            reason = printable(shorten(" ".join(str(exc).split()), 200, environment_secrets()))
             click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)

@@ -8,6 +8,7 @@ import base64
 import functools
 import html
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -65,6 +66,16 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     # Ignoring case: a server that lower-cases what it echoes (or its percent-encoding) still
     # echoes the secret.
     return re.sub("|".join(re.escape(form) for form in shown), REDACTED, text, flags=re.IGNORECASE)
+
+
+CREDENTIAL_VARIABLES = ("JAMF_CLIENT_SECRET", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET",
+                        "MDMGEN_PSEUDONYM_KEY")
+"""The environment variables that hold credentials mdmgen reads; a message of unknown origin (an
+unexpected exception) is redacted of their values, since no caller could say what it holds."""
+
+
+def environment_secrets() -> list[str]:
+    return [value for name in CREDENTIAL_VARIABLES if (value := os.environ.get(name, ""))]
 
 
 def shorten(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
