@@ -227,3 +227,17 @@ def test_team_names_match_whatever_their_unicode_normalisation(workdir):
     settings_json = json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())
     assert settings_json["companyAnnouncements"] == ["hi"]  # the override applied
     assert "team=CAF%C3%89" in settings_json["env"]["OTEL_RESOURCE_ATTRIBUTES"]  # written in NFC
+
+
+def test_a_json_style_surrogate_pair_in_the_policy_says_how_to_write_the_character(workdir):
+    (workdir / "profiles" / "policy.yaml").write_text(POLICY.format(literal='"smile \\ud83d\\ude00"', key="x"))
+    write_inventory(workdir, "serial_number,platform,user_email,team,note\nMAC1,macos,a@example.com,Ops,n\n")
+    result = run(workdir, "validate")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        "profiles/policy.yaml:5: settings.companyAnnouncements.0: contains a surrogate pair U+D83D U+DE00 written as "
+        "two characters (two \\u escapes, as in JSON); write the character itself or one \\U escape: \\U0001F600")
+    (workdir / "profiles" / "policy.yaml").write_text(POLICY.format(literal='"smile \\U0001F600"', key="x"))
+    assert run(workdir, "compile").exit_code == 0
+    assert json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())[
+        "companyAnnouncements"][0] == "smile \U0001f600"

@@ -63,6 +63,10 @@ def unencodable_text(text: str) -> str | None:
         return "contains a carriage return (U+000D), which a profile's XML reads back as a newline; use \\n"
     if char in _CONTROL_NAMES:
         what = f"{_CONTROL_NAMES[char]} ({code})"
+    elif "\ud800" <= char <= "\udbff" and "\udc00" <= text[found.end():found.end() + 1] <= "\udfff":
+        pair = text[found.start():found.end() + 1].encode("utf-16", "surrogatepass").decode("utf-16")
+        return (f"contains a surrogate pair {code} U+{ord(text[found.end()]):04X} written as two characters (two "
+                f"\\u escapes, as in JSON); write the character itself or one \\U escape: \\U{ord(pair):08X}")
     elif "\ud800" <= char <= "\udfff":
         what = f"a lone surrogate {code} (not a character: broken UTF-16?)"
     elif ord(char) <= 0x9F:
