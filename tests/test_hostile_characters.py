@@ -241,3 +241,14 @@ def test_a_json_style_surrogate_pair_in_the_policy_says_how_to_write_the_charact
     assert run(workdir, "compile").exit_code == 0
     assert json.loads((workdir / "output/devices/MAC1/managed-settings.json").read_text())[
         "companyAnnouncements"][0] == "smile \U0001f600"
+
+
+@pytest.mark.parametrize("name", ["Sec\\nOps", "Sec\\tOps", "Sec\\u2028Ops"])
+def test_a_policy_team_name_is_one_line_too(workdir, name):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(
+        policy.replace("teams: {}", f'teams:\n  "{name}":\n    settings: {{x: 1}}\n'))
+    write_inventory(workdir, "serial_number,platform,user_email,team\nMAC1,macos,a@example.com,Ops\n")
+    result = run(workdir, "validate")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0].endswith(": contains a line break or a tab; a team name is one line")

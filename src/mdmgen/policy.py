@@ -401,10 +401,12 @@ def team_problem(team: str) -> str | None:
     look like what it is: no invisible format characters (Unicode category Cf: the bidi controls
     such as U+202E RIGHT-TO-LEFT OVERRIDE, zero-width U+200B, U+FEFF), which make one name display
     as another, or make two names that look equal miss each other, and no character a profile
-    cannot carry."""
+    cannot carry, nor a line break or a tab."""
     bad = unencodable_text(team)
     if bad:
         return bad
+    if any(char in "\n\t\u2028\u2029" for char in team):
+        return "contains a line break or a tab; a team name is one line"
     for char in team:
         if unicodedata.category(char) == "Cf":
             name = unicodedata.name(char, "format character")
