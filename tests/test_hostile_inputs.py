@@ -246,3 +246,18 @@ def test_a_template_nested_too_deeply_is_a_syntax_error_not_a_recursion_error(wo
     assert one_line_errors(run(workdir, "validate")) == [
         "profiles/policy.yaml:31: resource_attributes.team: template syntax error: template nests more than 100 "
         "levels (brackets, operators, filters or blocks); simplify it"]
+
+
+def test_a_policy_larger_than_the_limit_is_refused_before_it_is_parsed(workdir):
+    (workdir / "profiles" / "policy.yaml").write_bytes(POLICY_HEAD.encode() + b"# " + b"x" * (4 << 20) + b"\n")
+    write_inventory(workdir, HEADER + ROW)
+    assert one_line_errors(run(workdir, "validate")) == [
+        "profiles/policy.yaml: policy: is larger than 4 MB; is it the right file?"]
+
+
+def test_an_inventory_larger_than_the_limit_is_refused_without_reading_it(workdir):
+    with open(workdir / "inventory" / "devices.csv", "wb") as sparse:  # 1 GB + 1 byte, no disk used
+        sparse.write(HEADER.encode())
+        sparse.truncate((1 << 30) + 1)
+    lines = one_line_errors(run(workdir, "validate"))
+    assert lines == ["inventory/devices.csv: inventory: is larger than 1024 MB; is it the right file?"]
