@@ -261,3 +261,20 @@ def test_an_inventory_larger_than_the_limit_is_refused_without_reading_it(workdi
         sparse.truncate((1 << 30) + 1)
     lines = one_line_errors(run(workdir, "validate"))
     assert lines == ["inventory/devices.csv: inventory: is larger than 1024 MB; is it the right file?"]
+
+
+def test_a_header_value_with_a_line_break_is_refused_without_repeating_it(workdir):
+    policy = (workdir / "profiles" / "policy.yaml").read_text()
+    (workdir / "profiles" / "policy.yaml").write_text(policy.replace(
+        '    OTEL_EXPORTER_OTLP_ENDPOINT: "{{ otlp_endpoint }}"\n',
+        '    OTEL_EXPORTER_OTLP_ENDPOINT: "{{ otlp_endpoint }}"\n'
+        '    OTEL_EXPORTER_OTLP_HEADERS: "x-site={{ site }}"\n'))
+    write_inventory(workdir, 'serial_number,platform,user_email,team,site\n'
+                             'MAC1,macos,ann@example.com,Ops,"berlin\nX-Evil: tok3n"\n'
+                             'MAC2,macos,bob@example.com,Ops,paris\n')
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[0].startswith(
+        "inventory/devices.csv:2: env.OTEL_EXPORTER_OTLP_HEADERS: must be one line: an OTEL variable holds")
+    assert "tok3n" not in result.output and "X-Evil" not in result.output
+    assert sorted(p.name for p in (workdir / "output" / "devices").iterdir()) == ["MAC2"]
