@@ -258,3 +258,34 @@ def test_a_name_ending_in_a_newline_is_not_a_safe_path_part(name):
     assert unsafe_name(name) is not None
     with pytest.raises(ValueError):
         safe_relpath(f"devices/{name}/managed-settings.json")
+
+
+# --- hard links: the same inode as a file outside, which a write in place would change --------------
+
+
+@pytest.mark.parametrize("where", ["output", ".output.mdmgen-prev"])
+@pytest.mark.parametrize("full", [False, True])
+def test_a_hard_link_to_a_file_outside_is_never_written_through(workdir, victim, where, full):
+    compiled(workdir)
+    compiled(workdir, ROWS[:2])
+    before = snapshot(victim.parent)
+    planted = workdir / where / "devices" / "LNX1" / "managed-settings.json"
+    planted.unlink()
+    os.link(victim / "managed-settings.json", planted)  # same inode as the victim's file
+    with_changed_row(workdir)  # LNX1 changes: its file is written again
+    assert run(workdir, "compile", *(["--full"] if full else [])).exit_code == 0
+    assert snapshot(victim.parent) == before
+    assert json.loads((workdir / "output/devices/LNX1/managed-settings.json").read_text()) != {"victim": True}
+    assert_tree_matches_manifest(workdir / "output")
+
+
+@pytest.mark.parametrize("serial", ["..", "../../srv/victim", "a/b", "a\\b", "C:", "\uff0e\uff0e", "CON", "nul.txt",
+                                    "x" * 65, ".hidden", "trailing.", "MAC1\u200b", "/etc"])
+def test_a_serial_built_for_path_traversal_is_a_row_error_and_touches_nothing(workdir, victim, serial):
+    before = snapshot(victim.parent)
+    write_inventory(workdir, HEADER + f"\"{serial}\",linux,x@example.com,Ops\n" + ROWS[0] + "\n")
+    result = run(workdir, "compile", "--skip-invalid")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines()[0].startswith("inventory/devices.csv:2: serial_number: ")
+    assert sorted(os.listdir(workdir / "output" / "devices")) == ["MAC1"]
+    assert snapshot(victim.parent) == before

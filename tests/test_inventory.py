@@ -59,7 +59,7 @@ def test_quoted_fields_with_commas_quotes_and_newlines_keep_line_numbers(tmp_pat
     assert [d.team for d in inv.devices] == ['R&D, "Berlin"']
     # The quoted newline is a control character in a team name; the row after it is on line 5.
     assert messages(inv) == [
-        f"{name}:3: team: contains control characters",
+        f"{name}:3: team: contains a line break or a tab; a team name is one line",
         f"{name}:5: platform: 'beos' is not a platform (use macos, linux, windows or wsl)",
     ]
 

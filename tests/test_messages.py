@@ -31,3 +31,29 @@ def test_first_of_says_how_many_were_left_out():
 def test_the_canonical_digest_ignores_key_order_but_not_values():
     assert digest({"a": 1, "b": [1, "é"]}) == digest({"b": [1, "é"], "a": 1})
     assert digest({"a": 1}) != digest({"a": "1"})
+
+
+def test_every_form_of_a_secret_is_redacted_json_html_base64_and_lower_case_hex():
+    import base64
+    import json
+
+    from mdmgen.messages import redact
+
+    secret = 'p@ss/wörd"&<x>'
+    echoes = [json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+              json.dumps(secret)[1:-1].replace("/", "\\/"), "p%40ss%2fw%c3%b6rd%22%26%3cx%3e",
+              "p@ss/wörd&quot;&amp;&lt;x&gt;", base64.b64encode(secret.encode()).decode()]
+    for echo in echoes:
+        assert redact(f"server said: {echo}.", [secret]) == "server said: [redacted].", echo
+    basic = base64.b64encode(f"client-id:{secret}".encode()).decode()
+    assert redact(f"Authorization: Basic {basic}", [f"client-id:{secret}"]) == "Authorization: Basic [redacted]"
+
+
+def test_a_secret_straddling_the_cut_is_never_printed_in_part():
+    from mdmgen.messages import shorten
+
+    secret = "S3CRET-" + "k" * 40
+    text = "x" * 180 + secret + " and more"
+    cut = shorten(text, 200, [secret])
+    assert "S3CRET" not in cut and "kkkkkk" not in cut
+    assert cut == "x" * 180 + "[redacted] and more"

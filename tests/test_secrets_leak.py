@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from mdmgen import secrets
-
 from .conftest import HEADER, write_inventory
 from .fakes.s3_server import S3Server
 from .test_secrets import ROWS, write_policy
@@ -30,7 +28,17 @@ BUCKET = "fleet"
 
 
 def forms(token: str) -> list[bytes]:
-    return sorted({form.encode("utf-8") for form in secrets.forms(token)})
+    """Every way the token could be written: raw, JSON-escaped, XML-escaped, percent-encoded (as in
+    the attribute and header lists), as a form field, and base64 (as in a Basic header)."""
+    import base64
+    import html
+    import json
+    from urllib.parse import quote, quote_plus
+
+    found = {token, json.dumps(token)[1:-1], json.dumps(token)[1:-1].replace("/", "\\/"), html.escape(token),
+             html.escape(token, quote=False), quote(token, safe=""), quote_plus(token),
+             base64.b64encode(token.encode()).decode()}
+    return sorted(form.encode("utf-8") for form in found)
 
 
 @pytest.fixture

@@ -16,11 +16,10 @@ import click
 
 from . import __version__, diff, output, pipeline, policy, signing
 from .exitcodes import ExitCode, help_epilog
-from .messages import first_of, redact
+from .messages import environment_secrets, first_of, printable, shorten
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
-from .secrets import forms as _forms
 from .secrets import resolved_values
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
@@ -64,11 +63,6 @@ def _reporting(func):
     return func
 
 
-def secret_forms() -> list[str]:
-    """Every form of every secret this process resolved (see ``secrets.forms``)."""
-    return [form for value in resolved_values() for form in _forms(value)]
-
-
 def _signing_options(func):
     """``compile``'s signing options; passwords come from the environment only (see ``signing``)."""
     func = click.option("--sign-p12", type=click.Path(path_type=Path), metavar="FILE.p12",
@@ -101,8 +95,8 @@ class _GuardedGroup(click.Group):
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
-            # Redacted before it is cut, so no resolved secret (not even part of one) is printed.
-            reason = redact(" ".join(str(exc).split()), secret_forms())[:200]
+            # Redacted before it is cut, so no secret (not even part of one) is printed.
+            reason = printable(shorten(" ".join(str(exc).split()), 200, [*environment_secrets(), *resolved_values()]))
             click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
@@ -198,13 +192,13 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     try:
         result = diff.trees(old, new)
     except diff.DiffError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(2)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:
         for line in result.lines():
-            click.echo(line)
+            click.echo(printable(line))
     sys.exit(0 if result.identical else 1)
 
 
@@ -265,6 +259,7 @@ class Report:
         return _ClickProgress()
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
+        message = printable(message)  # an OS, S3 or Jamf error can hold newlines and escape sequences
         lines = _problem_lines(problems)
         for line in _collapsed(problems):
             click.echo(line, err=True)
@@ -344,8 +339,8 @@ def _collapsed(problems) -> list[str]:
             shown.append(line)
     for (field, _message), group in groups.items():
         if len(group) > SAME_PROBLEM_SHOWN:
-            shown.append(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} more rows "
-                         "with the same problem (--json lists them all)")
+            shown.append(printable(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} "
+                                   "more rows with the same problem (--json lists them all)"))
     return shown
 
 
@@ -370,11 +365,11 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
     try:
         plan = preflight.load(out, serial)
     except output.OutputBusy as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(ExitCode.BUSY)
     except preflight.PreflightError as exc:
         for line in exc.problems:
-            click.echo(f"error: {line}", err=True)
+            click.echo(printable(f"error: {line}"), err=True)
         sys.exit(ExitCode.INVALID_INPUT)
     destinations = plan.destinations
     devices = sum(len(d.serials) for d in destinations)
@@ -385,7 +380,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
         click.echo(f"[{index}/{len(destinations)}] {preflight.describe(destination)}")
         results = preflight.check_destination(destination, timeout)
         for line in preflight.report_lines(results):
-            click.echo(line)
+            click.echo(printable(line))
         kinds = preflight.failure_kinds(results)
         if kinds:
             failed.append((len(destination.serials), kinds))
@@ -582,9 +577,9 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     except base.RemoteError as exc:
         report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
     if not report.quiet:
-        click.echo(outcome.summary(), err=True)
+        click.echo(printable(outcome.summary()), err=True)
         for note in outcome.notes:
-            click.echo(f"note: {note.message}", err=True)
+            click.echo(printable(f"note: {note.message}"), err=True)
     if report.as_json:
         click.echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)

@@ -183,11 +183,16 @@ def check(env: Any, *, allow_content_logging: bool) -> list[tuple[str, str]]:
     """Validate an env block; return (variable, message) for every problem found."""
     if not isinstance(env, dict):
         return [("env", "must be a mapping of variable names to strings")]
+    problems: list[tuple[str, str]] = [
+        (name, "must be one line: an OTEL variable holds a URL, a list of headers or a name, and a line break "
+               "or tab there would split a header or break the URL")
+        for name, value in env.items()
+        if isinstance(name, str) and name.startswith("OTEL_") and isinstance(value, str)
+        and any(char in value for char in "\n\r\t\u2028\u2029\x85")]
     try:
         EnvBlock.model_validate(env, context={"allow_content_logging": allow_content_logging,
                                               "present": set(env)})
     except ValidationError as exc:
-        problems = []
         for err in exc.errors(include_input=False, include_url=False):
             name = str(err["loc"][0]) if err["loc"] else "env"
             if name in env and not isinstance(env[name], str):
@@ -196,5 +201,4 @@ def check(env: Any, *, allow_content_logging: bool) -> list[tuple[str, str]]:
                 message = err["msg"].removeprefix("Value error, ")
             if (name, message) not in problems:
                 problems.append((name, message))
-        return problems
-    return []
+    return problems

@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from email_validator import EmailNotValidError, validate_email
 
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
-from .models import SAFE_NAME, Device, Location, Platform, Problem, unsafe_name
+from .models import SAFE_NAME, Device, Location, Platform, Problem, unencodable_text, unsafe_name
+from .policy import team_problem
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
 
@@ -43,8 +45,12 @@ EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"
 
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
-_EXTRA_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 _DELIMITERS = (",", "\t", ";")
+MAX_COLUMNS = 1_000
+"""Widest inventory accepted. HR exports have tens of columns; a bound keeps a broken export (one
+row of 100,000 cells) from making every row costly."""
+MAX_FIELD_CHARS = 65_536
+"""Longest cell, as long as the longest value a template may render (``templating``)."""
 
 
 @dataclass
@@ -165,7 +171,12 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
     lookup = {fold_header(alias): fld for fld, aliases in wanted.items() for alias in aliases}
     index: dict[str, int] = {}
     extras: dict[int, str] = {}
+    taken: set[str] = set()  # the template names of ``extras``, for a linear clash check
     loc = Location(file=name, line=line)
+    if len(cells) > MAX_COLUMNS:
+        problems.append(Problem(location=loc, field="header", message=(
+            f"{len(cells):,} columns; an inventory has at most {MAX_COLUMNS:,} (is it the right file?)")))
+        return None
     ok = True
     for i, cell in enumerate(cells):
         header = cell.strip()
@@ -174,7 +185,7 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
             tname = template_name(header)
             if not tname:
                 continue  # an unnamed column carries nothing a template could use
-            if tname in extras.values() or tname in HEADER_ALIASES or tname in {
+            if tname in taken or tname in HEADER_ALIASES or tname in {
                 "serial", "user_email", "platform", "team"
             }:
                 problems.append(Problem(location=loc, field=header, message=(
@@ -182,6 +193,7 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
                     "rename it")))
                 ok = False
             extras[i] = tname
+            taken.add(tname)
         elif fld in index:
             problems.append(Problem(location=loc, field=header, message=(
                 f"both {cells[index[fld]].strip()!r} and {header!r} map to {fld}; "
@@ -234,6 +246,11 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
             "(a value with an unquoted comma?)")))
         return
     cells = cells + [""] * (header.width - len(cells))
+    too_long = [i for i, c in enumerate(cells[:header.width]) if len(c) > MAX_FIELD_CHARS]
+    if too_long:
+        inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
+            f"field {too_long[0] + 1} is longer than {MAX_FIELD_CHARS:,} characters")))
+        return
 
     def cell(fld: str) -> str:
         return cells[header.index[fld]].strip() if fld in header.index else ""
@@ -250,16 +267,16 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
     email = _check_email(cell("user_email"), bad)
-    team = cell("team")
+    team = unicodedata.normalize("NFC", cell("team"))  # one spelling of "Café" in every output
     if not team:
         bad("team", "missing value")
-    elif _CONTROL_RE.search(team):
-        bad("team", "contains control characters")
+    elif reason := team_problem(team):
+        bad("team", reason)
     extra: dict[str, str] = {}
     for i, tname in header.extras.items():
         value = cells[i].strip()
-        if _EXTRA_CONTROL_RE.search(value):
-            bad(tname, "contains control characters")
+        if reason := unencodable_text(value):
+            bad(tname, reason)
         extra[tname] = value
 
     if serial is not None:

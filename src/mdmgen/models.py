@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .messages import printable
+
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would also match before a final newline
 """What a serial, a file name or any one path part under the output folder may look like: at most
 64 letters, digits, '-', '_' and '.', never starting with '.' (so never '..' and never hidden)."""
@@ -33,6 +35,45 @@ def unsafe_name(name: str) -> str | None:
     if name.split(".")[0].upper() in WINDOWS_RESERVED or name.endswith("."):
         return f"{name!r} is not usable as a file or folder name on Windows"
     return None
+
+
+_NONCHARACTERS = "\ufdd0-\ufdef\ufffe\uffff" + "".join(
+    f"{chr(plane + 0xFFFE)}{chr(plane + 0xFFFF)}" for plane in range(0x10000, 0x110000, 0x10000))
+_UNENCODABLE = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\ud800-\\udfff{_NONCHARACTERS}]")
+_CONTROL_NAMES = {"\x00": "a NUL byte", "\x1b": "an escape character (ESC, as in terminal escape sequences)"}
+
+
+def unencodable_text(text: str) -> str | None:
+    """Why ``text`` cannot be written identically into both managed-settings.json and a
+    .mobileconfig, or None when it can. The one character rule of every value and key mdmgen writes.
+
+    A profile is XML 1.0: it cannot hold NUL or the other C0 controls but tab and newline, nor
+    U+FFFE/U+FFFF, and its parser turns a carriage return into a newline, so the profile would
+    no longer equal the JSON. A lone surrogate is no character at all (it cannot be UTF-8). DEL,
+    the C1 controls (U+0080-U+009F, which include the terminal's CSI) and the other Unicode
+    noncharacters are legal XML but have no use in a setting and hide in a terminal or a diff,
+    so they are refused too. Everything else, tab and newline included, is written as is and
+    reads back unchanged from both files."""
+    found = _UNENCODABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    code = f"U+{ord(char):04X}"
+    if char == "\r":
+        return "contains a carriage return (U+000D), which a profile's XML reads back as a newline; use \\n"
+    if char in _CONTROL_NAMES:
+        what = f"{_CONTROL_NAMES[char]} ({code})"
+    elif "\ud800" <= char <= "\udbff" and "\udc00" <= text[found.end():found.end() + 1] <= "\udfff":
+        pair = text[found.start():found.end() + 1].encode("utf-16", "surrogatepass").decode("utf-16")
+        return (f"contains a surrogate pair {code} U+{ord(text[found.end()]):04X} written as two characters (two "
+                f"\\u escapes, as in JSON); write the character itself or one \\U escape: \\U{ord(pair):08X}")
+    elif "\ud800" <= char <= "\udfff":
+        what = f"a lone surrogate {code} (not a character: broken UTF-16?)"
+    elif ord(char) <= 0x9F:
+        what = f"the control character {code}"
+    else:
+        what = f"the noncharacter {code}"
+    return f"contains {what}, which a profile cannot carry unchanged"
 
 
 def safe_relpath(relpath: str) -> str:
@@ -103,7 +144,8 @@ class Problem(BaseModel):
     row: bool = False
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.field}: {self.message}"
+        """One line whatever the field and message hold (see ``messages.printable``)."""
+        return printable(f"{self.location}: {self.field}: {self.message}")
 
 
 class MdmgenError(Exception):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import attributes, destinations, envschema, inventory, policy, secrets
 from .emit import registry
-from .messages import redact
+from .messages import redact, secret_forms
 from .models import (
     CompiledDevice,
     Device,
@@ -139,13 +139,13 @@ def _redacted(problems: list[Problem]) -> list[Problem]:
     values = secrets.resolved_values()
     if not values:
         return problems
-    forms = sorted({form for value in values for form in secrets.forms(value)}, key=len, reverse=True)
+    forms = sorted({form for value in values for form in secret_forms(value)}, key=len, reverse=True)
     return [p.model_copy(update={"message": redact(p.message, forms)}) for p in problems]
 
 
 def _blanks(values: Mapping[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:
     """For each secret label, every form of its value and what replaces it, longest first."""
-    return {label: sorted(((form.encode("utf-8"), f"<{label}>".encode()) for form in secrets.forms(value)),
+    return {label: sorted(((form.encode("utf-8"), f"<{label}>".encode()) for form in secret_forms(value)),
                           key=lambda pair: len(pair[0]), reverse=True)
             for label, value in values.items()}
 
@@ -170,7 +170,7 @@ def _fleet_leaks(fleet_files: Mapping[str, bytes], values: Iterable[str], where:
     problems = []
     for relpath, data in sorted(fleet_files.items()):
         text = data.decode("utf-8", errors="replace")
-        if any(form in text for value in values for form in secrets.forms(value)):
+        if any(form in text for value in values for form in secret_forms(value)):
             problems.append(Problem(location=where, field=relpath, message=(
                 "this fleet file would hold a secret value; it must refer to it instead")))
     return problems

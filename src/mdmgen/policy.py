@@ -19,10 +19,11 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .attributes import TOKEN_RE
 from .envschema import ENV_NAME_PATTERN
 from .inputfile import MAX_POLICY_BYTES, InputFileError, read_input
-from .models import Location, MdmgenError, Platform, Problem
+from .models import Location, MdmgenError, Platform, Problem, unencodable_text
 
 POLICY_FILENAME = "policy.yaml"
 VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -56,8 +57,13 @@ def announces_email_hash(name: str) -> bool:
 UNKEYED_HASH_MESSAGE = ("a plain hash of an email is reversible by hashing guessed addresses; set "
                         "'pseudonymise_email: true' and use 'user_email' (a keyed pseudonym) instead")
 MAX_DEPTH = 64
-"""How deeply policy values may nest. Real settings nest a handful of levels; a bound keeps a
-hostile or broken file from exhausting the parser's recursion."""
+"""How deeply policy values may nest, counted after aliases are expanded. Real settings nest a
+handful of levels; a bound keeps a hostile or broken file from exhausting the recursion of every
+stage that walks the tree (merge, render, the plist writer)."""
+MAX_VALUES = 100_000
+"""How many values (mappings, lists and scalars) the policy may hold once its YAML aliases are
+expanded. A real policy holds a few hundred; a 420-byte "billion laughs" file of 10 levels of 9
+aliases expands to 3.4 billion, which every later stage would walk once per team."""
 PLIST_INTEGERS = (-(2**63), 2**64 - 1)
 """The integers a property list can hold (plistlib refuses others when it writes a profile)."""
 
@@ -355,23 +361,34 @@ def load(profiles: Path) -> LoadedPolicy:
 def parse(text: str, name: str) -> LoadedPolicy:
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
+        if node is not None:
+            _expanded_size(node, name)  # raises before construction and every later walk expand the aliases
         data = yaml.load(text, Loader=_BoundedLoader)  # a subclass of the safe loader: no tags run code
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, written raw in the file
+        line = text[:exc.position].count("\n") + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        reason = unencodable_text(char) or f"contains U+{ord(char[:1] or '?'):04X}, which YAML does not allow"
+        raise MdmgenError([Problem(location=Location(file=name, line=line), field="yaml",
+                                   message=reason)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         reason = getattr(exc, "problem", None) or str(exc)
         raise MdmgenError([Problem(location=Location(file=name, line=line), field="yaml",
-                                   message=str(reason))]) from None
+                                   message=" ".join(str(reason).split()))]) from None
     lines: dict[tuple[str | int, ...], int] = {}
     problems: list[Problem] = []
     if node is not None:
-        _index_lines(node, (), lines, problems, name)
+        _index_lines(node, (), lines, problems, name, set())
     if data is None:
         data = {}
     if not isinstance(data, dict):
         problems.append(Problem(location=Location(file=name, line=1), field="policy",
                                 message="must be a mapping of keys (org, settings, ...)"))
         raise MdmgenError(problems)
+    unreadable = _character_problems(data, LoadedPolicy(policy=Policy.model_construct(), file=name, lines=lines))
+    if unreadable:  # before the schema, whose messages would repeat the characters
+        raise MdmgenError(problems + unreadable)
     loaded = None
     try:
         loaded = LoadedPolicy(policy=Policy.model_validate(data), file=name, lines=lines)
@@ -436,10 +453,63 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
     return []
 
 
+def _expanded_size(root: yaml.Node, name: str) -> int:
+    """How many values ``root`` holds with its aliases expanded, refusing a policy that nests
+    deeper than :data:`MAX_DEPTH` or holds more than :data:`MAX_VALUES` values that way.
+
+    An alias reuses its anchor's node object, so sizes and depths are memoised per node: the cost
+    is linear in the file, however many paths the aliases make. An alias of a node that contains
+    itself (``&a [*a]``) would expand forever and is refused too."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
+    open_nodes: set[int] = set()
+
+    def refuse(node: yaml.Node, message: str) -> NoReturn:
+        raise MdmgenError([Problem(location=Location(file=name, line=node.start_mark.line + 1), field="yaml",
+                                   message=message)])
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        known = measured.get(id(node))
+        if known is not None:
+            if depth + known[1] > MAX_DEPTH:
+                refuse(node, f"values nest deeper than {MAX_DEPTH} levels once aliases are expanded")
+            return known
+        if id(node) in open_nodes:
+            refuse(node, "an alias refers to a value that contains it (a recursive anchor)")
+        if depth > MAX_DEPTH:
+            refuse(node, f"values nest deeper than {MAX_DEPTH} levels once aliases are expanded")
+        open_nodes.add(id(node))
+        values, deepest = 1, 0
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in children:
+            size, below = measure(child, depth + 1)
+            values += size
+            deepest = max(deepest, below + 1)
+            if values > MAX_VALUES:
+                refuse(child, f"the policy holds more than {MAX_VALUES:,} values once its aliases are expanded "
+                              "(an alias bomb?)")
+        open_nodes.discard(id(node))
+        measured[id(node)] = (values, deepest)
+        return values, deepest
+
+    return measure(root, 0)[0]
+
+
 def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, problems: list,
-                 name: str) -> None:
-    """Map every key path to its line, and refuse duplicate keys (YAML would silently keep one)."""
+                 name: str, indexed: set[int]) -> None:
+    """Map every key path to its line, and refuse duplicate keys (YAML would silently keep one).
+
+    A node reached again through an alias is indexed once, at its first path: a later path finds
+    its line through ``LoadedPolicy.location``'s longest known prefix (the line of the key that
+    holds the alias), so the index stays as small as the file."""
     lines[path] = node.start_mark.line + 1
+    if id(node) in indexed:
+        return
+    indexed.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
@@ -448,11 +518,65 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, prob
                 problems.append(Problem(location=Location(file=name, line=key_node.start_mark.line + 1),
                                         field=dotted((*path, key)), message="duplicate key"))
             seen.add(key)
-            _index_lines(value_node, (*path, key), lines, problems, name)
+            _index_lines(value_node, (*path, key), lines, problems, name, indexed)
             lines[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, (*path, i), lines, problems, name)
+            _index_lines(item, (*path, i), lines, problems, name, indexed)
+
+
+def team_problem(team: str) -> str | None:
+    """Why ``team`` cannot name a team, or None. A team name is shown to auditors (``diff``, the
+    telemetry's ``team`` attribute) and matched between the inventory and the policy, so it must
+    look like what it is: no invisible format characters (Unicode category Cf: the bidi controls
+    such as U+202E RIGHT-TO-LEFT OVERRIDE, zero-width U+200B, U+FEFF), which make one name display
+    as another, or make two names that look equal miss each other, and no character a profile
+    cannot carry, nor a line break or a tab."""
+    bad = unencodable_text(team)
+    if bad:
+        return bad
+    if any(char in "\n\t\u2028\u2029" for char in team):
+        return "contains a line break or a tab; a team name is one line"
+    for char in team:
+        if unicodedata.category(char) == "Cf":
+            name = unicodedata.name(char, "format character")
+            return (f"contains the invisible character U+{ord(char):04X} ({name}), which makes a team name "
+                    "display as another; remove it")
+    return None
+
+
+def team_key(team: str) -> str:
+    """What two team names must share to be the same team: the same letters once NFC-normalised
+    (``é`` typed as one character or as ``e`` plus an accent) and case-folded."""
+    return unicodedata.normalize("NFC", team).casefold()
+
+
+def _character_problems(data: Any, holder: LoadedPolicy) -> list[Problem]:
+    """Every key and string of the policy that a profile cannot carry unchanged (see
+    ``models.unencodable_text``), and every team name that is not plainly readable, each at its line.
+
+    Checked on the parsed YAML before the schema, since YAML escapes ("\\x00", "\\ud800") can
+    write any character; what templates make from these is checked again when they render."""
+    problems: list[Problem] = []
+    pending: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = (*path, key) if isinstance(key, (str, int)) else (*path, str(key))
+                reason = team_problem(key) if path == ("teams",) and isinstance(key, str) else (
+                    unencodable_text(key) if isinstance(key, str) else None)
+                if reason:
+                    problems.append(Problem(location=holder.location(child), field=dotted(child), message=reason))
+                    continue
+                pending.append((child, item))
+        elif isinstance(value, list):
+            pending.extend(((*path, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            reason = unencodable_text(value)
+            if reason:
+                problems.append(Problem(location=holder.location(path), field=dotted(path), message=reason))
+    return sorted(problems, key=lambda p: p.location.line)
 
 
 def _check_values(loaded: LoadedPolicy) -> list[Problem]:
@@ -496,7 +620,7 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
     problems.extend(_check_collector_tokens(loaded))
     folded: dict[str, str] = {}
     for team in policy.teams:
-        other = folded.setdefault(team.casefold(), team)
+        other = folded.setdefault(team_key(team), team)
         if other != team:
             path = ("teams", team)
             problems.append(Problem(location=loaded.location(path), field=dotted(path),
@@ -561,6 +685,10 @@ def resolve_variables(policy: Policy, overrides: Mapping[str, str]) -> dict[str,
     if unknown:
         known = ", ".join(sorted(policy.variables)) or "none"
         raise UnknownVariable(f"unknown variable {', '.join(unknown)} (the policy defines: {known})")
+    bad = [Problem(location=Location(file="--var"), field=f"variables.{name}", message=reason)
+           for name, value in sorted(overrides.items()) if (reason := unencodable_text(value))]
+    if bad:
+        raise MdmgenError(bad)
     return {**policy.variables, **overrides}
 
 
@@ -578,9 +706,9 @@ def layers_for(loaded: LoadedPolicy, platform: Platform, team: str) -> list[tupl
     layers: list[tuple[tuple, Layer]] = [((), policy)]
     if platform in policy.platforms:
         layers.append((("platforms", platform.value), policy.platforms[platform]))
-    folded = team.casefold()
+    folded = team_key(team)
     for name, layer in policy.teams.items():
-        if name.casefold() == folded:
+        if team_key(name) == folded:
             layers.append((("teams", name), layer))
     return layers
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import __version__, attributes
 from . import secrets as secret_refs
@@ -40,6 +39,7 @@ from .policy import (
     merge,
 )
 from .secrets import Pseudonymiser
+from .templating import make_environment
 
 _MARKERS = ("{{", "{%", "{#")
 
@@ -60,8 +60,7 @@ class Renderer:
         self.loaded = loaded
         self.variables = dict(variables)
         self.pseudonymiser = pseudonymiser
-        self.env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                                 keep_trailing_newline=True)
+        self.env = make_environment()  # sandboxed and bounded in time and size (see templating)
         self.env.filters["baggage"] = attributes.encode_value
         self._secret_functions = {secret_refs.SECRET_FUNCTION: self._secret_env,
                                   secret_refs.SECRET_FILE_FUNCTION: self._secret_file}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import html
 import json
 import os
 import re
@@ -31,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, quote_plus
 
 import jinja2
 from jinja2 import nodes
@@ -297,15 +295,6 @@ def shown_fingerprint(value: str) -> str:
     same name, so an admin can tell which token a device has; values repeat across a fleet, hence
     the cache."""
     return "fp:" + hashlib.scrypt(value.encode("utf-8"), salt=_SHOWN_LABEL, **_SCRYPT).hex()[:8]
-
-
-def forms(value: str) -> set[str]:
-    """The ways a value can appear in a file or a message: as written, JSON-escaped, XML-escaped,
-    percent-encoded (attributes, URLs, forms) and as Python's repr escapes it."""
-    found = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
-             html.escape(value, quote=False), html.escape(value), quote(value, safe=""), quote_plus(value),
-             repr(value)[1:-1]}
-    return {form for form in found if form}
 
 
 _RESOLVED: dict[str, None] = {}

@@ -17,7 +17,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import Settings
+from ..models import Settings, unencodable_text
+
+__all__ = ["unencodable_text"]  # the character rule every profile string obeys (see dumps)
 
 PREFERENCE_DOMAIN = "com.anthropic.claudecode"
 MCX_PAYLOAD_TYPE = "com.apple.ManagedClient.preferences"
@@ -75,7 +77,12 @@ def build(settings: Settings, meta: ProfileMeta) -> dict[str, Any]:
 
 
 def dumps(settings: Settings, meta: ProfileMeta) -> bytes:
-    """XML plist via the standard library, which escapes '&', '<' and '>' in keys and strings."""
+    """XML plist via the standard library, which escapes '&', '<' and '>' in keys and strings.
+
+    Every key and string reaching here obeys :func:`unencodable_text` (checked where it enters:
+    the policy loader, the inventory, ``--var`` and each template's output), which is what makes
+    the profile's settings read back equal to managed-settings.json; a faster writer must keep
+    to the same rule."""
     return plistlib.dumps(build(settings, meta), fmt=plistlib.FMT_XML, sort_keys=True)
 
 

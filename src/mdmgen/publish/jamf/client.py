@@ -23,12 +23,12 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
-from ...messages import redact
+from ...messages import redact, shorten
 from ..base import RemoteError
 from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
 from ..http import (
@@ -78,10 +78,14 @@ class JamfHTTPError(HTTPStatusError):
     """Jamf answered with an error status; the message is one line for the user."""
 
 
-def error_reason(content_type: str, body: bytes) -> str:
+def error_reason(content_type: str, body: bytes, secrets: Iterable[str] = ()) -> str:
     """One line from a Jamf error body: the ``Error: ...`` of a Classic HTML status page (§7.1),
-    the first error of the Jamf Pro API's JSON (§7.2), or an OAuth ``error`` (§1.1)."""
-    text = body.decode("utf-8", "replace")
+    the first error of the Jamf Pro API's JSON (§7.2), or an OAuth ``error`` (§1.1).
+
+    ``secrets`` are redacted in every form, in the body as it came and again in the line taken
+    from it (after JSON and HTML unescaping), and always before the line is cut short."""
+    secrets = tuple(secrets)
+    text = redact(body.decode("utf-8", "replace"), secrets)
     reason = ""
     if "json" in content_type:
         try:
@@ -104,8 +108,7 @@ def error_reason(content_type: str, body: bytes) -> str:
         reason = html.unescape(re.sub(r"<[^>]+>", " ", found_text))
     else:
         reason = text
-    reason = " ".join(reason.split())
-    return reason[:200] + ("..." if len(reason) > 200 else "")
+    return shorten(" ".join(reason.split()), 200, secrets)
 
 
 class JamfClient:
@@ -185,7 +188,7 @@ class JamfClient:
         self._http.close()
 
     def _http_error(self, method: str, path: str, response: Response) -> JamfHTTPError:
-        reason = self._redact(error_reason(response.content_type, response.body))
+        reason = self._redact(error_reason(response.content_type, response.body, self._secrets()))
         message = f"Jamf Pro answered {response.status} {reason_phrase(response.status)} while {response.doing}"
         if 300 <= response.status < 400:  # Jamf's API does not redirect; a portal or proxy in front does
             location = urlsplit(response.headers.get("Location", ""))
@@ -248,7 +251,7 @@ class JamfClient:
                                       f"request on {path}") from None
                 self._token_paths = (path,)
                 return token, max(lifetime, 1.0)
-            reason = self._redact(error_reason(response.content_type, response.body))
+            reason = self._redact(error_reason(response.content_type, response.body, self._secrets()))
             if response.status in (400, 401) and "invalid_client" in reason:
                 raise RemoteError(f"Jamf Pro rejected the API client credentials (invalid_client): check "
                                   f"{ENV_CLIENT_ID} and {ENV_CLIENT_SECRET}, and that the API client is enabled")
@@ -259,5 +262,9 @@ class JamfClient:
                               f"{reason_phrase(response.status)}: {reason})")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _secrets(self) -> tuple[str, ...]:
+        """The client secret (alone and as the ``id:secret`` of Basic auth) and every token obtained."""
+        return (self._secret, f"{self._client_id}:{self._secret}", *self._spent)
+
     def _redact(self, text: str) -> str:
-        return redact(text, (self._secret, *self._spent))
+        return redact(text, self._secrets())
