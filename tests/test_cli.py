@@ -311,3 +311,15 @@ def test_an_unknown_var_is_a_usage_error(workdir):
     write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
     result = run(workdir, "compile", "--var", "nope=1")
     assert result.exit_code == 2 and "unknown variable nope" in result.stderr
+
+
+def test_a_template_column_is_known_even_when_every_row_is_invalid(workdir):
+    """Only the row errors are printed: the column exists in the header, so a template using it is
+    not an 'undefined name' just because no row of it was valid."""
+    policy = workdir / "profiles" / "policy.yaml"
+    policy.write_text(policy.read_text().replace('  team: "{{ team }}"', '  team: "{{ team }}"\n  note: "{{ note }}"'))
+    write_inventory(workdir, "serial_number,platform,user_email,team,note\nBAD/1,linux,a@example.com,Ops,x\n")
+    result = run(workdir, "compile")
+    assert result.exit_code == 1, result.output
+    assert "undefined name" not in result.output
+    assert result.stderr.splitlines()[0].startswith("inventory/devices.csv:2: serial_number: ")

@@ -61,6 +61,9 @@ class Inventory:
     problems: list[Problem] = field(default_factory=list)
     excluded: int = 0
     files: list[str] = field(default_factory=list)
+    extra_columns: set[str] = field(default_factory=set)
+    """The template names of every extra column of every file's header, whether or not a row of it
+    was valid: a template may use them, and a file whose rows are all invalid still has them."""
 
 
 def fold_header(name: str) -> str:
@@ -229,6 +232,7 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
             header = _map_header(name, line, cells, columns, inventory.problems)
             if header is None:
                 return
+            inventory.extra_columns.update(header.extras.values())
             continue
         assert header is not None
         _load_row(name, line, cells, header, inventory, first_seen)

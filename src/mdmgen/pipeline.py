@@ -184,7 +184,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     inv = inventory.load(list(inventory_paths), loaded.policy.columns)
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
     renderer = Renderer(loaded, variables, pseudonymiser)
-    extra_names = {name for device in inv.devices for name in device.extra}
+    extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
     policy_problems = renderer.check(extra_names)
     if policy_problems:
         raise MdmgenError(policy_problems + inv.problems)
