@@ -57,3 +57,18 @@ def test_a_secret_straddling_the_cut_is_never_printed_in_part():
     cut = shorten(text, 200, [secret])
     assert "S3CRET" not in cut and "kkkkkk" not in cut
     assert cut == "x" * 180 + "[redacted] and more"
+
+
+def test_log_lines_are_one_line_and_never_carry_a_secret(capsys, monkeypatch):
+    """-vv logs what servers and inputs say: escaped like every other line, secrets redacted."""
+    import logging
+
+    from mdmgen.cli import Report
+
+    monkeypatch.setenv("JAMF_CLIENT_SECRET", "s3cr3t-Client-Value")
+    Report(as_json=False, quiet=False, verbose=2)
+    logging.getLogger("mdmgen.test").debug("server said %r\nforged line \x1b[2J %s", "ok", "s3cr3t-Client-Value")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert "s3cr3t-Client-Value" not in err and "[redacted]" in err
+    assert err.startswith("mdmgen: DEBUG: server said 'ok'\\nforged line \\x1b[2J ")

@@ -16,7 +16,7 @@ import click
 
 from . import __version__, diff, output, pipeline, policy, signing
 from .exitcodes import ExitCode, help_epilog
-from .messages import environment_secrets, first_of, printable, shorten
+from .messages import environment_secrets, first_of, printable, redact, shorten
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
@@ -243,6 +243,16 @@ class _ClickProgress:
             self._bar = None
 
 
+class _LogFormatter(logging.Formatter):
+    """Log lines keep the promises of every other line: one line (newlines and escape sequences
+    from a server or an input shown escaped), and no secret in any of its forms, at any verbosity."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        secrets = [*environment_secrets(), *resolved_values()]
+        record.message = printable(redact(record.message, secrets) if secrets else record.message)
+        return super().formatMessage(record)
+
+
 class Report:
     """Everything a command says: problems, summary, JSON, logging, progress and exit code."""
 
@@ -250,8 +260,9 @@ class Report:
         self.as_json = as_json
         self.quiet = quiet
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-        logging.basicConfig(level=level, format="mdmgen: %(levelname)s: %(message)s", stream=sys.stderr,
-                            force=True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
 
     def progress(self) -> Progress:
         if self.quiet or not sys.stderr.isatty():
