@@ -512,10 +512,7 @@ def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, ti
     """
     from .publish import jamf
 
-    try:
-        base_url = jamf.check_url(url)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--url") from None
+    base_url = _checked_url(jamf.check_url, url, "--url")
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
 
     def connect():
@@ -547,10 +544,7 @@ def publish_intune(out, dry_run, prune, max_delete, force, graph_url, as_json, q
     """
     from .publish import intune
 
-    try:
-        base_url = intune.check_url(graph_url)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--graph-url") from None
+    base_url = _checked_url(intune.check_url, graph_url, "--graph-url")
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
 
     def connect():
@@ -558,6 +552,14 @@ def publish_intune(out, dry_run, prune, max_delete, force, graph_url, as_json, q
 
     _publish(report, connect, f"Intune via {base_url}", out=out, dry_run=dry_run, prune=prune,
              max_delete=max_delete, force=force)
+
+
+def _checked_url(check, url: str, option: str) -> str:
+    """A target's URL as its publisher accepts it, or a usage error (exit 2) naming the option."""
+    try:
+        return check(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
