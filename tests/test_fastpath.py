@@ -78,7 +78,7 @@ def compile_json(work: Path, out: str, *, fast: bool, monkeypatch) -> tuple[int,
     else:
         monkeypatch.setenv(fastpath.ENV_VAR, "1")
     result = run(work, "compile", "--skip-invalid", "--json", "--quiet", "--out", out)
-    return result.exit_code, json.loads(result.stdout)
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {"stderr": result.stderr}
 
 
 def without_changes(summary: dict) -> dict:

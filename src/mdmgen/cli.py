@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from . import __version__, diff, output, pipeline, policy
+from . import __version__, diff, fastpath, output, pipeline, policy
 from .exitcodes import ExitCode, help_epilog
 from .messages import first_of
 from .models import MdmgenError, Platform, Problem
@@ -112,9 +112,10 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         with output.locked(out):
             previous = output.read_previous(out, full=full)
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
-            result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
+            result = _run(report, inventories, profiles, variables, skip_invalid, reusable,
+                          previous.row_cache if previous and previous.row_cache is not None else {})
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full, progress=report.progress())
+                                   fresh=full, progress=report.progress(), row_cache=result.row_cache)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
@@ -170,10 +171,12 @@ def schema() -> None:
     click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
 
 
-def _run(report: Report, inventories, profiles, variables, skip_invalid, previous) -> pipeline.CompileResult:
+def _run(report: Report, inventories, profiles, variables, skip_invalid, previous,
+         email_cache=None) -> pipeline.CompileResult:
     try:
         result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
-                                        previous=previous, progress=report.progress())
+                                        previous=previous, progress=report.progress(),
+                                        email_cache=email_cache if fastpath.enabled() else None)
     except MdmgenError as exc:
         report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
                     exc.problems)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, envschema, inventory, policy, secrets
+from . import attributes, envschema, fastpath, inventory, policy, secrets, shapes
 from .emit import registry
 from .models import CompiledDevice, Device, Manifest, MdmgenError, Platform, Problem, Settings
 from .progress import NO_PROGRESS, Progress
@@ -31,6 +31,7 @@ class CompileResult:
     rendered: int = 0  # devices rendered this run; the others were unchanged and reused
     secret_env: list[str] = field(default_factory=list)
     fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
+    row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -77,17 +78,21 @@ def _leaks(files: Mapping[str, bytes], email: str) -> bool:
 
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
-                  previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
+                  previous: Manifest | None = None, progress: Progress = NO_PROGRESS,
+                  email_cache: Mapping[str, str] | None = None) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
     Raises policy.UnknownVariable for an unknown --var name (a usage error).
 
     A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
-    it is returned with ``files=None`` and the output stage keeps its files.
+    it is returned with ``files=None`` and the output stage keeps its files. ``email_cache`` is
+    the previous run's row cache (``rowcache``; None: no cache, every row validated in full).
     """
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
-    inv = inventory.load(list(inventory_paths), loaded.policy.columns)
+    if loaded.policy.pseudonymise_email:
+        email_cache = None  # a cache would keep an unkeyed digest of every address
+    inv = inventory.load(list(inventory_paths), loaded.policy.columns, email_cache)
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
     renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = {name for device in inv.devices for name in device.extra}
@@ -96,10 +101,11 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         raise MdmgenError(policy_problems + inv.problems)
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
-                           secret_env=list(loaded.policy.secret_env))
+                           secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails)
     bad_serials = {p.serial for p in inv.problems if p.serial}
     allow_content = loaded.policy.allow_content_logging
     known = previous.devices if previous else {}
+    shaper = shapes.Shaper(renderer, loaded.policy) if fastpath.enabled() and pseudonymiser is None else None
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
@@ -115,6 +121,12 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
             result.devices.append(CompiledDevice(device=device, inputs=inputs))
             continue
         result.rendered += 1
+        shaped = shaper.compile(device) if shaper is not None else None
+        if shaped is not None:  # the fast path; with any problem the slow path compiles the device again
+            settings, emit = shaped
+            if not check_settings(settings, device, allow_content):
+                result.devices.append(CompiledDevice(device=device, inputs=inputs, files=emit()))
+                continue
         settings, problems = renderer.render(device, raw_email)
         if settings is not None:
             problems = check_settings(settings, device, allow_content,

@@ -96,6 +96,10 @@ class Renderer:
             self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team))
         return self._merged[key]
 
+    def merged(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
+        """The device's merged settings tree and resource attributes, as Leafs (``shapes`` reads them)."""
+        return self._layers(device)
+
     def inputs(self, device: Device, raw_email: str | None = None) -> str:
         """Fingerprint of everything this device's files are made from.
 

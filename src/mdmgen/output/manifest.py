@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import __version__
+from .. import __version__, fastpath
 from ..emit import registry
 from ..envschema import SECRET_ENV
 from ..models import CompiledDevice, Manifest, ManifestDevice, ManifestFile
@@ -55,7 +55,7 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     except OSError as exc:
         raise OutputError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        manifest = Manifest.model_validate_json(data)
+        manifest = _parse(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top)"
@@ -63,6 +63,20 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     if manifest.generator != "mdmgen":
         raise OutputError(f"{path}: written by {manifest.generator!r}, not mdmgen")
     return LoadedManifest(manifest, data, info.st_mtime_ns)
+
+
+_LAST_PARSED: list[tuple[bytes, Manifest]] = []
+
+
+def _parse(data: bytes) -> Manifest:
+    """The manifest model of ``data``; the same bytes read twice in one run (the folder and its
+    kept generation after a night with no change) are parsed once. The model is frozen, and the
+    bytes are compared whole, so the second read gets exactly what parsing would have given."""
+    if _LAST_PARSED and _LAST_PARSED[0][0] == data and fastpath.enabled():
+        return _LAST_PARSED[0][1]
+    manifest = Manifest.model_validate_json(data)
+    _LAST_PARSED[:] = [(data, manifest)]
+    return manifest
 
 
 def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:

@@ -31,9 +31,24 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from .. import __version__, fastpath
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
-from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_real_dir, read_regular, target_of
+from ..rowcache import RowCacheFile
+from .layout import (
+    DEVICES_DIR,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    OutputError,
+    device_path,
+    interrupted,
+    is_real_dir,
+    read_regular,
+    sidecar,
+    target_of,
+)
 from .lock import locked
 from .manifest import load_manifest
 
@@ -95,8 +110,22 @@ class CheckedOutput:
     root: Path
     manifest: Manifest
     manifest_data: bytes
-    files: tuple[CheckedFile, ...]
     problems: dict[str, str] = field(default_factory=dict)
+    row_cache: dict[str, str] | None = None  # the rows the last compile validated (compile only, see rowcache)
+    error: type[Exception] = OutputError
+
+    @functools.cached_property
+    def files(self) -> tuple[CheckedFile, ...]:
+        """Every file the manifest lists, as :class:`CheckedFile` (made on first use: a compile,
+        which reads the tree every run, never needs the 150,000 objects of a large fleet)."""
+        files = [CheckedFile(device_path(serial, name), entry.sha256, entry.size, self.root, serial, self.error)
+                 for serial, device in self.manifest.devices.items() for name, entry in device.files.items()]
+        files += [CheckedFile(relpath, entry.sha256, entry.size, self.root, None, self.error)
+                  for relpath, entry in self.manifest.fleet.items()]
+        files.sort(key=lambda f: f.relpath)
+        files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(self.manifest_data).hexdigest(),
+                                 len(self.manifest_data), self.root, None, self.error))
+        return tuple(files)
 
     def file(self, relpath: str) -> CheckedFile | None:
         return self._by_relpath.get(relpath)
@@ -162,6 +191,21 @@ def read_tree(folder: Path, target: Path, check: Check) -> CheckedOutput | None:
     return _read(folder, target, check, OutputError)
 
 
+def read_row_cache(target: Path, manifest_data: bytes) -> dict[str, str]:
+    """The row cache beside ``target`` (see ``rowcache``), or empty when there is none, it cannot
+    be read, it is not valid, or it was written with another manifest or mdmgen version: a cache
+    only ever saves work, so any doubt costs a full validation, never an error."""
+    try:
+        data, _info = read_regular(sidecar(target, "rows"), MAX_MANIFEST_BYTES)
+        cache = RowCacheFile.model_validate_json(data)
+    except (OSError, OutputError, ValidationError):
+        return {}
+    if (cache.generator, cache.version) != ("mdmgen", __version__) or \
+            cache.manifest_sha256 != hashlib.sha256(manifest_data).hexdigest():
+        return {}
+    return cache.emails
+
+
 def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> CheckedOutput | None:
     try:
         loaded = load_manifest(target)
@@ -170,6 +214,8 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
     if loaded is None:
         return None
     manifest = loaded.manifest
+    if check is Check.STAT and fastpath.enabled() and _all_older(target, manifest, loaded.mtime_ns):
+        return CheckedOutput(target, manifest, loaded.data, {}, error=error)
     expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
                 for serial, device in manifest.devices.items() for name, entry in device.files.items()}
     expected.update({relpath: (entry, None) for relpath, entry in manifest.fleet.items()})
@@ -180,11 +226,45 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
             problems.setdefault(relpath, "is missing")
         elif _edited(check, target, relpath, info, entry, loaded.mtime_ns):
             problems[relpath] = EDITED
-    files = [CheckedFile(relpath, entry.sha256, entry.size, target, device, error)
-             for relpath, (entry, device) in sorted(expected.items())]
-    files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(loaded.data).hexdigest(), len(loaded.data),
-                             target, None, error))
-    return CheckedOutput(target, manifest, loaded.data, tuple(files), problems)
+    return CheckedOutput(target, manifest, loaded.data, problems, error=error)
+
+
+def _all_older(root: Path, manifest: Manifest, manifest_mtime_ns: int) -> bool:
+    """The ``STAT`` check without listing a folder: True when every folder the manifest implies
+    and every file it lists is there, of the right type (no symlink) and size, and provably older
+    than the manifest; False at the first doubt, and the full survey decides.
+
+    A folder's mtime changes whenever an entry is added, removed or renamed in it, so a folder
+    older than the manifest holds what the compile left (the rule the files' check already relies
+    on, for the same reason, with the same exception: an mtime set back on purpose). That turns
+    a ``scandir`` per device into one ``lstat``, which is what a no-change night costs."""
+    base = os.fspath(root)
+    folders = {DEVICES_DIR}
+    for relpath in manifest.fleet:
+        parts = relpath.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+    try:
+        for folder in folders:
+            info = lstat(f"{base}/{folder}")
+            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+        for relpath, entry in manifest.fleet.items():
+            info = lstat(f"{base}/{relpath}")
+            if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+        for serial, device in manifest.devices.items():
+            folder = f"{base}/{DEVICES_DIR}/{serial}"
+            info = lstat(folder)
+            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+            for name, entry in device.files.items():
+                info = lstat(f"{folder}/{name}")
+                if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry: ManifestFile,

@@ -12,7 +12,10 @@ folder; files are created with ``O_EXCL | O_NOFOLLOW`` and removed without follo
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,11 +23,12 @@ import stat
 import sys
 from pathlib import Path
 
+from .. import __version__, fastpath
 from ..models import CompiledDevice, Manifest, ManifestFile, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
 from .manifest import Changes, build_manifest, compare, manifest_bytes, write_new
-from .reader import Check, CheckedOutput, read_tree
+from .reader import Check, CheckedOutput, read_row_cache, read_tree
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,14 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
         raise OutputError(f"{exc}; move the folder aside or pass another --out") from None
     if tree is not None and tree.problems:
         log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
+    if tree is not None and fastpath.enabled() and not full:
+        tree = dataclasses.replace(tree, row_cache=read_row_cache(target, tree.manifest_data))
     return tree
 
 
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
-          fresh: bool = False, progress: Progress = NO_PROGRESS) -> Changes:
+          fresh: bool = False, progress: Progress = NO_PROGRESS, row_cache: dict[str, str] | None = None) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
@@ -69,13 +75,15 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
             if not _is_complete_generation(sidecar(target, "prev")):
-                _keep_generation(target, manifest)
+                _keep_generation(target, manifest, new_manifest)
+            _keep_row_cache(target, row_cache, previous.row_cache, new_manifest)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
         if changes.repaired:
             # The tree just replaced holds the damaged files (a file edited in place is shared
             # with it through a hard link): keep the new tree as the generation instead.
-            _keep_generation(target, manifest)
+            _keep_generation(target, manifest, new_manifest)
+        _keep_row_cache(target, row_cache, None, new_manifest)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -155,6 +163,9 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
              counts["written"], counts["linked"], counts["kept"])
     if not target.exists():
         os.rename(staging, target)
+        # The first compile into a folder keeps a generation too, so that the first night that
+        # changes something touches only what changed, and a night with no change writes nothing.
+        _keep_generation(target, manifest, manifest_data)
         return
     owned = _owned(manifest) | _owned(current) | _owned(had)
     os.chmod(staging, target.stat().st_mode & 0o7777)
@@ -248,7 +259,7 @@ def _is_complete_generation(folder: Path) -> bool:
     return tree is not None and not tree.problems
 
 
-def _keep_generation(target: Path, manifest: Manifest) -> None:
+def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> None:
     """Recreate the kept generation from the current tree, with hard links.
 
     Every successful compile leaves the same siblings: the lock and a complete ``-prev``. A
@@ -272,9 +283,35 @@ def _keep_generation(target: Path, manifest: Manifest) -> None:
     for relpath in manifest.fleet:
         _make_parents(staging, relpath)
         os.link(target / relpath, staging / relpath, follow_symlinks=False)
-    os.link(target / MANIFEST_FILE, staging / MANIFEST_FILE, follow_symlinks=False)
+    # A copy, not a link: written after every folder of the generation, so the reader's cheap
+    # check (every folder and file older than the manifest) holds for it as for a compiled tree.
+    write_new(staging / MANIFEST_FILE, manifest_data)
     os.rename(staging, sidecar(target, "prev"))
     log.info("kept generation %s recreated from the current tree", sidecar(target, "prev").name)
+
+
+def _keep_row_cache(target: Path, emails: dict[str, str] | None, loaded: dict[str, str] | None,
+                    manifest_data: bytes) -> None:
+    """Write the row cache for the tree just left in place (see ``rowcache``), unless it holds
+    what was read; without one (fast paths off, pseudonymised emails) remove any old one, so no
+    stale digest of an address stays beside the folder. Written as ``-rows-new`` and renamed:
+    a kill leaves a leftover the next run removes, or the old cache, bound to its own manifest."""
+    path = sidecar(target, "rows")
+    if emails is None:
+        _remove(path)
+        return
+    if loaded is not None and emails == loaded:
+        return
+    cache = {"generator": "mdmgen", "version": __version__,
+             "manifest_sha256": hashlib.sha256(manifest_data).hexdigest(), "emails": dict(sorted(emails.items()))}
+    staging = sidecar(target, "rows-new")
+    try:
+        _remove(staging)
+        write_new(staging, json.dumps(cache, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        os.replace(staging, path)  # replaces a planted link itself, never what it points to
+    except OSError as exc:  # the tree is in place; without a cache the next run only validates more
+        log.info("%s: row cache not kept: %s", path, exc.strerror or exc)
+        _remove(staging)
 
 
 def recover(target: Path) -> None:
@@ -288,6 +325,7 @@ def recover(target: Path) -> None:
             os.rename(parked, target)
         else:
             _remove(parked)
+    _remove(sidecar(target, "rows-new"))
     if os.path.lexists(staging):
         log.info("removing leftovers of an interrupted run: %s", staging)
         _remove(staging)
