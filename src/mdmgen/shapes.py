@@ -104,16 +104,20 @@ class Shaper:
                 return None
         if not all(value.isprintable() for value in values):
             return None
-        serial = device.serial
-        identifier = mobileconfig.profile_identifier(self.policy.org.identifier_prefix, serial)
-        extra = [serial, mobileconfig.stable_uuid(identifier), mobileconfig.stable_uuid(f"{identifier}.prefs")]
+        prefix = self.policy.org.identifier_prefix
 
         def files() -> dict[str, bytes]:
             out = {}
             for name, parts, xml in shape.files:
-                escape = _xml_escape if xml else _json_escape
-                filled = [*values, *extra]
-                out[name] = b"".join(part if isinstance(part, bytes) else escape(filled[part]) for part in parts)
+                if xml:  # the profile's identifiers and their UUIDs are the device's too
+                    identifier = mobileconfig.profile_identifier(prefix, device.serial)
+                    filled = [*values, device.serial, mobileconfig.stable_uuid(identifier),
+                              mobileconfig.stable_uuid(f"{identifier}.prefs")]
+                    out[name] = b"".join(part if isinstance(part, bytes) else _xml_escape(filled[part])
+                                         for part in parts)
+                else:
+                    out[name] = b"".join(part if isinstance(part, bytes) else _json_escape(values[part])
+                                         for part in parts)
             return out
 
         return settings, files
@@ -158,7 +162,10 @@ class Shaper:
                     parts.append(tokens[piece])
                 elif piece:
                     parts.append(piece.encode("utf-8"))
-            files.append((kind.name, tuple(parts), kind.name == registry.MAC_PROFILE.name))
+            xml = kind.name == registry.MAC_PROFILE.name
+            if not xml and any(isinstance(part, int) and part >= n for part in parts):
+                return None  # the device's identifiers in a file that is not its profile: not understood
+            files.append((kind.name, tuple(parts), xml))
         return Shape(tree=shaped, attributes=shaped_attributes, slots=slots, files=tuple(files))
 
 

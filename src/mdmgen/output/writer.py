@@ -11,6 +11,7 @@ folder; files are created with ``O_EXCL | O_NOFOLLOW`` and removed without follo
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import errno
@@ -111,16 +112,18 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     had = _clean_staging(staging, staged)
     counts = {"written": 0, "linked": 0, "kept": 0}
 
+    staging_s, target_s = os.fspath(staging), os.fspath(target)  # strings: this runs once per file
+
     def place(relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
               before: ManifestFile | None) -> None:
-        dest = staging / relpath
+        dest = f"{staging_s}/{relpath}"
         if staged_meta is not None:
             if staged_meta.sha256 == meta.sha256:
                 counts["kept"] += 1  # the staging generation already has these bytes
                 return
             os.unlink(dest)
         if before is not None and before.sha256 == meta.sha256 and relpath not in damaged:
-            os.link(target / relpath, dest, follow_symlinks=False)  # same inode: mtime kept
+            os.link(f"{target_s}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
             counts["linked"] += 1
             return
         if data is None:
@@ -132,6 +135,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     if not is_real_dir(devices_dir):
         devices_dir.mkdir()
     progress.start(len(compiled), "Writing")
+    new_folders: list[tuple[str, list[tuple[str, bytes]]]] = []
     for item in compiled:
         progress.advance()
         serial = item.device.serial
@@ -139,15 +143,21 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
             raise OutputError(f"refusing to write unsafe path {serial!r}")
         entry = manifest.devices[serial]
         old_entry = had.devices.get(serial)
+        before = current.devices.get(serial) if current else None
+        if old_entry is None and before is None and item.files is not None:  # a new folder, every file new
+            folder = f"{staging_s}/{DEVICES_DIR}/{serial}"
+            new_folders.append((folder, [(f"{folder}/{name}", item.files[name]) for name in entry.files]))
+            continue
         if old_entry is None:
-            (devices_dir / serial).mkdir()
+            os.mkdir(f"{staging_s}/{DEVICES_DIR}/{serial}")
         else:
             for name in set(old_entry.files) - set(entry.files):
                 os.unlink(devices_dir / serial / name)
-        before = current.devices.get(serial) if current else None
         for name, meta in entry.files.items():
             place(f"{DEVICES_DIR}/{serial}/{name}", meta, item.files[name] if item.files else None,
                   old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None)
+    _in_parallel(_write_folder, new_folders)
+    counts["written"] += sum(len(files) for _folder, files in new_folders)
     progress.finish()
     for serial in set(had.devices) - set(manifest.devices):
         _remove(devices_dir / serial)
@@ -181,6 +191,41 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         os.rename(staging, target)
         os.rename(parked, staging)
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+
+
+PARALLEL_FROM = 2000
+"""Folders to create before the work is spread over threads: each ``mkdir``, ``open`` and ``link``
+waits on the file system with the GIL released, so a few threads overlap those waits."""
+THREADS = 4
+
+
+def _in_parallel(work, items: list) -> None:
+    """``work(item)`` for every item; over threads for many (the order does not matter: each item
+    is its own folder). The first error is raised, as a sequential loop would."""
+    if len(items) < PARALLEL_FROM or not fastpath.enabled():
+        for item in items:
+            work(item)
+        return
+    chunk = max(1, len(items) // (THREADS * 8))
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(lambda part: [work(item) for item in part], items[i:i + chunk])
+                   for i in range(0, len(items), chunk)]
+        for future in futures:
+            future.result()
+
+
+def _write_folder(item: tuple[str, list[tuple[str, bytes]]]) -> None:
+    folder, files = item
+    os.mkdir(folder)
+    for path, data in files:
+        write_new(path, data)
+
+
+def _link_folder(item: tuple[str, str, list[str]]) -> None:
+    source, folder, names = item
+    os.mkdir(folder)
+    for name in names:
+        os.link(f"{source}/{name}", f"{folder}/{name}", follow_symlinks=False)
 
 
 def _owned(manifest: Manifest | None) -> set[str]:
@@ -275,11 +320,9 @@ def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> 
     _remove(sidecar(target, "prev"))
     staging.mkdir()
     (staging / DEVICES_DIR).mkdir()
-    for serial, entry in manifest.devices.items():
-        (staging / DEVICES_DIR / serial).mkdir()
-        for name in entry.files:
-            relpath = f"{DEVICES_DIR}/{serial}/{name}"
-            os.link(target / relpath, staging / relpath, follow_symlinks=False)
+    source, dest = os.fspath(target / DEVICES_DIR), os.fspath(staging / DEVICES_DIR)
+    _in_parallel(_link_folder, [(f"{source}/{serial}", f"{dest}/{serial}", list(entry.files))
+                                for serial, entry in manifest.devices.items()])
     for relpath in manifest.fleet:
         _make_parents(staging, relpath)
         os.link(target / relpath, staging / relpath, follow_symlinks=False)
