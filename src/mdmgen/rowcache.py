@@ -33,6 +33,7 @@ class RowCacheFile(BaseModel):
     generator: str
     version: str
     manifest_sha256: str
+    kept_sha256: str = ""  # the manifest of the kept generation, as written beside it
     emails: dict[str, str]
 
 

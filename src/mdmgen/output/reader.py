@@ -112,6 +112,7 @@ class CheckedOutput:
     manifest_data: bytes
     problems: dict[str, str] = field(default_factory=dict)
     row_cache: dict[str, str] | None = None  # the rows the last compile validated (compile only, see rowcache)
+    kept_sha256: str = ""  # the kept generation's manifest digest, as the last compile recorded it
     error: type[Exception] = OutputError
 
     @functools.cached_property
@@ -185,28 +186,30 @@ def checked(folder: Path, *, check: Check = Check.DIGESTS,
         yield read(folder, check=check, error=error)
 
 
-def read_tree(folder: Path, target: Path, check: Check) -> CheckedOutput | None:
+def read_tree(folder: Path, target: Path, check: Check, written: frozenset[str] = frozenset()) -> CheckedOutput | None:
     """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
-    OutputError for a manifest that is not a valid mdmgen manifest."""
-    return _read(folder, target, check, OutputError)
+    OutputError for a manifest that is not a valid mdmgen manifest. ``written``: digests of
+    manifests a compile recorded as written by itself (see :func:`_all_older`)."""
+    return _read(folder, target, check, OutputError, written)
 
 
-def read_row_cache(target: Path, manifest_data: bytes) -> dict[str, str]:
-    """The row cache beside ``target`` (see ``rowcache``), or empty when there is none, it cannot
-    be read, it is not valid, or it was written with another manifest or mdmgen version: a cache
-    only ever saves work, so any doubt costs a full validation, never an error."""
+def read_row_cache(target: Path) -> RowCacheFile | None:
+    """The row cache beside ``target`` (see ``rowcache``), or None when there is none, it cannot
+    be read, it is not valid, or it was written by another mdmgen version: a cache only ever
+    saves work, so any doubt costs a full check, never an error. The caller binds it to the
+    manifest it reads (``manifest_sha256``)."""
     try:
         data, _info = read_regular(sidecar(target, "rows"), MAX_MANIFEST_BYTES)
         cache = RowCacheFile.model_validate_json(data)
     except (OSError, OutputError, ValidationError):
-        return {}
-    if (cache.generator, cache.version) != ("mdmgen", __version__) or \
-            cache.manifest_sha256 != hashlib.sha256(manifest_data).hexdigest():
-        return {}
-    return cache.emails
+        return None
+    if (cache.generator, cache.version) != ("mdmgen", __version__):
+        return None
+    return cache
 
 
-def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> CheckedOutput | None:
+def _read(folder: Path, target: Path, check: Check, error: type[Exception],
+          written: frozenset[str] = frozenset()) -> CheckedOutput | None:
     try:
         loaded = load_manifest(target)
     except OutputError as exc:
@@ -214,7 +217,8 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
     if loaded is None:
         return None
     manifest = loaded.manifest
-    if check is Check.STAT and fastpath.enabled() and _all_older(target, manifest, loaded.mtime_ns):
+    if (check is Check.STAT and written and fastpath.enabled()
+            and hashlib.sha256(loaded.data).hexdigest() in written and _all_older(target, manifest, loaded.mtime_ns)):
         return CheckedOutput(target, manifest, loaded.data, {}, error=error)
     expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
                 for serial, device in manifest.devices.items() for name, entry in device.files.items()}
@@ -236,8 +240,11 @@ def _all_older(root: Path, manifest: Manifest, manifest_mtime_ns: int) -> bool:
 
     A folder's mtime changes whenever an entry is added, removed or renamed in it, so a folder
     older than the manifest holds what the compile left (the rule the files' check already relies
-    on, for the same reason, with the same exception: an mtime set back on purpose). That turns
-    a ``scandir`` per device into one ``lstat``, which is what a no-change night costs."""
+    on, for the same reason, with the same exception: an mtime set back on purpose). What the
+    compile left is what the manifest lists only if the manifest is the one it wrote, so this is
+    used only for a manifest whose digest the compile recorded (the row cache); an edited
+    manifest gets the full survey. That turns a ``scandir`` per device into one ``lstat``,
+    which is what a no-change night costs."""
     base = os.fspath(root)
     folders = {DEVICES_DIR}
     for relpath in manifest.fleet:

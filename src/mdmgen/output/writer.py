@@ -42,15 +42,21 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
     recover(target)
     if not target.exists():
         return None
+    cache = read_row_cache(target) if fastpath.enabled() and not full else None
     try:
-        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT)
+        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT,
+                         frozenset({cache.manifest_sha256}) if cache else frozenset())
     except OutputError as exc:
         raise OutputError(f"{exc}; move the folder aside or pass another --out") from None
     if tree is not None and tree.problems:
         log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
-    if tree is not None and fastpath.enabled() and not full:
-        tree = dataclasses.replace(tree, row_cache=read_row_cache(target, tree.manifest_data))
+    if tree is not None and cache is not None and cache.manifest_sha256 == _sha(tree.manifest_data):
+        tree = dataclasses.replace(tree, row_cache=cache.emails, kept_sha256=cache.kept_sha256)
     return tree
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
@@ -75,16 +81,20 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            if not _is_complete_generation(sidecar(target, "prev")):
+            kept = _complete_generation(sidecar(target, "prev"), previous.kept_sha256)
+            if kept is None:
                 _keep_generation(target, manifest, new_manifest)
-            _keep_row_cache(target, row_cache, previous.row_cache, new_manifest)
+                kept = new_manifest
+            _keep_row_cache(target, row_cache, previous, new_manifest, kept)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress)
+        kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired:
             # The tree just replaced holds the damaged files (a file edited in place is shared
             # with it through a hard link): keep the new tree as the generation instead.
             _keep_generation(target, manifest, new_manifest)
-        _keep_row_cache(target, row_cache, None, new_manifest)
+            kept = new_manifest
+        _keep_row_cache(target, row_cache, None, new_manifest, kept)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -106,7 +116,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     what changed since then is touched, instead of recreating a folder per device. Without it
     (first run, ``--full``, or a run killed mid-way) the staging tree is built from scratch.
     """
-    staging, staged = _take_staging(target, fresh=fresh)
+    staging, staged = _take_staging(target, fresh=fresh, kept_sha256=previous.kept_sha256 if previous else "")
     current = previous.manifest if previous else None
     damaged = set(previous.problems) if previous else set()
     had = _clean_staging(staging, staged)
@@ -235,7 +245,7 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, CheckedOutput | None]:
+def _take_staging(target: Path, *, fresh: bool, kept_sha256: str = "") -> tuple[Path, CheckedOutput | None]:
     """The folder to build the new tree in, and what it already holds (checked, problems listed)."""
     staging = sidecar(target, "new")
     previous_generation = sidecar(target, "prev")
@@ -243,7 +253,8 @@ def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, CheckedOutput | N
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
         try:
-            staged = read_tree(previous_generation, previous_generation, Check.STAT)
+            staged = read_tree(previous_generation, previous_generation, Check.STAT,
+                               frozenset({kept_sha256}) if kept_sha256 else frozenset())
         except OutputError:
             staged = None  # not a generation we can vouch for: rebuilt, never obeyed
         if staged is not None:
@@ -292,16 +303,18 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _is_complete_generation(folder: Path) -> bool:
-    """A kept generation that checks out (see ``reader``, the ``STAT`` level): a real folder whose
-    manifest is valid and whose files are what it says. A staging tree has no manifest."""
+def _complete_generation(folder: Path, kept_sha256: str = "") -> bytes | None:
+    """The manifest of a kept generation that checks out (see ``reader``, the ``STAT`` level): a
+    real folder whose manifest is valid and whose files are what it says; None otherwise. A
+    staging tree has no manifest. ``kept_sha256``: its manifest's digest as the compile that
+    wrote it recorded it (lets the reader ``lstat`` instead of listing folders)."""
     if not is_real_dir(folder):
-        return False
+        return None
     try:
-        tree = read_tree(folder, folder, Check.STAT)
+        tree = read_tree(folder, folder, Check.STAT, frozenset({kept_sha256}) if kept_sha256 else frozenset())
     except OutputError:
-        return False
-    return tree is not None and not tree.problems
+        return None
+    return tree.manifest_data if tree is not None and not tree.problems else None
 
 
 def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> None:
@@ -333,8 +346,8 @@ def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> 
     log.info("kept generation %s recreated from the current tree", sidecar(target, "prev").name)
 
 
-def _keep_row_cache(target: Path, emails: dict[str, str] | None, loaded: dict[str, str] | None,
-                    manifest_data: bytes) -> None:
+def _keep_row_cache(target: Path, emails: dict[str, str] | None, previous: CheckedOutput | None,
+                    manifest_data: bytes, kept_manifest: bytes) -> None:
     """Write the row cache for the tree just left in place (see ``rowcache``), unless it holds
     what was read; without one (fast paths off, pseudonymised emails) remove any old one, so no
     stale digest of an address stays beside the folder. Written as ``-rows-new`` and renamed:
@@ -343,10 +356,12 @@ def _keep_row_cache(target: Path, emails: dict[str, str] | None, loaded: dict[st
     if emails is None:
         _remove(path)
         return
-    if loaded is not None and emails == loaded:
-        return
-    cache = {"generator": "mdmgen", "version": __version__,
-             "manifest_sha256": hashlib.sha256(manifest_data).hexdigest(), "emails": dict(sorted(emails.items()))}
+    kept_sha256 = _sha(kept_manifest)
+    if (previous is not None and previous.row_cache is not None and emails == previous.row_cache
+            and previous.kept_sha256 == kept_sha256):
+        return  # a night with no change: the cache already says all this
+    cache = {"generator": "mdmgen", "version": __version__, "manifest_sha256": _sha(manifest_data),
+             "kept_sha256": kept_sha256, "emails": dict(sorted(emails.items()))}
     staging = sidecar(target, "rows-new")
     try:
         _remove(staging)
