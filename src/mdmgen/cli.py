@@ -109,7 +109,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     """
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     try:
-        with output.locked(out):
+        with output.locked(out), fastpath.collector_paused():
             previous = output.read_previous(out, full=full)
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable,

@@ -109,8 +109,10 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
     repository, and large fleets encode fast (no pretty-printer over every nested key). An empty
     ``fleet`` is left out, so a fleet without fleet-level files keeps the bytes it always had."""
-    data = manifest.model_dump(mode="json", exclude_none=True)
-    devices = data.pop("devices")
+    # Device by device, not one dump of the whole manifest: at 100,000 devices the dumped tree
+    # alone would be a few hundred MB held at once.
+    data = manifest.model_dump(mode="json", exclude_none=True, exclude={"devices"})
+    devices = manifest.devices
     if not data.get("fleet"):
         data.pop("fleet", None)
 
@@ -118,7 +120,8 @@ def manifest_bytes(manifest: Manifest) -> bytes:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
     lines = ["{", '  "devices": {']
-    rows = [f"    {dumps(serial)}: {dumps(entry)}" for serial, entry in sorted(devices.items())]
+    rows = [f"    {dumps(serial)}: {dumps(devices[serial].model_dump(mode='json', exclude_none=True))}"
+            for serial in sorted(devices)]
     lines.append(",\n".join(rows))
     lines.append("  }" + ("," if data else ""))
     fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]
