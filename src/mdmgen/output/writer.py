@@ -185,7 +185,12 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         os.rename(staging, target)
         # The first compile into a folder keeps a generation too, so that the first night that
         # changes something touches only what changed, and a night with no change writes nothing.
-        _keep_generation(target, manifest, manifest_data)
+        # The tree is in place already: a generation that cannot be made is only work for later.
+        try:
+            _keep_generation(target, manifest, manifest_data)
+        except OSError as exc:
+            log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
+            _remove(sidecar(target, "new"))
         return
     owned = _owned(manifest) | _owned(current) | _owned(had)
     os.chmod(staging, target.stat().st_mode & 0o7777)
