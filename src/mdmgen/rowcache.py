@@ -11,6 +11,10 @@ email-validator makes of a plain ASCII address (the domain lower-cased, the rest
 worst a forged entry can do is skip the validation of that one row, never change what is written;
 every other row, and every row of a fleet with ``pseudonymise_email`` (whose cache would be an
 unkeyed hash of each address), is validated in full. ``MDMGEN_NO_FASTPATH=1`` ignores the cache.
+
+It also records the digests of the manifests the compile wrote (the folder's and the kept
+generation's): the reader's cheap check (``reader._all_older``) is sound only for a manifest
+mdmgen wrote itself, and takes the full survey for any other.
 """
 
 from __future__ import annotations
