@@ -48,6 +48,8 @@ from fleet import changed_count, generate, mutate, write_csv, write_fleet
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = Path(__file__).with_name("baseline.py")
 TARGET_DEVICES = 100_000
+EQUIVALENCE_DEVICES = 10_000
+"""The size at which the tree is compared with the fast paths on and off (``MDMGEN_NO_FASTPATH``)."""
 MEMORY_LIMIT_MIB = 1024.0
 
 FIGURES = ("plain_loop", "full_compile", "copy_floor", "no_change_recompile", "one_percent_recompile")
@@ -141,7 +143,8 @@ def settle() -> None:
         os.sync()
 
 
-def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int) -> SizeResult:
+def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int,
+             equivalence_at: int = EQUIVALENCE_DEVICES) -> SizeResult:
     """Measure every figure for one N, ``repeat`` identical rounds, in a folder removed afterwards.
 
     Each round starts from the same inventory and empty output folders, so its samples are
@@ -174,6 +177,8 @@ def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int) -
                 settle()
                 if not record(result, name, measure(argv, here)):
                     return result
+                if name == "one_percent_recompile" and devices == equivalence_at and round_number == repeat - 1:
+                    result.checks["fastpath_equivalence"] = equivalence(fleet_dir, out, here / "slow")
                 if name == "copy_floor":
                     result.checks["tree_files"], result.checks["tree_bytes"] = tree_size(here / "copy")
                     shutil.rmtree(here / "copy")  # not needed again; keeps a 100k run's disk use down
@@ -182,6 +187,32 @@ def run_size(devices: int, seed: int, percent: float, base: Path, repeat: int) -
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a tree by path, links not followed (a symlink is recorded as its target)."""
+    files: dict[str, bytes] = {}
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            relpath = os.path.relpath(path, folder)
+            files[relpath] = (b"symlink:" + os.fsencode(os.readlink(path)) if os.path.islink(path)
+                              else Path(path).read_bytes())
+    return files
+
+
+def equivalence(fleet_dir: Path, fast_out: Path, slow_out: Path) -> dict[str, Any]:
+    """Compile the same inventory from scratch with every fast path off (untimed) and compare its
+    tree with the one the fast paths left after full, no-change and 1% recompiles: they must be
+    byte-identical, or a fast path changed what is written."""
+    env = {**os.environ, "MDMGEN_NO_FASTPATH": "1"}
+    done = subprocess.run(compile_argv(fleet_dir, slow_out), env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"identical": False, "error": f"slow compile exited {done.returncode}: {done.stderr[-500:]}"}
+    fast, slow = tree_bytes(fast_out), tree_bytes(slow_out)
+    shutil.rmtree(slow_out)
+    differing = sorted(set(fast) ^ set(slow)) + sorted(p for p in set(fast) & set(slow) if fast[p] != slow[p])
+    return {"identical": not differing, "files": len(fast), "differing": differing[:10]}
 
 
 def record(result: SizeResult, name: str, measured: Measurement) -> bool:
@@ -273,6 +304,8 @@ def unmet(results: Sequence[SizeResult]) -> list[str]:
     for result in results:
         if result.error:
             lines.append(f"N={result.devices}: not measured: {result.error.splitlines()[0]}")
+        if result.checks.get("fastpath_equivalence", {}).get("identical") is False:
+            lines.append(f"N={result.devices}: the tree differs with the fast paths off (MDMGEN_NO_FASTPATH=1)")
         for name in MDMGEN_FIGURES:
             if name in result.samples:
                 lines += [f"N={result.devices}: {LABELS[name]}: {check['what']} (got {fmt(check['value'])})"
@@ -314,6 +347,12 @@ def report(results: Sequence[SizeResult], seed: int, repeat: int) -> str:
         if result.checks.get("tree_files"):
             mib = result.checks["tree_bytes"] / 2**20
             parts.append(f"\nTree: {result.checks['tree_files']:,} files, {mib:.1f} MiB")
+        same = result.checks.get("fastpath_equivalence")
+        if same is not None:
+            verdict = (f"byte-identical ({same['files']:,} files)" if same["identical"] else
+                       f"DIFFERENT: {same.get('error') or ', '.join(same['differing'])}")
+            parts.append(f"\nTree with fast paths on (after the recompiles) vs MDMGEN_NO_FASTPATH=1 from scratch: "
+                         f"{verdict}")
         if result.error:
             parts.append(f"\nERROR: {result.error}")
         parts.append("")
@@ -329,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--change-percent", type=float, default=1.0, help="rows changed before the last recompile")
     parser.add_argument("--repeat", type=int, default=3,
                         help="identical rounds per N; the table shows the median time and the largest RSS")
+    parser.add_argument("--equivalence-at", type=int, default=EQUIVALENCE_DEVICES, metavar="N",
+                        help="at this fleet size, also compare the tree with MDMGEN_NO_FASTPATH=1 (untimed)")
     parser.add_argument("--json", type=Path, default=None, help="also save the raw numbers and ratios here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the fleets are built (default: the system temp folder); 100,000 devices "
@@ -339,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for devices in args.devices:
         print(f"measuring N={devices:,} ...", file=sys.stderr, flush=True)
-        results.append(run_size(devices, args.seed, args.change_percent, base, max(1, args.repeat)))
+        results.append(run_size(devices, args.seed, args.change_percent, base, max(1, args.repeat),
+                                args.equivalence_at))
     print(report(results, args.seed, max(1, args.repeat)))
     if args.json:
         args.json.write_text(json.dumps(to_json(results, args.seed, args.change_percent, max(1, args.repeat)), indent=2,

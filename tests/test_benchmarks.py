@@ -33,7 +33,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_the_runner_measures_every_figure_with_consistent_ratios(tmp_path):
     out = tmp_path / "perf.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--devices", "200",
-                             "--repeat", "2", "--json", str(out), "--workdir", str(tmp_path / "work")],
+                             "--repeat", "2", "--json", str(out), "--workdir", str(tmp_path / "work"),
+                             "--equivalence-at", "200"],
                             capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -42,6 +43,9 @@ def test_the_runner_measures_every_figure_with_consistent_ratios(tmp_path):
     assert size["devices"] == 200 and size["changed_rows"] == 2 and size["error"] is None
     figures = size["figures"]
     assert set(figures) == FIGURES
+    # The tree the fast paths left after the recompiles is the one a compile without them writes.
+    assert size["checks"]["fastpath_equivalence"]["identical"] is True
+    assert size["checks"]["fastpath_equivalence"]["files"] > 200
     plain, floor = figures["plain_loop"]["seconds"], figures["copy_floor"]["seconds"]
     for name, figure in figures.items():
         assert figure["returncode"] == 0, name

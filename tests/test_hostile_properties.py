@@ -32,7 +32,7 @@ MANIFEST_EDIT = st.one_of(
 LINK_SPOTS = ["output/devices/LNX1", "output/devices/MAC1/managed-settings.json", "output/devices",
               ".output.mdmgen-prev/devices/WIN1", ".output.mdmgen-prev", ".output.mdmgen-new", ".output.mdmgen-old",
               "output/collector", ".output.mdmgen-prev/devices/LNX1/managed-settings.json"]
-ALLOWED = {"output", ".output.mdmgen-lock", ".output.mdmgen-prev", "inventory", "profiles"}
+ALLOWED = {"output", ".output.mdmgen-lock", ".output.mdmgen-prev", ".output.mdmgen-rows", "inventory", "profiles"}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from . import __version__, diff, output, pipeline, policy, signing
+from . import __version__, diff, fastpath, output, pipeline, policy, signing
 from .exitcodes import ExitCode, help_epilog
 from .messages import environment_secrets, first_of, printable, redact, shorten
 from .models import MdmgenError, Platform, Problem
@@ -128,14 +128,15 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     signer = _signer(report, sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
     try:
-        with output.locked(out):
+        with output.locked(out), fastpath.collector_paused():
             previous = output.read_previous(out, full=full)
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
-            result = _run(report, inventories, profiles, variables, skip_invalid, reusable)
+            result = _run(report, inventories, profiles, variables, skip_invalid, reusable,
+                          previous.row_cache if previous and previous.row_cache is not None else {})
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
                                    fresh=full, progress=report.progress(), secrets=result.secrets,
-                                   derived=derived)
+                                   derived=derived, row_cache=result.row_cache)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
@@ -208,10 +209,12 @@ def schema() -> None:
     click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
 
 
-def _run(report: Report, inventories, profiles, variables, skip_invalid, previous) -> pipeline.CompileResult:
+def _run(report: Report, inventories, profiles, variables, skip_invalid, previous,
+         email_cache=None) -> pipeline.CompileResult:
     try:
         result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
-                                        previous=previous, progress=report.progress())
+                                        previous=previous, progress=report.progress(),
+                                        email_cache=email_cache if fastpath.enabled() else None)
     except MdmgenError as exc:
         report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
                     exc.problems)

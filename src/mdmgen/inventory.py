@@ -19,6 +19,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
+from . import rowcache
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
 from .models import SAFE_NAME, Device, Location, Platform, Problem, unencodable_text, unsafe_name
 from .policy import team_problem
@@ -64,6 +65,7 @@ class Inventory:
     extra_columns: set[str] = field(default_factory=set)
     """The template names of every extra column of every file's header, whether or not a row of it
     was valid: a template may use them, and a file whose rows are all invalid still has them."""
+    validated_emails: dict[str, str] | None = None  # the row cache to keep (see ``rowcache``); None: none kept
 
 
 def fold_header(name: str) -> str:
@@ -96,10 +98,16 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
-def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None) -> Inventory:
-    """Load and merge inventory files; duplicate serials are checked across all of them."""
+def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
+         email_cache: Mapping[str, str] | None = None) -> Inventory:
+    """Load and merge inventory files; duplicate serials are checked across all of them.
+
+    With ``email_cache`` (the previous run's row cache, possibly empty), rows it vouches for skip
+    email-validator, and ``validated_emails`` is the cache to keep for the next run."""
     files, problems = find_csv_files(paths)
-    inventory = Inventory(problems=problems, files=[str(f) for f in files])
+    inventory = Inventory(problems=problems, files=[str(f) for f in files],
+                          validated_emails=None if email_cache is None else {})
+
     first_seen: dict[str, Location] = {}
     for path in files:
         try:
@@ -112,7 +120,7 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None) -> Inv
             inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                               message=str(exc)))
             continue
-        _load_file(str(path), data, columns or {}, inventory, first_seen)
+        _load_file(str(path), data, columns or {}, inventory, first_seen, email_cache or {})
     return inventory
 
 
@@ -214,13 +222,14 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
 
 
 def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: Inventory,
-               first_seen: dict[str, Location]) -> None:
+               first_seen: dict[str, Location], email_cache: Mapping[str, str]) -> None:
     text, problem = decode_text(name, data)
     if problem:
         inventory.problems.append(problem)
         return
     assert text is not None
     header: _Header | None = None
+    header_key: str | None = None
     seen_header = False
     for item in _read_rows(name, text):
         if isinstance(item, Problem):
@@ -233,16 +242,19 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
             if header is None:
                 return
             inventory.extra_columns.update(header.extras.values())
+            if inventory.validated_emails is not None:
+                header_key = rowcache.header_key(cells, columns)
             continue
         assert header is not None
-        _load_row(name, line, cells, header, inventory, first_seen)
+        key = rowcache.row_key(header_key, cells) if header_key is not None else None
+        _load_row(name, line, cells, header, inventory, first_seen, key, email_cache.get(key) if key else None)
     if not seen_header:
         inventory.problems.append(Problem(location=Location(file=name), field="inventory",
                                           message="file is empty (no header row)"))
 
 
 def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
-              first_seen: dict[str, Location]) -> None:
+              first_seen: dict[str, Location], key: str | None = None, cached_email: str | None = None) -> None:
     loc = Location(file=name, line=line)
     if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
         inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
@@ -270,7 +282,7 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
-    email = _check_email(cell("user_email"), bad)
+    email = _check_email(cell("user_email"), bad, cached_email)
     team = unicodedata.normalize("NFC", cell("team"))  # one spelling of "Café" in every output
     if not team:
         bad("team", "missing value")
@@ -294,6 +306,8 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
         inventory.problems.extend(problems)
         return
     assert serial is not None and platform is not None and email is not None
+    if key is not None and inventory.validated_emails is not None:
+        inventory.validated_emails[key] = email
     inventory.devices.append(Device(serial=serial, platform=platform, user_email=email, team=team,
                                     extra=extra, location=loc))
 
@@ -320,13 +334,15 @@ def _check_platform(raw: str, bad) -> Platform | None:
     return platform
 
 
-def _check_email(raw: str, bad) -> str | None:
+def _check_email(raw: str, bad, cached: str | None = None) -> str | None:
     if not raw:
         bad("user_email", "missing value")
         return None
     if _CONTROL_RE.search(raw):
         bad("user_email", "contains control characters")
         return None
+    if cached is not None and rowcache.plausible(raw, cached):
+        return cached  # this exact row passed email-validator in the run that wrote the cache
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, destinations, envschema, inventory, policy, secrets
+from . import attributes, destinations, envschema, fastpath, inventory, policy, secrets, shapes
 from .emit import registry
 from .messages import redact, secret_forms
 from .models import (
@@ -44,6 +44,7 @@ class CompileResult:
     secret_env: list[str] = field(default_factory=list)
     fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
     secrets: dict[str, ManifestSecret] = field(default_factory=dict)  # by label; fingerprints, never values
+    row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -115,20 +116,22 @@ def check_headers_helper(settings: Settings, device: Device) -> list[Problem]:
 
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
-                  previous: Manifest | None = None, progress: Progress = NO_PROGRESS) -> CompileResult:
+                  previous: Manifest | None = None, progress: Progress = NO_PROGRESS,
+                  email_cache: Mapping[str, str] | None = None) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
     Raises policy.UnknownVariable for an unknown --var name (a usage error).
 
     A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
-    it is returned with ``files=None`` and the output stage keeps its files.
+    it is returned with ``files=None`` and the output stage keeps its files. ``email_cache`` is
+    the previous run's row cache (``rowcache``; None: no cache, every row validated in full).
 
     Every problem's message has every resolved secret value redacted (in every form it can take)
     before it leaves: a template error such as ``{{ {}[secret("T")] }}`` names the missing key.
     """
     try:
         result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
-                                previous=previous, progress=progress)
+                                previous=previous, progress=progress, email_cache=email_cache)
     except MdmgenError as exc:
         raise MdmgenError(_redacted(exc.problems)) from None
     result.problems = _redacted(result.problems)
@@ -178,10 +181,13 @@ def _fleet_leaks(fleet_files: Mapping[str, bytes], values: Iterable[str], where:
 
 def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    var_overrides: Mapping[str, str], *, skip_invalid: bool,
-                   previous: Manifest | None, progress: Progress) -> CompileResult:
+                   previous: Manifest | None, progress: Progress,
+                   email_cache: Mapping[str, str] | None) -> CompileResult:
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
-    inv = inventory.load(list(inventory_paths), loaded.policy.columns)
+    if loaded.policy.pseudonymise_email:
+        email_cache = None  # a cache would keep an unkeyed digest of every address
+    inv = inventory.load(list(inventory_paths), loaded.policy.columns, email_cache)
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
     renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
@@ -190,7 +196,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         raise MdmgenError(policy_problems + inv.problems)
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
-                           secret_env=list(loaded.policy.secret_env))
+                           secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails)
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
     blanks = _blanks(secret_values)
     embedded: set[str] = set()
@@ -198,6 +204,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     allow_content = loaded.policy.allow_content_logging
     known = previous.devices if previous else {}
     telemetry = destinations.FleetDestinations(renderer)  # for the collector side (fleet files)
+    shaper = shapes.Shaper(renderer, loaded.policy) if fastpath.enabled() and pseudonymiser is None else None
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
@@ -218,15 +225,27 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                 telemetry.reused(device, raw_email)
             continue
         result.rendered += 1
-        settings, problems = renderer.render(device, raw_email)
-        if settings is not None:
-            problems = check_settings(settings, device, allow_content,
-                                      lambda name, device=device: renderer.env_origin(device, name))
-            problems += check_headers_helper(settings, device)
-        if problems or settings is None:
-            result.problems.extend(problems)
-            continue
-        files = registry.emit_device(registry.DeviceInput(device=device, settings=settings, policy=loaded.policy))
+        # The fast path (``shapes``) for devices that embed no secret; with any problem the slow
+        # path compiles the device again, so every message is the slow path's.
+        shaped = shaper.compile(device) if shaper is not None and not labels else None
+        emit = None
+        if shaped is not None:
+            settings, emit = shaped
+            if check_settings(settings, device, allow_content) or check_headers_helper(settings, device):
+                emit = None
+        if emit is None:
+            settings, problems = renderer.render(device, raw_email)
+            if settings is not None:
+                problems = check_settings(settings, device, allow_content,
+                                          lambda name, device=device: renderer.env_origin(device, name))
+                problems += check_headers_helper(settings, device)
+            if problems or settings is None:
+                result.problems.extend(problems)
+                continue
+            files = registry.emit_device(registry.DeviceInput(device=device, settings=settings,
+                                                              policy=loaded.policy))
+        else:
+            files = emit()
         if raw_email is not None and not renderer.uses_raw_email(device) and _leaks(files, raw_email):
             result.problems.append(Problem(
                 location=device.location, field="user_email", serial=device.serial, row=True,

@@ -120,7 +120,7 @@ class Renderer:
         """A header credential written in the policy (or taken from a variable) instead of a secret."""
         problems = []
         for leaf in _policy_leaves(self.loaded):
-            if _header_leaf(leaf) and isinstance(leaf.value, str):
+            if header_leaf(leaf) and isinstance(leaf.value, str):
                 for name in secret_refs.literal_credentials(leaf.value):
                     problems.append(self._problem(leaf, _LITERAL_CREDENTIAL.format(name=name)))
         return problems
@@ -172,6 +172,10 @@ class Renderer:
         if key not in self._merged:
             self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team))
         return self._merged[key]
+
+    def merged(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
+        """The device's merged settings tree and resource attributes, as Leafs (``shapes`` reads them)."""
+        return self._layers(device)
 
     def inputs(self, device: Device, raw_email: str | None = None) -> str:
         """Fingerprint of everything this device's files are made from.
@@ -272,7 +276,7 @@ class Renderer:
             return leaf.value
         try:
             rendered = self._compile(leaf.value).render(context)
-            if _header_leaf(leaf):
+            if header_leaf(leaf):
                 self._check_rendered_header(leaf, rendered, device, problems)
             return rendered
         except Exception as exc:  # a template can raise anything (e.g. division by zero)
@@ -332,7 +336,7 @@ def _settings_key(path: tuple[str | int, ...]) -> str:
     return ".".join(keys)
 
 
-def _header_leaf(leaf: Leaf) -> bool:
+def header_leaf(leaf: Leaf) -> bool:
     """Whether a settings leaf becomes an OTLP header variable."""
     path = leaf.path
     rest = path[1:] if path and path[0] == "settings" else path[3:] if len(path) > 3 and path[2] == "settings" else ()

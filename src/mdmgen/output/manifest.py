@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import __version__
+from .. import __version__, fastpath
 from ..emit import registry
 from ..envschema import SECRET_ENV
 from ..models import CompiledDevice, DerivedFile, Manifest, ManifestDevice, ManifestFile, ManifestSecret
@@ -56,7 +56,7 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     except OSError as exc:
         raise OutputError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        manifest = Manifest.model_validate_json(data)
+        manifest = _parse(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top)"
@@ -64,6 +64,20 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     if manifest.generator != "mdmgen":
         raise OutputError(f"{path}: written by {manifest.generator!r}, not mdmgen")
     return LoadedManifest(manifest, data, info.st_mtime_ns)
+
+
+_LAST_PARSED: list[tuple[bytes, Manifest]] = []
+
+
+def _parse(data: bytes) -> Manifest:
+    """The manifest model of ``data``; the same bytes read twice in one run (the folder and its
+    kept generation after a night with no change) are parsed once. The model is frozen, and the
+    bytes are compared whole, so the second read gets exactly what parsing would have given."""
+    if _LAST_PARSED and _LAST_PARSED[0][0] == data and fastpath.enabled():
+        return _LAST_PARSED[0][1]
+    manifest = Manifest.model_validate_json(data)
+    _LAST_PARSED[:] = [(data, manifest)]
+    return manifest
 
 
 def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:
@@ -135,8 +149,10 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
     repository, and large fleets encode fast (no pretty-printer over every nested key). An empty
     ``fleet`` is left out, so a fleet without fleet-level files keeps the bytes it always had."""
-    data = manifest.model_dump(mode="json", exclude_none=True)
-    devices = data.pop("devices")
+    # Device by device, not one dump of the whole manifest: at 100,000 devices the dumped tree
+    # alone would be a few hundred MB held at once.
+    data = manifest.model_dump(mode="json", exclude_none=True, exclude={"devices"})
+    devices = manifest.devices
     if not data.get("fleet"):
         data.pop("fleet", None)
 
@@ -144,7 +160,8 @@ def manifest_bytes(manifest: Manifest) -> bytes:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
     lines = ["{", '  "devices": {']
-    rows = [f"    {dumps(serial)}: {dumps(entry)}" for serial, entry in sorted(devices.items())]
+    rows = [f"    {dumps(serial)}: {dumps(devices[serial].model_dump(mode='json', exclude_none=True))}"
+            for serial in sorted(devices)]
     lines.append(",\n".join(rows))
     lines.append("  }" + ("," if data else ""))
     fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]

@@ -31,10 +31,25 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from .. import __version__, fastpath
 from ..emit import cms
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
-from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, interrupted, is_real_dir, read_regular, target_of
+from ..rowcache import RowCacheFile
+from .layout import (
+    DEVICES_DIR,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    OutputError,
+    device_path,
+    interrupted,
+    is_real_dir,
+    read_regular,
+    sidecar,
+    target_of,
+)
 from .lock import locked
 from .manifest import load_manifest
 
@@ -96,8 +111,23 @@ class CheckedOutput:
     root: Path
     manifest: Manifest
     manifest_data: bytes
-    files: tuple[CheckedFile, ...]
     problems: dict[str, str] = field(default_factory=dict)
+    row_cache: dict[str, str] | None = None  # the rows the last compile validated (compile only, see rowcache)
+    kept_sha256: str = ""  # the kept generation's manifest digest, as the last compile recorded it
+    error: type[Exception] = OutputError
+
+    @functools.cached_property
+    def files(self) -> tuple[CheckedFile, ...]:
+        """Every file the manifest lists, as :class:`CheckedFile` (made on first use: a compile,
+        which reads the tree every run, never needs the 150,000 objects of a large fleet)."""
+        files = [CheckedFile(device_path(serial, name), entry.sha256, entry.size, self.root, serial, self.error)
+                 for serial, device in self.manifest.devices.items() for name, entry in device.files.items()]
+        files += [CheckedFile(relpath, entry.sha256, entry.size, self.root, None, self.error)
+                  for relpath, entry in self.manifest.fleet.items()]
+        files.sort(key=lambda f: f.relpath)
+        files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(self.manifest_data).hexdigest(),
+                                 len(self.manifest_data), self.root, None, self.error))
+        return tuple(files)
 
     def file(self, relpath: str) -> CheckedFile | None:
         return self._by_relpath.get(relpath)
@@ -157,13 +187,30 @@ def checked(folder: Path, *, check: Check = Check.DIGESTS,
         yield read(folder, check=check, error=error)
 
 
-def read_tree(folder: Path, target: Path, check: Check) -> CheckedOutput | None:
+def read_tree(folder: Path, target: Path, check: Check, written: frozenset[str] = frozenset()) -> CheckedOutput | None:
     """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
-    OutputError for a manifest that is not a valid mdmgen manifest."""
-    return _read(folder, target, check, OutputError)
+    OutputError for a manifest that is not a valid mdmgen manifest. ``written``: digests of
+    manifests a compile recorded as written by itself (see :func:`_all_older`)."""
+    return _read(folder, target, check, OutputError, written)
 
 
-def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> CheckedOutput | None:
+def read_row_cache(target: Path) -> RowCacheFile | None:
+    """The row cache beside ``target`` (see ``rowcache``), or None when there is none, it cannot
+    be read, it is not valid, or it was written by another mdmgen version: a cache only ever
+    saves work, so any doubt costs a full check, never an error. The caller binds it to the
+    manifest it reads (``manifest_sha256``)."""
+    try:
+        data, _info = read_regular(sidecar(target, "rows"), MAX_MANIFEST_BYTES)
+        cache = RowCacheFile.model_validate_json(data)
+    except (OSError, OutputError, ValidationError):
+        return None
+    if (cache.generator, cache.version) != ("mdmgen", __version__):
+        return None
+    return cache
+
+
+def _read(folder: Path, target: Path, check: Check, error: type[Exception],
+          written: frozenset[str] = frozenset()) -> CheckedOutput | None:
     try:
         loaded = load_manifest(target)
     except OutputError as exc:
@@ -171,6 +218,11 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
     if loaded is None:
         return None
     manifest = loaded.manifest
+    if (check is Check.STAT and written and fastpath.enabled()
+            and hashlib.sha256(loaded.data).hexdigest() in written and _all_older(target, manifest, loaded.mtime_ns)):
+        problems: dict[str, str] = {}
+        _check_derived(target, manifest, check, problems)  # reads no file at STAT: the manifest's own word
+        return CheckedOutput(target, manifest, loaded.data, problems, error=error)
     expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
                 for serial, device in manifest.devices.items() for name, entry in device.files.items()}
     expected.update({relpath: (entry, None) for relpath, entry in manifest.fleet.items()})
@@ -183,11 +235,48 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception]) -> C
             problems[relpath] = EDITED
     if check is not Check.NAMES:
         _check_derived(target, manifest, check, problems)
-    files = [CheckedFile(relpath, entry.sha256, entry.size, target, device, error)
-             for relpath, (entry, device) in sorted(expected.items())]
-    files.append(CheckedFile(MANIFEST_FILE, hashlib.sha256(loaded.data).hexdigest(), len(loaded.data),
-                             target, None, error))
-    return CheckedOutput(target, manifest, loaded.data, tuple(files), problems)
+    return CheckedOutput(target, manifest, loaded.data, problems, error=error)
+
+
+def _all_older(root: Path, manifest: Manifest, manifest_mtime_ns: int) -> bool:
+    """The ``STAT`` check without listing a folder: True when every folder the manifest implies
+    and every file it lists is there, of the right type (no symlink) and size, and provably older
+    than the manifest; False at the first doubt, and the full survey decides.
+
+    A folder's mtime changes whenever an entry is added, removed or renamed in it, so a folder
+    older than the manifest holds what the compile left (the rule the files' check already relies
+    on, for the same reason, with the same exception: an mtime set back on purpose). What the
+    compile left is what the manifest lists only if the manifest is the one it wrote, so this is
+    used only for a manifest whose digest the compile recorded (the row cache); an edited
+    manifest gets the full survey. That turns a ``scandir`` per device into one ``lstat``,
+    which is what a no-change night costs."""
+    base = os.fspath(root)
+    folders = {DEVICES_DIR}
+    for relpath in manifest.fleet:
+        parts = relpath.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+    try:
+        for folder in folders:
+            info = lstat(f"{base}/{folder}")
+            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+        for relpath, entry in manifest.fleet.items():
+            info = lstat(f"{base}/{relpath}")
+            if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+        for serial, device in manifest.devices.items():
+            folder = f"{base}/{DEVICES_DIR}/{serial}"
+            info = lstat(folder)
+            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+            for name, entry in device.files.items():
+                info = lstat(f"{folder}/{name}")
+                if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry: ManifestFile,

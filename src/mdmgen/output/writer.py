@@ -11,8 +11,12 @@ folder; files are created with ``O_EXCL | O_NOFOLLOW`` and removed without follo
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import dataclasses
 import errno
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +25,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import __version__, fastpath
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
@@ -35,7 +40,7 @@ from .manifest import (
     manifest_bytes,
     write_new,
 )
-from .reader import Check, CheckedOutput, read_tree
+from .reader import Check, CheckedOutput, read_row_cache, read_tree
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +53,27 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
     recover(target)
     if not target.exists():
         return None
+    cache = read_row_cache(target) if fastpath.enabled() and not full else None
     try:
-        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT)
+        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT,
+                         frozenset({cache.manifest_sha256}) if cache else frozenset())
     except OutputError as exc:
         raise OutputError(f"{exc}; move the folder aside or pass another --out") from None
     if tree is not None and tree.problems:
         log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
+    if tree is not None and cache is not None and cache.manifest_sha256 == _sha(tree.manifest_data):
+        tree = dataclasses.replace(tree, row_cache=cache.emails, kept_sha256=cache.kept_sha256)
     return tree
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
-          fresh: bool = False, progress: Progress = NO_PROGRESS,
-          secrets: dict[str, ManifestSecret] | None = None, derived: DerivedFiles | None = None) -> Changes:
+          fresh: bool = False, progress: Progress = NO_PROGRESS, secrets: dict[str, ManifestSecret] | None = None,
+          derived: DerivedFiles | None = None, row_cache: dict[str, str] | None = None) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
@@ -88,15 +101,20 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            prev = sidecar(target, "prev")
-            if not _is_complete_generation(prev) or _holds_other_secrets(prev, manifest):
-                _keep_generation(target, manifest)
+            kept = _complete_generation(sidecar(target, "prev"), previous.kept_sha256)
+            if kept is None or _holds_other_secrets(sidecar(target, "prev"), manifest):
+                _keep_generation(target, manifest, new_manifest)
+                kept = new_manifest
+            _keep_row_cache(target, row_cache, previous, new_manifest, kept)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
+        kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _secrets_rotated(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
             # with it through a hard link), or the old token: keep the new tree as the generation.
-            _keep_generation(target, manifest)
+            _keep_generation(target, manifest, new_manifest)
+            kept = new_manifest
+        _keep_row_cache(target, row_cache, None, new_manifest, kept)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -118,15 +136,17 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     what changed since then is touched, instead of recreating a folder per device. Without it
     (first run, ``--full``, or a run killed mid-way) the staging tree is built from scratch.
     """
-    staging, staged = _take_staging(target, fresh=fresh)
+    staging, staged = _take_staging(target, fresh=fresh, kept_sha256=previous.kept_sha256 if previous else "")
     current = previous.manifest if previous else None
     damaged = set(previous.problems) if previous else set()
     had = _clean_staging(staging, staged)
     counts = {"written": 0, "linked": 0, "kept": 0}
 
+    staging_s, target_s = os.fspath(staging), os.fspath(target)  # strings: this runs once per file
+
     def place(relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
               before: ManifestFile | None, secret: bool = False) -> None:
-        dest = staging / relpath
+        dest = f"{staging_s}/{relpath}"
         if staged_meta is not None:
             if staged_meta.sha256 == meta.sha256:
                 counts["kept"] += 1  # the staging generation already has these bytes
@@ -134,7 +154,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
                 return
             os.unlink(dest)
         if before is not None and before.sha256 == meta.sha256 and relpath not in damaged:
-            os.link(target / relpath, dest, follow_symlinks=False)  # same inode: mtime kept
+            os.link(f"{target_s}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
             counts["linked"] += 1
             _restrict(dest, secret)
             return
@@ -147,6 +167,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     if not is_real_dir(devices_dir):
         devices_dir.mkdir()
     progress.start(len(compiled), "Writing")
+    new_folders: list[tuple[str, list[tuple[str, bytes, int]]]] = []
     for item in compiled:
         progress.advance()
         serial = item.device.serial
@@ -154,16 +175,24 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
             raise OutputError(f"refusing to write unsafe path {serial!r}")
         entry = manifest.devices[serial]
         old_entry = had.devices.get(serial)
+        before = current.devices.get(serial) if current else None
+        mode = SECRET_FILE_MODE if entry.secrets else 0o666
+        data_of = {name: _data_of(item, name, derived.get(serial)) for name in entry.files}
+        if old_entry is None and before is None and None not in data_of.values():  # a new folder, every file new
+            folder = f"{staging_s}/{DEVICES_DIR}/{serial}"
+            new_folders.append((folder, [(f"{folder}/{name}", data, mode) for name, data in data_of.items()]))
+            continue
         if old_entry is None:
-            (devices_dir / serial).mkdir()
+            os.mkdir(f"{staging_s}/{DEVICES_DIR}/{serial}")
         else:
             for name in set(old_entry.files) - set(entry.files):
                 os.unlink(devices_dir / serial / name)
-        before = current.devices.get(serial) if current else None
         for name, meta in entry.files.items():
-            place(f"{DEVICES_DIR}/{serial}/{name}", meta, _data_of(item, name, derived.get(serial)),
+            place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
                   old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
                   secret=bool(entry.secrets))
+    _in_parallel(_write_folder, new_folders)
+    counts["written"] += sum(len(files) for _folder, files in new_folders)
     progress.finish()
     for serial in set(had.devices) - set(manifest.devices):
         _remove(devices_dir / serial)
@@ -179,6 +208,14 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
              counts["written"], counts["linked"], counts["kept"])
     if not target.exists():
         os.rename(staging, target)
+        # The first compile into a folder keeps a generation too, so that the first night that
+        # changes something touches only what changed, and a night with no change writes nothing.
+        # The tree is in place already: a generation that cannot be made is only work for later.
+        try:
+            _keep_generation(target, manifest, manifest_data)
+        except OSError as exc:
+            log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
+            _remove(sidecar(target, "new"))
         return
     owned = _owned(manifest) | _owned(current) | _owned(had)
     os.chmod(staging, target.stat().st_mode & 0o7777)
@@ -196,7 +233,42 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
 
 
-def _restrict(path: Path, secret: bool) -> None:
+PARALLEL_FROM = 2000
+"""Folders to create before the work is spread over threads: each ``mkdir``, ``open`` and ``link``
+waits on the file system with the GIL released, so a few threads overlap those waits."""
+THREADS = 4
+
+
+def _in_parallel(work, items: list) -> None:
+    """``work(item)`` for every item; over threads for many (the order does not matter: each item
+    is its own folder). The first error is raised, as a sequential loop would."""
+    if len(items) < PARALLEL_FROM or not fastpath.enabled():
+        for item in items:
+            work(item)
+        return
+    chunk = max(1, len(items) // (THREADS * 8))
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(lambda part: [work(item) for item in part], items[i:i + chunk])
+                   for i in range(0, len(items), chunk)]
+        for future in futures:
+            future.result()
+
+
+def _write_folder(item: tuple[str, list[tuple[str, bytes, int]]]) -> None:
+    folder, files = item
+    os.mkdir(folder)
+    for path, data, mode in files:
+        write_new(path, data, mode)
+
+
+def _link_folder(item: tuple[str, str, list[str]]) -> None:
+    source, folder, names = item
+    os.mkdir(folder)
+    for name in names:
+        os.link(f"{source}/{name}", f"{folder}/{name}", follow_symlinks=False)
+
+
+def _restrict(path: str, secret: bool) -> None:
     """A reused file that embeds a secret is made 0600 if it is not (one linked from a tree an
     older version wrote); never through a link."""
     if not secret:
@@ -241,7 +313,7 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, CheckedOutput | None]:
+def _take_staging(target: Path, *, fresh: bool, kept_sha256: str = "") -> tuple[Path, CheckedOutput | None]:
     """The folder to build the new tree in, and what it already holds (checked, problems listed)."""
     staging = sidecar(target, "new")
     previous_generation = sidecar(target, "prev")
@@ -249,7 +321,8 @@ def _take_staging(target: Path, *, fresh: bool) -> tuple[Path, CheckedOutput | N
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
         try:
-            staged = read_tree(previous_generation, previous_generation, Check.STAT)
+            staged = read_tree(previous_generation, previous_generation, Check.STAT,
+                               frozenset({kept_sha256}) if kept_sha256 else frozenset())
         except OutputError:
             staged = None  # not a generation we can vouch for: rebuilt, never obeyed
         if staged is not None:
@@ -298,19 +371,21 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _is_complete_generation(folder: Path) -> bool:
-    """A kept generation that checks out (see ``reader``, the ``STAT`` level): a real folder whose
-    manifest is valid and whose files are what it says. A staging tree has no manifest."""
+def _complete_generation(folder: Path, kept_sha256: str = "") -> bytes | None:
+    """The manifest of a kept generation that checks out (see ``reader``, the ``STAT`` level): a
+    real folder whose manifest is valid and whose files are what it says; None otherwise. A
+    staging tree has no manifest. ``kept_sha256``: its manifest's digest as the compile that
+    wrote it recorded it (lets the reader ``lstat`` instead of listing folders)."""
     if not is_real_dir(folder):
-        return False
+        return None
     try:
-        tree = read_tree(folder, folder, Check.STAT)
+        tree = read_tree(folder, folder, Check.STAT, frozenset({kept_sha256}) if kept_sha256 else frozenset())
     except OutputError:
-        return False
-    return tree is not None and not tree.problems
+        return None
+    return tree.manifest_data if tree is not None and not tree.problems else None
 
 
-def _keep_generation(target: Path, manifest: Manifest) -> None:
+def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> None:
     """Recreate the kept generation from the current tree, with hard links.
 
     Every successful compile leaves the same siblings: the lock and a complete ``-prev``. A
@@ -326,17 +401,43 @@ def _keep_generation(target: Path, manifest: Manifest) -> None:
     _remove(sidecar(target, "prev"))
     staging.mkdir()
     (staging / DEVICES_DIR).mkdir()
-    for serial, entry in manifest.devices.items():
-        (staging / DEVICES_DIR / serial).mkdir()
-        for name in entry.files:
-            relpath = f"{DEVICES_DIR}/{serial}/{name}"
-            os.link(target / relpath, staging / relpath, follow_symlinks=False)
+    source, dest = os.fspath(target / DEVICES_DIR), os.fspath(staging / DEVICES_DIR)
+    _in_parallel(_link_folder, [(f"{source}/{serial}", f"{dest}/{serial}", list(entry.files))
+                                for serial, entry in manifest.devices.items()])
     for relpath in manifest.fleet:
         _make_parents(staging, relpath)
         os.link(target / relpath, staging / relpath, follow_symlinks=False)
-    os.link(target / MANIFEST_FILE, staging / MANIFEST_FILE, follow_symlinks=False)
+    # A copy, not a link: written after every folder of the generation, so the reader's cheap
+    # check (every folder and file older than the manifest) holds for it as for a compiled tree.
+    write_new(staging / MANIFEST_FILE, manifest_data)
     os.rename(staging, sidecar(target, "prev"))
     log.info("kept generation %s recreated from the current tree", sidecar(target, "prev").name)
+
+
+def _keep_row_cache(target: Path, emails: dict[str, str] | None, previous: CheckedOutput | None,
+                    manifest_data: bytes, kept_manifest: bytes) -> None:
+    """Write the row cache for the tree just left in place (see ``rowcache``), unless it holds
+    what was read; without one (fast paths off, pseudonymised emails) remove any old one, so no
+    stale digest of an address stays beside the folder. Written as ``-rows-new`` and renamed:
+    a kill leaves a leftover the next run removes, or the old cache, bound to its own manifest."""
+    path = sidecar(target, "rows")
+    if emails is None:
+        _remove(path)
+        return
+    kept_sha256 = _sha(kept_manifest)
+    if (previous is not None and previous.row_cache is not None and emails == previous.row_cache
+            and previous.kept_sha256 == kept_sha256):
+        return  # a night with no change: the cache already says all this
+    cache = {"generator": "mdmgen", "version": __version__, "manifest_sha256": _sha(manifest_data),
+             "kept_sha256": kept_sha256, "emails": dict(sorted(emails.items()))}
+    staging = sidecar(target, "rows-new")
+    try:
+        _remove(staging)
+        write_new(staging, json.dumps(cache, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        os.replace(staging, path)  # replaces a planted link itself, never what it points to
+    except OSError as exc:  # the tree is in place; without a cache the next run only validates more
+        log.info("%s: row cache not kept: %s", path, exc.strerror or exc)
+        _remove(staging)
 
 
 def recover(target: Path) -> None:
@@ -350,6 +451,7 @@ def recover(target: Path) -> None:
             os.rename(parked, target)
         else:
             _remove(parked)
+    _remove(sidecar(target, "rows-new"))
     if os.path.lexists(staging):
         log.info("removing leftovers of an interrupted run: %s", staging)
         _remove(staging)

@@ -1,0 +1,45 @@
+"""The one switch for every fast path of the compiler: ``MDMGEN_NO_FASTPATH=1`` turns them all off.
+
+Each fast path (the row cache that skips re-validating unchanged inventory rows, the cheap
+no-change checks of the output folder, the per-shape emitters) is an optimisation of a slow
+path that stays in the code and stays the reference: the output tree must be byte-identical
+with the fast paths on and off. ``benchmarks/perf.py`` proves that at 10,000 devices and
+``tests/test_fastpath*.py`` on hostile values; the switch is what both use, and what a user
+reaches for when they suspect a fast path (an equal tree with it set is the proof it was not).
+
+The switch is read at each use, not at import, so tests can flip it per compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator
+
+ENV_VAR = "MDMGEN_NO_FASTPATH"
+
+
+def enabled() -> bool:
+    """Whether the fast paths may be used: unless ``MDMGEN_NO_FASTPATH`` is set to a non-empty
+    value other than ``0``."""
+    return os.environ.get(ENV_VAR, "").strip() in ("", "0")
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a compile.
+
+    A compile of 100,000 devices holds a few million small objects (rows, models, manifest
+    entries) that live until it ends, and the collector walks all of them again every few
+    thousand allocations: about half of a no-change night's CPU at 30,000 devices, and more the
+    larger the fleet. Nothing a compile makes depends on the collector (reference counting frees
+    what is no longer used), so pausing it changes no output, only the time."""
+    if not enabled() or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
