@@ -23,10 +23,10 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .attributes import TOKEN_RE
 from .envschema import ENV_NAME_PATTERN
@@ -37,6 +37,16 @@ POLICY_FILENAME = "policy.yaml"
 VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REVERSE_DNS_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
+
+
+def _is_env_name(value: str) -> str:
+    if not ENV_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an env variable name")
+    return value
+
+
+EnvVarName = Annotated[str, AfterValidator(_is_env_name)]
+"""The name of an environment variable (the collector reads its secrets from there)."""
 DEVICE_FIELDS = ("serial", "platform", "user_email", "team", "raw_user_email")
 """The names every template may use besides the inventory's extra columns and the variables.
 ``raw_user_email`` is the inventory's address even when ``pseudonymise_email`` is on."""
@@ -171,21 +181,14 @@ class CollectorLogs(BaseModel):
     logs_table_name: str = Field(default="otel_logs", min_length=1, description="ClickHouse logs table.")
     ttl: str = Field(default="720h", description="ClickHouse retention, a duration such as 720h.",
                      json_schema_extra={"pattern": r"^[1-9][0-9]*h$"})
-    username_env: str | None = Field(default=None, description="Env variable of the ClickHouse user.")
-    password_env: str | None = Field(default=None, description="Env variable of the ClickHouse password.")
+    username_env: EnvVarName | None = Field(default=None, description="Env variable of the ClickHouse user.")
+    password_env: EnvVarName | None = Field(default=None, description="Env variable of the ClickHouse password.")
 
     @field_validator("ttl")
     @classmethod
     def _hours(cls, value: str) -> str:
         if not re.match(r"^[1-9][0-9]*h$", value):
             raise ValueError("must be a number of hours, e.g. '720h'")
-        return value
-
-    @field_validator("username_env", "password_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not an env variable name")
         return value
 
 
@@ -235,22 +238,15 @@ class Collector(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token_env: str | None = Field(default=None, description="Env variable holding the devices' bearer "
+    token_env: EnvVarName | None = Field(default=None, description="Env variable holding the devices' bearer "
                                   "token on the collector, when the headers template names none.")
-    previous_token_env: str | None = Field(default=None, description="During a rotation: env variable of "
+    previous_token_env: EnvVarName | None = Field(default=None, description="During a rotation: env variable of "
                                            "the old token, accepted beside the new one until removed.")
     logs: CollectorLogs = Field(default_factory=CollectorLogs)
     alerts: CollectorAlerts = Field(default_factory=CollectorAlerts)
     kubernetes: CollectorKubernetes = Field(default_factory=CollectorKubernetes)
     prometheus_port: int = Field(default=8889, ge=1, le=65535,
                                  description="Where the collector's prometheus exporter is scraped.")
-
-    @field_validator("token_env", "previous_token_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not an env variable name")
-        return value
 
 
 class Policy(Layer):
