@@ -256,24 +256,23 @@ def _all_older(root: Path, manifest: Manifest, manifest_mtime_ns: int) -> bool:
         parts = relpath.split("/")
         folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
     lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+
+    def older(path: str, size: int | None = None) -> bool:
+        """A folder (``size`` None) or a file of ``size`` bytes, no link, older than the manifest."""
+        info = lstat(path)
+        kind_ok = is_dir(info.st_mode) if size is None else is_reg(info.st_mode) and info.st_size == size
+        return kind_ok and info.st_mtime_ns < manifest_mtime_ns
+
     try:
-        for folder in folders:
-            info = lstat(f"{base}/{folder}")
-            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
-                return False
-        for relpath, entry in manifest.fleet.items():
-            info = lstat(f"{base}/{relpath}")
-            if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
-                return False
+        if not all(older(f"{base}/{folder}") for folder in folders):
+            return False
+        if not all(older(f"{base}/{relpath}", entry.size) for relpath, entry in manifest.fleet.items()):
+            return False
         for serial, device in manifest.devices.items():
             folder = f"{base}/{DEVICES_DIR}/{serial}"
-            info = lstat(folder)
-            if not is_dir(info.st_mode) or info.st_mtime_ns >= manifest_mtime_ns:
+            if not older(folder) or not all(older(f"{folder}/{name}", entry.size)
+                                            for name, entry in device.files.items()):
                 return False
-            for name, entry in device.files.items():
-                info = lstat(f"{folder}/{name}")
-                if not is_reg(info.st_mode) or info.st_size != entry.size or info.st_mtime_ns >= manifest_mtime_ns:
-                    return False
     except OSError:
         return False
     return True
