@@ -143,3 +143,26 @@ def test_batch_splits_by_20_judges_each_answer_and_waits_for_an_inner_429(graph:
     batches = graph.requests_to("/v1.0/$batch", "POST")
     assert len(batches) == 3  # 31 requests: 20 + 11, then the 2 throttled ones again
     assert waits == [7.0]
+
+
+def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: FakeGraphServer):
+    """The library's message is redacted before it is cut to one short line: a secret straddling
+    the cut would otherwise be printed in part, where no redaction can recognise it."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from mdmgen.publish.base import RemoteError
+    from mdmgen.publish.intune.graph import GraphClient
+
+    secret = "Zq8~client-SECRET-0123456789abcdef"
+
+    class Refusing:
+        def get_token(self, *_scopes, **_kw):
+            raise ClientAuthenticationError(message="x" * 290 + secret + " (echoed by the identity platform)")
+
+    client = GraphClient(graph.graph_url, Refusing, secrets=(secret,))
+    with pytest.raises(RemoteError) as info:
+        client.get_json("/v1.0/users", doing="test")
+    client.close()
+    text = str(info.value)
+    assert "refused the credentials" in text
+    assert not any(secret[i:i + 4] in text for i in range(len(secret) - 3)), text

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
-from ...messages import redact
+from ...messages import redact, shorten
 from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
 
@@ -296,6 +296,11 @@ class GraphClient:
     def redact(self, text: str) -> str:
         return redact(text, (*self._secrets, *self._spent))
 
+    def _first_line(self, text: str) -> str:
+        """The first line of a library's message, redacted before it is cut (never part of a secret)."""
+        lines = text.strip().splitlines()
+        return shorten(lines[0], 300, (*self._secrets, *self._spent)) if lines else ""
+
     # -- internals --
 
     def _relative(self, path: str) -> str:
@@ -329,15 +334,14 @@ class GraphClient:
             try:
                 token = self._credential.get_token(self.scope).token
             except ClientAuthenticationError as exc:
-                first = str(exc.message if hasattr(exc, "message") else exc).strip().splitlines()
+                text = str(exc.message if hasattr(exc, "message") else exc)
                 raise RemoteError("Microsoft Entra ID refused the credentials: "
-                                  f"{self.redact(first[0][:300] if first else type(exc).__name__)}; check "
+                                  f"{self._first_line(text) or type(exc).__name__}; check "
                                   "AZURE_TENANT_ID, AZURE_CLIENT_ID and the secret, certificate or federated "
                                   "token, and AZURE_AUTHORITY_HOST") from None
             except (AzureError, ValueError, OSError) as exc:
-                first = str(exc).strip().splitlines()
                 raise RemoteError(f"could not get a Microsoft Graph access token: "
-                                  f"{self.redact(first[0][:300] if first else type(exc).__name__)}") from None
+                                  f"{self._first_line(str(exc)) or type(exc).__name__}") from None
             if token not in self._spent:
                 self._spent.add(token)
                 self.tokens += 1
