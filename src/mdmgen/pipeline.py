@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import attributes, destinations, envschema, fastpath, inventory, policy, secrets, shapes
 from .emit import registry
-from .messages import redact, secret_forms
+from .messages import redactor, secret_forms
 from .models import (
     CompiledDevice,
     Device,
@@ -142,8 +142,8 @@ def _redacted(problems: list[Problem]) -> list[Problem]:
     values = secrets.resolved_values()
     if not values:
         return problems
-    forms = sorted({form for value in values for form in secret_forms(value)}, key=len, reverse=True)
-    return [p.model_copy(update={"message": redact(p.message, forms)}) for p in problems]
+    hide = redactor(values)  # every form of every value (see messages.secret_forms), built once
+    return [p.model_copy(update={"message": hide(p.message)}) for p in problems]
 
 
 def _blanks(values: Mapping[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:

@@ -38,7 +38,7 @@ from . import __version__, attributes, envschema, output
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback, may_carry_credentials, split_http_url
-from .messages import first_of, redact
+from .messages import first_of, redactor
 from .publish.http import Connection, TransportFailure, reason_phrase
 from .secrets import shown_fingerprint
 
@@ -409,8 +409,7 @@ def _os_reason(exc: OSError, timeout: float) -> str:
 def _scrubber(headers: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
     """Removes any header value (in any form, :func:`mdmgen.messages.redact`) from text that came
     from elsewhere."""
-    values = [value for _name, value in headers]
-    return lambda text: redact(text, values)
+    return redactor(value for _name, value in headers)
 
 
 # --- the report ----------------------------------------------------------------------------------
