@@ -166,3 +166,21 @@ def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: 
     text = str(info.value)
     assert "refused the credentials" in text
     assert not any(secret[i:i + 4] in text for i in range(len(secret) - 3)), text
+
+
+def test_a_graph_error_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: FakeGraphServer):
+    import json
+
+    import httpx
+
+    from mdmgen.publish.http import Response
+    from mdmgen.publish.intune.graph import GraphClient
+
+    secret = "Zq8~client-SECRET-0123456789abcdef"
+    body = json.dumps({"error": {"code": "BadRequest", "message": "y" * 180 + secret + " was not expected"}})
+    client = GraphClient(graph.graph_url, lambda: None, secrets=(secret,))
+    error = client._error("GET", "/v1.0/users", Response(400, httpx.Headers(), body.encode(), doing="listing users"))
+    client.close()
+    text = str(error)
+    assert "BadRequest" in text
+    assert not any(secret[i:i + 4] in text for i in range(len(secret) - 3)), text

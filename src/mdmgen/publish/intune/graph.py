@@ -96,16 +96,17 @@ class GraphError(HTTPStatusError):
 
 
 def error_of(body: bytes) -> tuple[str, str]:
-    """``(code, message)`` of a Graph error body (§5.1) or an OAuth one (§1.1); empty when unreadable."""
+    """``(code, message)`` of a Graph error body (§5.1) or an OAuth one (§1.1); empty when unreadable.
+    Whole, on one line: the caller redacts it before it cuts it."""
     try:
         data = json.loads(body)
     except ValueError:
         return "", ""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
-        return str(error.get("code") or ""), " ".join(str(error.get("message") or "").split())[:200]
+        return str(error.get("code") or ""), " ".join(str(error.get("message") or "").split())
     if isinstance(error, str):
-        return error, " ".join(str(data.get("error_description") or "").split())[:200]
+        return error, " ".join(str(data.get("error_description") or "").split())
     return "", ""
 
 
@@ -350,7 +351,8 @@ class GraphClient:
 
     def _error(self, method: str, path: str, response: Response) -> GraphError:
         code, message = error_of(response.body)
-        reason = self.redact(f"{code}: {message}" if code and message else code or message)
+        reason = shorten(f"{code}: {message}" if code and message else code or message, 200,
+                         (*self._secrets, *self._spent))  # redacted before it is cut
         text = f"Microsoft Graph answered {response.status} {reason_phrase(response.status)} while {response.doing}"
         if response.status == 403:
             needed = next((perm for part, perm in _PERMISSIONS if part in path), "")
