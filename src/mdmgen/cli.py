@@ -6,6 +6,7 @@ The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: ev
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ import click
 
 from . import __version__, diff, fastpath, output, pipeline, policy, signing
 from .exitcodes import ExitCode, help_epilog
-from .messages import environment_secrets, first_of, printable, redact, shorten
+from .messages import environment_secrets, first_of, printable, redactor, shorten
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
@@ -251,9 +252,15 @@ class _LogFormatter(logging.Formatter):
     from a server or an input shown escaped), and no secret in any of its forms, at any verbosity."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        secrets = [*environment_secrets(), *resolved_values()]
-        record.message = printable(redact(record.message, secrets) if secrets else record.message)
+        hide = _log_redactor((*environment_secrets(), *resolved_values()))
+        record.message = printable(hide(record.message))
         return super().formatMessage(record)
+
+
+@functools.lru_cache(maxsize=4)
+def _log_redactor(secrets: tuple[str, ...]):
+    """One pattern per set of secrets, not one per log line (``-vv`` logs every request)."""
+    return redactor(secrets)
 
 
 class Report:
