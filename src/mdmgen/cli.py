@@ -21,6 +21,7 @@ from .messages import environment_secrets, first_of, printable, redactor, shorte
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
+from .runmemo import RunSummary
 from .secrets import resolved_values
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
@@ -130,6 +131,12 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     signer = _signer(report, sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
     try:
         with output.locked(out), fastpath.collector_paused():
+            quiet = None if full or signer else output.unchanged(out, functools.partial(
+                pipeline.inputs_unchanged, inventory_paths=inventories, profiles=profiles,
+                var_overrides=variables, skip_invalid=skip_invalid))
+            if quiet is not None:
+                report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
+                              output.Changes(unchanged=quiet.devices))
             previous = output.read_previous(out, full=full)
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable,
@@ -137,13 +144,14 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
                                    fresh=full, progress=report.progress(), secrets=result.secrets,
-                                   derived=derived, row_cache=result.row_cache)
+                                   derived=derived, row_cache=result.row_cache,
+                                   run=result.run if signer is None else None)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
         report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
     headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
-    report.finish(result, headline, changes)
+    report.finish(result.summary(), result.problems, headline, changes)
 
 
 def _signer(report: Report, cert: Path | None, key: Path | None, p12: Path | None) -> signing.Signer | None:
@@ -178,7 +186,8 @@ def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, ver
     """Check the inventory and policy like compile does, without writing anything."""
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     result = _run(report, inventories, profiles, variables, skip_invalid, None)
-    report.finish(result, f"Validated {_count(len(result.devices), 'device')}", None, suffix="; nothing written")
+    report.finish(result.summary(), result.problems, f"Validated {_count(len(result.devices), 'device')}", None,
+                  suffix="; nothing written")
 
 
 @main.command(name="diff", epilog=help_epilog("diff"))
@@ -289,36 +298,36 @@ class Report:
             click.echo(json.dumps({"exit_code": int(code), "error": message, "problems": lines}, indent=2))
         sys.exit(code)
 
-    def finish(self, result: pipeline.CompileResult, headline: str, changes: output.Changes | None,
+    def finish(self, summary: RunSummary, problems: list[Problem], headline: str, changes: output.Changes | None,
                *, suffix: str = "") -> NoReturn:
-        lines = _problem_lines(result.problems)
-        for line in _collapsed(result.problems):
+        lines = _problem_lines(problems)
+        for line in _collapsed(problems):
             click.echo(line, err=True)
-        code = ExitCode.ROWS_REJECTED if result.rejected else ExitCode.OK
-        counts = result.per_platform()
-        platforms = ", ".join(f"{PLATFORM_LABELS[p]} {counts[p]}" for p in Platform if counts[p])
-        summary = f"{headline} ({platforms}){suffix}; {_count(result.excluded, 'row')} excluded by status"
-        if result.rejected:
-            summary += f"; {_count(result.rejected, 'row')} rejected (listed above)"
-        summary += "."
+        code = ExitCode.ROWS_REJECTED if summary.rejected else ExitCode.OK
+        platforms = ", ".join(f"{PLATFORM_LABELS[p]} {summary.platforms[p.value]}" for p in Platform
+                              if summary.platforms.get(p.value))
+        text = f"{headline} ({platforms}){suffix}; {_count(summary.excluded, 'row')} excluded by status"
+        if summary.rejected:
+            text += f"; {_count(summary.rejected, 'row')} rejected (listed above)"
+        text += "."
         if changes is not None:
-            summary += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
-                        f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
-                        f"{'' if changes.written else ' (nothing written)'}.")
+            text += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
+                     f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
+                     f"{'' if changes.written else ' (nothing written)'}.")
             if changes.repaired:
                 shown = first_of(changes.repaired, 3)
-                summary += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
-                            f"(edited by hand?): {shown}.")
+                text += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
+                         f"(edited by hand?): {shown}.")
         if not self.quiet:
-            click.echo(summary, err=True)
+            click.echo(text, err=True)
         if self.as_json:
             data = {
                 "exit_code": int(code),
-                "devices": len(result.devices),
-                "platforms": {p.value: counts[p] for p in Platform},
-                "excluded": result.excluded,
-                "rejected": result.rejected,
-                "rendered": result.rendered,
+                "devices": summary.devices,
+                "platforms": {p.value: summary.platforms.get(p.value, 0) for p in Platform},
+                "excluded": summary.excluded,
+                "rejected": summary.rejected,
+                "rendered": summary.rendered,
                 "problems": lines,
             }
             if changes is not None:

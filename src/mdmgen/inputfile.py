@@ -8,8 +8,10 @@ what the link leads to.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 MAX_POLICY_BYTES = 4 << 20
@@ -24,6 +26,19 @@ class InputFileError(Exception):
 
 def read_input(path: Path, limit: int) -> bytes:
     """The bytes of ``path``; raises FileNotFoundError, or InputFileError with a one-line reason."""
+    return b"".join(_chunks(path, limit))
+
+
+def digest_input(path: Path, limit: int) -> str:
+    """The sha256 of ``path``'s bytes, read like :func:`read_input` (same checks, same errors)
+    without holding them."""
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, limit):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chunks(path: Path, limit: int) -> Iterator[bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -36,13 +51,12 @@ def read_input(path: Path, limit: int) -> bytes:
             raise InputFileError("is not a regular file (a folder, a pipe or a device?)")
         if info.st_size > limit:
             raise InputFileError(f"is larger than {limit >> 20} MB; is it the right file?")
-        chunks, total = [], 0
+        total = 0
         while chunk := os.read(fd, 1 << 20):
             total += len(chunk)
             if total > limit:  # it grew while being read
                 raise InputFileError(f"is larger than {limit >> 20} MB; is it the right file?")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            yield chunk
     except OSError as exc:
         raise InputFileError(f"cannot read: {exc.strerror}") from None
     finally:

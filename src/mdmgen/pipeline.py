@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, destinations, envschema, fastpath, inventory, policy, secrets, shapes
+from . import attributes, destinations, envschema, fastpath, inventory, policy, runmemo, secrets, shapes
 from .emit import registry
 from .messages import redactor, secret_forms
 from .models import (
@@ -45,9 +45,38 @@ class CompileResult:
     fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
     secrets: dict[str, ManifestSecret] = field(default_factory=dict)  # by label; fingerprints, never values
     row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
+    run: runmemo.RunRecord | None = None  # for the run memo; None after any problem
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
+
+    def summary(self) -> runmemo.RunSummary:
+        counts = self.per_platform()
+        return runmemo.RunSummary(devices=len(self.devices), platforms={p.value: counts[p] for p in Platform},
+                                  excluded=self.excluded, rejected=self.rejected, rendered=self.rendered)
+
+
+def inputs_unchanged(memo: runmemo.RunMemoFile, inventory_paths: Iterable[Path], profiles: Path,
+                     var_overrides: Mapping[str, str], skip_invalid: bool) -> bool:
+    """Whether a compile now would be made from exactly what the compile that wrote ``memo`` was
+    (see ``runmemo``): reads the input files and the secrets the policy used, nothing else. Any
+    doubt (a file gone, a secret unset) is False, and the compile itself says what is wrong."""
+    files, problems = inventory.find_csv_files(inventory_paths)
+    if problems:
+        return False
+    policy_file = policy.policy_file(profiles)
+    digests = runmemo.file_digests([*files, policy_file])
+    if digests is None:
+        return False
+    fingerprints = {}
+    try:
+        for label in memo.secrets:
+            ref = secrets.SecretRef.from_label(label)
+            fingerprints[label] = secrets.fingerprint(ref, secrets.resolve(ref, policy_file.parent))
+        key_id = secrets.load_key().key_id if memo.pseudonymised else None
+    except (ValueError, secrets.PseudonymKeyError, OSError):
+        return False
+    return runmemo.run_key(digests, var_overrides, skip_invalid, fingerprints, key_id) == memo.key
 
 
 def check_settings(settings: Settings, device: Device, allow_content_logging: bool,
@@ -183,11 +212,14 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    var_overrides: Mapping[str, str], *, skip_invalid: bool,
                    previous: Manifest | None, progress: Progress,
                    email_cache: Mapping[str, str] | None) -> CompileResult:
+    inventory_paths = list(inventory_paths)
+    found, _problems = inventory.find_csv_files(inventory_paths)  # the inventory stage reports them
+    digests = runmemo.file_digests([*found, policy.policy_file(profiles)]) if fastpath.enabled() else None
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
     if loaded.policy.pseudonymise_email:
         email_cache = None  # a cache would keep an unkeyed digest of every address
-    inv = inventory.load(list(inventory_paths), loaded.policy.columns, email_cache)
+    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache)
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
     renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
@@ -275,4 +307,11 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):
         raise MdmgenError(result.problems)
+    if (digests is not None and not result.problems and not result.rejected
+            and [name for name, _digest in digests[:-1]] == inv.files and digests[-1][0] == loaded.file):
+        fingerprints = {ref.label: fp for ref, fp in renderer.secret_fingerprints().items()}
+        key = runmemo.run_key(digests, var_overrides, skip_invalid, fingerprints,
+                              pseudonymiser.key_id if pseudonymiser else None)
+        result.run = runmemo.RunRecord(key=key, secrets=sorted(fingerprints), pseudonymised=pseudonymiser is not None,
+                                       summary=result.summary())
     return result

@@ -35,10 +35,10 @@ from .layout import (
 from .lock import locked
 from .manifest import Changes, build_manifest, manifest_bytes
 from .reader import Check, CheckedFile, CheckedOutput, checked, read
-from .writer import read_previous, recover, write
+from .writer import read_previous, recover, unchanged, write
 
 __all__ = [
     "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "OutputBusy",
     "OutputError", "build_manifest", "checked", "device_path", "interrupted", "kind_of", "locked",
-    "manifest_bytes", "read", "read_previous", "recover", "sidecar", "write",
+    "manifest_bytes", "read", "read_previous", "recover", "sidecar", "unchanged", "write",
 ]

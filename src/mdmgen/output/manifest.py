@@ -145,10 +145,15 @@ def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = N
                     secrets=dict(sorted(secrets.items())) if secrets else None)
 
 
-def manifest_bytes(manifest: Manifest) -> bytes:
+def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previous_data: bytes = b"") -> bytes:
     """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
     repository, and large fleets encode fast (no pretty-printer over every nested key). An empty
-    ``fleet`` is left out, so a fleet without fleet-level files keeps the bytes it always had."""
+    ``fleet`` is left out, so a fleet without fleet-level files keeps the bytes it always had.
+
+    ``previous`` and ``previous_data``: a manifest and the exact bytes this function made of it
+    (the caller vouches for that: the compile recorded their digest). A device whose entry *is*
+    the previous one (reused, not rebuilt) gets its line back from those bytes instead of being
+    encoded again, which is most of a night's manifest; the bytes are the same either way."""
     # Device by device, not one dump of the whole manifest: at 100,000 devices the dumped tree
     # alone would be a few hundred MB held at once.
     data = manifest.model_dump(mode="json", exclude_none=True, exclude={"devices"})
@@ -159,15 +164,37 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     def dumps(value: object) -> str:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
+    known = _device_lines(previous, previous_data) if previous is not None and fastpath.enabled() else {}
     lines = ["{", '  "devices": {']
-    rows = [f"    {dumps(serial)}: {dumps(devices[serial].model_dump(mode='json', exclude_none=True))}"
-            for serial in sorted(devices)]
+    rows = []
+    for serial in sorted(devices):
+        entry = devices[serial]
+        line = known.get(serial)
+        if line is None or previous is None or previous.devices.get(serial) is not entry:
+            line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}"
+        rows.append(line)
     lines.append(",\n".join(rows))
     lines.append("  }" + ("," if data else ""))
     fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]
     lines.append(",\n".join(fields))
     lines.append("}")
     return ("\n".join(line for line in lines if line) + "\n").encode("utf-8")
+
+
+def _device_lines(manifest: Manifest, data: bytes) -> dict[str, str]:
+    """Each device's line of ``data``, the bytes :func:`manifest_bytes` made of ``manifest`` (without
+    the comma between lines); empty at the first line that is not where that layout puts it."""
+    lines = data.decode("utf-8").split("\n")
+    serials = sorted(manifest.devices)
+    if lines[:2] != ["{", '  "devices": {'] or len(lines) < len(serials) + 2:
+        return {}
+    found = {}
+    for serial, line in zip(serials, lines[2:2 + len(serials)], strict=True):
+        line = line.removesuffix(",")
+        if not line.startswith(f"    {json.dumps(serial)}: {{") or not line.endswith("}"):
+            return {}
+        found[serial] = line
+    return found
 
 
 def compare(manifest: Manifest, previous: Manifest | None) -> Changes:

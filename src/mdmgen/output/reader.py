@@ -26,18 +26,19 @@ import functools
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import __version__, fastpath
+from .. import __version__, fastpath, runmemo
 from ..emit import cms
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
 from ..rowcache import RowCacheFile
+from ..runmemo import RunMemoFile
 from .layout import (
     DEVICES_DIR,
     MANIFEST_FILE,
@@ -114,6 +115,7 @@ class CheckedOutput:
     problems: dict[str, str] = field(default_factory=dict)
     row_cache: dict[str, str] | None = None  # the rows the last compile validated (compile only, see rowcache)
     kept_sha256: str = ""  # the kept generation's manifest digest, as the last compile recorded it
+    canonical: bool = False  # manifest_data are the bytes this mdmgen version wrote (its digest was recorded)
     error: type[Exception] = OutputError
 
     @functools.cached_property
@@ -219,7 +221,8 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
         return None
     manifest = loaded.manifest
     if (check is Check.STAT and written and fastpath.enabled()
-            and hashlib.sha256(loaded.data).hexdigest() in written and _all_older(target, manifest, loaded.mtime_ns)):
+            and hashlib.sha256(loaded.data).hexdigest() in written
+            and _all_older(target, _manifest_entries(manifest), loaded.mtime_ns)):
         problems: dict[str, str] = {}
         _check_derived(target, manifest, check, problems)  # reads no file at STAT: the manifest's own word
         return CheckedOutput(target, manifest, loaded.data, problems, error=error)
@@ -238,43 +241,124 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
     return CheckedOutput(target, manifest, loaded.data, problems, error=error)
 
 
-def _all_older(root: Path, manifest: Manifest, manifest_mtime_ns: int) -> bool:
-    """The ``STAT`` check without listing a folder: True when every folder the manifest implies
-    and every file it lists is there, of the right type (no symlink) and size, and provably older
-    than the manifest; False at the first doubt, and the full survey decides.
+def _all_older(root: Path, entries: Iterable[tuple[str, int | None]], manifest_mtime_ns: int) -> bool:
+    """The ``STAT`` check without listing a folder: True when every folder (size None) and file of
+    ``entries`` (path from ``root``, a folder before its files) is there, of the right type (no
+    symlink) and size, and provably older than the manifest; False at the first doubt, and the
+    full survey decides.
 
     A folder's mtime changes whenever an entry is added, removed or renamed in it, so a folder
     older than the manifest holds what the compile left (the rule the files' check already relies
     on, for the same reason, with the same exception: an mtime set back on purpose). What the
     compile left is what the manifest lists only if the manifest is the one it wrote, so this is
-    used only for a manifest whose digest the compile recorded (the row cache); an edited
-    manifest gets the full survey. That turns a ``scandir`` per device into one ``lstat``,
+    used only for a manifest whose digest the compile recorded (the row cache, the run memo); an
+    edited manifest gets the full survey. That turns a ``scandir`` per device into one ``lstat``,
     which is what a no-change night costs."""
     base = os.fspath(root)
-    folders = {DEVICES_DIR}
-    for relpath in manifest.fleet:
-        parts = relpath.split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
     lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
-
-    def older(path: str, size: int | None = None) -> bool:
-        """A folder (``size`` None) or a file of ``size`` bytes, no link, older than the manifest."""
-        info = lstat(path)
-        kind_ok = is_dir(info.st_mode) if size is None else is_reg(info.st_mode) and info.st_size == size
-        return kind_ok and info.st_mtime_ns < manifest_mtime_ns
-
     try:
-        if not all(older(f"{base}/{folder}") for folder in folders):
-            return False
-        if not all(older(f"{base}/{relpath}", entry.size) for relpath, entry in manifest.fleet.items()):
-            return False
-        for serial, device in manifest.devices.items():
-            folder = f"{base}/{DEVICES_DIR}/{serial}"
-            if not older(folder) or not all(older(f"{folder}/{name}", entry.size)
-                                            for name, entry in device.files.items()):
+        for relpath, size in entries:
+            info = lstat(f"{base}/{relpath}")
+            if info.st_mtime_ns >= manifest_mtime_ns:
+                return False
+            if size is None:
+                if not is_dir(info.st_mode):
+                    return False
+            elif not is_reg(info.st_mode) or info.st_size != size:
                 return False
     except OSError:
         return False
+    return True
+
+
+def _fleet_folders(fleet: Iterable[str]) -> list[str]:
+    """``devices`` and every folder the fleet files' paths pass through, parents first."""
+    folders = {DEVICES_DIR}
+    for relpath in fleet:
+        parts = relpath.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(folders, key=lambda folder: (folder.count("/"), folder))
+
+
+def _manifest_entries(manifest: Manifest) -> Iterator[tuple[str, int | None]]:
+    """What :func:`_all_older` checks of a tree the manifest describes."""
+    for folder in _fleet_folders(manifest.fleet):
+        yield folder, None
+    for relpath, entry in manifest.fleet.items():
+        yield relpath, entry.size
+    for serial, device in manifest.devices.items():
+        yield f"{DEVICES_DIR}/{serial}", None
+        for name, entry in device.files.items():
+            yield f"{DEVICES_DIR}/{serial}/{name}", entry.size
+
+
+def memo_listing(manifest: Manifest) -> tuple[list[str], dict[str, int], dict[str, list[str | int]]]:
+    """The run memo's listing of the tree ``manifest`` describes: the folders, the fleet files' sizes,
+    and the devices grouped by their file names, each as its serial followed by the files' sizes."""
+    grouped: dict[tuple[str, ...], list[str | int]] = {}
+    for serial, device in manifest.devices.items():
+        files = device.files
+        flat = grouped.setdefault(tuple(files), [])
+        flat.append(serial)
+        flat.extend(entry.size for entry in files.values())
+    return (_fleet_folders(manifest.fleet), {relpath: entry.size for relpath, entry in manifest.fleet.items()},
+            {"/".join(names): flat for names, flat in grouped.items()})
+
+
+def read_run_memo(target: Path) -> RunMemoFile | None:
+    """The run memo beside ``target`` (see ``runmemo``), or None on any doubt: no memo, an
+    unreadable or invalid one, one of another mdmgen version, or fast paths off."""
+    if not fastpath.enabled():
+        return None
+    try:
+        data, _info = read_regular(sidecar(target, "run"), MAX_MANIFEST_BYTES)
+        memo = RunMemoFile.model_validate_json(data)
+    except (OSError, OutputError, ValidationError):
+        return None
+    return memo if (memo.generator, memo.version) == ("mdmgen", __version__) else None
+
+
+def memo_holds(target: Path, memo: RunMemoFile) -> bool:
+    """Whether the folder and its kept generation are exactly as the compile that wrote ``memo``
+    left them: both manifests have its digests, and every folder and file it lists is there,
+    of the right type and size and older than the manifest (the cheap check, without parsing
+    the manifest). Every name is checked before it becomes a path; the kept generation's files
+    are checked when a compile next uses it as its staging tree."""
+    try:
+        if not is_real_dir(target) or not is_real_dir(target / DEVICES_DIR):
+            return False
+        data, info = read_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if hashlib.sha256(data).hexdigest() != memo.manifest_sha256:
+            return False
+        kept = sidecar(target, "prev")
+        if not is_real_dir(kept):
+            return False
+        kept_data, _kept_info = read_regular(kept / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if hashlib.sha256(kept_data).hexdigest() != memo.kept_sha256:
+            return False
+    except (OSError, OutputError):
+        return False
+    if not _memo_names_safe(memo):
+        return False
+    return _all_older(target, runmemo.entries(memo), info.st_mtime_ns)
+
+
+def _memo_names_safe(memo: RunMemoFile) -> bool:
+    """Every name of the memo's listing is a safe path part and every size an integer."""
+    paths = [*memo.folders, *memo.fleet]
+    if any(not isinstance(p, str) or any(unsafe_name(part) for part in p.split("/")) for p in paths):
+        return False
+    for names, flat in memo.devices.items():
+        files = names.split("/")
+        if any(unsafe_name(name) for name in files) or len(flat) % (len(files) + 1):
+            return False
+        step = len(files) + 1
+        for start in range(0, len(flat), step):
+            serial = flat[start]
+            if not isinstance(serial, str) or unsafe_name(serial):
+                return False
+            if not all(type(size) is int and size >= 0 for size in flat[start + 1:start + step]):
+                return False
     return True
 
 

@@ -22,12 +22,13 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .. import __version__, fastpath
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
+from ..runmemo import RunMemoFile, RunRecord, RunSummary
 from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
 from .manifest import (
     SECRET_FILE_MODE,
@@ -40,7 +41,7 @@ from .manifest import (
     manifest_bytes,
     write_new,
 )
-from .reader import Check, CheckedOutput, read_row_cache, read_tree
+from .reader import Check, CheckedOutput, memo_holds, memo_listing, read_row_cache, read_run_memo, read_tree
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,20 @@ def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
     if tree is not None and tree.problems:
         log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
     if tree is not None and cache is not None and cache.manifest_sha256 == _sha(tree.manifest_data):
-        tree = dataclasses.replace(tree, row_cache=cache.emails, kept_sha256=cache.kept_sha256)
+        tree = dataclasses.replace(tree, row_cache=cache.emails, kept_sha256=cache.kept_sha256, canonical=True)
     return tree
+
+
+def unchanged(out: Path, same_inputs: Callable[[RunMemoFile], bool]) -> RunSummary | None:
+    """The last compile's summary when nothing it was made from (``same_inputs``) and nothing it
+    left has changed since (see ``runmemo``); None: compile. Call with the lock held exclusively."""
+    target = target_of(out)
+    recover(target)
+    memo = read_run_memo(target)
+    if memo is None or not same_inputs(memo) or not memo_holds(target, memo):
+        return None
+    log.info("nothing changed since the last compile (run memo); %s left as it was", out)
+    return memo.summary.model_copy(update={"rendered": 0})
 
 
 def _sha(data: bytes) -> str:
@@ -73,7 +86,8 @@ def _sha(data: bytes) -> str:
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
           fresh: bool = False, progress: Progress = NO_PROGRESS, secrets: dict[str, ManifestSecret] | None = None,
-          derived: DerivedFiles | None = None, row_cache: dict[str, str] | None = None) -> Changes:
+          derived: DerivedFiles | None = None, row_cache: dict[str, str] | None = None,
+          run: RunRecord | None = None) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
@@ -87,17 +101,22 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     its profile). After a compile that rotated a secret (a fingerprint changed, or a secret is no
     longer used), the kept generation is rebuilt from the new tree, as after a repair: the tree
     just replaced holds the old token, and it must not stay readable on disk beside the output folder.
+
+    ``run`` is the compile's record for the run memo (see ``runmemo``), written beside the folder
+    once the tree and the kept generation are in place; without one any old memo is removed.
     """
     target = target_of(out)
     fleet_files = fleet_files or {}
     old = previous.manifest if previous else None
     derived = derived or {}
     manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived)
-    new_manifest = manifest_bytes(manifest)
+    new_manifest = (manifest_bytes(manifest, old, previous.manifest_data) if previous is not None and previous.canonical
+                    else manifest_bytes(manifest))
     changes = compare(manifest, old)
     changes.repaired = sorted(previous.problems) if previous else []
     try:
         recover(target)
+        _remove(sidecar(target, "run"))  # it vouches for the tree about to change; rewritten at the end
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
@@ -106,6 +125,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
                 _keep_generation(target, manifest, new_manifest)
                 kept = new_manifest
             _keep_row_cache(target, row_cache, previous, new_manifest, kept)
+            _keep_run_memo(target, run, manifest, new_manifest, kept)
             return changes
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
@@ -115,6 +135,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             _keep_generation(target, manifest, new_manifest)
             kept = new_manifest
         _keep_row_cache(target, row_cache, None, new_manifest, kept)
+        _keep_run_memo(target, run, manifest, new_manifest, kept)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -175,6 +196,9 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
             raise OutputError(f"refusing to write unsafe path {serial!r}")
         entry = manifest.devices[serial]
         old_entry = had.devices.get(serial)
+        if old_entry is not None and not entry.secrets and old_entry.files == entry.files:
+            counts["kept"] += len(entry.files)  # what ``place`` would find for each file: already staged
+            continue
         before = current.devices.get(serial) if current else None
         mode = SECRET_FILE_MODE if entry.secrets else 0o666
         data_of = {name: _data_of(item, name, derived.get(serial)) for name in entry.files}
@@ -440,6 +464,28 @@ def _keep_row_cache(target: Path, emails: dict[str, str] | None, previous: Check
         _remove(staging)
 
 
+def _keep_run_memo(target: Path, run: RunRecord | None, manifest: Manifest, manifest_data: bytes,
+                   kept_manifest: bytes) -> None:
+    """Write the run memo (see ``runmemo``) for the tree and kept generation just left in place, as
+    ``-run-new`` renamed over ``-run``; without a record (fast paths off, a problem, signing) there
+    is none. Like the row cache it only ever saves work, so a memo that cannot be written is logged."""
+    if run is None or not fastpath.enabled():
+        return
+    folders, fleet, devices = memo_listing(manifest)
+    # Built from checked models, so not validated again (a 100,000-device listing is 240,000 items).
+    memo = RunMemoFile.model_construct(**dict(run), generator="mdmgen", version=__version__,
+                                       manifest_sha256=_sha(manifest_data), kept_sha256=_sha(kept_manifest),
+                                       folders=folders, fleet=fleet, devices=devices)
+    staging = sidecar(target, "run-new")
+    try:
+        _remove(staging)
+        write_new(staging, memo.model_dump_json().encode("utf-8"))
+        os.replace(staging, sidecar(target, "run"))
+    except OSError as exc:
+        log.info("%s: run memo not kept: %s", sidecar(target, "run"), exc.strerror or exc)
+        _remove(staging)
+
+
 def recover(target: Path) -> None:
     """Finish what a killed run left: put a parked old tree back if the swap did not complete,
     and remove staging leftovers."""
@@ -452,6 +498,7 @@ def recover(target: Path) -> None:
         else:
             _remove(parked)
     _remove(sidecar(target, "rows-new"))
+    _remove(sidecar(target, "run-new"))
     if os.path.lexists(staging):
         log.info("removing leftovers of an interrupted run: %s", staging)
         _remove(staging)
