@@ -11,18 +11,29 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, diff, fastpath, output, pipeline, policy, signing
+from . import __version__, fastpath, output, policy, runmemo
 from .exitcodes import ExitCode, help_epilog
-from .messages import environment_secrets, first_of, printable, redactor, shorten
+from .messages import (
+    SIGN_KEY_PASSWORD_ENV,
+    SIGN_P12_PASSWORD_ENV,
+    environment_secrets,
+    first_of,
+    printable,
+    redactor,
+    shorten,
+)
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
 from .runmemo import RunSummary
 from .secrets import resolved_values
+
+if TYPE_CHECKING:  # imported where used: a quiet night (see ``runmemo``) needs none of them
+    from . import pipeline, signing
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
                    Platform.WSL: "WSL"}
@@ -68,11 +79,11 @@ def _reporting(func):
 def _signing_options(func):
     """``compile``'s signing options; passwords come from the environment only (see ``signing``)."""
     func = click.option("--sign-p12", type=click.Path(path_type=Path), metavar="FILE.p12",
-                        help=f"Sign with this PKCS#12 identity instead; its password from {signing.P12_PASSWORD_ENV}."
+                        help=f"Sign with this PKCS#12 identity instead; its password from {SIGN_P12_PASSWORD_ENV}."
                         )(func)
     func = click.option("--sign-key", type=click.Path(path_type=Path), metavar="KEY.pem",
                         help=f"The private key of --sign-cert (if encrypted, its password from "
-                             f"{signing.KEY_PASSWORD_ENV}).")(func)
+                             f"{SIGN_KEY_PASSWORD_ENV}).")(func)
     func = click.option("--sign-cert", type=click.Path(path_type=Path), metavar="CERT.pem",
                         help="Also write each Mac's claude-code.signed.mobileconfig, signed with this certificate "
                              "(PEM; chain certificates after it are included).")(func)
@@ -132,7 +143,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     try:
         with output.locked(out), fastpath.collector_paused():
             quiet = None if full or signer else output.unchanged(out, functools.partial(
-                pipeline.inputs_unchanged, inventory_paths=inventories, profiles=profiles,
+                runmemo.inputs_unchanged, inventory_paths=inventories, profiles=profiles,
                 var_overrides=variables, skip_invalid=skip_invalid))
             if quiet is not None:
                 report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
@@ -141,6 +152,8 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid, reusable,
                           previous.row_cache if previous and previous.row_cache is not None else {})
+            from . import signing
+
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
                                    fresh=full, progress=report.progress(), secrets=result.secrets,
@@ -164,6 +177,8 @@ def _signer(report: Report, cert: Path | None, key: Path | None, p12: Path | Non
         raise click.UsageError("--sign-cert and --sign-key go together (or pass --sign-p12)")
     if cert is None and p12 is None:
         return None
+    from . import signing
+
     try:
         return signing.load_signer(cert=cert, key=key, p12=p12)
     except MdmgenError as exc:
@@ -200,6 +215,8 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     Exit codes like diff(1). Secret values are never shown, only that they changed and a short
     fingerprint.
     """
+    from . import diff
+
     try:
         result = diff.trees(old, new)
     except diff.DiffError as exc:
@@ -221,6 +238,8 @@ def schema() -> None:
 
 def _run(report: Report, inventories, profiles, variables, skip_invalid, previous,
          email_cache=None) -> pipeline.CompileResult:
+    from . import pipeline
+
     try:
         result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
                                         previous=previous, progress=report.progress(),

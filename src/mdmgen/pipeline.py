@@ -56,29 +56,6 @@ class CompileResult:
                                   excluded=self.excluded, rejected=self.rejected, rendered=self.rendered)
 
 
-def inputs_unchanged(memo: runmemo.RunMemoFile, inventory_paths: Iterable[Path], profiles: Path,
-                     var_overrides: Mapping[str, str], skip_invalid: bool) -> bool:
-    """Whether a compile now would be made from exactly what the compile that wrote ``memo`` was
-    (see ``runmemo``): reads the input files and the secrets the policy used, nothing else. Any
-    doubt (a file gone, a secret unset) is False, and the compile itself says what is wrong."""
-    files, problems = inventory.find_csv_files(inventory_paths)
-    if problems:
-        return False
-    policy_file = policy.policy_file(profiles)
-    digests = runmemo.file_digests([*files, policy_file])
-    if digests is None:
-        return False
-    fingerprints = {}
-    try:
-        for label in memo.secrets:
-            ref = secrets.SecretRef.from_label(label)
-            fingerprints[label] = secrets.fingerprint(ref, secrets.resolve(ref, policy_file.parent))
-        key_id = secrets.load_key().key_id if memo.pseudonymised else None
-    except (ValueError, secrets.PseudonymKeyError, OSError):
-        return False
-    return runmemo.run_key(digests, var_overrides, skip_invalid, fingerprints, key_id) == memo.key
-
-
 def check_settings(settings: Settings, device: Device, allow_content_logging: bool,
                    origin: Callable[[str], str | None] = lambda _name: None) -> list[Problem]:
     """The validation stage: the env schema over one device's rendered settings.

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from . import __version__
+from . import __version__, inventory, policy, secrets
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, digest_input
 
 
@@ -131,3 +131,26 @@ def entries(memo: RunMemoFile) -> Iterator[tuple[str, int | None]]:
             yield f"devices/{serial}", None
             for name, size in zip(files, flat[start + 1:start + step], strict=True):
                 yield f"devices/{serial}/{name}", size  # type: ignore[misc]
+
+
+def inputs_unchanged(memo: RunMemoFile, inventory_paths: Iterable[Path], profiles: Path,
+                     var_overrides: Mapping[str, str], skip_invalid: bool) -> bool:
+    """Whether a compile now would be made from exactly what the compile that wrote ``memo`` was
+    (see ``runmemo``): reads the input files and the secrets the policy used, nothing else. Any
+    doubt (a file gone, a secret unset) is False, and the compile itself says what is wrong."""
+    files, problems = inventory.find_csv_files(inventory_paths)
+    if problems:
+        return False
+    policy_file = policy.policy_file(profiles)
+    digests = file_digests([*files, policy_file])
+    if digests is None:
+        return False
+    fingerprints = {}
+    try:
+        for label in memo.secrets:
+            ref = secrets.SecretRef.from_label(label)
+            fingerprints[label] = secrets.fingerprint(ref, secrets.resolve(ref, policy_file.parent))
+        key_id = secrets.load_key().key_id if memo.pseudonymised else None
+    except (ValueError, secrets.PseudonymKeyError, OSError):
+        return False
+    return run_key(digests, var_overrides, skip_invalid, fingerprints, key_id) == memo.key

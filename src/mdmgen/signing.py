@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from .emit import cms, registry
 from .inputfile import InputFileError, read_input
+from .messages import SIGN_KEY_PASSWORD_ENV, SIGN_P12_PASSWORD_ENV
 from .models import CompiledDevice, DerivedFile, Location, ManifestDevice, MdmgenError, Problem
 from .output import CheckedOutput, device_path
 from .output.manifest import Derived, file_entry
@@ -53,8 +54,8 @@ from .progress import NO_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
-KEY_PASSWORD_ENV = "MDMGEN_SIGN_KEY_PASSWORD"
-P12_PASSWORD_ENV = "MDMGEN_SIGN_P12_PASSWORD"
+KEY_PASSWORD_ENV = SIGN_KEY_PASSWORD_ENV
+P12_PASSWORD_ENV = SIGN_P12_PASSWORD_ENV
 MAX_SIGNING_FILE_BYTES = 1 << 20
 """A certificate chain, a key or a PKCS#12 file is a few kilobytes; a megabyte is not one of them."""
 SIGNED = registry.SIGNED_MAC_PROFILE
