@@ -221,3 +221,27 @@ def test_the_key_is_taken_from_the_bytes_before_they_are_read(tmp_path):
     assert runmemo.run_key(before, {}, False, {}, None) != runmemo.run_key(runmemo.file_digests([path]), {}, False,
                                                                               {}, None)
     assert runmemo.file_digests([tmp_path / "gone.csv"]) is None
+
+
+def test_a_rotated_pseudonym_key_or_secret_file_is_a_changed_input(workdir, tmp_path, monkeypatch):
+    monkeypatch.delenv("MDMGEN_PSEUDONYM_KEY_FILE", raising=False)
+    monkeypatch.setenv("MDMGEN_PSEUDONYM_KEY", "k3y-for-the-tests-only-0123456789")
+    policy = workdir / "profiles" / "policy.yaml"
+    policy.write_text(policy.read_text().replace(
+        '    OTEL_EXPORTER_OTLP_ENDPOINT: "{{ otlp_endpoint }}"\n',
+        '    OTEL_EXPORTER_OTLP_ENDPOINT: "{{ otlp_endpoint }}"\n'
+        "    OTEL_EXPORTER_OTLP_HEADERS: 'Authorization=Bearer {{ secret_file(\"otel.token\") }}'\n")
+        + "pseudonymise_email: true\n")
+    (workdir / "profiles" / "otel.token").write_text(TOKEN + "\n")
+    write_inventory(workdir, ROWS)
+    compile_json(workdir)
+    age(workdir)
+    assert compile_json(workdir)["changes"]["written"] is False  # the memo holds with the same key and file
+    monkeypatch.setenv("MDMGEN_PSEUDONYM_KEY", "an0ther-key-for-the-rotation-test")
+    assert compile_json(workdir)["changes"]["written"] is True
+    assert tree(workdir) == fresh(workdir, tmp_path)
+    age(workdir)
+    (workdir / "profiles" / "otel.token").write_text(ROTATED + "\n")
+    assert compile_json(workdir)["changes"]["written"] is True
+    assert tree(workdir) == fresh(workdir, tmp_path / "again")
+    assert all(TOKEN not in data.decode("utf-8", "replace") for data in tree(workdir).values())

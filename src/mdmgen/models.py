@@ -6,6 +6,7 @@ and never reach back up, so the models here know nothing about files, click or p
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ WINDOWS_RESERVED = frozenset(
 """Names Windows refuses for a file or folder: an auditor checking out output/ on Windows must not break."""
 
 
+@functools.lru_cache(maxsize=1 << 18)  # one run checks each serial up to four times (rows, two manifests, writer)
 def unsafe_name(name: str) -> str | None:
     """Why ``name`` may not become one part of a path under the output folder, or None when it may.
 

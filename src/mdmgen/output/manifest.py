@@ -165,20 +165,20 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
 
     known = _device_lines(previous, previous_data) if previous is not None and fastpath.enabled() else {}
-    lines = ["{", '  "devices": {']
-    rows = []
+    # One list of encoded pieces and one join: the 40 MB of a large fleet's lines are held twice
+    # at most (the pieces and the result), not three times (lines, joined text, encoded bytes).
+    pieces = [b'{\n  "devices": {']
     for serial in sorted(devices):
         entry = devices[serial]
         line = known.get(serial)
         if line is None or previous is None or previous.devices.get(serial) is not entry:
             line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}"
-        rows.append(line)
-    lines.append(",\n".join(rows))
-    lines.append("  }" + ("," if data else ""))
-    fields = [f"  {dumps(key)}: {dumps(value)}" for key, value in sorted(data.items())]
-    lines.append(",\n".join(fields))
-    lines.append("}")
-    return ("\n".join(line for line in lines if line) + "\n").encode("utf-8")
+        pieces += (b",\n" if len(pieces) > 1 else b"\n", line.encode("utf-8"))
+    pieces.append(b"\n  }" + (b"," if data else b""))
+    for number, (key, value) in enumerate(sorted(data.items())):
+        pieces += (b",\n" if number else b"\n", f"  {dumps(key)}: {dumps(value)}".encode())
+    pieces.append(b"\n}\n")
+    return b"".join(pieces)
 
 
 def _device_lines(manifest: Manifest, data: bytes) -> dict[str, str]:
