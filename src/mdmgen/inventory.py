@@ -19,7 +19,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from . import fastpath, rowcache
+from . import rowcache
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
 from .models import SAFE_NAME, Device, Location, Platform, Problem, unencodable_text, unsafe_name
 from .policy import team_problem
@@ -231,7 +231,6 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
     header: _Header | None = None
     header_key: str | None = None
     seen_header = False
-    trusted = fastpath.enabled()
     for item in _read_rows(name, text):
         if isinstance(item, Problem):
             inventory.problems.append(item)
@@ -248,20 +247,15 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
             continue
         assert header is not None
         key = rowcache.row_key(header_key, cells) if header_key is not None else None
-        _load_row(name, line, cells, header, inventory, first_seen, key, email_cache.get(key) if key else None,
-                  trusted)
+        _load_row(name, line, cells, header, inventory, first_seen, key, email_cache.get(key) if key else None)
     if not seen_header:
         inventory.problems.append(Problem(location=Location(file=name), field="inventory",
                                           message="file is empty (no header row)"))
 
 
 def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
-              first_seen: dict[str, Location], key: str | None = None, cached_email: str | None = None,
-              trusted: bool = False) -> None:
-    """One row into ``inventory``: a device, or its problems. ``trusted``: build the row's models
-    from the values checked here without pydantic checking them again (the fast path: each field
-    is already exactly its type, a str, an int or a Platform, so the models are the same)."""
-    loc = Location.model_construct(file=name, line=line) if trusted else Location(file=name, line=line)
+              first_seen: dict[str, Location], key: str | None = None, cached_email: str | None = None) -> None:
+    loc = Location(file=name, line=line)
     if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
         inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
             f"{len(cells)} fields but the header has {header.width} "
@@ -314,9 +308,8 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
     assert serial is not None and platform is not None and email is not None
     if key is not None and inventory.validated_emails is not None:
         inventory.validated_emails[key] = email
-    fields = {"serial": serial, "platform": platform, "user_email": email, "team": team, "extra": extra,
-              "location": loc}
-    inventory.devices.append(Device.model_construct(**fields) if trusted else Device(**fields))
+    inventory.devices.append(Device(serial=serial, platform=platform, user_email=email, team=team,
+                                    extra=extra, location=loc))
 
 
 def _check_serial(raw: str, bad) -> str | None:

@@ -214,7 +214,6 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     known = previous.devices if previous else {}
     telemetry = destinations.FleetDestinations(renderer)  # for the collector side (fleet files)
     shaper = shapes.Shaper(renderer, loaded.policy) if fastpath.enabled() and pseudonymiser is None else None
-    trusted = fastpath.enabled()  # a reused device's model is made of checked values: not validated again
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
@@ -229,8 +228,8 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         before = known.get(device.serial)
         if before is not None and before.inputs == inputs:
             embedded.update(labels)
-            fields = {"device": device, "inputs": inputs, "files": None, "secrets": labels, "redacted": before.redacted}
-            result.devices.append(CompiledDevice.model_construct(**fields) if trusted else CompiledDevice(**fields))
+            result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels,
+                                                 redacted=before.redacted))
             if loaded.policy.collector is not None:
                 telemetry.reused(device, raw_email)
             continue
