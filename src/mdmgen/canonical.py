@@ -9,11 +9,15 @@ import hashlib
 import json
 from typing import Any
 
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
+"""Made once: ``json.dumps`` with these options builds a new encoder on every call, and a compile
+calls it for each of 100,000 devices."""
+
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept as is; a value JSON cannot hold (a plist date or
     data) is written as its ``repr``, so it still compares by value."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr)
+    return _ENCODER.encode(value)
 
 
 def digest(value: Any) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -117,26 +117,10 @@ def run_key(files: Iterable[tuple[str, str]], var_overrides: Mapping[str, str], 
     return outer.hexdigest()
 
 
-def entries(memo: RunMemoFile) -> Iterator[tuple[str, int | None]]:
-    """Every folder (size None) and file of the tree the memo lists, as (path from the root, size),
-    a folder before its files. Yields names as stored: the caller checks each before using it."""
-    for folder in memo.folders:
-        yield folder, None
-    yield from memo.fleet.items()
-    for names, flat in memo.devices.items():
-        files = names.split("/") if names else []
-        step = len(files) + 1
-        for start in range(0, len(flat), step):
-            serial = flat[start]
-            yield f"devices/{serial}", None
-            for name, size in zip(files, flat[start + 1:start + step], strict=True):
-                yield f"devices/{serial}/{name}", size  # type: ignore[misc]
-
-
 def inputs_unchanged(memo: RunMemoFile, inventory_paths: Iterable[Path], profiles: Path,
                      var_overrides: Mapping[str, str], skip_invalid: bool) -> bool:
     """Whether a compile now would be made from exactly what the compile that wrote ``memo`` was
-    (see ``runmemo``): reads the input files and the secrets the policy used, nothing else. Any
+    (see the module's docstring): reads the input files and the secrets the policy used, nothing else. Any
     doubt (a file gone, a secret unset) is False, and the compile itself says what is wrong."""
     files, problems = inventory.find_csv_files(inventory_paths)
     if problems:

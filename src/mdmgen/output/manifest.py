@@ -145,6 +145,10 @@ def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = N
                     secrets=dict(sorted(secrets.items())) if secrets else None)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+"""The manifest's JSON layout, made once (``json.dumps`` would build it for every device)."""
+
+
 def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previous_data: bytes = b"") -> bytes:
     """Sorted JSON with one device per line: a changed device is a one-line diff in the audit
     repository, and large fleets encode fast (no pretty-printer over every nested key). An empty
@@ -161,9 +165,7 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
     if not data.get("fleet"):
         data.pop("fleet", None)
 
-    def dumps(value: object) -> str:
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
-
+    dumps = _ENCODER.encode
     known = _device_lines(previous, previous_data) if previous is not None and fastpath.enabled() else {}
     # One list of encoded pieces and one join: the 40 MB of a large fleet's lines are held twice
     # at most (the pieces and the result), not three times (lines, joined text, encoded bytes).

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .. import __version__, fastpath, runmemo
+from .. import __version__, fastpath
 from ..emit import cms
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
@@ -340,7 +340,23 @@ def memo_holds(target: Path, memo: RunMemoFile) -> bool:
         return False
     if not _memo_names_safe(memo):
         return False
-    return _all_older(target, runmemo.entries(memo), info.st_mtime_ns)
+    return _all_older(target, _memo_entries(memo), info.st_mtime_ns)
+
+
+def _memo_entries(memo: RunMemoFile) -> Iterator[tuple[str, int | None]]:
+    """What :func:`_all_older` checks of the tree a run memo lists (its names checked first, by
+    :func:`_memo_names_safe`)."""
+    for folder in memo.folders:
+        yield folder, None
+    yield from memo.fleet.items()
+    for names, flat in memo.devices.items():
+        files = names.split("/")
+        step = len(files) + 1
+        for start in range(0, len(flat), step):
+            serial = flat[start]
+            yield f"{DEVICES_DIR}/{serial}", None
+            for name, size in zip(files, flat[start + 1:start + step], strict=True):
+                yield f"{DEVICES_DIR}/{serial}/{name}", size  # type: ignore[misc]
 
 
 def _memo_names_safe(memo: RunMemoFile) -> bool:
