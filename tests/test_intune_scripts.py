@@ -149,10 +149,14 @@ def test_a_script_is_ascii_powershell_without_the_team_or_any_expandable_string(
         assert piece.encode() not in script.content
 
 
-def test_the_script_writes_exactly_the_documented_path_as_raw_bytes_through_a_temporary_file(compiled):
+def finance_script(compiled):
+    """The Finance team's script: its syntax tree and its text."""
     script = build_team_scripts("Finance", compiled["Finance"])[0]
-    root = syntax_tree(script)
-    text = script.content.decode("ascii")
+    return syntax_tree(script), script.content.decode("ascii")
+
+
+def test_the_script_writes_exactly_the_documented_path_as_raw_bytes_through_a_temporary_file(compiled):
+    root, text = finance_script(compiled)
     assert "$Target = 'C:\\Program Files\\ClaudeCode\\managed-settings.json'" in text
     assert "$Folder = 'C:\\Program Files\\ClaudeCode'" in text
     assert "ProgramData" not in text and "$env:" not in text  # a 32-bit host would remap $env:ProgramFiles
@@ -169,9 +173,7 @@ def test_the_script_writes_exactly_the_documented_path_as_raw_bytes_through_a_te
 
 
 def test_an_unknown_serial_exits_0_before_anything_is_written(compiled):
-    script = build_team_scripts("Finance", compiled["Finance"])[0]
-    root = syntax_tree(script)
-    text = script.content.decode("ascii")
+    root, text = finance_script(compiled)
     assert "$Bios = Get-CimInstance -ClassName Win32_BIOS | Select-Object -First 1" in text
     assert "$Serial = ([string] $Bios.SerialNumber).Trim().ToUpperInvariant()" in text
     guards = [n for n in walk(root) if n.type == "if_statement"
@@ -185,13 +187,12 @@ def test_an_unknown_serial_exits_0_before_anything_is_written(compiled):
 
 
 def test_a_file_that_already_has_the_bytes_is_not_rewritten(compiled):
-    script = build_team_scripts("Finance", compiled["Finance"])[0]
-    root = syntax_tree(script)
+    root, text = finance_script(compiled)
     same = [n for n in walk(root) if n.type == "if_statement" and b"Test-SameBytes $Current $Wanted" in n.text
             and n.children[2].text.startswith(b"Test-SameBytes")]
     assert len(same) == 1 and b"exit 0" in same[0].text
     assert same[0].end_byte < offset_of(root, b"WriteAllBytes")
-    assert "$Current = [System.IO.File]::ReadAllBytes($Target)" in script.content.decode("ascii")
+    assert "$Current = [System.IO.File]::ReadAllBytes($Target)" in text
 
 
 def test_failures_exit_non_zero_so_intune_retries(compiled):

@@ -117,13 +117,19 @@ def test_unchanged_republish_makes_zero_writes(workdir: Path, graph: FakeGraphSe
     assert data["uploaded"] == 0 and data["unchanged"] == 4
 
 
-def test_a_changed_policy_patches_only_the_changed_objects_and_reads_them_back(workdir: Path, graph):
+def publish_then_change_the_macs(workdir: Path, graph: FakeGraphServer):
+    """Publish a fleet, then compile it again with a macOS override: every Mac's profile changes."""
     out, users, rows = publish_fleet(workdir, graph)
     assert publish(workdir, graph).exit_code == 0
     policy = workdir / "profiles" / "policy.yaml"
     policy.write_text(policy.read_text().replace("platforms: {}", "platforms:\n  macos:\n    settings:\n"
                                                  "      cleanupPeriodDays: 7"))
     compile_rows(workdir, rows)
+    return out, users, rows
+
+
+def test_a_changed_policy_patches_only_the_changed_objects_and_reads_them_back(workdir: Path, graph):
+    out, users, rows = publish_then_change_the_macs(workdir, graph)
     graph.reset_requests()
     result = publish(workdir, graph)
     assert result.exit_code == 0, result.output
@@ -267,12 +273,7 @@ def test_an_output_without_the_intune_section_says_what_to_add(workdir: Path, gr
 
 
 def test_a_patch_that_keeps_the_old_payload_is_detected(workdir: Path, graph: FakeGraphServer):
-    _, _, rows = publish_fleet(workdir, graph)
-    assert publish(workdir, graph).exit_code == 0
-    policy = workdir / "profiles" / "policy.yaml"
-    policy.write_text(policy.read_text().replace("platforms: {}", "platforms:\n  macos:\n    settings:\n"
-                                                 "      cleanupPeriodDays: 7"))
-    compile_rows(workdir, rows)
+    publish_then_change_the_macs(workdir, graph)
     graph.patch_ignores_payload = True
     result = publish(workdir, graph)
     assert result.exit_code == 7, result.output

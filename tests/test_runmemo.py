@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mdmgen import inventory, output, runmemo
+from mdmgen import inventory, output
 from mdmgen.output import manifest as manifest_module
 
 from .conftest import HEADER, run, snapshot, write_inventory
@@ -210,17 +210,26 @@ def test_no_memo_after_a_problem_or_with_fast_paths_off_or_when_signing(workdir,
     assert not (workdir / MEMO).exists()
 
 
-def test_the_key_is_taken_from_the_bytes_before_they_are_read(tmp_path):
-    """A file replaced while a compile runs must make the next key differ: the digests are taken
-    first, so the key names the bytes the compile read (or older ones), never newer ones."""
-    path = tmp_path / "devices.csv"
-    path.write_text("a")
-    before = runmemo.file_digests([path])
-    path.write_text("b")
-    assert before is not None
-    assert runmemo.run_key(before, {}, False, {}, None) != runmemo.run_key(runmemo.file_digests([path]), {}, False,
-                                                                              {}, None)
-    assert runmemo.file_digests([tmp_path / "gone.csv"]) is None
+def test_an_inventory_replaced_while_a_compile_reads_it_is_compiled_again_the_next_night(workdir, tmp_path,
+                                                                                         monkeypatch):
+    """The key must name the bytes the compile read, or older ones, never newer ones: the HR export
+    lands just after the inventory was read, and the next night must compile it, not call the
+    tree made of the old rows unchanged."""
+    write_inventory(workdir, ROWS)
+    read_rows = inventory.load
+
+    def load_then_replace(*args, **kwargs):
+        loaded = read_rows(*args, **kwargs)
+        write_inventory(workdir, ROWS.replace("Sec", "Security"))
+        return loaded
+
+    monkeypatch.setattr(inventory, "load", load_then_replace)
+    compile_json(workdir)
+    monkeypatch.setattr(inventory, "load", read_rows)
+    assert b"Security" not in b"".join(tree(workdir).values())
+    age(workdir)
+    assert compile_json(workdir)["changes"]["written"] is True
+    assert tree(workdir) == fresh(workdir, tmp_path)
 
 
 def test_a_rotated_pseudonym_key_or_secret_file_is_a_changed_input(workdir, tmp_path, monkeypatch):
@@ -245,3 +254,14 @@ def test_a_rotated_pseudonym_key_or_secret_file_is_a_changed_input(workdir, tmp_
     assert compile_json(workdir)["changes"]["written"] is True
     assert tree(workdir) == fresh(workdir, tmp_path / "again")
     assert all(TOKEN not in data.decode("utf-8", "replace") for data in tree(workdir).values())
+
+
+def test_a_no_change_night_without_the_quiet_path_leaves_the_memo_as_it_was(workdir):
+    write_inventory(workdir, ROWS)
+    compile_json(workdir)
+    target = workdir / "output" / "devices" / "LNX1" / "managed-settings.json"
+    info = target.stat()
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 10**10))  # newer than the manifest: hashed
+    memo = (workdir / MEMO).stat()
+    assert compile_json(workdir)["changes"]["written"] is False  # the normal compile, found nothing
+    assert (workdir / MEMO).stat().st_ino == memo.st_ino and (workdir / MEMO).stat().st_mtime_ns == memo.st_mtime_ns

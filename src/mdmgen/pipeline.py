@@ -190,8 +190,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    previous: Manifest | None, progress: Progress,
                    email_cache: Mapping[str, str] | None) -> CompileResult:
     inventory_paths = list(inventory_paths)
-    found, _problems = inventory.find_csv_files(inventory_paths)  # the inventory stage reports them
-    digests = runmemo.file_digests([*found, policy.policy_file(profiles)]) if fastpath.enabled() else None
+    digests = runmemo.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
     if loaded.policy.pseudonymise_email:
@@ -290,5 +289,5 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         key = runmemo.run_key(digests, var_overrides, skip_invalid, fingerprints,
                               pseudonymiser.key_id if pseudonymiser else None)
         result.run = runmemo.RunRecord(key=key, secrets=sorted(fingerprints), pseudonymised=pseudonymiser is not None,
-                                       summary=result.summary())
+                                       summary=result.summary().model_copy(update={"rendered": 0}))
     return result

@@ -60,7 +60,7 @@ class RunRecord(BaseModel):
     key: str
     secrets: list[str]  # labels of the secrets the policy resolved (their fingerprints are in ``key``)
     pseudonymised: bool
-    summary: RunSummary
+    summary: RunSummary  # as a night with no change reports it (nothing rendered), the same every night
 
 
 class RunMemoFile(RunRecord):
@@ -75,10 +75,20 @@ class RunMemoFile(RunRecord):
     devices: dict[str, list[str | int]]  # "name/name" (a device's file names) -> serial, size, size, ...
 
 
+def input_digests(inventory_paths: Iterable[Path], profiles: Path) -> list[tuple[str, str]] | None:
+    """(name, sha256) of each inventory file (folders expanded as the inventory stage expands
+    them) and then of the policy file, for :func:`run_key`; None when one is missing or cannot be
+    read (the compile itself then says why). A compile takes them *before* it reads the files, so
+    a file replaced while it runs makes the next run's key differ, never match a tree made from
+    other bytes."""
+    files, problems = inventory.find_csv_files(inventory_paths)
+    if problems:
+        return None
+    return file_digests([*files, policy.policy_file(profiles)])
+
+
 def file_digests(paths: Iterable[Path]) -> list[tuple[str, str]] | None:
-    """(name, sha256) of each input file, for :func:`run_key`; None when one cannot be read (the
-    compile itself then says why). A compile takes them *before* it reads the files, so a file
-    replaced while it runs makes the next run's key differ, never match a tree made from other bytes."""
+    """(name, sha256) of each file, read as an input; None when one cannot be read."""
     try:
         return [(str(path), digest_input(path, MAX_INVENTORY_BYTES)) for path in paths]
     except (OSError, InputFileError):  # a FIFO or /dev/zero too: refused, never read
@@ -98,7 +108,7 @@ def code_digest() -> str:
 def run_key(files: Iterable[tuple[str, str]], var_overrides: Mapping[str, str], skip_invalid: bool,
             secret_fingerprints: Mapping[str, str], pseudonym_key_id: str | None) -> str:
     """The digest of everything a compile is made from (see the module's docstring): ``files`` are
-    the inventory files and then the policy file, as :func:`file_digests` gives them."""
+    the inventory files and then the policy file, as :func:`input_digests` gives them."""
     outer = hashlib.sha256()
 
     def part(*fields: str) -> None:
@@ -122,18 +132,15 @@ def inputs_unchanged(memo: RunMemoFile, inventory_paths: Iterable[Path], profile
     """Whether a compile now would be made from exactly what the compile that wrote ``memo`` was
     (see the module's docstring): reads the input files and the secrets the policy used, nothing else. Any
     doubt (a file gone, a secret unset) is False, and the compile itself says what is wrong."""
-    files, problems = inventory.find_csv_files(inventory_paths)
-    if problems:
-        return False
-    policy_file = policy.policy_file(profiles)
-    digests = file_digests([*files, policy_file])
+    digests = input_digests(inventory_paths, profiles)
     if digests is None:
         return False
+    policy_dir = policy.policy_file(profiles).parent
     fingerprints = {}
     try:
         for label in memo.secrets:
             ref = secrets.SecretRef.from_label(label)
-            fingerprints[label] = secrets.fingerprint(ref, secrets.resolve(ref, policy_file.parent))
+            fingerprints[label] = secrets.fingerprint(ref, secrets.resolve(ref, policy_dir))
         key_id = secrets.load_key().key_id if memo.pseudonymised else None
     except (ValueError, secrets.PseudonymKeyError, OSError):
         return False

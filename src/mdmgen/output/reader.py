@@ -294,13 +294,19 @@ def _manifest_entries(manifest: Manifest) -> Iterator[tuple[str, int | None]]:
 
 def memo_listing(manifest: Manifest) -> tuple[list[str], dict[str, int], dict[str, list[str | int]]]:
     """The run memo's listing of the tree ``manifest`` describes: the folders, the fleet files' sizes,
-    and the devices grouped by their file names, each as its serial followed by the files' sizes."""
+    and the devices grouped by their sorted file names, each as its serial followed by the files'
+    sizes. The same tree gives the same listing whether its manifest was just built or parsed."""
     grouped: dict[tuple[str, ...], list[str | int]] = {}
+    sorted_names: dict[tuple[str, ...], tuple[str, ...]] = {}  # the names in sorted order, by their order here
     for serial, device in manifest.devices.items():
         files = device.files
-        flat = grouped.setdefault(tuple(files), [])
+        names = tuple(files)  # in the order of the model: as built, or as parsed (sorted)
+        ordered = sorted_names.get(names)
+        if ordered is None:
+            ordered = sorted_names[names] = tuple(sorted(names))
+        flat = grouped.setdefault(ordered, [])
         flat.append(serial)
-        flat.extend(entry.size for entry in files.values())
+        flat.extend(files[name].size for name in ordered)
     return (_fleet_folders(manifest.fleet), {relpath: entry.size for relpath, entry in manifest.fleet.items()},
             {"/".join(names): flat for names, flat in grouped.items()})
 

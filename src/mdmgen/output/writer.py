@@ -29,7 +29,7 @@ from .. import __version__, fastpath
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
 from ..runmemo import RunMemoFile, RunRecord, RunSummary
-from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, sidecar, target_of
+from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, read_regular, sidecar, target_of
 from .manifest import (
     SECRET_FILE_MODE,
     Changes,
@@ -76,7 +76,7 @@ def unchanged(out: Path, same_inputs: Callable[[RunMemoFile], bool]) -> RunSumma
     if memo is None or not same_inputs(memo) or not memo_holds(target, memo):
         return None
     log.info("nothing changed since the last compile (run memo); %s left as it was", out)
-    return memo.summary.model_copy(update={"rendered": 0})
+    return memo.summary
 
 
 def _sha(data: bytes) -> str:
@@ -116,7 +116,6 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     changes.repaired = sorted(previous.problems) if previous else []
     try:
         recover(target)
-        _remove(sidecar(target, "run"))  # it vouches for the tree about to change; rewritten at the end
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
@@ -127,6 +126,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             _keep_row_cache(target, row_cache, previous, new_manifest, kept)
             _keep_run_memo(target, run, manifest, new_manifest, kept)
             return changes
+        _remove(sidecar(target, "run"))  # it vouches for the tree about to change; rewritten at the end
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _secrets_rotated(old, manifest):
@@ -470,16 +470,23 @@ def _keep_run_memo(target: Path, run: RunRecord | None, manifest: Manifest, mani
     ``-run-new`` renamed over ``-run``; without a record (fast paths off, a problem, signing) there
     is none. Like the row cache it only ever saves work, so a memo that cannot be written is logged."""
     if run is None or not fastpath.enabled():
+        _remove(sidecar(target, "run"))
         return
     folders, fleet, devices = memo_listing(manifest)
     # Built from checked models, so not validated again (a 100,000-device listing is 240,000 items).
     memo = RunMemoFile.model_construct(**dict(run), generator="mdmgen", version=__version__,
                                        manifest_sha256=_sha(manifest_data), kept_sha256=_sha(kept_manifest),
                                        folders=folders, fleet=fleet, devices=devices)
+    data = memo.model_dump_json().encode("utf-8")
+    try:
+        if read_regular(sidecar(target, "run"), len(data))[0] == data:
+            return  # a night with no change: the memo already says all this
+    except (OSError, OutputError):
+        pass
     staging = sidecar(target, "run-new")
     try:
         _remove(staging)
-        write_new(staging, memo.model_dump_json().encode("utf-8"))
+        write_new(staging, data)
         os.replace(staging, sidecar(target, "run"))
     except OSError as exc:
         log.info("%s: run memo not kept: %s", sidecar(target, "run"), exc.strerror or exc)
