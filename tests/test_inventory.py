@@ -235,8 +235,8 @@ def test_the_policy_mapping_of_status_wins_over_the_built_in_headers(tmp_path):
 
 def test_a_file_without_a_status_column_says_so_and_names_the_look_alikes(tmp_path):
     (tmp_path / "a.csv").write_text(HEADER + "S1,linux,a@example.com,Ops\n")
-    (tmp_path / "b.csv").write_text("serial_number,platform,user_email,team,Active,Termination Date,State\n"
-                                    "S2,linux,b@example.com,Ops,No,2026-01-01,CA\n")
+    (tmp_path / "b.csv").write_text("Employee ID,serial_number,platform,user_email,team,Active,Termination Date,State\n"
+                                    "7,S2,linux,b@example.com,Ops,No,2026-01-01,CA\n")
     (tmp_path / "c.csv").write_text("serial_number,platform,user_email,team,Status\nS3,linux,c@example.com,Ops,\n")
     inv = inventory.load([tmp_path])
     assert inv.problems == [] and len(inv.devices) == 3  # reported, not refused: a file may have no status

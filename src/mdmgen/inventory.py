@@ -54,9 +54,11 @@ _PLATFORM_SUFFIX = re.compile(r"v?\d+(\.\d+)*|lts|pro|enterprise|education|home|
 ``Ubuntu 22.04 LTS``, ``macOS 14.5``, ``Mac OS X 10.15``), dropped before the name is looked up."""
 
 EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded", "leaver", "withdrawn"})
-_STATUS_LOOKALIKE = re.compile(r"status|active|employ|terminat|leaver|leaving|offboard|separation|withdraw")
-"""Words of a header that may say whether the person still works here (``Active``, ``Termination
-Date``, ``Employee State``...) when it is none of the status headers mdmgen knows."""
+_STATUS_LOOKALIKE = re.compile(
+    r"status|active|employment|terminat|leaver|leaving|offboard|separat|withdraw|(?:employee|worker)state")
+"""Parts of a folded header that may say whether the person still works here (``Active``,
+``Termination Date``, ``Employee State``...) when it is none of the status headers mdmgen knows;
+not ``Employee ID`` nor a US ``State``."""
 
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
@@ -371,7 +373,9 @@ def _check_platform(raw: str, bad) -> Platform | None:
         if not raw:
             bad("platform", "missing value (use macos, linux, windows or wsl)")
             return None
-        close = difflib.get_close_matches(" ".join(raw.casefold().split()), PLATFORM_ALIASES, n=1, cutoff=0.75)
+        # No alias is longer than 30 characters: a longer value is nothing misspelt.
+        close = (difflib.get_close_matches(" ".join(raw.casefold().split()), PLATFORM_ALIASES, n=1, cutoff=0.75)
+                 if len(raw) <= 40 else [])
         hint = ""
         if close:
             meant = PLATFORM_ALIASES[close[0]].value
