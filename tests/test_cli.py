@@ -195,7 +195,10 @@ def test_validate_writes_nothing_and_schema_prints_json_schema(workdir):
     write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n")
     result = run(workdir, "validate")
     assert result.exit_code == 0
-    assert result.stderr == "Validated 1 device (Linux 1); nothing written; 0 rows excluded by status.\n"
+    assert result.stderr == (  # the inventory has no status column, which the summary says
+        "Validated 1 device (Linux 1); nothing written; 0 rows excluded by status.\n"
+        "Note: inventory/devices.csv has no status column, so none of its rows is excluded as a leaver; name the "
+        "column that says who has left with 'columns: {status: ...}' in the policy.\n")
     assert not (workdir / "output").exists()
     schema = json.loads(run(workdir, "schema").stdout)
     assert schema["title"] == "mdmgen policy"
@@ -265,7 +268,7 @@ def test_summaries_count_in_words_a_person_would_write(workdir):
                     "S3,linux,c@example.com,Ops\n")
     result = run(workdir, "compile", "--skip-invalid")
     assert result.exit_code == 3
-    assert result.stderr.splitlines()[-1].startswith(
+    assert result.stderr.splitlines()[-2].startswith(
         "Compiled 2 devices into output/ (Linux 2); 0 rows excluded by status; 1 row rejected (listed above).")
 
 
@@ -325,3 +328,25 @@ def test_a_template_column_is_known_even_when_every_row_is_invalid(workdir):
     assert result.exit_code == 1, result.output
     assert "undefined name" not in result.output
     assert result.stderr.splitlines()[0].startswith("inventory/devices.csv:2: serial_number: ")
+
+
+def test_files_without_a_status_column_are_named_in_one_line_and_in_json(workdir):
+    write_inventory(workdir, HEADER + "S1,linux,a@example.com,Ops\n", name="a.csv")
+    write_inventory(workdir, "Serial,OS,Email,Team,Active Status\nS2,Ubuntu 24.04,b@example.com,Ops,No\n",
+                    name="b.csv")
+    write_inventory(workdir, "Serial,OS,Email,Team,Employment Status\nS3,Windows 11,c@example.com,Ops,Terminated\n"
+                    "S4,macOS 14,d@example.com,Ops,Active\n", name="c.csv")
+    result = run(workdir, "validate")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "Validated 3 devices (macOS 1, Linux 2); nothing written; 1 row excluded by status.",
+        "Note: inventory/a.csv, inventory/b.csv ('Active Status' may hold one) have no status column, so none of "
+        "their rows is excluded as a leaver; name the column that says who has left with 'columns: {status: ...}' "
+        "in the policy."]
+    data = json.loads(run(workdir, "compile", "--json").stdout)
+    assert data["status_columns"] == {
+        "inventory/a.csv": {"column": None, "looks_like": []},
+        "inventory/b.csv": {"column": None, "looks_like": ["Active Status"]},
+        "inventory/c.csv": {"column": "Employment Status", "looks_like": []},
+    }
+    assert run(workdir, "compile", "--quiet").stderr == ""  # the note is part of the summary

@@ -139,3 +139,23 @@ def test_a_fleet_file_that_is_no_longer_made_is_removed_and_pruned(workdir, s3: 
     result = publish(workdir, s3, "--prune")
     assert result.exit_code == 0, result.output
     assert [seen.key for seen in s3.requests("DELETE")] == [f"prod/{ROSTER_PATH}"]
+
+
+def test_the_summary_lists_the_fleet_files_that_changed(workdir):
+    """A changed collector file must be deployed by hand, unlike a device's: the summary names it."""
+    first = compile_rows(workdir)
+    assert first["changes"]["fleet"] == {"added": [ROSTER_PATH], "changed": [], "removed": []}
+    again = compile_rows(workdir)  # no change: the quiet path reports empty lists too
+    assert again["changes"]["fleet"] == {"added": [], "changed": [], "removed": []}
+    write_inventory(workdir, HEADER + "\n".join([*ROWS[:2], ROWS[2].replace("Sec", "Ops")]) + "\n")
+    result = run(workdir, "compile")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0].endswith(f" Fleet files changed: {ROSTER_PATH}.")
+    ROSTER_WANTED["yes"] = False
+    (workdir / ".output.mdmgen-run").unlink()  # no input changed, as in the test above
+    try:
+        gone = compile_rows(workdir, [*ROWS[:2], ROWS[2].replace("Sec", "Ops")])
+    finally:
+        ROSTER_WANTED["yes"] = True
+    assert gone["changes"]["fleet"] == {"added": [], "changed": [], "removed": [ROSTER_PATH]}
+    assert gone["changes"]["changed"] == []  # the devices did not change

@@ -3,9 +3,11 @@
 import codecs
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mdmgen import inventory
-from mdmgen.models import Platform
+from mdmgen.models import Platform, StatusColumn
 
 from .conftest import HEADER
 
@@ -182,3 +184,116 @@ def test_missing_path_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     inv = inventory.load([tmp_path / "nope.csv", tmp_path / "empty"])
     assert [p.message for p in inv.problems] == ["no such file or folder", "folder has no .csv files"]
+
+
+# A Workday custom report joined with the asset register, as HR hands it over: Workday's own
+# header names, a "Termination Date" beside the status, and statuses in Workday's spelling.
+WORKDAY = (
+    "Employee ID,Worker,Email - Primary Work,Supervisory Organization,Cost Center,Worker Type,"
+    "Employment Status,Hire Date,Termination Date,Asset Serial,Operating System\n"
+    "21001,Ann Lee,ann.lee@example.com,Platform Eng,CC-100,Regular,Active,2021-03-01,,C02A1,macOS 14.5\n"
+    "21002,Bo Chen,bo.chen@example.com,Platform Eng,CC-100,Regular,Terminated,2019-06-17,2026-11-30,C02A2,macOS 14\n"
+    "21003,Cy Diaz,cy.diaz@example.com,Finance,CC-200,Contractor,Leave of Absence,2022-01-10,,5CG1,Windows 11\n"
+    "21004,Di Ewe,,Finance,CC-200,Regular, Retired ,2001-01-02,2026-01-31,5CG2,Windows 10\n"
+    "21005,Ed Fox,ed.fox@example.com,Data,CC-300,Regular,Leaver,2020-02-02,2026-12-01,LNX7,Ubuntu 22.04 LTS\n"
+    "21006,Fi Gao,fi.gao@example.com,Data,CC-300,Intern,Withdrawn,2026-09-01,2026-09-15,LNX8,RHEL 9\n"
+)
+WORKDAY_COLUMNS = {"serial_number": "Asset Serial", "platform": "Operating System",
+                   "user_email": "Email - Primary Work", "team": "Supervisory Organization"}
+
+
+def test_a_workday_export_marks_its_terminated_rows_excluded(tmp_path):
+    inv, name = load_text(tmp_path, WORKDAY, columns=WORKDAY_COLUMNS)
+    assert inv.problems == []  # the retired row's missing email is not checked: the row is excluded
+    assert [d.serial for d in inv.devices] == ["C02A1", "5CG1"]
+    assert inv.excluded == 4
+    assert inv.status_columns == {name: StatusColumn(column="Employment Status")}
+    assert "employment_status" not in inv.extra_columns and "termination_date" in inv.extra_columns
+
+
+@pytest.mark.parametrize("header", ["Status", "status", "Employment Status", "Worker Status", "Employee Status",
+                                    "EMPLOYMENT_STATUS", "worker-status"])
+@pytest.mark.parametrize("value", ["Terminated", "inactive", " Offboarded ", "RETIRED", "Leaver", "withdrawn"])
+def test_status_headers_of_common_hr_systems_and_their_leaver_values(tmp_path, header, value):
+    inv, name = load_text(tmp_path, f"serial_number,platform,user_email,team,{header}\n"
+                                    f"S1,linux,a@example.com,Ops,{value}\nS2,linux,b@example.com,Ops,Active\n")
+    assert [d.serial for d in inv.devices] == ["S2"] and inv.excluded == 1
+    assert inv.status_columns[name].column == header
+
+
+def test_the_policy_mapping_of_status_wins_over_the_built_in_headers(tmp_path):
+    text = ("serial_number,platform,user_email,team,Employment Status,Worker Status\n"
+            "S1,linux,a@example.com,Ops,Active,Terminated\nS2,linux,b@example.com,Ops,Terminated,Active\n")
+    inv, name = load_text(tmp_path, text, columns={"status": "Worker Status"})
+    assert [d.serial for d in inv.devices] == ["S2"]
+    assert [d.extra for d in inv.devices] == [{"employment_status": "Terminated"}]  # now an ordinary column
+    assert inv.status_columns[name].column == "Worker Status"
+    inv, name = load_text(tmp_path, text)  # two status columns and no choice: refused, never guessed
+    assert messages(inv) == [f"{name}:1: Worker Status: both 'Employment Status' and 'Worker Status' map to "
+                             "status; choose one with 'columns: {status: ...}' in the policy"]
+
+
+def test_a_file_without_a_status_column_says_so_and_names_the_look_alikes(tmp_path):
+    (tmp_path / "a.csv").write_text(HEADER + "S1,linux,a@example.com,Ops\n")
+    (tmp_path / "b.csv").write_text("Employee ID,serial_number,platform,user_email,team,Active,Termination Date,State\n"
+                                    "7,S2,linux,b@example.com,Ops,No,2026-01-01,CA\n")
+    (tmp_path / "c.csv").write_text("serial_number,platform,user_email,team,Status\nS3,linux,c@example.com,Ops,\n")
+    inv = inventory.load([tmp_path])
+    assert inv.problems == [] and len(inv.devices) == 3  # reported, not refused: a file may have no status
+    assert inv.status_columns == {
+        str(tmp_path / "a.csv"): StatusColumn(column=None),
+        str(tmp_path / "b.csv"): StatusColumn(column=None, looks_like=["Active", "Termination Date"]),
+        str(tmp_path / "c.csv"): StatusColumn(column="Status"),
+    }
+
+
+@pytest.mark.parametrize("value, platform", [
+    ("Ubuntu", Platform.LINUX), ("Debian", Platform.LINUX), ("RHEL", Platform.LINUX), ("Fedora 40", Platform.LINUX),
+    ("Ubuntu 22.04 LTS", Platform.LINUX), ("Red Hat Enterprise Linux 9.4", Platform.LINUX),
+    ("Windows 11", Platform.WINDOWS), ("Windows 10 Enterprise", Platform.WINDOWS),
+    ("windows  11 pro", Platform.WINDOWS),
+    ("macOS 14", Platform.MACOS), ("macOS 14.5", Platform.MACOS), ("Mac OS X", Platform.MACOS),
+    ("Mac OS X 10.15.7", Platform.MACOS), ("Darwin", Platform.MACOS), ("OS X", Platform.MACOS),
+    ("WSL", Platform.WSL), ("WSL 2", Platform.WSL), ("Windows Subsystem for Linux", Platform.WSL),
+])
+def test_platforms_as_hr_and_mdm_exports_write_them(value, platform):
+    assert inventory.parse_platform(value) is platform
+
+
+@pytest.mark.parametrize("value", ["11", "macOS Sonoma", "Linux Windows", "14 macOS", "beos", "ChromeOS"])
+def test_a_version_alone_or_an_unknown_name_is_no_platform(value):
+    assert inventory.parse_platform(value) is None
+
+
+def test_a_misspelt_platform_gets_a_did_you_mean(tmp_path):
+    inv, name = load_text(tmp_path, HEADER + "S1,Windwos,a@example.com,Ops\nS2,Ubunto,b@example.com,Ops\n"
+                                             "S3,beos,c@example.com,Ops\nS4,,d@example.com,Ops\n")
+    assert messages(inv) == [
+        f"{name}:2: platform: 'Windwos' is not a platform; did you mean windows? (use macos, linux, windows or wsl)",
+        f"{name}:3: platform: 'Ubunto' is not a platform; did you mean 'ubuntu' (linux)? "
+        "(use macos, linux, windows or wsl)",
+        f"{name}:4: platform: 'beos' is not a platform (use macos, linux, windows or wsl)",
+        f"{name}:5: platform: missing value (use macos, linux, windows or wsl)",
+    ]
+
+
+@given(alias=st.sampled_from(sorted(inventory.PLATFORM_ALIASES)), data=st.data())
+def test_every_alias_in_any_case_spacing_and_with_a_version_is_its_platform(alias, data):
+    """What an export adds around a name (case, spaces, a version, an edition) never changes the
+    platform it names."""
+    words = [data.draw(st.sampled_from([w, w.upper(), w.title()])) for w in alias.split()]
+    version = data.draw(st.lists(st.integers(0, 99).map(str), min_size=0, max_size=3).map(".".join))
+    suffix = [version] if version else []
+    suffix += data.draw(st.lists(st.sampled_from(["LTS", "Pro", "Enterprise"]), max_size=2))
+    spaces = data.draw(st.sampled_from([" ", "  ", "\t"]))
+    value = data.draw(st.sampled_from(["", " "])) + spaces.join(words + suffix)
+    assert inventory.parse_platform(value) is inventory.PLATFORM_ALIASES[alias]
+
+
+@given(st.text(max_size=40))
+def test_any_value_is_a_platform_or_one_problem_whose_suggestion_is_a_platform(value):
+    found = []
+    platform = inventory._check_platform(value.strip(), lambda field, message: found.append(message))
+    assert (platform is None) == (len(found) == 1)
+    if found and "did you mean" in found[0]:
+        assert found[0].split("did you mean ", 1)[1].split("?")[0].split("(")[-1].rstrip(")") in set(Platform)

@@ -45,7 +45,8 @@ def test_second_compile_with_no_change_writes_nothing(workdir):
     folder_inode = (workdir / "output").stat().st_ino
     second = compile_json(workdir)
     assert second["rendered"] == 0
-    assert second["changes"] == {"added": [], "changed": [], "removed": [], "unchanged": 4, "written": False}
+    assert second["changes"] == {"added": [], "changed": [], "removed": [], "unchanged": 4, "written": False,
+                                 "fleet": {"added": [], "changed": [], "removed": []}}
     assert stats(workdir / "output") == before
     assert (workdir / "output").stat().st_ino == folder_inode  # not even swapped
 

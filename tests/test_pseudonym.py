@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import html
 import json
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -234,3 +235,45 @@ def test_which_attribute_names_announce_an_email_hash(name, refused):
     from mdmgen.policy import announces_email_hash
 
     assert announces_email_hash(name) is refused
+
+
+def raw_emails_in(folder: Path) -> list[str]:
+    """Every file under ``folder`` (hidden sidecars, the kept generation, caches, memos included)
+    that holds an inventory address in any form, as its bytes are on disk."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            text = path.read_bytes().decode("utf-8", errors="replace").casefold()
+            found += [f"{path.relative_to(folder)}: {email}" for email in EMAILS
+                      if any(form in text for form in encoded_forms(email) - {email.partition("@")[0].casefold()})]
+    return found
+
+
+def test_turning_pseudonymise_on_leaves_no_raw_email_beside_the_output(workdir, keyed):
+    """The tree a compile replaces is kept beside the output as the next run's staging tree; the
+    first compile with pseudonymise_email must not leave the addresses in it, nor in any sidecar."""
+    setup(workdir, extra_policy="")
+    state = workdir / "state"
+    assert run(workdir, "compile", "--out", "state/output").exit_code == 0
+    assert run(workdir, "compile", "--out", "state/output").exit_code == 0  # the memo's quiet night
+    held = raw_emails_in(state)
+    kept = [line for line in held if line.startswith(".output.mdmgen-prev/")]
+    assert kept and any(line.startswith(".output.mdmgen-rows") for line in held), held  # what must go
+    raw_generation = workdir / "raw-generation"
+    shutil.copytree(state / ".output.mdmgen-prev", raw_generation)
+
+    policy = workdir / "profiles" / "policy.yaml"
+    policy.write_text(policy.read_text(encoding="utf-8") + "pseudonymise_email: true\n", encoding="utf-8")
+    result = run(workdir, "compile", "--out", "state/output")
+    assert result.exit_code == 0, result.output
+    assert (state / ".output.mdmgen-prev" / "manifest.json").is_file()  # a kept generation, rebuilt
+    assert raw_emails_in(state) == []
+
+    # A run killed between the swap and rebuilding the generation leaves the raw one: the next
+    # compile, with nothing else changed, rebuilds it too.
+    shutil.rmtree(state / ".output.mdmgen-prev")
+    shutil.copytree(raw_generation, state / ".output.mdmgen-prev")
+    assert raw_emails_in(state)
+    result = run(workdir, "compile", "--out", "state/output")
+    assert result.exit_code == 0, result.output
+    assert raw_emails_in(state) == []

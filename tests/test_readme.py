@@ -118,6 +118,34 @@ def test_the_set_at_sample_names_the_line_of_the_shipped_policy(tmp_path):
     assert quoted("(set at profiles/policy.yaml:") in result.stderr
 
 
+def test_the_policy_example_compiles_against_the_shipped_inventory(tmp_path):
+    """The first thing a reader copies: the example of "Policy format", with the shipped inventory."""
+    section = README.index("## Policy format")
+    start = README.index("```yaml\n", section) + len("```yaml\n")
+    example = README[start:README.index("```", start)]
+    assert start < README.index("\n## ", section + 1), "the Policy format section has no yaml example"
+    project = shipped_project(tmp_path, example)
+    result = run(project, "compile", "--json", "--out", "out")
+    assert result.exit_code == 0, result.output
+    settings = (project / "out" / "devices" / "FVFX3GHJQ05N" / "managed-settings.json").read_text()
+    assert "cost_center=CC-2100" in settings  # the team override and its extra inventory column
+
+
+def test_the_status_note_and_platform_samples_are_what_mdmgen_prints(tmp_path):
+    project = shipped_project(tmp_path)
+    hr = project / "inventory" / "hr.csv"
+    header = "Serial,OS,Email,Team,Active Status\n"
+    hr.write_text(header + "S1,Windwos,a@example.com,Ops,Yes\nS2,Ubuntu,b@example.com,Ops,Yes\n")
+    result = run(project, "validate")
+    assert result.exit_code == 1
+    sample = quoted("'Windwos' is not a platform")
+    assert "inventory/hr.csv:2: platform: " + sample in result.stderr.splitlines()
+    hr.write_text(header + "S2,Ubuntu,b@example.com,Ops,Yes\n")
+    result = run(project, "validate")
+    assert result.exit_code == 0
+    assert quoted("Note: ") in result.stderr.splitlines()
+
+
 # --- the shell blocks, pasted ---------------------------------------------------------------
 
 

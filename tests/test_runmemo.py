@@ -72,7 +72,9 @@ def test_a_quiet_night_reads_no_row_and_reports_as_the_compile_before(workdir, m
     quiet = compile_json(workdir)
     assert quiet == {"exit_code": 0, "devices": 3, "platforms": {"macos": 1, "linux": 1, "windows": 1, "wsl": 0},
                      "excluded": 0, "rejected": 0, "rendered": 0, "problems": [],
-                     "changes": {"added": [], "changed": [], "removed": [], "unchanged": 3, "written": False},
+                     "status_columns": {"inventory/devices.csv": {"column": None, "looks_like": []}},
+                     "changes": {"added": [], "changed": [], "removed": [], "unchanged": 3, "written": False,
+                                 "fleet": {"added": [], "changed": [], "removed": []}},
                      "repaired": []}
     assert snapshot(workdir / "output") == before
     assert (workdir / "output").stat().st_ino == folder_inode
@@ -81,7 +83,9 @@ def test_a_quiet_night_reads_no_row_and_reports_as_the_compile_before(workdir, m
     assert text.exit_code == 0
     assert text.stderr.strip() == ("Compiled 3 devices into output/ (macOS 1, Linux 1, Windows 1); 0 rows excluded "
                                    "by status. Against the previous output: 0 added, 0 changed, 0 removed, "
-                                   "3 unchanged (nothing written).")
+                                   "3 unchanged (nothing written).\nNote: inventory/devices.csv has no status "
+                                   "column, so none of its rows is excluded as a leaver; name the column that says "
+                                   "who has left with 'columns: {status: ...}' in the policy.")
 
 
 def _secret_policy(workdir: Path) -> None:

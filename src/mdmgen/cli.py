@@ -158,7 +158,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
                                    fresh=full, progress=report.progress(), secrets=result.secrets,
                                    derived=derived, row_cache=result.row_cache,
-                                   run=result.run if signer is None else None)
+                                   run=result.run if signer is None else None, pseudonymised=result.pseudonymised)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
@@ -333,12 +333,16 @@ class Report:
             text += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
                      f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
                      f"{'' if changes.written else ' (nothing written)'}.")
+            if changes.fleet:
+                text += f" {changes.fleet.sentence()}"
             if changes.repaired:
                 shown = first_of(changes.repaired, 3)
                 text += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
                          f"(edited by hand?): {shown}.")
         if not self.quiet:
             click.echo(text, err=True)
+            if note := summary.status_note():
+                click.echo(printable(note), err=True)
         if self.as_json:
             data = {
                 "exit_code": int(code),
@@ -347,12 +351,13 @@ class Report:
                 "excluded": summary.excluded,
                 "rejected": summary.rejected,
                 "rendered": summary.rendered,
+                "status_columns": {name: found.model_dump() for name, found in summary.status_columns.items()},
                 "problems": lines,
             }
             if changes is not None:
                 data["changes"] = {"added": changes.added, "changed": changes.changed,
                                    "removed": changes.removed, "unchanged": changes.unchanged,
-                                   "written": changes.written}
+                                   "written": changes.written, "fleet": changes.fleet.as_json()}
                 data["repaired"] = changes.repaired
             click.echo(json.dumps(data, indent=2))
         sys.exit(code)

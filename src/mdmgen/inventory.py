@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import re
 import unicodedata
@@ -21,7 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from . import rowcache
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
-from .models import SAFE_NAME, Device, Location, Platform, Problem, unencodable_text, unsafe_name
+from .models import SAFE_NAME, Device, Location, Platform, Problem, StatusColumn, unencodable_text, unsafe_name
 from .policy import team_problem
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
@@ -32,17 +33,32 @@ HEADER_ALIASES: dict[str, tuple[str, ...]] = {
     "platform": ("platform", "os", "device type"),
     "user_email": ("user_email", "email", "email address"),
     "team": ("team", "department"),
-    "status": ("status",),
+    # Workday writes "Employment Status" or "Worker Status", BambooHR "Status" or "Employment
+    # Status", other HR systems "Employee Status".
+    "status": ("status", "employment status", "worker status", "employee status"),
 }
 
 PLATFORM_ALIASES: dict[str, Platform] = {
-    **dict.fromkeys(("macos", "mac", "darwin", "osx", "os x", "mac os x"), Platform.MACOS),
-    **dict.fromkeys(("linux",), Platform.LINUX),
-    **dict.fromkeys(("windows", "win", "win32", "win64"), Platform.WINDOWS),
-    **dict.fromkeys(("wsl", "wsl2"), Platform.WSL),
+    **dict.fromkeys(("macos", "mac", "darwin", "osx", "os x", "mac os x", "mac os", "macosx"), Platform.MACOS),
+    # What HR and MDM exports write for a Linux machine: its distribution.
+    **dict.fromkeys(("linux", "ubuntu", "debian", "rhel", "red hat", "redhat", "red hat enterprise linux",
+                     "fedora", "centos", "rocky", "rocky linux", "almalinux", "alma linux", "suse", "opensuse",
+                     "sles", "linux mint", "arch linux"), Platform.LINUX),
+    **dict.fromkeys(("windows", "win", "win32", "win64", "microsoft windows"), Platform.WINDOWS),
+    # WSL stays explicit: it reads its managed settings at Linux paths inside Windows, so it is
+    # never guessed from a Windows or a Linux name.
+    **dict.fromkeys(("wsl", "wsl2", "windows subsystem for linux"), Platform.WSL),
 }
+_PLATFORM_SUFFIX = re.compile(r"v?\d+(\.\d+)*|lts|pro|enterprise|education|home|server")
+"""A trailing word of a platform value that names a version or an edition (``Windows 11 Pro``,
+``Ubuntu 22.04 LTS``, ``macOS 14.5``, ``Mac OS X 10.15``), dropped before the name is looked up."""
 
-EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded"})
+EXCLUDED_STATUSES = frozenset({"inactive", "retired", "terminated", "offboarded", "leaver", "withdrawn"})
+_STATUS_LOOKALIKE = re.compile(
+    r"status|active|employment|terminat|leaver|leaving|offboard|separat|withdraw|(?:employee|worker)state")
+"""Parts of a folded header that may say whether the person still works here (``Active``,
+``Termination Date``, ``Employee State``...) when it is none of the status headers mdmgen knows;
+not ``Employee ID`` nor a US ``State``."""
 
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
@@ -66,6 +82,8 @@ class Inventory:
     """The template names of every extra column of every file's header, whether or not a row of it
     was valid: a template may use them, and a file whose rows are all invalid still has them."""
     validated_emails: dict[str, str] | None = None  # the row cache to keep (see ``rowcache``); None: none kept
+    status_columns: dict[str, StatusColumn] = field(default_factory=dict)
+    """Each file's status column, by file (see ``StatusColumn``), for every file whose header was read."""
 
 
 def fold_header(name: str) -> str:
@@ -172,6 +190,7 @@ class _Header:
     index: dict[str, int]  # field name -> column index
     extras: dict[int, str]  # column index -> template name
     width: int
+    status: StatusColumn
 
 
 def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, str],
@@ -218,7 +237,14 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
             problems.append(Problem(location=loc, field=fld,
                                     message=f"missing column (accepted headers: {names})"))
             ok = False
-    return _Header(index=index, extras=extras, width=len(cells)) if ok else None
+    if not ok:
+        return None
+    if "status" in index:
+        status = StatusColumn(column=cells[index["status"]].strip())
+    else:
+        status = StatusColumn(column=None, looks_like=[
+            cells[i].strip() for i in extras if _STATUS_LOOKALIKE.search(fold_header(cells[i]))])
+    return _Header(index=index, extras=extras, width=len(cells), status=status)
 
 
 def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: Inventory,
@@ -242,6 +268,7 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
             if header is None:
                 return
             inventory.extra_columns.update(header.extras.values())
+            inventory.status_columns[name] = header.status
             if inventory.validated_emails is not None:
                 header_key = rowcache.header_key(cells, columns)
             continue
@@ -326,11 +353,34 @@ def _check_serial(raw: str, bad) -> str | None:
     return serial
 
 
+def parse_platform(raw: str) -> Platform | None:
+    """The platform a value names (see ``PLATFORM_ALIASES``), ignoring case, extra spaces and a
+    trailing version or edition; None when it names none."""
+    words = raw.casefold().split()
+    while words:
+        platform = PLATFORM_ALIASES.get(" ".join(words))
+        if platform is not None:
+            return platform
+        if len(words) == 1 or not _PLATFORM_SUFFIX.fullmatch(words[-1]):
+            return None
+        words.pop()
+    return None
+
+
 def _check_platform(raw: str, bad) -> Platform | None:
-    platform = PLATFORM_ALIASES.get(raw.casefold())
+    platform = parse_platform(raw)
     if platform is None:
-        shown = repr(raw) if raw else "missing value"
-        bad("platform", f"{shown} is not a platform (use macos, linux, windows or wsl)")
+        if not raw:
+            bad("platform", "missing value (use macos, linux, windows or wsl)")
+            return None
+        # No alias is longer than 30 characters: a longer value is nothing misspelt.
+        close = (difflib.get_close_matches(" ".join(raw.casefold().split()), PLATFORM_ALIASES, n=1, cutoff=0.75)
+                 if len(raw) <= 40 else [])
+        hint = ""
+        if close:
+            meant = PLATFORM_ALIASES[close[0]].value
+            hint = f"; did you mean {meant}?" if close[0] == meant else f"; did you mean {close[0]!r} ({meant})?"
+        bad("platform", f"{raw!r} is not a platform{hint} (use macos, linux, windows or wsl)")
     return platform
 
 

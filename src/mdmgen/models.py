@@ -116,6 +116,21 @@ class Platform(StrEnum):
     WSL = "wsl"
 
 
+class StatusColumn(BaseModel):
+    """Which header of one inventory file says whether a row's person still works here.
+
+    ``column`` is None when the file has none: then no row of it can be excluded as a leaver,
+    which the compile summary says, since a silently ignored HR status would configure the
+    laptops of terminated staff. ``looks_like`` names the file's other headers that read like a
+    status (``Active``, ``Termination Date``) but are not one mdmgen knows, for the user to map
+    with ``columns: {status: ...}`` in the policy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    column: str | None
+    looks_like: list[str] = Field(default_factory=list)
+
+
 class Location(BaseModel):
     """Where a problem or a value came from: a file and a 1-based line (0 when unknown)."""
 
@@ -299,6 +314,9 @@ class Manifest(BaseModel):
         default_factory=dict, description="Fleet-level files by path from the folder's root.")
     secrets: dict[str, ManifestSecret] | None = Field(
         default=None, description="Secrets embedded by some device, by label (env:NAME, file:PATH).")
+    pseudonymised: bool | None = Field(
+        default=None, description="True when the tree was compiled with pseudonymise_email: its files hold "
+        "keyed pseudonyms, not addresses. Left out otherwise.")
 
     @field_validator("devices")
     @classmethod

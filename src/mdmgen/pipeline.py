@@ -27,6 +27,7 @@ from .models import (
     Platform,
     Problem,
     Settings,
+    StatusColumn,
 )
 from .progress import NO_PROGRESS, Progress
 from .render import Renderer
@@ -46,6 +47,8 @@ class CompileResult:
     secrets: dict[str, ManifestSecret] = field(default_factory=dict)  # by label; fingerprints, never values
     row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
     run: runmemo.RunRecord | None = None  # for the run memo; None after any problem
+    status_columns: dict[str, StatusColumn] = field(default_factory=dict)  # by inventory file
+    pseudonymised: bool = False  # user_email is a keyed pseudonym in every file (pseudonymise_email)
 
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
@@ -53,7 +56,8 @@ class CompileResult:
     def summary(self) -> runmemo.RunSummary:
         counts = self.per_platform()
         return runmemo.RunSummary(devices=len(self.devices), platforms={p.value: counts[p] for p in Platform},
-                                  excluded=self.excluded, rejected=self.rejected, rendered=self.rendered)
+                                  excluded=self.excluded, rejected=self.rejected, rendered=self.rendered,
+                                  status_columns=self.status_columns)
 
 
 def check_settings(settings: Settings, device: Device, allow_content_logging: bool,
@@ -204,7 +208,8 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         raise MdmgenError(policy_problems + inv.problems)
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
-                           secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails)
+                           secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails,
+                           status_columns=inv.status_columns, pseudonymised=pseudonymiser is not None)
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
     blanks = _blanks(secret_values)
     embedded: set[str] = set()

@@ -33,10 +33,12 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, inventory, policy, secrets
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, digest_input
+from .messages import first_of
+from .models import StatusColumn
 
 
 class RunSummary(BaseModel):
@@ -49,6 +51,21 @@ class RunSummary(BaseModel):
     excluded: int
     rejected: int
     rendered: int
+    status_columns: dict[str, StatusColumn] = Field(default_factory=dict)  # by inventory file
+
+    def status_note(self) -> str | None:
+        """One line naming the inventory files without a status column (none of their rows can be
+        excluded as a leaver), and the headers that look like one; None when every file has one."""
+        missing = [(name, found) for name, found in self.status_columns.items() if found.column is None]
+        if not missing:
+            return None
+        shown = [name + (f" ({first_of(map(repr, found.looks_like), 3)} may hold one)" if found.looks_like else "")
+                 for name, found in missing[:3]]
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        which = ("has no status column, so none of its rows" if len(missing) == 1
+                 else "have no status column, so none of their rows")
+        return (f"Note: {', '.join(shown)}{more} {which} is excluded as a leaver; name the column that says "
+                "who has left with 'columns: {status: ...}' in the policy.")
 
 
 class RunRecord(BaseModel):

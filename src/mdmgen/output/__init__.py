@@ -33,12 +33,12 @@ from .layout import (
     sidecar,
 )
 from .lock import locked
-from .manifest import Changes, build_manifest, manifest_bytes
+from .manifest import Changes, FleetChanges, build_manifest, manifest_bytes
 from .reader import Check, CheckedFile, CheckedOutput, checked, read
 from .writer import read_previous, recover, unchanged, write
 
 __all__ = [
-    "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "OutputBusy",
+    "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "FleetChanges", "OutputBusy",
     "OutputError", "build_manifest", "checked", "device_path", "interrupted", "kind_of", "locked",
     "manifest_bytes", "read", "read_previous", "recover", "sidecar", "unchanged", "write",
 ]

@@ -14,8 +14,31 @@ from pydantic import ValidationError
 from .. import __version__, fastpath
 from ..emit import registry
 from ..envschema import SECRET_ENV
+from ..messages import first_of
 from ..models import CompiledDevice, DerivedFile, Manifest, ManifestDevice, ManifestFile, ManifestSecret
 from .layout import MANIFEST_FILE, MAX_MANIFEST_BYTES, OutputError, read_regular
+
+
+@dataclass
+class FleetChanges:
+    """Fleet-level files (``collector/...``, ``intune/...``) added, changed and removed, by path from
+    the folder's root: a changed collector config must be deployed, unlike a device's file."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+    def sentence(self) -> str:
+        """``Fleet files changed: a, b; added: c.`` (empty when none changed), for the compile summary."""
+        parts = [f"{what}: {first_of(paths, 5)}" for what, paths in
+                 (("changed", self.changed), ("added", self.added), ("removed", self.removed)) if paths]
+        return f"Fleet files {'; '.join(parts)}." if parts else ""
+
+    def as_json(self) -> dict[str, list[str]]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed}
 
 
 @dataclass
@@ -30,6 +53,7 @@ class Changes:
     unchanged: int = 0
     written: bool = False  # False when nothing changed and the folder was left alone
     repaired: list[str] = field(default_factory=list)
+    fleet: FleetChanges = field(default_factory=FleetChanges)
 
 
 @dataclass(frozen=True)
@@ -134,7 +158,7 @@ def with_derived(entry: ManifestDevice, derived: Mapping[str, Derived] | None) -
 def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = None,
                    secret_env: list[str] | None = None, fleet_files: dict[str, bytes] | None = None,
                    secrets: dict[str, ManifestSecret] | None = None,
-                   derived: DerivedFiles | None = None) -> Manifest:
+                   derived: DerivedFiles | None = None, pseudonymised: bool = False) -> Manifest:
     derived = derived or {}
     devices = {c.device.serial: with_derived(manifest_entry(c, previous), derived.get(c.device.serial))
                for c in compiled}
@@ -142,7 +166,8 @@ def build_manifest(compiled: list[CompiledDevice], previous: Manifest | None = N
     return Manifest(generator="mdmgen", version=__version__,
                     secret_env=sorted(set(SECRET_ENV) | set(secret_env or [])),
                     devices=dict(sorted(devices.items())), fleet=fleet,
-                    secrets=dict(sorted(secrets.items())) if secrets else None)
+                    secrets=dict(sorted(secrets.items())) if secrets else None,
+                    pseudonymised=True if pseudonymised else None)
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
@@ -200,7 +225,8 @@ def _device_lines(manifest: Manifest, data: bytes) -> dict[str, str]:
 
 
 def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
-    """Devices added, changed (any file or its team/platform), removed and unchanged."""
+    """Devices added, changed (any file or its team/platform), removed and unchanged; fleet files
+    added, changed (other bytes) and removed."""
     old = previous.devices if previous else {}
     changes = Changes()
     for serial, entry in manifest.devices.items():
@@ -212,6 +238,12 @@ def compare(manifest: Manifest, previous: Manifest | None) -> Changes:
         else:
             changes.unchanged += 1
     changes.removed = sorted(set(old) - set(manifest.devices))
+    old_fleet = previous.fleet if previous else {}
+    changes.fleet = FleetChanges(
+        added=sorted(set(manifest.fleet) - set(old_fleet)),
+        changed=sorted(path for path, entry in manifest.fleet.items()
+                       if path in old_fleet and old_fleet[path].sha256 != entry.sha256),
+        removed=sorted(set(old_fleet) - set(manifest.fleet)))
     return changes
 
 

@@ -87,7 +87,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
           fresh: bool = False, progress: Progress = NO_PROGRESS, secrets: dict[str, ManifestSecret] | None = None,
           derived: DerivedFiles | None = None, row_cache: dict[str, str] | None = None,
-          run: RunRecord | None = None) -> Changes:
+          run: RunRecord | None = None, pseudonymised: bool = False) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
@@ -101,6 +101,8 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     its profile). After a compile that rotated a secret (a fingerprint changed, or a secret is no
     longer used), the kept generation is rebuilt from the new tree, as after a repair: the tree
     just replaced holds the old token, and it must not stay readable on disk beside the output folder.
+    The same holds for the first compile with ``pseudonymised`` (``pseudonymise_email`` on): the tree
+    just replaced holds every raw address, which the manifest's ``pseudonymised`` flag tells apart.
 
     ``run`` is the compile's record for the run memo (see ``runmemo``), written beside the folder
     once the tree and the kept generation are in place; without one any old memo is removed.
@@ -109,7 +111,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     fleet_files = fleet_files or {}
     old = previous.manifest if previous else None
     derived = derived or {}
-    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived)
+    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived, pseudonymised)
     new_manifest = (manifest_bytes(manifest, old, previous.manifest_data) if previous is not None and previous.canonical
                     else manifest_bytes(manifest))
     changes = compare(manifest, old)
@@ -120,7 +122,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
             kept = _complete_generation(sidecar(target, "prev"), previous.kept_sha256)
-            if kept is None or _holds_other_secrets(sidecar(target, "prev"), manifest):
+            if kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest):
                 _keep_generation(target, manifest, new_manifest)
                 kept = new_manifest
             _keep_row_cache(target, row_cache, previous, new_manifest, kept)
@@ -129,9 +131,10 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         _remove(sidecar(target, "run"))  # it vouches for the tree about to change; rewritten at the end
         _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
-        if changes.repaired or _secrets_rotated(old, manifest):
+        if changes.repaired or _gone(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
-            # with it through a hard link), or the old token: keep the new tree as the generation.
+            # with it through a hard link), the old token or raw addresses: keep the new tree as
+            # the generation.
             _keep_generation(target, manifest, new_manifest)
             kept = new_manifest
         _keep_row_cache(target, row_cache, None, new_manifest, kept)
@@ -313,14 +316,26 @@ def _secrets_rotated(old: Manifest | None, new: Manifest) -> bool:
                for label, entry in before.items())
 
 
-def _holds_other_secrets(generation: Path, manifest: Manifest) -> bool:
-    """Whether a kept generation holds a secret the current tree no longer has (a run killed
-    between the swap and rebuilding the generation after a rotation)."""
+def _emails_pseudonymised(old: Manifest | None, new: Manifest) -> bool:
+    """Whether the new tree pseudonymises the addresses the old one held in clear."""
+    return bool(new.pseudonymised) and old is not None and not old.pseudonymised
+
+
+def _gone(old: Manifest | None, new: Manifest) -> bool:
+    """Whether the old tree holds what must not stay on disk beside the new one: a secret rotated
+    away, or raw addresses the new tree pseudonymises."""
+    return _secrets_rotated(old, new) or _emails_pseudonymised(old, new)
+
+
+def _holds_what_is_gone(generation: Path, manifest: Manifest) -> bool:
+    """Whether a kept generation holds a secret or a raw address the current tree no longer has (a
+    run killed between the swap and rebuilding the generation after a rotation or after
+    ``pseudonymise_email`` was turned on)."""
     try:
         loaded = load_manifest(generation)
     except OutputError:
         return True
-    return loaded is not None and _secrets_rotated(loaded.manifest, manifest)
+    return loaded is not None and _gone(loaded.manifest, manifest)
 
 
 def _data_of(item: CompiledDevice, name: str, derived: Mapping[str, Derived] | None) -> bytes | None:
