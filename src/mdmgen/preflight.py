@@ -555,7 +555,7 @@ def describe(destination: Destination) -> str:
     """The heading of a destination: protocol, endpoint (as shown: see :func:`secret_parts`),
     header names with fingerprints, devices."""
     targets = destination.targets
-    if len({(t.protocol, t.shown) for t in targets}) == 1:
+    if len({(t.protocol, t.endpoint) for t in targets}) == 1:  # two endpoints may look alike when shown
         where = f"{targets[0].protocol} {targets[0].shown}"
     else:
         where = "; ".join(f"{t.signal}: {t.protocol} {t.shown}" for t in targets)
