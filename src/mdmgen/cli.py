@@ -163,6 +163,10 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
         report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
+    if changes.written:  # never on a quiet night: nothing was written, and git is not started
+        from . import gitcheck
+
+        report.warn(gitcheck.secrets_not_ignored(out, (c.device.serial for c in result.devices if c.secrets)))
     headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
     report.finish(result.summary(), result.problems, headline, changes)
 
@@ -297,6 +301,7 @@ class Report:
     def __init__(self, *, as_json: bool, quiet: bool, verbose: int):
         self.as_json = as_json
         self.quiet = quiet
+        self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s"))
@@ -306,6 +311,12 @@ class Report:
         if self.quiet or not sys.stderr.isatty():
             return NO_PROGRESS
         return _ClickProgress()
+
+    def warn(self, line: str | None) -> None:
+        """A ``warning:`` line on stderr (even with -q: it is a problem to act on) and in --json."""
+        if line:
+            self.warnings.append(printable(line))
+            click.echo(self.warnings[-1], err=True)
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
         message = printable(message)  # an OS, S3 or Jamf error can hold newlines and escape sequences
@@ -348,6 +359,7 @@ class Report:
                 "rejected": summary.rejected,
                 "rendered": summary.rendered,
                 "problems": lines,
+                "warnings": self.warnings,
             }
             if changes is not None:
                 data["changes"] = {"added": changes.added, "changed": changes.changed,
