@@ -148,3 +148,33 @@ def test_a_secret_bearing_endpoint_is_shown_as_its_origin(endpoint, shown):
     assert "abcdefgh12" not in preflight.describe(preflight.Destination((target,), ["S1"]))
     [plain] = preflight.targets_for(env)  # not secret-bearing: shown as written
     assert (plain.shown, plain.hidden) == (endpoint, ())
+
+
+def test_quiet_preflight_that_passes_prints_nothing(fleet, monkeypatch):
+    path = fleet / "profiles" / "policy.yaml"
+    policy = yaml.safe_load(path.read_text(encoding="utf-8"))
+    env = policy["settings"]["env"]
+    env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] = '{{ otlp_endpoint }}/v1/logs?k={{ secret("PF_PATH") }}'
+    path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    with make_receiver("http/protobuf", require_token=TOKEN) as rx:
+        result = run(fleet, "compile", "--var", f"otlp_endpoint={rx.endpoint}", "--var", "otlp_protocol=http/protobuf")
+        assert result.exit_code == 0, result.stderr
+        quiet = run(fleet, "preflight", "-q")
+        as_json = run(fleet, "preflight", "--json", "-q")
+
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+    data = json.loads(as_json.stdout)
+    assert (as_json.exit_code, as_json.stderr, data["exit_code"], data["failed"]) == (0, "", 0, [])
+    assert {s["endpoint"] for s in data["collector_settings"][0]["signals"]} == {f"{rx.endpoint}/{REDACTED}"}
+    assert {e.signal for e in rx.accepted()} == {"metrics", "logs"}  # sent with the query as written
+    assert_hidden(as_json)
+
+
+def test_a_folder_that_cannot_be_checked_is_one_json_error(tmp_path):
+    result = run(tmp_path, "preflight", "--json", "--out", "missing")
+
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {
+        "exit_code": 1, "error": "nothing was sent",
+        "problems": ["error: missing: no such folder; run 'mdmgen compile' first, or pass --out"]}
+    assert result.stderr == "error: missing: no such folder; run 'mdmgen compile' first, or pass --out\n"
