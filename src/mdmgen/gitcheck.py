@@ -43,7 +43,9 @@ def secrets_not_ignored(out: Path, serials: Iterable[str]) -> str | None:
     if not top:
         return None
     toplevel = Path(top.strip("\n"))
-    roots = [root for root in (target, sidecar(target, "prev")) if root.is_relative_to(toplevel)]
+    roots = [root for root in (target, sidecar(target, "prev"))
+             if root.is_relative_to(toplevel) and root.is_dir()
+             and not _ignored_and_untracked(git, target, root / DEVICES_DIR)]
     files = [str(path) for root in roots for path in _device_files(root, serials)]
     if not files:
         return None
@@ -67,6 +69,15 @@ def secrets_not_ignored(out: Path, serials: Iterable[str]) -> str | None:
             "commit the secrets")
 
 
+def _ignored_and_untracked(git: str, where: Path, folder: Path) -> bool:
+    """Whether nothing under ``folder`` can be committed: it is ignored as a whole (git cannot
+    re-include a file below an ignored folder) and git tracks no file in it. Two quick git calls
+    that spare listing every device's files on a night whose rules are in place."""
+    if _git(git, where, ["check-ignore", "-q", str(folder)], check_ignore_none=None) is None:
+        return False
+    return _git(git, where, ["ls-files", "-z", "--", str(folder)]) == ""
+
+
 def _device_files(root: Path, serials: list[str]) -> list[Path]:
     """The files of these devices under one tree (skipped when it does not exist)."""
     found: list[Path] = []
@@ -79,8 +90,10 @@ def _device_files(root: Path, serials: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def _git(git: str, where: Path, args: list[str], stdin: str | None = None) -> str | None:
-    """git's stdout; None when it fails, times out or cannot run (exit 1 of check-ignore: none ignored)."""
+def _git(git: str, where: Path, args: list[str], stdin: str | None = None, *,
+         check_ignore_none: str | None = "") -> str | None:
+    """git's stdout; None when it fails, times out or cannot run. Exit 1 of check-ignore (nothing
+    is ignored) gives ``check_ignore_none``."""
     try:
         done = subprocess.run([git, "-C", str(where), *args], input=stdin, capture_output=True, text=True,
                               timeout=GIT_TIMEOUT, check=False,
@@ -88,6 +101,6 @@ def _git(git: str, where: Path, args: list[str], stdin: str | None = None) -> st
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("git %s: %s", args[0], type(exc).__name__)
         return None
-    if done.returncode == 0 or (args[0] == "check-ignore" and done.returncode == 1):
+    if done.returncode == 0:
         return done.stdout
-    return None
+    return check_ignore_none if args[0] == "check-ignore" and done.returncode == 1 else None
