@@ -90,7 +90,7 @@ def test_ignored_files_are_not_warned_about(project):
 
     summary, stderr = compile_json(project)
 
-    assert warnings_of(stderr) == [] and summary["warnings"] == []
+    assert warnings_of(stderr) == [] and "warnings" not in summary
     assert subprocess.run(["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True,
                           check=True).stdout.count("devices") == 0
 
@@ -98,12 +98,12 @@ def test_ignored_files_are_not_warned_about(project):
 def test_outside_a_work_tree_or_without_secrets_nothing_is_said(project, tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(project.parent))  # tmp_path may sit inside a repository
     summary, stderr = compile_json(project)
-    assert warnings_of(stderr) == [] and summary["warnings"] == []
+    assert warnings_of(stderr) == [] and "warnings" not in summary
 
     git(project, "init", "-q")
     shutil.copy(ROOT / "profiles" / "policy.yaml", project / "profiles" / "policy.yaml")  # no secret()
     summary, stderr = compile_json(project)
-    assert warnings_of(stderr) == [] and summary["warnings"] == []
+    assert warnings_of(stderr) == [] and "warnings" not in summary
 
 
 def test_a_quiet_night_does_not_start_git(project, monkeypatch):

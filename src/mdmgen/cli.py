@@ -359,7 +359,7 @@ class Report:
                 "rejected": summary.rejected,
                 "rendered": summary.rendered,
                 "problems": lines,
-                "warnings": self.warnings,
+                **({"warnings": self.warnings} if self.warnings else {}),
             }
             if changes is not None:
                 data["changes"] = {"added": changes.added, "changed": changes.changed,
