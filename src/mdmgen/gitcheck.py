@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .output.layout import DEVICES_DIR, OutputError, sidecar, target_of
 
-GIT_TIMEOUT = 10.0
+GIT_TIMEOUT = 5.0
 """Seconds for each git command; check-ignore reads one path per secret-bearing file."""
 log = logging.getLogger(__name__)
 
