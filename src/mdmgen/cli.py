@@ -163,6 +163,10 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
         report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
+    if changes.written:  # never on a quiet night: nothing was written, and git is not started
+        from . import gitcheck
+
+        report.warn(gitcheck.secrets_not_ignored(out, (c.device.serial for c in result.devices if c.secrets)))
     headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
     report.finish(result.summary(), result.problems, headline, changes)
 
@@ -297,6 +301,7 @@ class Report:
     def __init__(self, *, as_json: bool, quiet: bool, verbose: int):
         self.as_json = as_json
         self.quiet = quiet
+        self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s"))
@@ -306,6 +311,12 @@ class Report:
         if self.quiet or not sys.stderr.isatty():
             return NO_PROGRESS
         return _ClickProgress()
+
+    def warn(self, line: str | None) -> None:
+        """A ``warning:`` line on stderr (even with -q: it is a problem to act on) and in --json."""
+        if line:
+            self.warnings.append(printable(line))
+            click.echo(self.warnings[-1], err=True)
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
         message = printable(message)  # an OS, S3 or Jamf error can hold newlines and escape sequences
@@ -353,6 +364,7 @@ class Report:
                 "rendered": summary.rendered,
                 "status_columns": {name: found.model_dump() for name, found in summary.status_columns.items()},
                 "problems": lines,
+                **({"warnings": self.warnings} if self.warnings else {}),
             }
             if changes is not None:
                 data["changes"] = {"added": changes.added, "changed": changes.changed,
@@ -408,45 +420,33 @@ def _collapsed(problems) -> list[str]:
               help="The compiled output folder to read.")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
               help="Seconds allowed for each network step (connect, TLS handshake, export).")
-def preflight_command(serial: str | None, out: Path, timeout: float) -> None:
+@_reporting
+def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bool, quiet: bool,
+                      verbose: int) -> None:
     """Send one empty OTLP export (metrics, logs) to each collector the compiled settings name.
 
     One line each for the endpoint, TLS and the token, so a wrong token is told apart from a
-    wrong endpoint. Header values are never printed, only a sha256 fingerprint.
+    wrong endpoint. Header values and secrets in an endpoint are never printed; a header is shown
+    by a slow, salted fingerprint. With --json the report goes to stderr and the JSON to stdout.
     """
     from . import preflight  # imports grpc lazily: only this command needs it
 
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     try:
         plan = preflight.load(out, serial)
     except output.OutputBusy as exc:
-        click.echo(printable(f"error: {exc}"), err=True)
-        sys.exit(ExitCode.BUSY)
+        report.fail(ExitCode.BUSY, f"error: {exc}")
     except preflight.PreflightError as exc:
-        for line in exc.problems:
-            click.echo(printable(f"error: {line}"), err=True)
+        lines = [printable(f"error: {line}") for line in exc.problems]
+        click.echo("\n".join(lines), err=True)
+        if as_json:
+            click.echo(json.dumps({"exit_code": int(ExitCode.INVALID_INPUT), "error": "nothing was sent",
+                                   "problems": lines}, indent=2))
         sys.exit(ExitCode.INVALID_INPUT)
-    destinations = plan.destinations
-    devices = sum(len(d.serials) for d in destinations)
-    click.echo(f"Preflight of {len(destinations)} collector setting(s) used by {devices} device(s), "
-               f"one empty OTLP export per signal (timeout {timeout:g}s per step):")
-    failed: list[tuple[int, list[str]]] = []
-    for index, destination in enumerate(destinations, start=1):
-        click.echo(f"[{index}/{len(destinations)}] {preflight.describe(destination)}")
-        results = preflight.check_destination(destination, timeout)
-        for line in preflight.report_lines(results):
-            click.echo(printable(line))
-        kinds = preflight.failure_kinds(results)
-        if kinds:
-            failed.append((len(destination.serials), kinds))
-    if plan.silent:
-        click.echo(f"Not checked: {len(plan.silent)} device(s) export no OTLP telemetry.")
-    if failed:
-        kinds = ", ".join(dict.fromkeys(kind for _, found in failed for kind in found))
-        click.echo(f"Preflight FAILED for {len(failed)} of {len(destinations)} collector setting(s) "
-                   f"({sum(n for n, _ in failed)} device(s)): {kinds}.")
-        sys.exit(ExitCode.REMOTE_FAILED)
-    click.echo(f"Preflight passed: every collector was reachable and accepted the export ({devices} device(s)).")
-    sys.exit(ExitCode.OK)
+    result = preflight.run(plan, timeout, lambda line: click.echo(printable(line), err=as_json), quiet=quiet)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    sys.exit(result.exit_code)
 
 
 # --- publish ---------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ CONTENT_LOGGING_VARS = ("OTEL_LOG_USER_PROMPTS", "OTEL_LOG_ASSISTANT_RESPONSES",
 # Variables whose values are credentials: never printed by diff, logs or errors.
 SECRET_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
               "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+ENDPOINT_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "BETA_TRACING_ENDPOINT")
+"""Variables that are URLs the client sends to (checked by :func:`mdmgen.endpoints.check_url`)."""
 
 
 _EXPORTERS = {
@@ -115,9 +118,7 @@ class EnvBlock(BaseModel):
                              f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL) must be set")
         return value
 
-    @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-                     "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                     "BETA_TRACING_ENDPOINT")
+    @field_validator(*ENDPOINT_ENV)
     @classmethod
     def _endpoint(cls, value: str) -> str:
         return check_url(value, credentials_go="in OTEL_EXPORTER_OTLP_HEADERS")

@@ -25,6 +25,7 @@ directly: proxy variables are not used, so what is checked is this machine's dir
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import typing
@@ -35,10 +36,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import __version__, attributes, envschema, output
+from . import secrets as secret_refs
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback, may_carry_credentials, split_http_url
-from .messages import first_of, redactor
+from .exitcodes import ExitCode
+from .messages import REDACTED, first_of, redactor
 from .publish.http import Connection, TransportFailure, reason_phrase
 from .secrets import shown_fingerprint
 
@@ -79,6 +82,13 @@ class Target:
     endpoint: str  # as written in the settings (the base or the per-signal variable)
     url: str  # what is contacted: the POST URL for http, the endpoint for grpc
     headers: tuple[tuple[str, str], ...]  # (name, value as written)
+    shown: str  # the endpoint as printed: without what may hold a secret (see secret_parts)
+    hidden: tuple[str, ...] = ()  # parts of the endpoint that may hold a secret: never printed
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Everything of this target that is never printed: header values and ``hidden``."""
+        return (*(value for _name, value in self.headers), *self.hidden)
 
 
 @dataclass
@@ -95,8 +105,11 @@ class Plan:
     silent: list[str]  # devices that export no OTLP telemetry: nothing to check
 
 
-def targets_for(env: dict) -> tuple[Target, ...]:
-    """The OTLP destinations of one device's ``env``; raises ValueError with a message if unusable."""
+def targets_for(env: dict, secret_env: frozenset[str] = frozenset()) -> tuple[Target, ...]:
+    """The OTLP destinations of one device's ``env``; raises ValueError with a message if unusable.
+
+    ``secret_env``: the variables whose values embed a secret (the manifest's ``secret_env``); an
+    endpoint read from one of them is shown without its path, query and fragment."""
     if str(env.get("CLAUDE_CODE_ENABLE_TELEMETRY", "")) != "1":
         return ()
     targets = []
@@ -110,6 +123,7 @@ def targets_for(env: dict) -> tuple[Target, ...]:
             raise ValueError(f"{signal}: OTEL_EXPORTER_OTLP_PROTOCOL is missing or not grpc, http/json "
                              "or http/protobuf")
         per_signal = env.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")
+        variable = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT" if per_signal else "OTEL_EXPORTER_OTLP_ENDPOINT"
         endpoint = per_signal or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if not endpoint:
             raise ValueError(f"{signal}: no OTEL_EXPORTER_OTLP_ENDPOINT; the developer's environment "
@@ -125,8 +139,31 @@ def targets_for(env: dict) -> tuple[Target, ...]:
         if headers and not may_carry_credentials(parts):
             raise ValueError(f"{signal}: refusing to send credentials over plain http to {parts.hostname}; "
                              "use https (plain http is only for loopback hosts)")
-        targets.append(Target(signal, protocol, endpoint, url, headers))
+        shown, hidden = (endpoint, ()) if variable not in secret_env else secret_parts(endpoint)
+        targets.append(Target(signal, protocol, endpoint, url, headers, shown, hidden))
     return tuple(targets)
+
+
+def secret_parts(endpoint: str) -> tuple[str, tuple[str, ...]]:
+    """An endpoint that embeds a secret, as shown (``https://host:port/[redacted]``), and the parts
+    of it never to print: userinfo, path, query and fragment, together and one by one.
+
+    Where in the value the secret sits is not recorded, so everything after the host and port is
+    hidden: over-redacting a path costs a little diagnosis, under-redacting leaks a token. The
+    host stays: the compile refuses a secret there (every DNS resolver and TLS handshake sees it).
+    Parts shorter than a secret can be (:data:`mdmgen.secrets.MIN_SECRET_CHARS`) are only hidden
+    as part of the whole."""
+    parts = split_http_url(endpoint)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    rest = endpoint[len(parts.scheme) + len("://") + len(parts.netloc):]
+    userinfo = parts.netloc.rpartition("@")[0]
+    whole = [endpoint, endpoint.rstrip("/"), rest, rest.rstrip("/"), userinfo, parts.path, parts.path.rstrip("/"),
+             parts.query, parts.fragment]
+    pieces = [piece for piece in re.split(r"[/?&=;#:@,]", f"{userinfo}{rest}")
+              if len(piece) >= secret_refs.MIN_SECRET_CHARS]
+    hidden = tuple(dict.fromkeys(part for part in (*whole, *pieces) if part))
+    shown = origin + (f"/{REDACTED}" if rest.strip("/") or userinfo else rest)
+    return shown, hidden
 
 
 def _headers(env: dict, upper: str) -> tuple[tuple[str, str], ...]:
@@ -164,6 +201,7 @@ def load(out: Path, serial: str | None = None) -> Plan:
                 serials = wanted
             if not serials:
                 raise PreflightError([f"{out}/{output.DEVICES_DIR}: holds no compiled device"])
+            secret_env = frozenset(envschema.SECRET_ENV) | frozenset(tree.manifest.secret_env)
             by_targets: dict[tuple[Target, ...], Destination] = {}
             silent: list[str] = []
             problems: list[str] = []
@@ -177,7 +215,7 @@ def load(out: Path, serial: str | None = None) -> Plan:
                     env = settings.get("env", {})
                     if not isinstance(env, dict):
                         raise ValueError("'env' is not an object")
-                    targets = targets_for(env)
+                    targets = targets_for(env, secret_env)
                 except output.OutputError as exc:
                     problems.append(str(exc))
                     continue
@@ -194,6 +232,10 @@ def load(out: Path, serial: str | None = None) -> Plan:
         raise PreflightError([str(exc)]) from None
     if problems:
         raise PreflightError(problems)
+    for targets in by_targets:
+        for target in targets:
+            for value in target.secrets:
+                secret_refs.remember(value)  # so no log line shows it (the CLI's log formatter)
     if not by_targets:
         raise PreflightError([f"{out}/{output.DEVICES_DIR}: no checked device exports OTLP telemetry (needs "
                               "CLAUDE_CODE_ENABLE_TELEMETRY=1 and an otlp exporter); nothing to check"])
@@ -228,7 +270,7 @@ def check_target(target: Target, timeout: float) -> SignalResult:
     host, secure = parts.hostname or "", parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    scrub = _scrubber(target.headers)
+    scrub = redactor(target.secrets)  # header values and a secret-bearing endpoint's path, in any form
     not_checked = Outcome(SKIP, "not checked: endpoint unreachable")
 
     try:
@@ -307,14 +349,15 @@ def _export_http(target: Target, parts, timeout: float, scrub: Callable[[str], s
             return not_sent
         reasons = {"timeout": f"no answer within {timeout:g}s", "protocol": "the answer is not HTTP",
                    "dropped": "the collector closed the connection", "connect": "connection refused or reset"}
-        return (Outcome(FAIL, f"NO OTLP ANSWER to POST {path}: {reasons.get(exc.kind, exc.kind)}", "no OTLP answer"),
+        return (Outcome(FAIL, f"NO OTLP ANSWER to POST {scrub(path)}: {reasons.get(exc.kind, exc.kind)}",
+                        "no OTLP answer"),
                 Outcome(SKIP, "not checked: no answer from the collector"))
     except (UnicodeError, ValueError):  # a header httpx cannot even encode; its message would repeat it
         return not_sent
     finally:
         collector.close()
     answer = f"HTTP {response.status} {reason_phrase(response.status)}".strip()
-    return _classify(target, scrub(answer), response.status, path)
+    return _classify(target, scrub(answer), response.status, scrub(path))
 
 
 def _classify(target: Target, answer: str, status: int, path: str) -> tuple[Outcome, Outcome]:
@@ -406,12 +449,6 @@ def _os_reason(exc: OSError, timeout: float) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
-def _scrubber(headers: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
-    """Removes any header value (in any form, :func:`mdmgen.messages.redact`) from text that came
-    from elsewhere."""
-    return redactor(value for _name, value in headers)
-
-
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -419,13 +456,109 @@ def check_destination(destination: Destination, timeout: float) -> list[SignalRe
     return [check_target(target, timeout) for target in destination.targets]
 
 
+@dataclass
+class Checked:
+    """One destination and the answers it got."""
+
+    destination: Destination
+    results: list[SignalResult]
+
+    @property
+    def kinds(self) -> list[str]:
+        return failure_kinds(self.results)
+
+
+@dataclass
+class Result:
+    """A whole preflight: what was checked, how it went, and the command's exit code."""
+
+    plan: Plan
+    timeout: float
+    checked: list[Checked] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Checked]:
+        return [c for c in self.checked if c.kinds]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.REMOTE_FAILED if self.failed else ExitCode.OK
+
+    def as_json(self) -> dict:
+        """The machine-readable report (``--json``): every collector setting with its endpoints as
+        shown (never a secret), header names with fingerprints, device counts, and each check's
+        status (``ok``, ``failed`` or ``skipped``), text and kind."""
+        return {
+            "exit_code": int(self.exit_code),
+            "timeout": self.timeout,
+            "devices": sum(len(c.destination.serials) for c in self.checked),
+            "silent_devices": len(self.plan.silent),
+            "failed": list(dict.fromkeys(kind for c in self.failed for kind in c.kinds)),
+            "collector_settings": [_checked_json(c) for c in self.checked],
+        }
+
+
+_JSON_STATUS = {OK: "ok", FAIL: "failed", SKIP: "skipped"}
+
+
+def _checked_json(checked: Checked) -> dict:
+    targets = {t.signal: t for t in checked.destination.targets}
+    hide = redactor(value for t in targets.values() for value in t.secrets)  # belt and braces
+    signals = []
+    for result in checked.results:
+        target = targets[result.signal]
+        signals.append({
+            "signal": result.signal, "protocol": target.protocol, "endpoint": target.shown,
+            "headers": {name: shown_fingerprint(value) for name, value in target.headers},
+            "checks": {check: {"status": _JSON_STATUS[outcome.status], "text": hide(outcome.text),
+                               "kind": outcome.kind}
+                       for check, outcome in (("endpoint", result.endpoint), ("tls", result.tls),
+                                              ("token", result.token))},
+        })
+    serials = checked.destination.serials
+    return {"devices": len(serials), "serials": serials, "failed": checked.kinds, "signals": signals}
+
+
+def run(plan: Plan, timeout: float, say: Callable[[str], None], *, quiet: bool = False) -> Result:
+    """Check every destination of ``plan`` in turn, telling ``say`` each line as it is known (with
+    ``quiet``, only the lines of what failed). Every line is redacted of every secret of the plan
+    once more before it is said, whatever produced it."""
+    hide = redactor(value for d in plan.destinations for t in d.targets for value in t.secrets)
+    tell = lambda line: say(hide(line))  # noqa: E731 - one short closure, named for reading
+    destinations = plan.destinations
+    devices = sum(len(d.serials) for d in destinations)
+    if not quiet:
+        tell(f"Preflight of {len(destinations)} collector setting(s) used by {devices} device(s), "
+             f"one empty OTLP export per signal (timeout {timeout:g}s per step):")
+    result = Result(plan, timeout)
+    for index, destination in enumerate(destinations, start=1):
+        checked = Checked(destination, check_destination(destination, timeout))
+        result.checked.append(checked)
+        if quiet and not checked.kinds:
+            continue
+        tell(f"[{index}/{len(destinations)}] {describe(destination)}")
+        for line in report_lines(checked.results):
+            if not quiet or line.lstrip().startswith(FAIL):
+                tell(line)
+    if plan.silent and not quiet:
+        tell(f"Not checked: {len(plan.silent)} device(s) export no OTLP telemetry.")
+    if result.failed:
+        kinds = ", ".join(dict.fromkeys(kind for c in result.failed for kind in c.kinds))
+        tell(f"Preflight FAILED for {len(result.failed)} of {len(destinations)} collector setting(s) "
+             f"({sum(len(c.destination.serials) for c in result.failed)} device(s)): {kinds}.")
+    elif not quiet:
+        tell(f"Preflight passed: every collector was reachable and accepted the export ({devices} device(s)).")
+    return result
+
+
 def describe(destination: Destination) -> str:
-    """The heading of a destination: protocol, endpoint, header names with fingerprints, devices."""
+    """The heading of a destination: protocol, endpoint (as shown: see :func:`secret_parts`),
+    header names with fingerprints, devices."""
     targets = destination.targets
-    if len({(t.protocol, t.endpoint) for t in targets}) == 1:
-        where = f"{targets[0].protocol} {targets[0].endpoint}"
+    if len({(t.protocol, t.endpoint) for t in targets}) == 1:  # two endpoints may look alike when shown
+        where = f"{targets[0].protocol} {targets[0].shown}"
     else:
-        where = "; ".join(f"{t.signal}: {t.protocol} {t.endpoint}" for t in targets)
+        where = "; ".join(f"{t.signal}: {t.protocol} {t.shown}" for t in targets)
     header_sets = {t.headers for t in targets}
     if len(header_sets) == 1:
         headers = _describe_headers(targets[0].headers)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from jinja2 import meta, nodes
@@ -25,7 +26,7 @@ from jinja2 import meta, nodes
 from . import __version__, attributes
 from . import secrets as secret_refs
 from .canonical import digest
-from .envschema import SECRET_ENV
+from .envschema import ENDPOINT_ENV, SECRET_ENV
 from .models import Device, Platform, Problem, Settings
 from .policy import (
     DEVICE_FIELDS,
@@ -278,6 +279,8 @@ class Renderer:
             rendered = self._compile(leaf.value).render(context)
             if header_leaf(leaf):
                 self._check_rendered_header(leaf, rendered, device, problems)
+            elif endpoint_leaf(leaf) and self._refs.get(leaf.value):
+                return self._check_rendered_endpoint(leaf, rendered, device, problems)
             return rendered
         except Exception as exc:  # a template can raise anything (e.g. division by zero)
             if self._refs.get(leaf.value):
@@ -303,6 +306,21 @@ class Renderer:
         for name, value in pairs:
             if secret_refs.credential_header(name, value) and not any(v in value for v in values):
                 problems.append(self._problem(leaf, _LITERAL_CREDENTIAL.format(name=name), device))
+
+    def _check_rendered_endpoint(self, leaf: Leaf, rendered: str, device: Device, problems: list) -> str | None:
+        """An endpoint may embed a secret in its path or query (some collectors take an ingest key
+        there), never in its host or port: every DNS resolver and TLS handshake on the way sees the
+        host, and ``preflight`` shows it (it hides the rest of such an endpoint, see ``preflight``)."""
+        try:
+            host = urlsplit(rendered).netloc.rpartition("@")[2].casefold()
+        except ValueError:
+            return rendered  # the env schema reports the format
+        values = [self._secret_values[r] for r in self._refs[leaf.value] if r in self._secret_values]
+        if any(value.casefold() in host for value in values):
+            problems.append(self._problem(leaf, "a secret in the host name of an endpoint is seen by every DNS "
+                                          "resolver and TLS handshake; put it in a header (or the path)", device))
+            return None
+        return rendered
 
     def _compile(self, source: str) -> jinja2.Template:
         template = self._templates.get(source)
@@ -334,6 +352,13 @@ def _settings_key(path: tuple[str | int, ...]) -> str:
             break
         keys.append(str(part))
     return ".".join(keys)
+
+
+def endpoint_leaf(leaf: Leaf) -> bool:
+    """Whether a settings leaf becomes an endpoint variable (a URL the client sends to)."""
+    path = leaf.path
+    rest = path[1:] if path and path[0] == "settings" else path[3:] if len(path) > 3 and path[2] == "settings" else ()
+    return len(rest) == 2 and rest[0] == "env" and rest[1] in ENDPOINT_ENV
 
 
 def header_leaf(leaf: Leaf) -> bool:
