@@ -194,6 +194,17 @@ def test_a_redirect_is_an_answer_and_is_not_followed():
     assert server.paths == ["/api/v1/x"]  # asked once; elsewhere.invalid was never resolved, let alone sent to
 
 
+def test_a_socks_proxy_is_one_line_without_its_password(monkeypatch):
+    for name in ("https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pa55word@proxy.corp:1080")
+    with pytest.raises(base.RemoteError) as caught:
+        http.Connection("https://acme.jamfcloud.com", service="Jamf Pro", max_connections=1, timeout=5,
+                        user_agent="test", log=log)
+    assert str(caught.value) == ("the proxy socks5://proxy.corp:1080 is a socks5 proxy; mdmgen goes through http "
+                                 "or https proxies only: check HTTPS_PROXY and ALL_PROXY")
+
+
 # --- the CLI, as a cron job runs it ---------------------------------------------------------------
 
 
