@@ -419,7 +419,8 @@ def _collapsed(problems) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
               help="The compiled output folder to read.")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
-              help="Seconds allowed for each network step (connect, TLS handshake, export).")
+              help="Seconds allowed for each network step: the connect, the TLS handshake, and each "
+                   "whole export (headers and body, however slowly they arrive).")
 @_reporting
 def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bool, quiet: bool,
                       verbose: int) -> None:
@@ -504,7 +505,8 @@ def _publishing_options(func, prune_help: str):
 @click.option("--jobs", type=click.IntRange(1, 64), default=defaults.S3_WORKERS, show_default=True,
               help="Requests in parallel.")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.S3_TIMEOUT, show_default=True,
-              metavar="SECONDS", help="How long one connect or read may take; the SDK tries each request 3 times.")
+              metavar="SECONDS",
+              help="How long one connect or one socket read may take; the SDK tries each request 3 times.")
 @_reporting
 def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_kms_key_id, endpoint_url,
                region, jobs, timeout, as_json, quiet, verbose) -> None:
@@ -545,7 +547,9 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
               default=defaults.JAMF_MAX_CONNECTIONS, show_default=True,
               help="Connections in parallel (at most 5, Jamf's guidance).")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.JAMF_TIMEOUT, show_default=True,
-              metavar="SECONDS", help="How long one request may take before it is retried.")
+              metavar="SECONDS",
+              help="A deadline for each whole request (connect, TLS, headers, body) before it is retried; "
+                   "a request is tried at most 5 times.")
 @_reporting
 def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, timeout, as_json, quiet,
                  verbose) -> None:

@@ -20,6 +20,11 @@ The endpoint and TLS answers come from a probe (a TCP connection, then a TLS han
 system's CAs, ``SSL_CERT_FILE`` honoured); the export then goes over the shared HTTP layer
 (:mod:`mdmgen.publish.http`) for the HTTP protocols, and grpcio for grpc. All of it connects
 directly: proxy variables are not used, so what is checked is this machine's direct path.
+
+Each step ends within ``--timeout``: the TCP connect, the TLS handshake (Python's socket timeout
+is a deadline for the whole handshake), and each export as a whole, headers and body included
+(the HTTP layer's deadline; a gRPC call's timeout is its deadline). Answers are capped in size
+(an OTLP reply is tiny), so a collector or proxy that drips or never stops sending still ends.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback, may_carry_credentials, split_http_url
 from .exitcodes import ExitCode
 from .messages import REDACTED, first_of, redactor
-from .publish.http import Connection, TransportFailure, reason_phrase
+from .publish.http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
 from .secrets import shown_fingerprint
 
 SIGNALS = ("metrics", "logs")
@@ -57,6 +62,7 @@ OTLP_PROTOCOLS = typing.get_args(envschema.Protocol)
 """The protocols the env schema admits (one list for compile and preflight); each one other than
 grpc has its empty body above (tests/test_preflight.py checks that)."""
 USER_AGENT = f"mdmgen-preflight/{__version__}"
+GRPC_MAX_METADATA = 16 << 10
 log = logging.getLogger(__name__)
 
 OK, FAIL, SKIP = "ok", "FAIL", "--"
@@ -339,7 +345,7 @@ def _export_http(target: Target, parts, timeout: float, scrub: Callable[[str], s
     collector = Connection(f"{parts.scheme}://{parts.netloc}", service="the collector", max_connections=1,
                            timeout=timeout, user_agent=USER_AGENT, log=log, log_prefix="preflight: ",
                            ssl_context=_tls_context(grpc=False) if parts.scheme == "https" else None,
-                           use_proxy=False)
+                           use_proxy=False, max_body=MAX_SMALL_BODY)
     not_sent = (Outcome(FAIL, "NOT SENT: a header name or value is not valid in HTTP", "bad header"),
                 Outcome(SKIP, "not checked: headers could not be sent"))
     try:
@@ -348,6 +354,7 @@ def _export_http(target: Target, parts, timeout: float, scrub: Callable[[str], s
         if exc.kind == "request":
             return not_sent
         reasons = {"timeout": f"no answer within {timeout:g}s", "protocol": "the answer is not HTTP",
+                   "too large": "the answer is larger than any OTLP reply (not read further)",
                    "dropped": "the collector closed the connection", "connect": "connection refused or reset"}
         return (Outcome(FAIL, f"NO OTLP ANSWER to POST {scrub(path)}: {reasons.get(exc.kind, exc.kind)}",
                         "no OTLP answer"),
@@ -395,8 +402,11 @@ def _export_grpc(target: Target, host: str, port: int, secure: bool, timeout: fl
     import grpc  # only this check needs it; keeps `mdmgen compile` fast to start
 
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # The call's timeout is a deadline for all of it (connect, TLS, metadata, message); an OTLP
+    # reply is tiny, so a larger message or metadata block is refused rather than read.
     options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.enable_http_proxy", 0),
-               ("grpc.enable_retries", 0)]
+               ("grpc.enable_retries", 0), ("grpc.max_receive_message_length", MAX_SMALL_BODY),
+               ("grpc.max_metadata_size", GRPC_MAX_METADATA)]
     if secure:
         credentials = grpc.ssl_channel_credentials(root_certificates=_system_roots())
         channel = grpc.secure_channel(address, credentials, options=options)

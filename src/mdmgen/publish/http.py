@@ -16,6 +16,15 @@ to its caller:
   ``SSL_CERT_DIR`` when set (httpx's own default would be certifi's bundle, which ignores a
   private CA the system trusts). ``MDMGEN_TRUSTSTORE=1`` uses the operating system's trust store
   instead (the ``truststore`` package: the macOS keychain, the Windows certificate store).
+* **Deadlines.** ``timeout`` is a deadline for the whole request: pool wait, connect, TLS
+  handshake, sending, the headers and the body. httpx's own timeouts bound each socket
+  operation, so a server or proxy that drips a byte every few seconds would never time out;
+  here every connect, read, write and handshake of the request's connection gets at most the
+  time left (:class:`DeadlineBackend`, an httpcore network backend), and none starts past it.
+  Name resolution is the system resolver's (bounded by its own timeout and attempts).
+* **Size caps.** An answer is read as a stream and given up past ``max_body`` bytes (after
+  decoding, so a compressed bomb is cut too); headers are capped by h11 at 100 KiB. Either is a
+  one-line :class:`TransportFailure` naming the server, never retried.
 * **One-line errors.** Transport failures (timeouts, refused or dropped connections, DNS, TLS, a
   proxy that refuses) become :class:`TransportFailure`; an HTML page or a truncated body where
   JSON or XML was expected becomes :class:`UnexpectedAnswer`. Both are RemoteErrors (exit 7).
@@ -31,6 +40,7 @@ to its caller:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -39,15 +49,17 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from .base import RemoteError, Transient, copy_with_message, retry
@@ -62,6 +74,14 @@ RETRY_AFTER_STATUSES = (429, 503)
 PERMANENT_5XX = (501, 505)
 """Not Implemented and HTTP Version Not Supported: asking again gets the same answer."""
 TRUSTSTORE_VARIABLE = "MDMGEN_TRUSTSTORE"
+MAX_BODY = 32 << 20
+"""The largest answer read by default: a page of Jamf or Graph JSON is a few MiB at most."""
+MAX_SMALL_BODY = 1 << 20
+"""For answers that are small by nature: a token, an OTLP export's reply."""
+MAX_HEADERS = 100 << 10
+"""httpcore's h11 limit on the response line and headers together (``MAX_INCOMPLETE_EVENT_SIZE``)."""
+WRITE_PIECE = 64 << 10
+"""A request body is sent in pieces this large, the deadline checked before each."""
 
 for _library in ("httpx", "httpcore"):  # their debug logs carry Authorization and Set-Cookie headers
     logging.getLogger(_library).setLevel(logging.WARNING)
@@ -89,8 +109,8 @@ class HTTPStatusError(RemoteError):
 class TransportFailure(RemoteError):
     """No usable HTTP answer: timeout, refused or dropped connection, DNS, TLS, proxy.
 
-    ``kind`` is one of timeout, proxy, tls, dns, connect, dropped, protocol, request, other;
-    ``transient`` says whether trying again can help; ``hint`` is what the user can do, kept
+    ``kind`` is one of timeout, proxy, tls, dns, connect, dropped, protocol, too large, request
+    and other; ``transient`` says whether trying again can help; ``hint`` is what the user can do, kept
     last in the message even after ``(gave up after N attempts)`` is added."""
 
     def __init__(self, message: str, *, kind: str, transient: bool, hint: str = ""):
@@ -125,10 +145,13 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy a request to ``url`` goes through, without any user:password, or None.
+def proxy_url(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy a request to ``url`` goes through, as configured (credentials included), or None.
 
-    Used for messages only; httpx itself applies the variables. Plain http never uses one."""
+    ``https_proxy``/``HTTPS_PROXY``, else ``all_proxy``/``ALL_PROXY``, unless ``NO_PROXY`` names
+    the host: urllib's rules, which httpx applies too. Plain http never uses one. A Connection
+    talks to one server, so this one answer routes all its requests, and its messages name the
+    same proxy the requests really went through."""
     parts = urlsplit(url)
     if parts.scheme != "https":
         return None
@@ -139,7 +162,127 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
     proxy = proxies.get("https") or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
-    shown = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy a request to ``url`` goes through, without any user:password, or None (for messages)."""
+    proxy = proxy_url(url, environ)
+    return None if proxy is None else proxy_for_display(proxy)
+
+
+# --- deadlines ---------------------------------------------------------------------------------
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, with a deadline for the request the calling thread is sending.
+
+    httpcore gives every socket operation its own timeout; under :meth:`deadline` each connect,
+    TLS handshake, read and write gets ``min(its timeout, the time left)`` and none starts once
+    the deadline has passed (it raises httpcore's timeout, which httpx maps to its own). A read
+    returns as soon as any byte arrives, so a drip costs at most the deadline. Python's TLS
+    handshake honours its socket timeout as a deadline across all its steps. The deadline is
+    per thread (a Connection is shared by worker threads) and read at each operation, so a
+    pooled connection reused by another request obeys that request's deadline. ``clock`` is
+    injectable for tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 inner: httpcore.NetworkBackend | None = None) -> None:
+        self.clock = clock
+        self._inner = inner or httpcore.SyncBackend()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Everything this thread sends or receives inside ends within ``seconds``."""
+        previous = getattr(self._local, "at", None)
+        self._local.at = self.clock() + seconds
+        try:
+            yield
+        finally:
+            self._local.at = previous
+
+    def left(self, timeout: float | None, expired: type[Exception]) -> float | None:
+        """``timeout`` cut to the time left before the deadline (unchanged outside one); ``expired``
+        is raised once it has passed."""
+        at = getattr(self._local, "at", None)
+        if at is None:
+            return timeout
+        left = at - self.clock()
+        if left <= 0:
+            raise expired("the deadline of the request has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, self.left(timeout, httpcore.ConnectTimeout), local_address,
+                                         socket_options)
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:  # pragma: no cover
+        raise httpcore.ConnectError("unix sockets are not used")
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore's retries are off
+        self._inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: DeadlineBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        for start in range(0, len(buffer), WRITE_PIECE):  # a peer that reads slowly stops at the deadline
+            self._inner.write(buffer[start:start + WRITE_PIECE], self._backend.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        # The sync backend sets the socket timeout and shakes hands: one deadline for the handshake.
+        left = self._backend.left(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.start_tls(ssl_context, server_hostname, left)
+        return _DeadlineStream(stream, self._backend)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Transport(httpx.HTTPTransport):
+    """httpx's transport with the deadline backend underneath.
+
+    ``httpx.HTTPTransport`` builds its httpcore pool without a way to pass a network backend, so
+    the same pool (or proxy pool) is built here with httpcore's public constructor; everything
+    else (request and response conversion, exception mapping) is httpx's own."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None, limits: httpx.Limits, proxy: str | None,
+                 backend: DeadlineBackend) -> None:
+        pool_options: dict[str, Any] = {
+            "ssl_context": ssl_context, "max_connections": limits.max_connections,
+            "max_keepalive_connections": limits.max_keepalive_connections,
+            "keepalive_expiry": limits.keepalive_expiry, "network_backend": backend}
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(**pool_options)
+            return
+        scheme = urlsplit(proxy).scheme
+        if scheme not in ("http", "https"):  # before httpx reads it: its errors repeat the URL, password too
+            raise RemoteError(f"the proxy {proxy_for_display(proxy)} is a {scheme} proxy; mdmgen goes through "
+                              "http or https proxies only: check HTTPS_PROXY and ALL_PROXY")
+        configured = httpx.Proxy(url=proxy)
+        self._pool = httpcore.HTTPProxy(
+            proxy_url=httpcore.URL(scheme=configured.url.raw_scheme, host=configured.url.raw_host,
+                                   port=configured.url.port, target=configured.url.raw_path),
+            proxy_auth=configured.raw_auth, proxy_headers=configured.headers.raw,
+            proxy_ssl_context=configured.ssl_context, **pool_options)
+
+
+def proxy_for_display(proxy: str) -> str:
+    shown = urlsplit(proxy)
     return f"{shown.scheme}://{shown.hostname}" + (f":{shown.port}" if shown.port else "")
 
 
@@ -289,38 +432,69 @@ class Connection:
     ssl_context: ssl.SSLContext | None = None
     use_proxy: bool = True
     """False: connect directly whatever the proxy variables say (preflight probes the direct path)."""
+    max_body: int = MAX_BODY
+    """The largest answer read (``send`` can ask for less); larger is a one-line failure."""
+    clock: Callable[[], float] = time.monotonic
+    """The deadlines' clock; tests move it instead of waiting."""
     host: str = field(init=False)
     proxy: str | None = field(init=False)
     """The proxy requests go through (for messages), or None."""
+    backend: DeadlineBackend = field(init=False, repr=False)
     _client: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
         self.host = parts.hostname or ""
         secure = parts.scheme == "https"
-        self.proxy = proxy_for(self.base_url) if self.use_proxy else None
+        # plain http (loopback only) never goes through a proxy
+        proxy = proxy_url(self.base_url) if self.use_proxy and secure else None
+        self.proxy = proxy_for_display(proxy) if proxy else None
+        self.backend = DeadlineBackend(self.clock)
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        transport = _Transport(ssl_context=(self.ssl_context or tls_context()) if secure else None, limits=limits,
+                               proxy=proxy, backend=self.backend)
         self._client = httpx.Client(
             base_url=self.base_url,
-            verify=(self.ssl_context or tls_context()) if secure else True,
-            limits=httpx.Limits(max_connections=self.max_connections,
-                                max_keepalive_connections=self.max_connections),
+            transport=transport,
             timeout=httpx.Timeout(self.timeout),
-            trust_env=secure and self.use_proxy,  # proxy variables; plain http (loopback only) never uses one
+            trust_env=False,  # the proxy is chosen above, from the same variables
             headers={"User-Agent": self.user_agent},
-            follow_redirects=False,
+            follow_redirects=False,  # a redirect is an answer; the credentials never follow it elsewhere
         )
 
     def send(self, method: str, path: str, *, doing: str, headers: Mapping[str, str] | None = None,
-             content: bytes | None = None) -> Response:
-        """One HTTP exchange (no retry); a Response whatever its status, or TransportFailure."""
+             content: bytes | None = None, max_body: int | None = None) -> Response:
+        """One HTTP exchange (no retry), all of it within ``timeout`` seconds; a Response whatever its
+        status, or TransportFailure (a timeout, an answer larger than ``max_body``...)."""
         started = time.monotonic()
+        cap = self.max_body if max_body is None else max_body
         try:
-            reply = self._client.request(method, path, headers=dict(headers or {}), content=content)
+            with self.backend.deadline(self.timeout), \
+                    self._client.stream(method, path, headers=dict(headers or {}), content=content) as reply:
+                body = self._read(reply, cap, doing)
         except httpx.HTTPError as exc:
             raise self._failure(exc, doing) from None
         self.log.debug("%s%s %s -> %d in %.3f s", self.log_prefix, method, path.split("?")[0], reply.status_code,
                        time.monotonic() - started)
-        return Response(reply.status_code, reply.headers, reply.content, doing, self.service)
+        return Response(reply.status_code, reply.headers, body, doing, self.service)
+
+    def _read(self, reply: httpx.Response, cap: int, doing: str) -> bytes:
+        """The body, decoded, read in chunks and given up as soon as it passes ``cap`` bytes."""
+        declared = reply.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap and not reply.headers.get("Content-Encoding"):
+            raise self._too_large(cap, doing)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in reply.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(cap, doing)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, cap: int, doing: str) -> TransportFailure:
+        return TransportFailure(f"{self.service} at {self.base_url} sent an answer larger than {_size(cap)} while "
+                                f"{doing}; it was not read further", kind="too large", transient=False)
 
     def close(self) -> None:
         self._client.close()
@@ -352,6 +526,9 @@ class Connection:
             dropped = isinstance(cause, ConnectionResetError | ConnectionAbortedError)
             return TransportFailure(f"cannot reach {self.base_url}{via} while {doing}: {why}",
                                     kind="dropped" if dropped else "connect", transient=dropped)
+        if getattr(cause, "error_status_hint", None) == 431:  # h11: the headers passed MAX_HEADERS
+            return TransportFailure(f"{where} sent response headers larger than {_size(MAX_HEADERS)} while {doing}",
+                                    kind="too large", transient=False)
         if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
             kind = "protocol" if isinstance(exc, httpx.RemoteProtocolError) else "dropped"
             return TransportFailure(f"{where} dropped the connection or sent an incomplete answer while {doing}: "
@@ -370,6 +547,10 @@ def _root_cause(exc: BaseException) -> BaseException:
         seen.add(id(inner))
         exc = inner
     return exc
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count >> 10} KiB"
 
 
 def _first_line(exc: BaseException) -> str:

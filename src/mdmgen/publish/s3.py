@@ -51,6 +51,14 @@ from .base import Desired, Plan, PlanItem, Remote, RemoteError, build_plan, run_
 from .defaults import S3_TIMEOUT, S3_WORKERS
 
 COMMIT_GAP = 1.0
+S3_ATTEMPTS = 3
+"""botocore's standard mode default, set explicitly so ``AWS_MAX_ATTEMPTS`` or the AWS config
+cannot stretch how long a failing endpoint holds a run (the README's bound depends on it)."""
+MAX_MANIFEST = 256 << 20
+"""The largest manifest.json read: about a million devices' lines."""
+MAX_OBJECT = 16 << 20
+"""The largest other object read (``--verify``): one device's or one fleet-level file."""
+READ_CHUNK = 64 << 10
 """Seconds between the last object write and the manifest write (S3's LastModified resolution)."""
 
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
@@ -119,11 +127,14 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None,
     Checksums are set deliberately: every PUT passes its own ChecksumSHA256, so the SDK's
     default extra CRC32 (boto3 >= 1.36, refused by some S3-compatible stores) is turned off
     with ``when_required``; ``--verify`` hashes what it downloads itself. Retries use botocore's
-    ``standard`` mode (retried throttling, 5xx and timeouts with backoff), and nothing retries
-    on top. ``timeout`` bounds each connect and each read, so a cron job never hangs on an
-    endpoint that accepts connections and never answers.
+    ``standard`` mode (retried throttling, 5xx and timeouts with backoff), at most
+    :data:`S3_ATTEMPTS` tries, and nothing retries on top. ``timeout`` bounds each connect and
+    each socket read, so a cron job never hangs on an endpoint that accepts connections and never
+    answers. botocore has no deadline for a whole request: an endpoint that keeps sending a byte
+    within each ``timeout`` is bounded only by the size caps of :meth:`S3Publisher._read_body`.
     """
-    config = Config(retries={"mode": "standard"}, request_checksum_calculation="when_required",
+    config = Config(retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+                    request_checksum_calculation="when_required",
                     response_checksum_validation="when_required", max_pool_connections=workers,
                     connect_timeout=timeout, read_timeout=timeout, user_agent_extra=f"mdmgen/{__version__}")
     try:
@@ -232,13 +243,33 @@ class S3Publisher:
         key = self.destination.key(relpath)
         try:
             response = self.client.get_object(Bucket=self.destination.bucket, Key=key)
-            return response, response["Body"].read()
+            cap = MAX_MANIFEST if relpath == MANIFEST_FILE else MAX_OBJECT
+            return response, self._read_body(response, cap, f"{doing} {key}")
         except bx.ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
             raise _describe(exc, self.destination, f"{doing} {key}") from None
         except bx.BotoCoreError as exc:
             raise _describe(exc, self.destination, f"{doing} {key}") from None
+
+    def _read_body(self, response: dict, cap: int, doing: str) -> bytes:
+        """The body, read in chunks and given up past ``cap`` bytes, so an endless body ends the run
+        with one line instead of memory running out."""
+        body = response["Body"]
+        too_large = RemoteError(f"{self.destination} sent an object larger than {cap >> 20} MiB while {doing}")
+        try:
+            if int(response.get("ContentLength") or 0) > cap:
+                raise too_large
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := body.read(READ_CHUNK):
+                size += len(chunk)
+                if size > cap:
+                    raise too_large
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            body.close()
 
     def _get_manifest(self) -> PublishedManifest | None:
         got = self._get(MANIFEST_FILE, "reading")

@@ -8,8 +8,10 @@ proxies, TLS and the retry policy are :mod:`mdmgen.publish.http`'s; what is Grap
   ``AZURE_FEDERATED_TOKEN_FILE`` is given, ``WorkloadIdentityCredential`` (GitHub Actions OIDC).
   When ``AZURE_AUTHORITY_HOST`` is not a public Microsoft host, instance discovery is turned off,
   so no request goes to a public host (MSAL would otherwise ask login.microsoftonline.com first).
-  The token library uses ``requests``: ``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``, is handed
-  to it, so one private CA setting serves both libraries. azure-identity renews a token ahead
+  The token library's requests go through mdmgen's HTTP layer (:mod:`.transport`), so they have
+  the same deadline, size caps, proxies and TLS as Graph's; ``REQUESTS_CA_BUNDLE``, else
+  ``SSL_CERT_FILE``, names the CAs it trusts (as ``requests`` would have it), so one private CA
+  setting serves both. azure-identity renews a token ahead
   of its expiry; a 401 (expired early, revoked) gets a new credential, hence a new token, once.
 * **Throttling** (§5.2): 429 and 503 wait ``Retry-After`` (the shared policy); writes are paced
   below Intune's budget (100 writes per 20 s per app) so a publish does not run into it at all.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -110,9 +113,10 @@ def error_of(body: bytes) -> tuple[str, str]:
     return "", ""
 
 
-def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[], Any]:
+def credential_factory(environ: Mapping[str, str] | None = None, *, timeout: float = TIMEOUT) -> Callable[[], Any]:
     """What makes the azure-identity credential, checked now (a RemoteError naming the variables when
-    none of the standard ways is configured), built on demand (and again after a 401)."""
+    none of the standard ways is configured), built on demand (and again after a 401). Its requests
+    go through :class:`~.transport.BoundedTransport`: each is over within ``timeout`` seconds."""
     env = os.environ if environ is None else environ
     missing = [name for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID") if not env.get(name)]
     ways = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
@@ -127,19 +131,34 @@ def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[],
     if host not in PUBLIC_AUTHORITIES:
         kwargs["disable_instance_discovery"] = True  # no request to a public Microsoft host
     ca_bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE")
-    if ca_bundle:
-        kwargs["connection_verify"] = ca_bundle
     federated_only = env.get("AZURE_FEDERATED_TOKEN_FILE") and not (
         env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH"))
 
     def make() -> Any:
         from azure.identity import EnvironmentCredential, WorkloadIdentityCredential
 
+        from .transport import BoundedTransport
+
+        transport = BoundedTransport(timeout=timeout, ssl_context=_ca_context(ca_bundle))
         if federated_only:
-            return WorkloadIdentityCredential(**kwargs)
-        return EnvironmentCredential(**kwargs)
+            return WorkloadIdentityCredential(**kwargs, transport=transport)
+        return EnvironmentCredential(**kwargs, transport=transport)
 
     return make
+
+
+def _ca_context(ca_bundle: str | None) -> ssl.SSLContext | None:
+    """Trust only ``ca_bundle`` (a file or a folder of CAs, as ``requests`` reads it); None: the HTTP
+    layer's default (the system's CAs, or the OS trust store with ``MDMGEN_TRUSTSTORE=1``)."""
+    if not ca_bundle:
+        return None
+    try:
+        if os.path.isdir(ca_bundle):
+            return ssl.create_default_context(capath=ca_bundle)
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise RemoteError(f"the CA bundle {ca_bundle} (REQUESTS_CA_BUNDLE or SSL_CERT_FILE) cannot be read: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def secrets_of(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ from ..http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE_DELAY,
     DEFAULT_MAX_DELAY,
+    MAX_SMALL_BODY,
     Connection,
     HTTPStatusError,
     Response,
@@ -234,7 +235,8 @@ class JamfClient:
         for path in self._token_paths:
 
             def call(path: str = path) -> Response:
-                response = self._http.send("POST", path, doing=doing, headers=headers, content=form)
+                response = self._http.send("POST", path, doing=doing, headers=headers, content=form,
+                                           max_body=MAX_SMALL_BODY)
                 if response.status >= 500 or response.status == 429 or 300 <= response.status < 400:
                     raise self._http_error("POST", path, response)
                 return response
