@@ -227,15 +227,31 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+class SlowAnswer(httpcore.ReadTimeout):
+    """The deadline passed after part of the answer had arrived: the server is up but sends too
+    slowly (a drip). Unlike a server that says nothing at all, asking again cannot help, so it is
+    not retried and a run ends within about ``--timeout`` of it."""
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream, backend: DeadlineBackend) -> None:
         self._inner = inner
         self._backend = backend
+        self._answered = False
+        """Whether any byte of the current answer arrived (reset by each request's write)."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
+        try:
+            data = self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
+        except httpcore.ReadTimeout as exc:
+            if self._answered:
+                raise SlowAnswer(str(exc)) from exc
+            raise
+        self._answered = self._answered or bool(data)
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._answered = False
         for start in range(0, len(buffer), WRITE_PIECE):  # a peer that reads slowly stops at the deadline
             self._inner.write(buffer[start:start + WRITE_PIECE], self._backend.left(timeout, httpcore.WriteTimeout))
 
@@ -503,6 +519,10 @@ class Connection:
         where = f"{self.service} at {self.base_url}"
         via = f" through the proxy {self.proxy}" if self.proxy else ""
         cause = _root_cause(exc)
+        if isinstance(exc, httpx.TimeoutException) and _caused_by(exc, SlowAnswer):
+            return TransportFailure(f"{where} did not send its whole answer within {self.timeout:g} s while {doing} "
+                                    "(it sends too slowly; not retried)", kind="timeout", transient=False,
+                                    hint=self.timeout_hint)
         if isinstance(exc, httpx.TimeoutException):
             return TransportFailure(f"{where} did not answer within {self.timeout:g} s while {doing}",
                                     kind="timeout", transient=True, hint=self.timeout_hint)
@@ -538,6 +558,18 @@ class Connection:
                                     kind="request", transient=False)
         return TransportFailure(f"{where} could not be talked to while {doing}: {_first_line(exc)}",
                                 kind="other", transient=False)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or anything it wraps (httpx wraps httpcore's errors) is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _root_cause(exc: BaseException) -> BaseException:
