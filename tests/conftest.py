@@ -56,6 +56,11 @@ def openssl_path() -> str:
     return require_tool("openssl", "tests make their certificates and verify signed profiles with it")
 
 
+def promtool_path() -> str:
+    """``promtool``, from Debian's prometheus package: only the real tool proves the generated rules."""
+    return require_tool("promtool", "Debian's prometheus package: only the real tool proves the generated rules")
+
+
 def require_reference(name: str) -> Path:
     """A file of the reference facts, ``../shared/reference/NAME`` beside the checkout."""
     path = REFERENCE / name

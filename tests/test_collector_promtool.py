@@ -13,14 +13,13 @@ import subprocess
 from pathlib import Path
 
 from .collector_helpers import HOSTILE, RULES, compile_fleet, load_yaml, set_policy, team_rows
-from .conftest import require_tool
+from .conftest import promtool_path
 
 LOW, HIGH, GONE = "Low Adopters", "High Adopters", "Left Team"
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    promtool = require_tool("promtool", "Debian's prometheus package: only the real tool proves the generated rules")
-    return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run([promtool_path(), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def series(metric: str, **labels: str) -> str:
