@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from click.testing import CliRunner
@@ -24,6 +25,49 @@ SHIPPED_POLICY = ROOT / "profiles" / "policy.yaml"
 REFERENCE = ROOT.parent / "shared" / "reference"
 
 HEADER = "serial_number,platform,user_email,team\n"
+
+
+# --- what a test needs from the machine -------------------------------------------------------
+# tests/install-tools.sh installs the tools (as root, on Debian); the reference facts are laid
+# beside the checkout as ../shared/reference/ and never copied into the project. A test that
+# finds one missing is skipped with one reason on a developer's machine; under CI (the ``CI``
+# variable set) it fails instead, as the end-to-end tests do: CI installs everything, so a skip
+# there would hide a broken setup behind a green run.
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test with ``reason``, or fail it with that reason when ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, why: str) -> str:
+    """The path of the program ``name`` (for ``why``), or a skip (fail under CI) with one reason
+    that is the same for every test needing it, so ``-ra`` reports it once."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not on PATH ({why}); as root, tests/install-tools.sh installs it")
+    return path
+
+
+def openssl_path() -> str:
+    """The ``openssl`` program: tests make certificates and verify signed profiles with it."""
+    return require_tool("openssl", "tests make their certificates and verify signed profiles with it")
+
+
+def promtool_path() -> str:
+    """``promtool``, from Debian's prometheus package: only the real tool proves the generated rules."""
+    return require_tool("promtool", "Debian's prometheus package: only the real tool proves the generated rules")
+
+
+def require_reference(name: str) -> Path:
+    """A file of the reference facts, ``../shared/reference/NAME`` beside the checkout."""
+    path = REFERENCE / name
+    if not path.is_file():
+        missing(f"{REFERENCE} is not beside the checkout: {name} is read from there, never copied into "
+                "the project")
+    return path
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from .collector_helpers import (
     set_policy,
     team_rows,
 )
-from .conftest import ROOT, run
+from .conftest import ROOT, promtool_path, run
 
 ROWS = team_rows("Ops", 2, "OPS") + team_rows(HOSTILE, 1, "HOS", "macos") + team_rows("Sec", 1, "SEC", "windows")
 KUBERNETES_VERSION = "1.30"
@@ -291,6 +291,7 @@ def test_s3_publishes_the_collector_files_with_their_content_types(workdir, s3):
 def test_the_readme_collector_example_works_when_pasted(tmp_path):
     """The README's "Collector side" block, pasted into a copy of the shipped example (with this
     venv as its .venv: the block is about the collector, not about installing)."""
+    promtool_path()  # the block checks the rules with it
     (block,) = [body for _marker, body in test_readme.shell_blocks() if "with-collector.yaml" in body]
     project = tmp_path / "project"
     shutil.copytree(ROOT / "inventory", project / "inventory")

@@ -9,23 +9,17 @@ reference, section 9): ``claude_code_session_count_total`` carrying the ``team``
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from .collector_helpers import HOSTILE, RULES, compile_fleet, load_yaml, set_policy, team_rows
-
-PROMTOOL = shutil.which("promtool")
+from .conftest import promtool_path
 
 LOW, HIGH, GONE = "Low Adopters", "High Adopters", "Left Team"
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    if PROMTOOL is None:  # not a skip: these rules are only proven by the real tool
-        pytest.fail("promtool is missing: install Debian's 'prometheus' package (.ci/run does)")
-    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run([promtool_path(), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def series(metric: str, **labels: str) -> str:

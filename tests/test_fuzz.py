@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from mdmgen import inventory, policy
 from mdmgen.models import MdmgenError, Problem
 
-from .conftest import REFERENCE, run
+from .conftest import require_reference, run
 from .test_hostile_characters import (
     HOSTILE_TEXT,
     PROBLEM_LINE,
@@ -35,7 +35,7 @@ from .test_hostile_characters import (
     yaml_quoted,
 )
 
-SCHEMA_PATH = REFERENCE / "claude-code-settings.schema.json"
+SCHEMA = "claude-code-settings.schema.json"
 def fuzz(max_examples: int) -> settings:
     return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -174,10 +174,8 @@ def inventories(draw) -> bytes:
 
 @pytest.fixture(scope="module")
 def validator():
-    if not SCHEMA_PATH.is_file():
-        pytest.fail(f"the independent oracle is read from {SCHEMA_PATH}, which is missing: put shared/ beside the "
-                    "checkout, as CI does", pytrace=False)
-    return jsonschema.Draft7Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    schema = require_reference(SCHEMA).read_text(encoding="utf-8")
+    return jsonschema.Draft7Validator(json.loads(schema))
 
 
 @contextmanager

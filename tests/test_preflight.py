@@ -20,7 +20,7 @@ import yaml
 
 from mdmgen import preflight
 
-from .conftest import HEADER, run, write_inventory
+from .conftest import HEADER, openssl_path, run, write_inventory
 from .e2e.receivers import PROTOCOLS, make_receiver
 
 TOKEN = "pf-t0ken-8c1e5a0b9d"  # a test fixture, never a real credential
@@ -69,7 +69,7 @@ def fleet(workdir: Path) -> Path:
 def self_signed(tmp_path_factory) -> tuple[Path, bytes, bytes]:
     """A self-signed certificate for 127.0.0.1: (cert file, cert PEM, key PEM)."""
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    subprocess.run([openssl_path(), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", folder / "key.pem", "-out", folder / "cert.pem", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)

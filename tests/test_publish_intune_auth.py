@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import openssl_path
 from .fakes.graph_server import ALL_ROLES, AppRegistration, FakeGraphServer
 from .fakes.test_graph_server import TrapProxy
 from .fakes.tls import self_signed
@@ -65,7 +66,7 @@ def test_workload_identity_federation_from_a_token_file(workdir: Path, graph: Fa
 def test_a_client_certificate(workdir: Path, graph: FakeGraphServer, monkeypatch, tmp_path: Path):
     ready(workdir, graph)
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+    subprocess.run([openssl_path(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "2", "-subj", "/CN=mdmgen"], check=True, capture_output=True)
     both = tmp_path / "app.pem"
     both.write_bytes(key.read_bytes() + cert.read_bytes())

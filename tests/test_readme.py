@@ -24,7 +24,7 @@ import pytest
 
 from mdmgen.exitcodes import COMMANDS, ExitCode
 
-from .conftest import ROOT, SHIPPED_POLICY, run
+from .conftest import ROOT, SHIPPED_POLICY, openssl_path, require_tool, run
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```sh\n(?P<body>.*?)```", re.S)
@@ -189,10 +189,13 @@ def clean_env() -> dict[str, str]:
 
 def test_the_run_blocks_work_when_pasted_in_order(tmp_path):
     """Quick start, then trying S3, Jamf and signing locally, each pasted as one block, as a newcomer would."""
+    require_tool("curl", "the README's S3 example waits for its server with it")
+    openssl_path()  # the signing example makes its certificate and verifies with it
     project = project_copy(tmp_path / "mdmgen")
     blocks = [body for marker, body in shell_blocks() if marker == "run"]
     assert len(blocks) == 4
     quick_start, try_s3, try_jamf, try_signing = blocks
+    assert ".[" not in quick_start  # no extras: tests/test_fresh_install.py runs every command after it
 
     result = paste(quick_start, project, clean_env())
     assert result.returncode == 0, result.stdout
@@ -250,3 +253,30 @@ def test_the_nightly_job_leaves_a_clean_audit_repository(tmp_path):
         assert len(git("log", "--oneline").splitlines()) == 1, f"night {night}"  # a quiet night commits nothing
     assert "output/manifest.json" in git("ls-files")
     assert (audit / ".gitignore").read_text().splitlines().count(".*.mdmgen-*") == 1
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """What CI runs is what a newcomer pastes: .ci/run ends with the README's test command, and
+    that command installs the tools the suite needs (as root) before it runs the tests."""
+    (command,) = [body.strip() for marker, body in shell_blocks() if marker == "manual: the test command itself"]
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == command
+    assert command.startswith("bash tests/install-tools.sh && ") and command.endswith(" -m pytest")
+
+
+def test_install_tools_installs_nothing_and_fails_nothing_when_it_cannot(tmp_path):
+    """Not root, or no apt-get: the script says what is missing and exits 0 (the tests then skip
+    with one reason); with CI set it fails, since CI must have every tool."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for tool in ("bash", "dirname", "id"):  # just what the script itself runs; no tinyproxy, no apt-get
+        (shims / tool).symlink_to(shutil.which(tool))
+    env = {**clean_env(), "PATH": str(shims)}
+    env.pop("CI", None)
+    script = str(ROOT / "tests" / "install-tools.sh")
+    quiet = subprocess.run([shims / "bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "not installing the Debian packages tinyproxy prometheus openssl curl npm" in quiet.stderr
+    failing = subprocess.run([shims / "bash", script], env={**env, "CI": "true"}, capture_output=True, text=True,
+                             timeout=60)
+    assert failing.returncode == 1 and "tinyproxy" in failing.stderr

@@ -7,18 +7,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from .conftest import REFERENCE, ROOT, run, write_inventory
+from .conftest import ROOT, require_reference, run, write_inventory
 from .test_cli import HOSTILE
 
-SCHEMA_PATH = REFERENCE / "claude-code-settings.schema.json"
+SCHEMA = "claude-code-settings.schema.json"
 
 
 @pytest.fixture(scope="module")
 def validator():
-    if not SCHEMA_PATH.is_file():  # CI lays shared/ beside the checkout; a bare clone elsewhere has none
-        pytest.fail(f"the independent oracle is read from {SCHEMA_PATH}, which is missing: put shared/ "
-                    "beside the checkout, as CI does (it is never copied into the project)", pytrace=False)
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(require_reference(SCHEMA).read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
 

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from mdmgen import output
 from mdmgen.emit import cms
 
-from .conftest import run, snapshot
+from .conftest import openssl_path, run, snapshot
 from .fakes.jamf_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Computer, FakeJamfServer
 from .fakes.s3_server import S3Server
 
@@ -41,7 +41,7 @@ KEY_PASSWORD = "pem pass phrase"
 
 
 def openssl(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(["openssl", *args], cwd=cwd, input=stdin, capture_output=True, timeout=60)
+    result = subprocess.run([openssl_path(), *args], cwd=cwd, input=stdin, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     return result
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import missing
 from .harness import namespaces_available
 from .messages_stub import MessagesStub
 
@@ -43,7 +44,8 @@ def client_install() -> tuple[Path | None, str | None]:
         return None, reason
     if not CLIENT.exists() and shutil.which("npm") is None:
         return None, ("npm is not on PATH: the e2e tests install the pinned Claude Code client with npm "
-                      "from the npm registry on their first run (apt-get install npm)")
+                      "from the npm registry on their first run (as root, tests/install-tools.sh installs npm "
+                      "and the client)")
     try:
         proc = subprocess.run(["bash", str(HERE / "install_client.sh")], capture_output=True, text=True,
                               timeout=600, check=False)
@@ -65,12 +67,10 @@ def claude_bin(client_install: tuple[Path | None, str | None]) -> Path:
     path, reason = client_install
     if path is not None:
         return path
-    if os.environ.get("CI"):
-        if not _reported:
-            _reported.append(reason)
-            pytest.fail(f"{reason} (CI is set, so the e2e tests fail instead of skipping)", pytrace=False)
+    if os.environ.get("CI") and _reported:
         pytest.skip(f"e2e: cannot run (the first e2e test failed with the reason: {reason})")
-    pytest.skip(f"{reason}; or deselect the e2e tests with -m 'not e2e'")
+    _reported.append(reason)
+    missing(f"{reason}; or deselect the e2e tests with -m 'not e2e'")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """A real forward proxy for tests: tinyproxy (Debian package ``tinyproxy``) on 127.0.0.1.
 
-Started and stopped by the tests themselves; ``.ci/run`` installs it. Its log says which
+Started and stopped by the tests themselves; ``tests/install-tools.sh`` installs it (without it
+the tests that need it skip with one reason, or fail when ``CI`` is set). Its log says which
 requests and ``CONNECT`` tunnels it carried, so a test can prove that a client went through it,
 or around it (``NO_PROXY``).
 """
@@ -8,11 +9,12 @@ or around it (``NO_PROXY``).
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from ..conftest import require_tool
 
 _CONNECT = re.compile(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP/")
 
@@ -25,10 +27,7 @@ class TinyProxy:
     """
 
     def __init__(self, folder: Path, *, connect_ports: tuple[int, ...] = ()):
-        binary = shutil.which("tinyproxy")
-        if binary is None:
-            raise RuntimeError("tinyproxy is not installed: apt-get install -y tinyproxy (.ci/run does)")
-        self.binary = binary
+        self.binary = require_tool("tinyproxy", "a real forward proxy for the proxy tests")
         self.folder = folder
         self.connect_ports = connect_ports
         self.log = folder / "tinyproxy.log"

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ..conftest import openssl_path
 from .graph_server import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -863,7 +864,7 @@ def _app_certificate(folder: Path, name: str) -> tuple[Path, bytes]:
     import subprocess
 
     key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+    subprocess.run([openssl_path(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "2", "-subj", f"/CN={name}"], check=True, capture_output=True)
     both = folder / f"{name}.pem"
     both.write_bytes(key.read_bytes() + cert.read_bytes())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from ..conftest import openssl_path
+
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     """``(certificate, key)`` files for ``CN=127.0.0.1`` (IP and DNS ``localhost`` names), valid 2 days."""
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    subprocess.run([openssl_path(), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-addext", "basicConstraints=critical,CA:TRUE"],
