@@ -21,6 +21,12 @@ class ExitCode(IntEnum):
     REMOTE_FAILED = 7
     BUG = 70
     """An internal error (sysexits' EX_SOFTWARE): any command, reported in one line."""
+    RESOURCES = 71
+    """The machine ran out of memory, open files or disk space (sysexits' EX_OSERR): any command, one line
+    naming the resource and the limit to raise."""
+    OUTPUT_CLOSED = 141
+    """The reader of stdout (or stderr) went away, as in ``mdmgen diff A B | head -1``: any command ends
+    quietly, with the status a shell reports for a Unix tool killed by SIGPIPE (128 + 13)."""
 
 
 _USAGE = "usage: an unknown option or a malformed value"
