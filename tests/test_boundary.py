@@ -106,3 +106,24 @@ def test_running_out_of_memory_or_disk_is_one_line_and_exit_71(workdir: Path, mo
     assert result.exit_code == ExitCode.RESOURCES
     assert result.stderr.splitlines() == [expected]
     assert not (workdir / "output").exists()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_a_server_answer_nested_100000_deep_is_an_unexpected_answer_not_a_recursion_error():
+    """Python's JSON decoder raises RecursionError (not ValueError) for it: a server could make exit 70."""
+    from mdmgen.publish import http
+
+    answer = http.Response(200, http.httpx.Headers({"Content-Type": "application/json"}), DEEP, "listing things",
+                           "Jamf Pro")
+    with pytest.raises(http.UnexpectedAnswer, match=r"^Jamf Pro sent an answer that is not valid JSON while listing"):
+        answer.json()
+
+
+def test_an_error_body_nested_100000_deep_gives_no_reason_instead_of_a_recursion_error():
+    from mdmgen.publish.intune.graph import error_of
+    from mdmgen.publish.jamf.client import error_reason
+
+    assert error_of(DEEP) == ("", "")
+    assert isinstance(error_reason("application/json", DEEP), str)

@@ -100,7 +100,7 @@ def error_of(body: bytes) -> tuple[str, str]:
     Whole, on one line: the caller redacts it before it cuts it."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         return "", ""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):

@@ -90,7 +90,7 @@ def error_reason(content_type: str, body: bytes, secrets: Iterable[str] = ()) ->
     if "json" in content_type:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             data = None
         if isinstance(data, dict):
             if "error" in data:  # RFC 6749
