@@ -618,6 +618,7 @@ def _checked_url(check, url: str, option: str) -> str:
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
     """Run the shared publish flow and print its outcome; exceptions become exit codes."""
+    from . import environment
     from .publish import base, flow
 
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
@@ -630,8 +631,11 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
                 click.echo(line)
 
     try:
+        environment.check_network()  # before the folder is locked: a usage error changes nothing
         outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
                            max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
+    except environment.EnvironmentValueError as exc:
+        report.fail(ExitCode.USAGE, f"error: {exc}")
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except (output.OutputError, base.LocalOutputError) as exc:

@@ -107,7 +107,8 @@ def _read(path: Path, option: str) -> bytes:
 
 def _password(environ: Mapping[str, str], name: str) -> bytes | None:
     value = environ.get(name)
-    return value.encode("utf-8") if value else None
+    # surrogateescape: the bytes as they are in the environment, even when they are not UTF-8
+    return value.encode("utf-8", "surrogateescape") if value else None
 
 
 def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path | None = None,

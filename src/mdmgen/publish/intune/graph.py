@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
+from ...environment import check_azure
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
@@ -114,6 +115,7 @@ def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[],
     """What makes the azure-identity credential, checked now (a RemoteError naming the variables when
     none of the standard ways is configured), built on demand (and again after a 401)."""
     env = os.environ if environ is None else environ
+    check_azure(env)  # EnvironmentValueError naming the variable azure-identity would refuse
     missing = [name for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID") if not env.get(name)]
     ways = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
     if missing or not any(env.get(name) for name in ways):

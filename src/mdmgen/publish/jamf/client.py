@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
+from ...environment import text
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
@@ -65,7 +66,7 @@ def check_url(url: str) -> str:
 
 def credentials_from(environ: Mapping[str, str]) -> tuple[str, str]:
     """``(client id, client secret)`` of a Jamf Pro API client, from the environment only."""
-    client_id, secret = environ.get(ENV_CLIENT_ID, ""), environ.get(ENV_CLIENT_SECRET, "")
+    client_id, secret = text(environ, ENV_CLIENT_ID), text(environ, ENV_CLIENT_SECRET)
     missing = [name for name, value in ((ENV_CLIENT_ID, client_id), (ENV_CLIENT_SECRET, secret)) if not value]
     if missing:
         raise RemoteError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: create an API "
