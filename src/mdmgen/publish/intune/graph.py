@@ -40,6 +40,7 @@ from ...environment import check_azure
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
+from . import token_errors
 
 log = logging.getLogger("mdmgen.publish.intune")
 for _library in ("azure", "msal", "urllib3"):
@@ -336,15 +337,13 @@ class GraphClient:
                 self._credential = self._make_credential()
             try:
                 token = self._credential.get_token(self.scope).token
-            except ClientAuthenticationError as exc:
-                text = str(exc.message if hasattr(exc, "message") else exc)
-                raise RemoteError("Microsoft Entra ID refused the credentials: "
-                                  f"{self._first_line(text) or type(exc).__name__}; check "
-                                  "AZURE_TENANT_ID, AZURE_CLIENT_ID and the secret, certificate or federated "
-                                  "token, and AZURE_AUTHORITY_HOST") from None
-            except (AzureError, ValueError, OSError) as exc:
-                raise RemoteError(f"could not get a Microsoft Graph access token: "
-                                  f"{self._first_line(str(exc)) or type(exc).__name__}") from None
+            except (ClientAuthenticationError, AzureError, ValueError, OSError) as exc:
+                # DNS, TLS, proxy, connection and a real refusal each get their own words (token_errors)
+                text = str(exc.message if isinstance(exc, ClientAuthenticationError) else exc)
+                reason = self._first_line(text.removeprefix("Authentication failed: ")) or type(exc).__name__
+                authority = os.environ.get("AZURE_AUTHORITY_HOST") or DEFAULT_AUTHORITY
+                raise RemoteError(token_errors.describe(
+                    exc, authority if "://" in authority else f"https://{authority}", reason)) from None
             if token not in self._spent:
                 self._spent.add(token)
                 self.tokens += 1
