@@ -113,14 +113,18 @@ def error_of(body: bytes) -> tuple[str, str]:
 
 
 def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[], Any]:
-    """What makes the azure-identity credential, checked now (a RemoteError naming the variables when
-    none of the standard ways is configured), built on demand (and again after a 401)."""
+    """What makes the azure-identity credential, built on demand (and again after a 401).
+
+    Malformed values are refused now (EnvironmentValueError, a usage error); missing credentials
+    when the credential is first needed (a RemoteError naming the variables), so a publish whose
+    output folder cannot be published (no ``intune/teams.json``) says that first."""
     env = os.environ if environ is None else environ
     check_azure(env)  # EnvironmentValueError naming the variable azure-identity would refuse
     missing = [name for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID") if not env.get(name)]
     ways = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
+    absent = None
     if missing or not any(env.get(name) for name in ways):
-        raise RemoteError(
+        absent = RemoteError(
             f"no Azure credentials: {' and '.join(missing) or 'AZURE_TENANT_ID and AZURE_CLIENT_ID are set, but'} "
             f"{'not set; also set' if missing else 'set'} one of {', '.join(ways)} (an Entra app registration's "
             "secret, certificate, or a workload identity federated token); mdmgen reads them only from the environment")
@@ -136,6 +140,8 @@ def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[],
         env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH"))
 
     def make() -> Any:
+        if absent is not None:
+            raise absent
         from azure.identity import EnvironmentCredential, WorkloadIdentityCredential
 
         if federated_only:
