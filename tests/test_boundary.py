@@ -127,3 +127,25 @@ def test_an_error_body_nested_100000_deep_gives_no_reason_instead_of_a_recursion
 
     assert error_of(DEEP) == ("", "")
     assert isinstance(error_reason("application/json", DEEP), str)
+
+
+def test_diff_of_a_folder_holding_a_file_nested_100000_deep_is_trouble_not_a_bug(two_outputs: Path):
+    """A hand-made folder whose manifest vouches for a settings file nested 100,000 levels deep: Python's
+    JSON reader raises RecursionError, which must read as a file that is not valid (diff's exit 2)."""
+    import hashlib
+    import json
+    import shutil
+
+    workdir = two_outputs
+    shutil.copytree(workdir / "A", workdir / "D")
+    manifest = json.loads((workdir / "D" / "manifest.json").read_text())
+    serial = sorted(manifest["devices"])[0]
+    entry = manifest["devices"][serial]["files"]["managed-settings.json"]
+    (workdir / "D" / "devices" / serial / "managed-settings.json").write_bytes(DEEP)
+    entry.update(sha256=hashlib.sha256(DEEP).hexdigest(), size=len(DEEP))
+    (workdir / "D" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    result = run(workdir, "diff", "A", "D")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {workdir}/D/devices/{serial}/managed-settings.json: nested thousands of levels deep, so not a file "
+        "mdmgen wrote"]
