@@ -86,6 +86,21 @@ def test_diff_with_too_few_open_files_is_one_line_and_exit_71(two_outputs: Path)
     assert err.startswith("error: `") and "mdmgen diff` ran out of open files at " in err and "ulimit -n" in err
 
 
+def test_an_inventory_too_large_for_the_memory_limit_is_one_line_and_exit_71(workdir: Path):
+    """A real memory limit (``ulimit -v`` 256 MB) and a 160 MB export, within the size mdmgen accepts:
+    the machine is too small for the input, which is neither a bug nor a malformed file."""
+    row = b"C02XK1AAJGH5,macos,alice@example.com,Ops\n"
+    with (workdir / "inventory" / "devices.csv").open("wb") as handle:
+        handle.write(HEADER.encode())
+        for _ in range(16):
+            handle.write(row * (10_000_000 // len(row)))
+    code, err = mdmgen(workdir, "validate", close=(), limits={resource.RLIMIT_AS: 256 << 20})
+    assert code == ExitCode.RESOURCES, err
+    assert err.splitlines() == [
+        "error: `python -m mdmgen validate` ran out of memory; give it more (ulimit -v, or the container's memory "
+        "limit), or check that the inputs are the right files"]
+
+
 @pytest.mark.parametrize(("exc", "expected"), [
     (MemoryError(), "error: `mdmgen compile` ran out of memory; give it more (ulimit -v, or the container's memory "
                     "limit), or check that the inputs are the right files"),
