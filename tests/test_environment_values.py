@@ -79,6 +79,8 @@ S3_CASES = [
     ("AWS_MAX_ATTEMPTS", "many", "cannot be used"),
     ("AWS_ENDPOINT_URL", "http://[::1", "cannot be used"),
     ("AWS_CONFIG_FILE", None, "cannot be parsed"),
+    ("AWS_CA_BUNDLE", "/nonexistent/ca.pem", "no such file: /nonexistent/ca.pem"),
+    ("HTTPS_PROXY", "http://proxy.example:port", "is not a proxy URL"),
 ]
 
 
@@ -154,3 +156,14 @@ def test_a_signing_password_that_is_not_utf8_opens_the_key(tmp_path: Path):
     signer = load_signer(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
                          environ={SIGN_KEY_PASSWORD_ENV: password.decode("utf-8", "surrogateescape")})
     assert signer.certificate == cert
+
+
+def test_a_stale_variable_that_only_another_library_reads_blocks_nothing(workdir: Path, s3, monkeypatch):  # noqa: F811
+    """botocore reads AWS_CA_BUNDLE, not REQUESTS_CA_BUNDLE or SSL_CERT_FILE: those stay another tool's business."""
+    from .conftest import run
+
+    out = compile_fleet(workdir, range(2))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    result = run(workdir, "publish", DEST, "--out", str(out), "--endpoint-url", s3.url)
+    assert result.exit_code == 0, result.output

@@ -631,10 +631,9 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
                 click.echo(line)
 
     try:
-        environment.check_network()  # before the folder is locked: a usage error changes nothing
         outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
                            max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
-    except environment.EnvironmentValueError as exc:
+    except environment.EnvironmentValueError as exc:  # checked by each publisher before its first request
         report.fail(ExitCode.USAGE, f"error: {exc}")
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")

@@ -19,8 +19,11 @@ from urllib.parse import urlsplit
 from .endpoints import is_loopback
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-CA_FILE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-SWITCHES = ("MDMGEN_TRUSTSTORE",)
+HTTPX_CA = ("SSL_CERT_FILE",)
+"""What mdmgen's own HTTP layer (httpx on OpenSSL's defaults) reads, with ``SSL_CERT_DIR``."""
+REQUESTS_CA = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+"""What azure-identity's transport (requests) reads besides ``SSL_CERT_FILE``, which mdmgen hands it."""
+BOTOCORE_CA = ("AWS_CA_BUNDLE",)
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 _TENANT_RE = re.compile(r"[A-Za-z0-9.-]+")  # azure-identity's own rule (validate_tenant_id)
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces
@@ -45,22 +48,26 @@ def text(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
-def check_network(environ: Mapping[str, str] | None = None) -> None:
-    """What every network command reads: proxies, a private CA, the truststore switch."""
+def check_network(environ: Mapping[str, str] | None = None, *, ca_files: tuple[str, ...] = HTTPX_CA,
+                  truststore: bool = True) -> None:
+    """What a network command's libraries read: the proxies, the CA variables of those libraries
+    (``ca_files``; only theirs, so a stale variable another tool reads blocks nothing), and, for
+    mdmgen's own HTTP layer, ``SSL_CERT_DIR`` and the truststore switch."""
     env = os.environ if environ is None else environ
     for name in PROXY_VARIABLES:
         if value := text(env, name).strip():
             _check_proxy(name, value)
-    for name in CA_FILE_VARIABLES:
+    for name in ca_files:
         if value := text(env, name):
             _check_file(name, value, "a PEM file of CA certificates")
+    if not truststore:
+        return
     if value := text(env, "SSL_CERT_DIR"):
         for part in value.split(os.pathsep):
             if part and not Path(part).is_dir():
                 raise EnvironmentValueError("SSL_CERT_DIR", f"{part!r} is not a folder")
-    for name in SWITCHES:
-        if text(env, name).strip() not in ("", "0", "1"):
-            raise EnvironmentValueError(name, "must be 1 (on) or 0 (off)")
+    if text(env, "MDMGEN_TRUSTSTORE").strip() not in ("", "0", "1"):
+        raise EnvironmentValueError("MDMGEN_TRUSTSTORE", "must be 1 (on) or 0 (off)")
 
 
 def check_azure(environ: Mapping[str, str] | None = None) -> None:

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from .. import __version__
 from ..emit import registry
 from ..endpoints import check_url
-from ..environment import EnvironmentValueError
+from ..environment import BOTOCORE_CA, EnvironmentValueError, check_network
 from ..messages import CREDENTIAL_VARIABLES, environment_secrets, shorten
 from ..models import Manifest
 from ..output import DEVICES_DIR, MANIFEST_FILE, kind_of
@@ -129,6 +129,7 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None,
     config = Config(retries={"mode": "standard"}, request_checksum_calculation="when_required",
                     response_checksum_validation="when_required", max_pool_connections=workers,
                     connect_timeout=timeout, read_timeout=timeout, user_agent_extra=f"mdmgen/{__version__}")
+    check_network(ca_files=BOTOCORE_CA, truststore=False)
     try:
         session = boto3.session.Session()
         client = session.client("s3", endpoint_url=endpoint_url, config=config,

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
-from ...environment import check_azure
+from ...environment import HTTPX_CA, REQUESTS_CA, check_azure, check_network
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
@@ -120,6 +120,7 @@ def credential_factory(environ: Mapping[str, str] | None = None) -> Callable[[],
     output folder cannot be published (no ``intune/teams.json``) says that first."""
     env = os.environ if environ is None else environ
     check_azure(env)  # EnvironmentValueError naming the variable azure-identity would refuse
+    check_network(env, ca_files=(*HTTPX_CA, *REQUESTS_CA))
     missing = [name for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID") if not env.get(name)]
     ways = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
     absent = None

@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
-from ...environment import text
+from ...environment import check_network, text
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
@@ -150,7 +150,9 @@ class JamfClient:
 
     @classmethod
     def from_environment(cls, base_url: str, environ: Mapping[str, str] | None = None, **kwargs) -> JamfClient:
-        client_id, secret = credentials_from(os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        check_network(env)
+        client_id, secret = credentials_from(env)
         return cls(base_url, client_id, secret, **kwargs)
 
     def request(self, method: str, path: str, *, doing: str, body: bytes | None = None,
