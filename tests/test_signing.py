@@ -88,6 +88,8 @@ def pki(tmp_path_factory) -> Path:
     openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "stray.key", cwd=folder)
     openssl("pkcs12", "-export", "-in", "leaf.pem", "-inkey", "leaf.key", "-certfile", "ca.pem", "-out", "leaf.p12",
             "-passout", f"pass:{P12_PASSWORD}", cwd=folder)
+    (folder / "cut.p12").write_bytes((folder / "leaf.p12").read_bytes()[:-100])  # a copy cut short
+    openssl("x509", "-in", "leaf.pem", "-outform", "DER", "-out", "leaf.der", cwd=folder)
     openssl("pkey", "-in", "leaf.key", "-aes256", "-passout", f"pass:{KEY_PASSWORD}", "-out", "leaf.enc.key",
             cwd=folder)
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ec.key",
@@ -326,10 +328,17 @@ REFUSED = [
     (["--sign-cert", "pki/leaf.pem", "--sign-key", "pki/leaf.enc.key"], {"MDMGEN_SIGN_KEY_PASSWORD": "wrong"}, 1,
      "pki/leaf.enc.key: --sign-key: not a readable PEM private key or MDMGEN_SIGN_KEY_PASSWORD is not its password"),
     (["--sign-p12", "pki/leaf.p12"], {"MDMGEN_SIGN_P12_PASSWORD": "wrong"}, 1,
-     "pki/leaf.p12: --sign-p12: cannot open the PKCS#12 file: not PKCS#12, or MDMGEN_SIGN_P12_PASSWORD is not "
-     "its password"),
+     "pki/leaf.p12: --sign-p12: cannot open the PKCS#12 file: MDMGEN_SIGN_P12_PASSWORD is not its password"),
     (["--sign-p12", "pki/leaf.p12"], {}, 1,
-     "pki/leaf.p12: --sign-p12: cannot open the PKCS#12 file: not PKCS#12, or MDMGEN_SIGN_P12_PASSWORD is not set"),
+     "pki/leaf.p12: --sign-p12: cannot open the PKCS#12 file: it is protected by a password: set "
+     "MDMGEN_SIGN_P12_PASSWORD"),
+    (["--sign-p12", "pki/leaf.pem"], {"MDMGEN_SIGN_P12_PASSWORD": "wrong"}, 1,
+     "pki/leaf.pem: --sign-p12: cannot open the PKCS#12 file: this is a PEM file, not PKCS#12: pass the "
+     "certificate with --sign-cert and the key with --sign-key"),
+    (["--sign-p12", "pki/cut.p12"], {"MDMGEN_SIGN_P12_PASSWORD": P12_PASSWORD}, 1,
+     "pki/cut.p12: --sign-p12: cannot open the PKCS#12 file: the file is damaged: it should be "),
+    (["--sign-p12", "pki/leaf.der"], {"MDMGEN_SIGN_P12_PASSWORD": P12_PASSWORD}, 1,
+     "pki/leaf.der: --sign-p12: cannot open the PKCS#12 file: not a PKCS#12 file (.p12 or .pfx)"),
     (["--sign-cert", "pki/leaf.key", "--sign-key", "pki/leaf.key"], {}, 1,
      "pki/leaf.key: --sign-cert: not a PEM certificate"),
     (["--sign-cert", "pki/missing.pem", "--sign-key", "pki/leaf.key"], {}, 1,

@@ -94,15 +94,30 @@ class _GuardedGroup(click.Group):
     """The exception boundary: an exception no stage turned into a user-facing message is a bug
     in mdmgen. It prints one line that names the command and asks for a report (the traceback
     only with -vv) and exits with 70 (EX_SOFTWARE), never a bare traceback that a cron mail or
-    a CI log would bury the real problem under."""
+    a CI log would bury the real problem under.
+
+    Two endings are not bugs (see ``boundary``): a reader of stdout that went away
+    (``| head -1``) ends quietly with 141, as Unix tools do; running out of memory, open files or
+    disk space is one line and 71."""
 
     def invoke(self, ctx: click.Context):
+        from . import boundary
+
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                boundary.flush_output()  # a closed pipe shows here, not in the interpreter's last flush
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
             command = f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip()
+            if closed := boundary.closed_streams(exc):
+                boundary.end_quietly(closed)
+                sys.exit(ExitCode.OUTPUT_CLOSED)
+            if message := boundary.resource_message(exc, command):
+                click.echo(printable(message), err=True)
+                sys.exit(ExitCode.RESOURCES)
             debug = logging.getLogger().isEnabledFor(logging.DEBUG)
             if debug:
                 import traceback
@@ -612,6 +627,7 @@ def _checked_url(check, url: str, option: str) -> str:
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
     """Run the shared publish flow and print its outcome; exceptions become exit codes."""
+    from . import environment
     from .publish import base, flow
 
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
@@ -626,6 +642,8 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     try:
         outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
                            max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
+    except environment.EnvironmentValueError as exc:  # checked by each publisher before its first request
+        report.fail(ExitCode.USAGE, f"error: {exc}")
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except (output.OutputError, base.LocalOutputError) as exc:

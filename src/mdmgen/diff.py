@@ -147,6 +147,9 @@ class TreeDiff(BaseModel):
 
 def trees(old: Path, new: Path) -> TreeDiff:
     """Everything that differs between two output folders."""
+    for folder in (old, new):
+        if not folder.is_dir():  # said here: the reader's advice names compile's --out, which diff has not
+            raise DiffError(f"{folder}: no such folder; diff compares two output folders written by `mdmgen compile`")
     with checked(old, check=Check.NAMES, error=DiffError) as before, \
             checked(new, check=Check.NAMES, error=DiffError) as after:
         return _compare(before, after)

@@ -21,6 +21,12 @@ class ExitCode(IntEnum):
     REMOTE_FAILED = 7
     BUG = 70
     """An internal error (sysexits' EX_SOFTWARE): any command, reported in one line."""
+    RESOURCES = 71
+    """The machine ran out of memory, open files or disk space (sysexits' EX_OSERR): any command, one line
+    naming the resource and the limit to raise."""
+    OUTPUT_CLOSED = 141
+    """The reader of stdout (or stderr) went away, as in ``mdmgen diff A B | head -1``: any command ends
+    quietly, with the status a shell reports for a Unix tool killed by SIGPIPE (128 + 13)."""
 
 
 _USAGE = "usage: an unknown option or a malformed value"
@@ -58,7 +64,8 @@ COMMANDS: dict[str, dict[int, str]] = {
     "publish s3": {
         0: "published (or, with --dry-run, planned)",
         1: _OUTPUT_UNREADABLE,
-        2: "usage: a malformed s3:// URL, or a plain-http or credential-bearing --endpoint-url",
+        2: "usage: a malformed s3:// URL, or a plain-http or credential-bearing --endpoint-url; an environment "
+           "variable that cannot be used (named)",
         5: _BUSY_PUBLISH,
         6: _GUARD,
         7: "S3 failed or refused: missing bucket, access denied, credentials, unreachable or silent "
@@ -68,7 +75,7 @@ COMMANDS: dict[str, dict[int, str]] = {
         0: "published (or, with --dry-run, planned), including when some Macs are not enrolled",
         1: _OUTPUT_UNREADABLE,
         2: "usage: a --url that is not https (plain http only to loopback), carries credentials or "
-           "has a query; --jobs above 5",
+           "has a query; --jobs above 5; an environment variable that cannot be used (named)",
         5: _BUSY_PUBLISH,
         6: _GUARD,
         7: "Jamf Pro failed or refused: credentials missing or rejected, a missing privilege, "
@@ -78,7 +85,8 @@ COMMANDS: dict[str, dict[int, str]] = {
         0: "published (or, with --dry-run, planned), including when some devices are not enrolled",
         1: _OUTPUT_UNREADABLE + "; or the proof refused: a device would not get exactly its compiled "
            "settings, or a team has no group (each listed); nothing was written",
-        2: "usage: a --graph-url that is not https (plain http only to loopback) or has a path",
+        2: "usage: a --graph-url that is not https (plain http only to loopback) or has a path; an "
+           "environment variable that cannot be used (named)",
         5: _BUSY_PUBLISH,
         6: _GUARD,
         7: "Graph or Entra ID failed or refused: credentials missing or rejected, a missing permission, "

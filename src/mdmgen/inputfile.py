@@ -61,3 +61,39 @@ def _chunks(path: Path, limit: int) -> Iterator[bytes]:
         raise InputFileError(f"cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+_SNIFFED = 64 << 10
+"""How much of a file :func:`not_text` looks at: a zip names its first members within the first few kilobytes."""
+_ZIP_KINDS = ((b"xl/", "an Excel workbook (a zip file)"), (b"word/", "a Word document (a zip file)"),
+              (b"ppt/", "a PowerPoint presentation (a zip file)"),
+              (b"opendocument.spreadsheet", "an OpenDocument spreadsheet (a zip file)"),
+              (b"opendocument.text", "an OpenDocument text document (a zip file)"))
+_MAGIC = ((b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Excel workbook (.xls) or another Office document"),
+          (b"%PDF-", "a PDF document"), (b"\x1f\x8b", "a gzip-compressed file"),
+          (b"\xfd7zXZ\x00", "an xz-compressed file"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+          (b"{\\rtf", "an RTF document"))
+
+
+def not_text(data: bytes) -> str | None:
+    """What ``data`` is when it is plainly not a text file ("an Excel workbook (a zip file)"), by its
+    first bytes, so the user reads what they gave instead of an encoding error at some line;
+    None when it may be text. UTF-16 is recognised with or without its byte order mark; only
+    without one is it "not text" here (mdmgen reads UTF-16 with a BOM)."""
+    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        names = data[:_SNIFFED] + data[-_SNIFFED:]  # the first members, and the central directory at the end
+        return next((kind for marker, kind in _ZIP_KINDS if marker in names), "a zip file")
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None  # UTF-16 with a BOM: text
+    head = data[:_SNIFFED]
+    if b"\x00" not in head:
+        return None
+    pairs = len(head) // 2
+    if pairs and (head[1::2].count(0) > pairs * 0.9 or head[0::2].count(0) > pairs * 0.9):
+        return "UTF-16 text without a byte order mark (BOM)"
+    if b"\x00\x00" in head or head.count(0) > 16:
+        return "a binary file (it holds NUL bytes)"
+    return None  # a stray NUL in text: reported at its line by the parser, which says more

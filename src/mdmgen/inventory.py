@@ -21,7 +21,7 @@ from pathlib import Path
 from email_validator import EmailNotValidError, validate_email
 
 from . import rowcache
-from .inputfile import MAX_INVENTORY_BYTES, InputFileError, read_input
+from .inputfile import MAX_INVENTORY_BYTES, InputFileError, not_text, read_input
 from .models import SAFE_NAME, Device, Location, Platform, Problem, StatusColumn, unencodable_text, unsafe_name
 from .policy import team_problem
 
@@ -63,6 +63,7 @@ not ``Employee ID`` nor a US ``State``."""
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 _DELIMITERS = (",", "\t", ";")
+_SPREADSHEETS = frozenset({".xlsx", ".xlsm", ".xls", ".ods", ".numbers"})
 MAX_COLUMNS = 1_000
 """Widest inventory accepted. HR exports have tens of columns; a bound keeps a broken export (one
 row of 100,000 cells) from making every row costly."""
@@ -105,8 +106,10 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
             if not found:
+                sheets = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _SPREADSHEETS)
+                hint = f" ({sheets[0]} is a spreadsheet: export it as CSV UTF-8)" if sheets else ""
                 problems.append(Problem(location=Location(file=str(path)), field="inventory",
-                                        message="folder has no .csv files"))
+                                        message=f"folder has no .csv files{hint}"))
             files.extend(found)
         elif path.exists():
             files.append(path)  # read_input refuses what is not a regular file, saying so
@@ -143,7 +146,11 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
 
 
 def decode_text(name: str, data: bytes) -> tuple[str | None, Problem | None]:
-    """UTF-8 (BOM optional) or UTF-16 with a BOM; anything else is reported with its line."""
+    """UTF-8 (BOM optional) or UTF-16 with a BOM; a file that is not text (a workbook, a PDF) is
+    reported as what it is, anything else with its line."""
+    if kind := not_text(data):
+        return None, Problem(location=Location(file=name), field="inventory",
+                             message=f"this is {kind}, not a CSV file: export or save it as CSV UTF-8")
     if data.startswith(codecs.BOM_UTF8):
         encoding, data = "utf-8", data[len(codecs.BOM_UTF8):]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .attributes import TOKEN_RE
-from .inputfile import MAX_POLICY_BYTES, InputFileError, read_input
+from .inputfile import MAX_POLICY_BYTES, InputFileError, not_text, read_input
 from .models import Location, MdmgenError, Platform, Problem, unencodable_text
 from .policy_sections import ENV_NAME_RE, Collector, Intune
 
@@ -227,7 +227,11 @@ def load(profiles: Path) -> LoadedPolicy:
     path = policy_file(profiles)
     name = str(path)
     try:
-        text = read_input(path, MAX_POLICY_BYTES).decode("utf-8-sig")
+        data = read_input(path, MAX_POLICY_BYTES)
+        if kind := not_text(data):
+            raise MdmgenError([Problem(location=Location(file=name), field="policy",
+                                       message=f"this is {kind}, not a YAML text file: save it as UTF-8 text")])
+        text = data.decode("utf-8-sig")
     except FileNotFoundError:
         raise MdmgenError([Problem(location=Location(file=name), field="policy",
                                    message="no such file")]) from None

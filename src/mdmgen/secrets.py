@@ -104,7 +104,7 @@ def load_key(environ: Mapping[str, str] | None = None) -> Pseudonymiser:
     if value is not None and file is not None:
         raise PseudonymKeyError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; set only one")
     if value is not None:
-        key = value.encode("utf-8")
+        key = value.encode("utf-8", "surrogateescape")  # the bytes as set, even when they are not UTF-8
         source = KEY_ENV
     elif file is not None:
         if not file:

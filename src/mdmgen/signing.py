@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from .emit import cms, registry
-from .inputfile import InputFileError, read_input
+from .inputfile import InputFileError, not_text, read_input
 from .messages import SIGN_KEY_PASSWORD_ENV, SIGN_P12_PASSWORD_ENV
 from .models import CompiledDevice, DerivedFile, Location, ManifestDevice, MdmgenError, Problem
 from .output import CheckedOutput, device_path
@@ -107,7 +107,8 @@ def _read(path: Path, option: str) -> bytes:
 
 def _password(environ: Mapping[str, str], name: str) -> bytes | None:
     value = environ.get(name)
-    return value.encode("utf-8") if value else None
+    # surrogateescape: the bytes as they are in the environment, even when they are not UTF-8
+    return value.encode("utf-8", "surrogateescape") if value else None
 
 
 def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path | None = None,
@@ -174,15 +175,39 @@ def _load_p12(path: Path, env: Mapping[str, str]):
     try:
         key, certificate, chain = pkcs12.load_key_and_certificates(data, password)
     except (ValueError, UnsupportedAlgorithm):
-        hint = (f"{P12_PASSWORD_ENV} is not its password" if password is not None
-                else f"{P12_PASSWORD_ENV} is not set")
-        raise MdmgenError([_problem(path, "--sign-p12", f"cannot open the PKCS#12 file: not PKCS#12, or {hint}")]) \
-            from None
+        # OpenSSL says "invalid password or PKCS12 data" for both; the file's shape tells them apart.
+        why = _not_pkcs12(data) or (f"{P12_PASSWORD_ENV} is not its password" if password is not None
+                                    else f"it is protected by a password: set {P12_PASSWORD_ENV}")
+        raise MdmgenError([_problem(path, "--sign-p12", f"cannot open the PKCS#12 file: {why}")]) from None
     if key is None or certificate is None:
         raise MdmgenError([_problem(path, "--sign-p12", "holds no private key and certificate pair")])
     if not _same_public_key(certificate, key):
         raise MdmgenError([_problem(path, "--sign-p12", "its key does not match its certificate")])
     return _signing_key(key, path, "--sign-p12"), certificate, list(chain)
+
+
+_PKCS7_OID = bytes.fromhex("06092a864886f70d0107")  # 1.2.840.113549.1.7 (data, signedData): a PFX's authSafe
+
+
+def _not_pkcs12(data: bytes) -> str | None:
+    """Why ``data`` is not a whole PKCS#12 file, or None when it is shaped like one (RFC 7292: a DER
+    SEQUENCE holding version 3 and a PKCS#7 ContentInfo), so only the password can be wrong."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return ("this is a PEM file, not PKCS#12: pass the certificate with --sign-cert and the key with "
+                "--sign-key")
+    if len(data) < 2 or data[0] != 0x30:  # every DER file starts with a SEQUENCE
+        kind = not_text(data)
+        return f"this is {kind}, not a PKCS#12 file (.p12 or .pfx)" if kind else "not a PKCS#12 file (.p12 or .pfx)"
+    size, start = data[1], 2
+    if size & 0x80:  # long form: the next (size & 0x7f) bytes hold the length
+        count = size & 0x7F
+        size, start = int.from_bytes(data[2:2 + count], "big"), 2 + count
+    if data[start:start + 3] != b"\x02\x01\x03" or _PKCS7_OID not in data[start:start + 24]:
+        return "not a PKCS#12 file (.p12 or .pfx)"
+    if start + size != len(data):
+        return (f"the file is damaged: it should be {start + size} bytes and is {len(data)} (cut short in a copy, "
+                "or with something added?)")
+    return None
 
 
 def _signing_key(key: object, path: Path, option: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:

@@ -66,6 +66,16 @@ kinds by diff) and any kind-specific section (a profile's ``metadata``), each a 
 SETTINGS_SECTION = "settings"
 
 
+def _depth_guarded(read: Callable[[bytes], Semantic]) -> Callable[[bytes], Semantic]:
+    def guarded(data: bytes) -> Semantic:
+        try:
+            return read(data)
+        except RecursionError:
+            raise ValueError("nested thousands of levels deep, so not a file mdmgen wrote") from None
+
+    return guarded
+
+
 @dataclass(frozen=True)
 class ArtifactKind:
     """One kind of output file.
@@ -94,6 +104,9 @@ class ArtifactKind:
     profiles itself) asks for the source kind by name."""
 
     def __post_init__(self) -> None:
+        # A file nested thousands of levels deep (hand-made, in a folder diff or a publisher reads) makes
+        # Python's JSON and YAML readers raise RecursionError: for every kind, that is "not valid" too.
+        object.__setattr__(self, "read_semantic", _depth_guarded(self.read_semantic))
         if self.fleet:
             fleet_relpath(self.name)
             if self.platforms:

@@ -328,7 +328,7 @@ class Response:
         self._refuse_html("JSON")
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise UnexpectedAnswer(f"{self.server} sent an answer that is not valid JSON while {self.doing} "
                                    f"({len(self.body)} bytes of {self.content_type or 'no type'}; "
                                    "truncated?)") from None

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -43,6 +44,8 @@ from pydantic import ValidationError
 from .. import __version__
 from ..emit import registry
 from ..endpoints import check_url
+from ..environment import BOTOCORE_CA, EnvironmentValueError, check_network
+from ..messages import CREDENTIAL_VARIABLES, environment_secrets, shorten
 from ..models import Manifest
 from ..output import DEVICES_DIR, MANIFEST_FILE, kind_of
 from ..output import CheckedOutput as LocalOutput
@@ -137,15 +140,42 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None,
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required", max_pool_connections=workers,
                     connect_timeout=timeout, read_timeout=timeout, user_agent_extra=f"mdmgen/{__version__}")
+    check_network(ca_files=BOTOCORE_CA, truststore=False)
     try:
         session = boto3.session.Session()
         client = session.client("s3", endpoint_url=endpoint_url, config=config,
                                 region_name=region or session.region_name or "us-east-1")
+    except (bx.ProfileNotFound, bx.ConfigParseError, bx.InvalidRegionError, ValueError) as exc:
+        raise _configuration_error(exc, region) from None
     except bx.BotoCoreError as exc:
         raise _describe(exc, None, "setting up the S3 client") from None
     # The endpoint can also come from AWS_ENDPOINT_URL(_S3) or the AWS config file: check the one in use.
     check_endpoint(client.meta.endpoint_url)
     return client
+
+
+def _configuration_error(exc: Exception, region: str | None,
+                         environ: Mapping[str, str] | None = None) -> EnvironmentValueError:
+    """A value botocore refused while the client was made, as a usage error naming where it was set:
+    the variable when one holds it, else the AWS config file (botocore reads both)."""
+    env = os.environ if environ is None else environ
+    config = f"the AWS config file ({env.get('AWS_CONFIG_FILE') or '~/.aws/config'})"
+    if isinstance(exc, bx.ProfileNotFound):
+        name = next((n for n in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE") if env.get(n)), "AWS_PROFILE")
+        return EnvironmentValueError(name, f"{exc}; it names no profile of {config} or the credentials file")
+    if isinstance(exc, bx.ConfigParseError):
+        return EnvironmentValueError("AWS_CONFIG_FILE", f"{config} cannot be parsed; is it the right file?")
+    if isinstance(exc, bx.InvalidRegionError):
+        name = "--region" if region else next((n for n in ("AWS_REGION", "AWS_DEFAULT_REGION") if env.get(n)),
+                                              f"the region of {config}")
+        return EnvironmentValueError(name, "is not an AWS region name (like eu-west-1)")
+    reason = shorten(" ".join(str(exc).split()), 200, environment_secrets())
+    # botocore converts AWS_* values as it reads them (AWS_MAX_ATTEMPTS=x: "invalid literal for int()")
+    named = [n for n, v in sorted(env.items()) if n.startswith("AWS_") and v and repr(v) in str(exc)
+             and n not in CREDENTIAL_VARIABLES]
+    if not named and "URL" in str(exc):
+        named = [n for n in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if env.get(n)]
+    return EnvironmentValueError(named[0] if named else f"an AWS_* variable or {config}", f"cannot be used: {reason}")
 
 
 @dataclass(frozen=True)

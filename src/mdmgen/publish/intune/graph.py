@@ -39,9 +39,11 @@ from urllib.parse import urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
+from ...environment import HTTPX_CA, REQUESTS_CA, check_azure, check_network
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
+from . import token_errors
 
 log = logging.getLogger("mdmgen.publish.intune")
 for _library in ("azure", "msal", "urllib3"):
@@ -103,7 +105,7 @@ def error_of(body: bytes) -> tuple[str, str]:
     Whole, on one line: the caller redacts it before it cuts it."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         return "", ""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
@@ -114,14 +116,20 @@ def error_of(body: bytes) -> tuple[str, str]:
 
 
 def credential_factory(environ: Mapping[str, str] | None = None, *, timeout: float = TIMEOUT) -> Callable[[], Any]:
-    """What makes the azure-identity credential, checked now (a RemoteError naming the variables when
-    none of the standard ways is configured), built on demand (and again after a 401). Its requests
-    go through :class:`~.transport.BoundedTransport`: each is over within ``timeout`` seconds."""
+    """What makes the azure-identity credential, built on demand (and again after a 401). Its
+    requests go through :class:`~.transport.BoundedTransport`: each is over within ``timeout`` seconds.
+
+    Malformed values are refused now (EnvironmentValueError, a usage error); missing credentials
+    when the credential is first needed (a RemoteError naming the variables), so a publish whose
+    output folder cannot be published (no ``intune/teams.json``) says that first."""
     env = os.environ if environ is None else environ
+    check_azure(env)  # EnvironmentValueError naming the variable azure-identity would refuse
+    check_network(env, ca_files=(*HTTPX_CA, *REQUESTS_CA))
     missing = [name for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID") if not env.get(name)]
     ways = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE")
+    absent = None
     if missing or not any(env.get(name) for name in ways):
-        raise RemoteError(
+        absent = RemoteError(
             f"no Azure credentials: {' and '.join(missing) or 'AZURE_TENANT_ID and AZURE_CLIENT_ID are set, but'} "
             f"{'not set; also set' if missing else 'set'} one of {', '.join(ways)} (an Entra app registration's "
             "secret, certificate, or a workload identity federated token); mdmgen reads them only from the environment")
@@ -135,6 +143,8 @@ def credential_factory(environ: Mapping[str, str] | None = None, *, timeout: flo
         env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH"))
 
     def make() -> Any:
+        if absent is not None:
+            raise absent
         from azure.identity import EnvironmentCredential, WorkloadIdentityCredential
 
         from .transport import BoundedTransport
@@ -353,15 +363,13 @@ class GraphClient:
                 self._credential = self._make_credential()
             try:
                 token = self._credential.get_token(self.scope).token
-            except ClientAuthenticationError as exc:
-                text = str(exc.message if hasattr(exc, "message") else exc)
-                raise RemoteError("Microsoft Entra ID refused the credentials: "
-                                  f"{self._first_line(text) or type(exc).__name__}; check "
-                                  "AZURE_TENANT_ID, AZURE_CLIENT_ID and the secret, certificate or federated "
-                                  "token, and AZURE_AUTHORITY_HOST") from None
-            except (AzureError, ValueError, OSError) as exc:
-                raise RemoteError(f"could not get a Microsoft Graph access token: "
-                                  f"{self._first_line(str(exc)) or type(exc).__name__}") from None
+            except (ClientAuthenticationError, AzureError, ValueError, OSError) as exc:
+                # DNS, TLS, proxy, connection and a real refusal each get their own words (token_errors)
+                text = str(exc.message if isinstance(exc, ClientAuthenticationError) else exc)
+                reason = self._first_line(text.removeprefix("Authentication failed: ")) or type(exc).__name__
+                authority = os.environ.get("AZURE_AUTHORITY_HOST") or DEFAULT_AUTHORITY
+                raise RemoteError(token_errors.describe(
+                    exc, authority if "://" in authority else f"https://{authority}", reason)) from None
             if token not in self._spent:
                 self._spent.add(token)
                 self.tokens += 1

@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
+from ...environment import check_network, text
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
@@ -66,7 +67,7 @@ def check_url(url: str) -> str:
 
 def credentials_from(environ: Mapping[str, str]) -> tuple[str, str]:
     """``(client id, client secret)`` of a Jamf Pro API client, from the environment only."""
-    client_id, secret = environ.get(ENV_CLIENT_ID, ""), environ.get(ENV_CLIENT_SECRET, "")
+    client_id, secret = text(environ, ENV_CLIENT_ID), text(environ, ENV_CLIENT_SECRET)
     missing = [name for name, value in ((ENV_CLIENT_ID, client_id), (ENV_CLIENT_SECRET, secret)) if not value]
     if missing:
         raise RemoteError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: create an API "
@@ -91,7 +92,7 @@ def error_reason(content_type: str, body: bytes, secrets: Iterable[str] = ()) ->
     if "json" in content_type:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             data = None
         if isinstance(data, dict):
             if "error" in data:  # RFC 6749
@@ -150,7 +151,9 @@ class JamfClient:
 
     @classmethod
     def from_environment(cls, base_url: str, environ: Mapping[str, str] | None = None, **kwargs) -> JamfClient:
-        client_id, secret = credentials_from(os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        check_network(env)
+        client_id, secret = credentials_from(env)
         return cls(base_url, client_id, secret, **kwargs)
 
     def request(self, method: str, path: str, *, doing: str, body: bytes | None = None,
