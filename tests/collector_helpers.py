@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -59,3 +60,66 @@ def load_yaml(path: Path):
 
 def device_env(out: Path, serial: str) -> dict:
     return json.loads((out / "devices" / serial / "managed-settings.json").read_text())["env"]
+
+
+# --- how the consumers read the generated files, written from their sources ------------------------
+
+JS_SPACES = ("\t\n\v\f\r \u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
+             + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+"""ECMAScript's WhiteSpace and LineTerminator: what ``\\s`` matches and ``String.prototype.trim`` removes."""
+_JS_SPACE = "[" + re.escape(JS_SPACES) + "]"
+_JS_DOT = "[^\n\r\u2028\u2029]"  # ``.`` without the s flag
+GRAFANA_VARIABLE = re.compile(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^\}]+))?(?::([^\}]+))?\}", re.ASCII)
+"""grafana/scenes ``VARIABLE_REGEX`` (``$var``, ``[[var]]``, ``${var.path:format}``), JS ``\\w`` being ASCII."""
+
+
+def grafana_custom_options(query: str) -> list[tuple[str, str]]:
+    """(label, value) of each option of a custom variable, as Grafana reads its ``query``:
+    grafana/scenes ``CustomVariable.transformCsvStringToOptions``
+    (packages/scenes/src/variables/variants/CustomVariable.tsx). It interpolates the query first;
+    a query with no variable reference in it is left as it is, which this asserts."""
+    assert GRAFANA_VARIABLE.search(query) is None, query
+    options = []
+    for text in re.findall(r"(?:\\,|[^,])+", query):  # str.match(/(?:\\,|[^,])+/g)
+        text = text.replace("\\,", ",")  # text.replace(/\\,/g, ',')
+        found = re.fullmatch(f"{_JS_SPACE}*({_JS_DOT}+){_JS_SPACE}:{_JS_SPACE}({_JS_DOT}+)", text)
+        label, value = (found.group(1), found.group(2)) if found else (text, text)
+        options.append((label.strip(JS_SPACES), value.strip(JS_SPACES)))
+    return options
+
+
+def promql_string(body: str) -> str:
+    """The string a PromQL double-quoted literal holds, for a body of ASCII letters, digits, ``_``
+    and the escapes ``\\\\``, ``\\u`` and ``\\U`` (the PromQL lexer's escapes, which Python's agree with)."""
+    assert body.isascii(), body
+    return body.encode("ascii").decode("unicode_escape")
+
+
+def collector_expand(text: str, env: dict[str, str]) -> str:
+    """A string of a collector config as the collector reads it: opentelemetry-collector
+    ``confmap`` (``expand.go`` ``findURI``/``findAndExpandURI``, then ``resolver.go``
+    ``escapeDollarSigns``). The innermost ``${...}`` before the first ``}`` is expanded unless an
+    odd number of ``$`` precede it, and replaces every copy of it (Go's ``strings.ReplaceAll``);
+    then every ``$$`` becomes ``$``."""
+    def find(s: str) -> str:
+        close = s.find("}")
+        if close < 0:
+            return ""
+        opening = s[:close + 1].rfind("${")
+        if opening < 0:
+            return find(s[close + 1:])
+        dollars = len(s[:opening]) - len(s[:opening].rstrip("$"))
+        if dollars % 2 == 1:
+            return find(s[close + 1:])
+        return s[opening:close + 1]
+
+    while uri := find(text):
+        name = uri[2:-1].removeprefix("env:")
+        text = text.replace(uri, env[name])
+    return text.replace("$$", "$")
+
+
+def shown(label: str) -> str:
+    """A team option's label as a person reads it: without the invisible word joiner mdmgen puts
+    after a ``$`` or ``[`` so Grafana does not take ``$x`` or ``[[x]]`` for a variable."""
+    return re.sub("(?<=[$[])\u2060", "", label)

@@ -8,6 +8,7 @@ the token reference. The Kubernetes manifests are validated against the bundled 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -32,10 +33,14 @@ from .collector_helpers import (
     PERSONAL,
     RULES,
     TEAMS,
+    collector_expand,
     compile_fleet,
     device_env,
+    grafana_custom_options,
     load_yaml,
+    promql_string,
     set_policy,
+    shown,
     team_rows,
 )
 from .conftest import ROOT, promtool_path, run
@@ -142,8 +147,10 @@ def test_the_team_dashboard_lists_the_inventory_teams_and_a_new_team_appears(wor
     dashboard = json.loads((out / TEAMS).read_text(encoding="utf-8"))
     (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
     assert team["type"] == "custom"
-    assert [o["value"] for o in team["options"]] == sorted(["Ops", HOSTILE, "Sec"])
-    assert team["query"] == ",".join(sorted(["Ops", HOSTILE.replace(",", "\\,"), "Sec"]))
+    options = grafana_custom_options(team["query"])
+    # the label shows the name; a word joiner keeps "$x" from being read as a Grafana variable
+    assert [shown(label) for label, _value in options] == sorted(["Ops", HOSTILE, "Sec"])
+    assert [(o["text"], o["value"]) for o in team["options"]] == options
     personal = json.loads((out / PERSONAL).read_text(encoding="utf-8"))
     assert [v["name"] for v in personal["templating"]["list"]] == ["datasource", "user"]
     assert all(t["expr"] for p in personal["panels"] for t in p["targets"])
@@ -151,8 +158,29 @@ def test_the_team_dashboard_lists_the_inventory_teams_and_a_new_team_appears(wor
     compile_fleet(workdir, [*ROWS, *team_rows("Brand New", 1, "NEW")])
     dashboard = json.loads((out / TEAMS).read_text(encoding="utf-8"))
     (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
-    assert "Brand New" in [o["value"] for o in team["options"]]
+    assert "Brand New" in [label for label, _value in grafana_custom_options(team["query"])]
     assert "Brand New" in (out / RULES).read_text(encoding="utf-8")
+
+
+GRAFANA_SPECIAL = ["Ends\\", "a,b", "x\\,y", 'Say "hi"', "k : v", "$team", "${datasource}", "[[team]]",
+                   "a|b", "{x}", ".*", "+1", "ü € 😀"]
+
+
+def test_a_team_name_grafana_reads_specially_stays_one_option_and_the_query_matches_it(workdir):
+    """Grafana splits the custom variable's query at commas, then at `` : ``, trims, and
+    interpolates ``$var``; the panels put the selected values into ``team=~"..."``."""
+    set_policy(workdir)
+    rows = [row for i, team in enumerate(GRAFANA_SPECIAL) for row in team_rows(team, 1, f"T{i:02d}X")]
+    compile_fleet(workdir, rows)
+    dashboard = json.loads((workdir / "output" / TEAMS).read_text(encoding="utf-8"))
+    (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
+    options = grafana_custom_options(team["query"])
+    assert [shown(label) for label, _value in options] == sorted(GRAFANA_SPECIAL)
+    for (_label, value), name in zip(options, sorted(GRAFANA_SPECIAL), strict=True):
+        regex = promql_string(value)  # what the PromQL lexer hands the regex engine
+        assert [other for other in GRAFANA_SPECIAL if re.fullmatch(regex, other)] == [name], (name, regex)
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert all('team=~"${team:pipe}"' in expr for expr in exprs) and not any("$team" in e for e in exprs)
 
 
 def test_the_kubernetes_manifests_are_valid_and_grpc_gets_its_backend_protocol(workdir):
@@ -335,7 +363,9 @@ def test_any_team_name_round_trips_through_the_rules_and_the_dashboard(teams):
     assert headcount == sorted(teams)
     dashboard = json.loads(files[TEAMS])
     (team,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
-    assert [o["value"] for o in team["options"]] == sorted(teams)
+    assert [shown(o["text"]) for o in team["options"]] == sorted(teams)
+    assert [bool(re.fullmatch(promql_string(o["value"]), name)) for o, name in zip(
+        team["options"], sorted(teams), strict=True)] == [True] * len(teams)
     # Team names never reach the annotations as text (they are Go templates): the annotations are
     # the same whatever the teams are called.
     baseline = load_yaml_bytes(registry.emit_fleet(fleet_input("OTEL_TOKEN", ("plain",)))[RULES])
@@ -397,3 +427,113 @@ def test_a_hand_edited_collector_file_is_repaired_and_yaml_aliases_are_refused(w
     assert path.read_bytes() == good
     with pytest.raises(ValueError, match="alias"):
         registry.get(CONFIG).read_semantic(b"a: &x [1, 2]\nb: [*x, *x]\n")
+
+
+# --- the collector files cannot be broken by what the policy or the endpoints say -------------------
+
+def ingress_backend(documents: list[dict], host: str, path: str) -> tuple[int, str] | None:
+    """(service port, backend-protocol annotation) an Ingress controller sends ``host``+``path`` to,
+    by the networking.k8s.io/v1 rules: Exact matches the whole path, Prefix whole ``/`` elements;
+    the longest match wins and Exact beats Prefix."""
+    best = None
+    for doc in documents:
+        if doc["kind"] != "Ingress":
+            continue
+        for rule in doc["spec"]["rules"]:
+            if rule["host"] != host:
+                continue
+            for entry in rule["http"]["paths"]:
+                elements = [e for e in entry["path"].split("/") if e]
+                if entry["pathType"] == "Exact":
+                    matched = path == entry["path"]
+                else:
+                    matched = [e for e in path.split("/") if e][:len(elements)] == elements
+                rank = (len(entry["path"]), entry["pathType"] == "Exact")
+                if matched and (best is None or rank > best[0]):
+                    annotation = doc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"]
+                    best = (rank, (entry["backend"]["service"]["port"]["number"], annotation))
+    return best[1] if best else None
+
+
+GRPC_SERVICES = {"metrics": "MetricsService", "logs": "LogsService"}
+
+
+def test_grpc_and_http_to_one_host_both_reach_the_collector_and_no_ingress_rule_is_claimed_twice():
+    destinations = (OtlpDestination("metrics", "grpc", "https://otel.example.com"),
+                    OtlpDestination("logs", "http/protobuf", "https://otel.example.com/v1/logs"),
+                    OtlpDestination("metrics", "grpc", "https://otel.example.com:4417"),  # same host, other port
+                    OtlpDestination("logs", "grpc", "https://grpc-logs.example.com"),
+                    OtlpDestination("metrics", "http/json", "https://otel.example.com/v1/metrics"))
+    base = fleet_input("OTEL_TOKEN")
+    files = registry.emit_fleet(registry.FleetInput(devices=base.devices, policy=base.policy,
+                                                    destinations=destinations))
+    documents = load_yaml_bytes_all(files[INGRESS])
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    claimed = [(rule["host"], entry["path"]) for doc in documents if doc["kind"] == "Ingress"
+               for rule in doc["spec"]["rules"] for entry in rule["http"]["paths"]]
+    assert len(claimed) == len(set(claimed)), claimed
+    config = load_yaml_bytes(files[CONFIG])
+    for dest in destinations:
+        url = urlsplit(dest.url)
+        path = (f"/opentelemetry.proto.collector.{dest.signal}.v1.{GRPC_SERVICES[dest.signal]}/Export"
+                if dest.protocol == "grpc" else url.path)
+        port, backend = ingress_backend(documents, url.hostname, path)
+        (name,) = [name for name, (_protocol, p) in receivers_of(config).items() if p == port]
+        assert receivers_of(config)[name][0] == ("grpc" if dest.protocol == "grpc" else "http"), dest
+        assert backend == ("GRPC" if dest.protocol == "grpc" else "HTTP"), dest
+        assert name in config["service"]["pipelines"][dest.signal]["receivers"], dest
+
+
+def load_yaml_bytes_all(data: bytes) -> list:
+    import yaml
+
+    return list(yaml.safe_load_all(data.decode("utf-8")))
+
+
+DOLLARS = "a$b${x}c$$d${env:HOME}e$"
+
+
+@pytest.mark.parametrize("token", ["env", "file"])
+def test_every_dollar_from_the_policy_reaches_the_collector_as_written(token):
+    """The collector expands ``${...}`` and reads ``$$`` as ``$`` in every value; mdmgen's own
+    ``${env:NAME}`` must expand, and the policy's text must come out exactly as written."""
+    header = ("{{ secret('OTEL_TOKEN') }}" if token == "env" else "{{ secret_file('/run/sec$rets/o${x}$$') }}")
+    text = f"""
+org: {{name: Example, identifier_prefix: com.example.mdmgen}}
+settings:
+  env:
+    CLAUDE_CODE_ENABLE_TELEMETRY: "1"
+    OTEL_METRICS_EXPORTER: otlp
+    OTEL_EXPORTER_OTLP_PROTOCOL: grpc
+    OTEL_EXPORTER_OTLP_ENDPOINT: https://otel.example.com:4317
+    OTEL_EXPORTER_OTLP_HEADERS: "Authorization=Bearer {header}"
+collector:
+  logs:
+    exporter: clickhouse
+    endpoint: 'tcp://ch:9000/?x={DOLLARS}'
+    database: '{DOLLARS}'
+    logs_table_name: '{DOLLARS}'
+    password_env: CH_PASSWORD
+"""
+    base = fleet_input("OTEL_TOKEN")
+    given_input = registry.FleetInput(devices=base.devices, policy=policy.parse(text, "p.yaml").policy,
+                                      destinations=base.destinations)
+    config = load_yaml_bytes(registry.emit_fleet(given_input)[CONFIG])
+    env = {"OTEL_TOKEN": "tok-value", "CH_PASSWORD": "pw-value", "HOME": "/root", "x": "X"}
+
+    def expanded(value):
+        if isinstance(value, dict):
+            return {key: expanded(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [expanded(item) for item in value]
+        return collector_expand(value, env) if isinstance(value, str) else value
+
+    seen = expanded(config)
+    clickhouse = seen["exporters"]["clickhouse"]
+    assert (clickhouse["endpoint"], clickhouse["database"], clickhouse["logs_table_name"]) == (
+        f"tcp://ch:9000/?x={DOLLARS}", DOLLARS, DOLLARS)
+    assert clickhouse["password"] == "pw-value"
+    assert seen["extensions"]["bearertokenauth"] == (
+        {"token": "tok-value"} if token == "env" else {"filename": "/run/sec$rets/o${x}$$"})
+    assert seen["receivers"] == config["receivers"] and seen["service"] == config["service"]  # no $ there

@@ -9,11 +9,29 @@ reference, section 9): ``claude_code_session_count_total`` carrying the ``team``
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
-from .collector_helpers import HOSTILE, RULES, compile_fleet, load_yaml, set_policy, team_rows
-from .conftest import promtool_path
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mdmgen.policy import team_problem
+
+from .collector_helpers import (
+    HOSTILE,
+    JS_SPACES,
+    RULES,
+    TEAMS,
+    compile_fleet,
+    grafana_custom_options,
+    load_yaml,
+    set_policy,
+    shown,
+    team_rows,
+)
+from .conftest import SHIPPED_POLICY, promtool_path
 
 LOW, HIGH, GONE = "Low Adopters", "High Adopters", "Left Team"
 
@@ -112,3 +130,66 @@ def test_a_team_that_left_the_inventory_has_no_rule_and_a_new_team_gets_one(work
     teams = [r["labels"]["team"] for r in rules_of(rules) if r.get("record") == "mdmgen:claude_code_enrolled_users"]
     assert teams == [HIGH, LOW]
     assert promtool("check", "rules", str(rules), cwd=workdir).returncode == 0
+
+
+# --- any team name: through the real promtool and Grafana's split of the dashboard variable --------
+
+def _team_key(team: str) -> str:
+    return unicodedata.normalize("NFC", team).casefold()
+
+
+SPECIAL = list(',\\":{}|$[]. \u3000')  # what Grafana's split, interpolation or trim, RE2 or PromQL read
+TEAM_NAMES = st.text(st.one_of(st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp")),
+                               st.sampled_from(SPECIAL)), min_size=1, max_size=10).filter(
+    lambda t: team_problem(t) is None and t == t.strip() == t.strip(JS_SPACES))
+"""Printable Unicode as the inventory accepts a team name (``policy.team_problem``), without
+surrounding spaces (the inventory's team is trimmed), with the characters that matter here often."""
+
+
+def dashboard_query(dashboard: dict, title: str, values: list[str]) -> str:
+    """A panel's query as Grafana sends it with these option values selected: ``${team:pipe}``
+    is the values joined by ``|`` (grafana/scenes formatRegistry, ``pipe``)."""
+    (expr,) = [t["expr"] for panel in dashboard["panels"] if panel["title"].startswith(title)
+               for t in panel["targets"]]
+    return expr.replace("${team:pipe}", "|".join(values))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(TEAM_NAMES, min_size=1, max_size=4, unique_by=_team_key))
+def test_any_team_name_survives_promtool_and_the_dashboard_variable(tmp_path_factory, teams):
+    """One compile and one promtool run per example: the adoption alert fires for exactly the teams
+    with nobody active, and each option of the dashboard variable, as Grafana splits it, selects
+    exactly its team's series in the real Prometheus regex engine."""
+    promtool_path()
+    workdir = tmp_path_factory.mktemp("fleet")
+    (workdir / "profiles").mkdir()
+    (workdir / "inventory").mkdir()
+    shutil.copy(SHIPPED_POLICY, workdir / "profiles" / "policy.yaml")
+    set_policy(workdir)
+    rows = [row for i, team in enumerate(teams) for row in team_rows(team, 2, f"T{i}X")]
+    compile_fleet(workdir, rows)
+    names = [unicodedata.normalize("NFC", team) for team in teams]  # the inventory's spelling
+    active_users = {name: i % 3 for i, name in enumerate(names)}  # 0, 1 or 2 of the 2 enrolled
+
+    dashboard = json.loads((workdir / "output" / TEAMS).read_text(encoding="utf-8"))
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "team"]
+    options = grafana_custom_options(variable["query"])
+    assert [shown(label) for label, _value in options] == sorted(names)
+    value = dict(zip(sorted(names), (value for _label, value in options), strict=True))
+
+    inputs = [entry for i, name in enumerate(names) for entry in active(name, f"T{i}X", active_users[name])]
+    exprs = [{"eval_time": "2h", "expr": dashboard_query(dashboard, "Enrolled users", [value[name]]),
+              "exp_samples": [{"labels": series("mdmgen:claude_code_enrolled_users", team=name), "value": 2}]}
+             for name in names]
+    exprs.append({"eval_time": "2h", "expr": dashboard_query(dashboard, "Adoption", list(value.values())),
+                  "exp_samples": [{"labels": series("", team=name), "value": count / 2}
+                                  for name, count in active_users.items() if count]})
+    tests = {"rule_files": [str(workdir / "output" / RULES)], "evaluation_interval": "1m", "tests": [{
+        "interval": "5m", "input_series": inputs, "promql_expr_test": exprs,
+        "alert_rule_test": [{"eval_time": "2h", "alertname": "ClaudeCodeLowTeamAdoption",
+                             "exp_alerts": [low_adoption_alert(name, "0%")
+                                            for name, count in active_users.items() if not count]}]}]}
+    test_file = workdir / "teams-test.yaml"
+    test_file.write_text(json.dumps(tests, ensure_ascii=False), encoding="utf-8")
+    tested = promtool("test", "rules", str(test_file), cwd=workdir)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

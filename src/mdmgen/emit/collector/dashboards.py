@@ -4,7 +4,7 @@
   query variable over the ``user_email`` label, so no address is written into the file (and with
   ``pseudonymise_email`` the label holds only pseudonyms).
 - ``team-overview.json``: adoption against enrolled headcount, and cost, per team; its ``team``
-  variable is a custom variable whose values are exactly the inventory's teams.
+  variable is a custom variable with one option per team (see :func:`team_variable_query`).
 
 Built with Grafana Labs' own ``grafana-foundation-sdk`` (its typed builders follow Grafana's
 dashboard schema, so field names and variable shapes are Grafana's, not hand-typed), then written
@@ -15,6 +15,7 @@ strategy pinned in the collector config (see ``fleet``).
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
@@ -64,10 +65,11 @@ def emit_team(given: FleetInput) -> bytes | None:
     teams = list(headcounts(given.devices))
     window = collector.alerts.adoption_window
     team_variable = (dashboard.CustomVariable("team").label("Team").multi(True).include_all(True)
-                     .values(",".join(team.replace(",", "\\,") for team in teams))
-                     .options([VariableOption(selected=False, text=team, value=team) for team in teams])
+                     .values(team_variable_query(teams))
+                     .options([VariableOption(selected=False, text=team_label(team), value=team_pattern(team))
+                               for team in teams])
                      .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
-    selected = 'team=~"$team"'
+    selected = f'team=~"{TEAM_SELECTION}"'
     panels = [
         _series(1, f"Adoption: share of enrolled users active in {window}",
                 f"{ACTIVE_RECORD}_{window}{{{selected}}} / on (team) {ENROLLED_RECORD}{{{selected}}}",
@@ -78,6 +80,53 @@ def emit_team(given: FleetInput) -> bytes | None:
                 "{{team}}", "currencyUSD", 12, 9),
     ]
     return _dumps(_dashboard("mdmgen-claude-code-teams", "Claude Code: team overview", [team_variable], panels))
+
+
+TEAM_SELECTION = "${team:pipe}"
+"""How the panels' queries use the selection: the selected options' values joined by ``|``, and
+nothing else. An explicit format overrides the Prometheus data source's own escaping, which
+differs between Grafana versions (whether it escapes ``"`` depends on the feature toggle
+``prometheusSpecialCharsInLabelValues``); the values are already escaped (:func:`team_pattern`)."""
+
+_WORD = re.compile(r"[A-Za-z0-9_]")
+_INTERPOLATED = re.compile(r"\$(?=[A-Za-z0-9_{])|\[(?=\[)")
+WORD_JOINER = "\u2060"
+
+
+def team_variable_query(teams: list[str]) -> str:
+    """The custom variable's ``query``: one ``label : value`` option per team, comma-separated.
+
+    Grafana splits it (scenes ``CustomVariable.transformCsvStringToOptions``) on commas not
+    written ``\\,``, turns ``\\,`` back into a comma, then splits each option at its last
+    ``<space>:<space>`` into label and value, and trims both. A team name is written as the label
+    with its commas escaped (a trailing ``\\`` is then followed by `` : ``, never by a separator);
+    the value (:func:`team_pattern`) holds no comma, space, colon or ``$``, so neither split nor
+    trim nor Grafana's interpolation of ``$var`` in the query can change it."""
+    return ",".join(f"{team_label(team).replace(',', chr(92) + ',')} : {team_pattern(team)}" for team in teams)
+
+
+def team_label(team: str) -> str:
+    """The option's label: the team name, with a word joiner (U+2060, invisible) after a ``$``
+    or ``[`` that would otherwise start a Grafana variable reference (``$team``, ``${x}``,
+    ``[[x]]``), since Grafana interpolates the variable's query before splitting it."""
+    return _INTERPOLATED.sub(lambda found: found.group() + WORD_JOINER, team)
+
+
+def team_pattern(team: str) -> str:
+    """The option's value: the body of a PromQL string whose RE2 regex matches exactly ``team``.
+
+    Two layers: every ASCII character but letters, digits and ``_`` is backslash-escaped for the
+    regex (RE2 and Python's ``re`` both read ``\\`` plus ASCII punctuation as that character);
+    then, for the PromQL string, those backslashes are written ``\\\\`` and every other character
+    but letters, digits and ``_`` as ``\\uXXXX`` or ``\\UXXXXXXXX``, which the PromQL lexer decodes
+    before the regex sees it. The result is ASCII letters, digits, ``_`` and
+    ``\\``, never ending in ``\\``: inert to Grafana's split, trim, interpolation and ``pipe`` format,
+    and to PromQL's quoting."""
+    regex = "".join(char if _WORD.match(char) or not char.isascii() else "\\" + char for char in team)
+    body = "".join(char if _WORD.match(char) else "\\\\" if char == "\\" else
+                   f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}" for char in regex)
+    # A value ending in a backslash would escape the comma after it in the query: end it otherwise.
+    return body[:-2] + "\\u005c" if body.endswith("\\\\") else body
 
 
 def _dashboard(uid: str, title: str, variables: list, panels: list) -> dashboard.Dashboard:

@@ -10,6 +10,12 @@
 - the logs exporter the policy chooses: ``otlphttp`` to Loki's OTLP endpoint (the ``loki``
   exporter is gone) or ``clickhouse`` with its current keys.
 Facts: shared/reference/collector-side.md, section 1.
+
+The collector expands ``${env:NAME}`` (and ``${NAME}``) in every string of its config, then
+reads ``$$`` as one ``$`` (opentelemetry-collector ``confmap``: ``findURI`` skips a ``${``
+preceded by an odd number of ``$``, then ``escapeDollarSigns``). So every ``$`` of a value that
+comes from the policy (an endpoint, a table name, a token file's path) is written ``$$``, and only
+mdmgen's own references (:class:`EnvRef`) are written ``${env:NAME}``.
 """
 
 from __future__ import annotations
@@ -67,9 +73,36 @@ def emit(given: FleetInput) -> bytes | None:
                                  "processors": ["memory_limiter", COLLISION_PROCESSOR, "batch"],
                                  "exporters": [exporters[signal]]}
     config["service"] = {**({"extensions": [AUTH]} if accepted else {}), "pipelines": pipelines}
-    text = dump_yaml(config).replace(f"  {COLLISION_PROCESSOR}:\n",
+    text = dump_yaml(_literal(config)).replace(f"  {COLLISION_PROCESSOR}:\n",
                                      _indent(COLLISION_COMMENT, "  ") + f"  {COLLISION_PROCESSOR}:\n", 1)
     return (_header(found, accepted) + text).encode("utf-8")
+
+
+class EnvRef(str):
+    """A reference mdmgen means the collector to expand: the name of an environment variable."""
+
+    def expansion(self) -> str:
+        return f"${{env:{self}}}"
+
+
+def _literal(value: Any) -> Any:
+    """``value`` as the collector must read it: ``$`` doubled in every string but an :class:`EnvRef`."""
+    if isinstance(value, EnvRef):
+        return value.expansion()
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {_key(key): _literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    return value
+
+
+def _key(key: str) -> str:
+    """Keys are not unescaped by the collector (only values are), and mdmgen writes none with a ``$``."""
+    if "$" in key:
+        raise AssertionError(f"a collector config key holds '$': {key!r}")
+    return key
 
 
 def _receiver(receiver: Receiver, authenticated: bool) -> dict[str, Any]:
@@ -84,7 +117,7 @@ def _auth(accepted: Tokens) -> dict[str, Any]:
     ``tokens``; a token file as ``filename`` (re-read when it changes, which is how a file token rotates)."""
     if accepted.file is not None and not accepted.env:
         return {"filename": accepted.file}
-    refs = [f"${{env:{name}}}" for name in accepted.env]
+    refs = [EnvRef(name) for name in accepted.env]
     return {"token": refs[0]} if len(refs) == 1 else {"tokens": refs}
 
 
@@ -94,9 +127,9 @@ def _logs_exporter(collector: Collector) -> tuple[str, dict[str, Any]]:
         return "otlphttp/loki", {"endpoint": logs.endpoint}
     exporter: dict[str, Any] = {"endpoint": logs.endpoint, "database": logs.database}
     if logs.username_env:
-        exporter["username"] = f"${{env:{logs.username_env}}}"
+        exporter["username"] = EnvRef(logs.username_env)
     if logs.password_env:
-        exporter["password"] = f"${{env:{logs.password_env}}}"
+        exporter["password"] = EnvRef(logs.password_env)
     exporter.update({"logs_table_name": logs.logs_table_name, "ttl": logs.ttl, "create_schema": True})
     return "clickhouse", exporter
 
