@@ -66,7 +66,7 @@ class FleetDestinations:
         """Whether every device of this shape has the same telemetry values (no device field in them)."""
         key = _shape(device)
         if key not in self._shared:
-            tree, _attributes = policy.merge(policy.layers_for(self._renderer.loaded, device.platform, device.team))
+            tree, _attributes = policy.merge(policy.layers_for(self._renderer.loaded, device.platform, device.team_key))
             env = tree.get("env")
             leaves = [leaf for name, leaf in env.items() if name.startswith(_TELEMETRY_PREFIXES)] \
                 if isinstance(env, dict) else []
@@ -83,4 +83,4 @@ class FleetDestinations:
 
 
 def _shape(device: Device) -> tuple[str, str]:
-    return (device.platform.value, device.team.casefold())
+    return (device.platform.value, device.team_key)

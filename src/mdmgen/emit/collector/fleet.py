@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ... import secrets
-from ...models import Device
+from ...models import Device, team_key
 
 if TYPE_CHECKING:
     from ...policy import Policy
@@ -137,9 +137,9 @@ def tokens(given: FleetInput) -> Tokens:
 def _header_templates(policy: Policy, devices: Iterable[Device]) -> list[str]:
     devices = list(devices)
     platforms = {d.platform for d in devices}
-    teams = {d.team.casefold() for d in devices}
+    teams = {d.team_key for d in devices}
     layers = [policy, *(layer for p, layer in policy.platforms.items() if p in platforms),
-              *(layer for t, layer in policy.teams.items() if t.casefold() in teams)]
+              *(layer for t, layer in policy.teams.items() if team_key(t) in teams)]
     found = []
     for layer in layers:
         env = layer.settings.get("env")
