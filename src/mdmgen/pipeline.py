@@ -275,8 +275,15 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         if loaded.policy.collector is not None:
             telemetry.rendered(device, settings)
     progress.finish()
+    compiled = tuple(c.device for c in result.devices)
+    sent = None
+    if loaded.policy.collector is not None:
+        try:  # the team label and values the devices send, which the rules and dashboards count
+            sent = telemetry.sent_team(compiled, loaded.location(("collector",)))
+        except destinations.TeamAttributeError as exc:
+            raise MdmgenError([exc.problem]) from None
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
-        devices=tuple(c.device for c in result.devices), policy=loaded.policy, destinations=telemetry.sorted()))
+        devices=compiled, policy=loaded.policy, destinations=telemetry.sorted(), team=sent))
     leaks = _fleet_leaks(result.fleet_files, secret_values.values(), Location(file=loaded.file))
     if leaks:
         raise MdmgenError(leaks)

@@ -322,6 +322,10 @@ class Renderer:
             return None
         return rendered
 
+    def template(self, source: str) -> jinja2.Template:
+        """The compiled template of ``source`` (compiled once per run, shared with rendering)."""
+        return self._compile(source)
+
     def _compile(self, source: str) -> jinja2.Template:
         template = self._templates.get(source)
         if template is None:
