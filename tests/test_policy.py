@@ -168,7 +168,7 @@ teams:
         "policy.yaml:20: platforms.linux.settings.env.OTEL_RESOURCE_ATTRIBUTES: set attributes "
         "under 'resource_attributes:' instead; mdmgen builds and encodes this variable itself "
         "so no value can inject an attribute",
-        "policy.yaml:24: teams.A: same team as 'a' (team names ignore case)",
+        "policy.yaml:24: teams.A: same team as 'a' (team names ignore case, accent encoding and surrounding spaces)",
     ]
 
 

@@ -73,6 +73,7 @@ def test_a_quiet_night_reads_no_row_and_reports_as_the_compile_before(workdir, m
     assert quiet == {"exit_code": 0, "devices": 3, "platforms": {"macos": 1, "linux": 1, "windows": 1, "wsl": 0},
                      "excluded": 0, "rejected": 0, "rendered": 0, "problems": [],
                      "status_columns": {"inventory/devices.csv": {"column": None, "looks_like": []}},
+                     "team_spellings": {},
                      "changes": {"added": [], "changed": [], "removed": [], "unchanged": 3, "written": False,
                                  "fleet": {"added": [], "changed": [], "removed": []}},
                      "repaired": []}

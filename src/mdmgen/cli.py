@@ -369,6 +369,8 @@ class Report:
             click.echo(text, err=True)
             if note := summary.status_note():
                 click.echo(printable(note), err=True)
+            for line in summary.team_notes():
+                click.echo(printable(line), err=True)
         if self.as_json:
             data = {
                 "exit_code": int(code),
@@ -378,6 +380,7 @@ class Report:
                 "rejected": summary.rejected,
                 "rendered": summary.rendered,
                 "status_columns": {name: found.model_dump() for name, found in summary.status_columns.items()},
+                "team_spellings": summary.team_spellings,
                 "problems": lines,
                 **({"warnings": self.warnings} if self.warnings else {}),
             }

@@ -14,6 +14,7 @@ import difflib
 import io
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class Inventory:
     validated_emails: dict[str, str] | None = None  # the row cache to keep (see ``rowcache``); None: none kept
     status_columns: dict[str, StatusColumn] = field(default_factory=dict)
     """Each file's status column, by file (see ``StatusColumn``), for every file whose header was read."""
+    team_spellings: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The teams whose rows spell them otherwise than their display spelling (see ``fold_teams``):
+    display spelling -> {other spelling: rows}, sorted; teams written one way only are left out."""
 
 
 def fold_header(name: str) -> str:
@@ -120,11 +124,13 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
 
 
 def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
-         email_cache: Mapping[str, str] | None = None) -> Inventory:
+         email_cache: Mapping[str, str] | None = None, teams: Mapping[str, str] | None = None) -> Inventory:
     """Load and merge inventory files; duplicate serials are checked across all of them.
 
     With ``email_cache`` (the previous run's row cache, possibly empty), rows it vouches for skip
-    email-validator, and ``validated_emails`` is the cache to keep for the next run."""
+    email-validator, and ``validated_emails`` is the cache to keep for the next run. ``teams`` is
+    the policy's team names by key (``policy.team_names``): every device's team is then its
+    display spelling (see ``fold_teams``)."""
     files, problems = find_csv_files(paths)
     inventory = Inventory(problems=problems, files=[str(f) for f in files],
                           validated_emails=None if email_cache is None else {})
@@ -142,7 +148,30 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
                                               message=str(exc)))
             continue
         _load_file(str(path), data, columns or {}, inventory, first_seen, email_cache or {})
+    fold_teams(inventory, teams or {})
     return inventory
+
+
+def fold_teams(inventory: Inventory, named: Mapping[str, str]) -> None:
+    """Give every team one display spelling, decided once for the whole inventory, and note the folds.
+
+    Rows whose teams share a key (``models.team_key``) are one team. Its display spelling is the
+    policy's (``named``, by key) when the policy names the team, else the spelling most rows use,
+    a tie going to the lowest by code point, so the same rows give the same spelling in any
+    order. Only devices written otherwise are copied; their ``team_written`` keeps the cell."""
+    counts: dict[str, Counter[str]] = {}
+    for device in inventory.devices:
+        counts.setdefault(device.team_key, Counter())[device.team_written] += 1
+    display: dict[str, str] = {}
+    for key, spellings in counts.items():
+        chosen = named.get(key) or min(spellings, key=lambda name: (-spellings[name], name))
+        display[key] = chosen
+        others = sorted(((name, n) for name, n in spellings.items() if name != chosen), key=lambda p: (-p[1], p[0]))
+        if others:
+            inventory.team_spellings[chosen] = dict(others)
+    inventory.team_spellings = dict(sorted(inventory.team_spellings.items()))
+    inventory.devices = [d if d.team == display[d.team_key] else d.model_copy(update={"team": display[d.team_key]})
+                         for d in inventory.devices]
 
 
 def decode_text(name: str, data: bytes) -> tuple[str | None, Problem | None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -107,6 +108,21 @@ def fleet_relpath(relpath: str) -> str:
     return relpath
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a fleet has a few hundred teams and 100,000 rows naming them
+def team_key(team: str) -> str:
+    """Which team a name names: the one rule every stage shares (inventory rows, the policy's
+    ``teams:``, shapes, destinations, the collector files, Intune). Surrounding whitespace does not
+    count, nor case, nor how an accent is encoded (``é`` typed as one character or as ``e`` plus a
+    combining accent): Unicode's canonical caseless match, NFC(casefold(NFD(name))). Letters of
+    other scripts that only look alike (a Cyrillic a, U+0430, for a Latin one) stay different."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", team.strip()).casefold())
+
+
+def team_spelling(team: str) -> str:
+    """How a team name is written out when it is chosen as a team's display spelling: trimmed, NFC."""
+    return unicodedata.normalize("NFC", team.strip())
+
+
 class Platform(StrEnum):
     """The four platforms Claude Code reads managed settings on."""
 
@@ -178,6 +194,12 @@ class Device(BaseModel):
 
     ``extra`` holds the row's other columns under template-friendly names, so policies can
     use any HR column (cost centre, location, ...) without code changes.
+
+    ``team`` is the team's *display spelling*, the one every output writes (``inventory.fold_teams``
+    decides it once the inventory and the policy are read: the policy's ``teams:`` key, else the
+    spelling most rows use); ``team_key`` is the team's identity (:func:`team_key`), computed here
+    from ``team``, which every stage compares instead of normalising again. ``team_written`` is the
+    row's own cell (NFC, trimmed), kept only to report the spellings a compile folded.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -186,8 +208,19 @@ class Device(BaseModel):
     platform: Platform
     user_email: str
     team: str
+    team_key: str = ""
+    team_written: str = ""
     extra: dict[str, str] = Field(default_factory=dict)
     location: Location
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decide_team_key(cls, data: Any) -> Any:
+        """``team_key`` always follows ``team``: whatever a caller passes, the key is the one rule's."""
+        if isinstance(data, dict) and isinstance(data.get("team"), str):
+            data = {**data, "team_key": team_key(data["team"]),
+                    "team_written": data.get("team_written") or data["team"]}
+        return data
 
     def template_fields(self) -> dict[str, str]:
         """The names a policy template sees for this device."""

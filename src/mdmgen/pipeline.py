@@ -48,6 +48,7 @@ class CompileResult:
     row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
     run: runmemo.RunRecord | None = None  # for the run memo; None after any problem
     status_columns: dict[str, StatusColumn] = field(default_factory=dict)  # by inventory file
+    team_spellings: dict[str, dict[str, int]] = field(default_factory=dict)  # see inventory.fold_teams
     pseudonymised: bool = False  # user_email is a keyed pseudonym in every file (pseudonymise_email)
 
     def per_platform(self) -> Counter[Platform]:
@@ -57,7 +58,7 @@ class CompileResult:
         counts = self.per_platform()
         return runmemo.RunSummary(devices=len(self.devices), platforms={p.value: counts[p] for p in Platform},
                                   excluded=self.excluded, rejected=self.rejected, rendered=self.rendered,
-                                  status_columns=self.status_columns)
+                                  status_columns=self.status_columns, team_spellings=self.team_spellings)
 
 
 def check_settings(settings: Settings, device: Device, allow_content_logging: bool,
@@ -199,7 +200,7 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     variables = policy.resolve_variables(loaded.policy, var_overrides)
     if loaded.policy.pseudonymise_email:
         email_cache = None  # a cache would keep an unkeyed digest of every address
-    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache)
+    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache, policy.team_names(loaded.policy))
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
     renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
@@ -209,7 +210,8 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
                            secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails,
-                           status_columns=inv.status_columns, pseudonymised=pseudonymiser is not None)
+                           status_columns=inv.status_columns, team_spellings=inv.team_spellings,
+                           pseudonymised=pseudonymiser is not None)
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
     blanks = _blanks(secret_values)
     embedded: set[str] = set()
@@ -273,8 +275,15 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         if loaded.policy.collector is not None:
             telemetry.rendered(device, settings)
     progress.finish()
+    compiled = tuple(c.device for c in result.devices)
+    sent = None
+    if loaded.policy.collector is not None:
+        try:  # the team label and values the devices send, which the rules and dashboards count
+            sent = telemetry.sent_team(compiled, loaded.location(("collector",)))
+        except destinations.TeamAttributeError as exc:
+            raise MdmgenError([exc.problem]) from None
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
-        devices=tuple(c.device for c in result.devices), policy=loaded.policy, destinations=telemetry.sorted()))
+        devices=compiled, policy=loaded.policy, destinations=telemetry.sorted(), team=sent))
     leaks = _fleet_leaks(result.fleet_files, secret_values.values(), Location(file=loaded.file))
     if leaks:
         raise MdmgenError(leaks)

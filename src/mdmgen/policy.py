@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .attributes import TOKEN_RE
 from .inputfile import MAX_POLICY_BYTES, InputFileError, not_text, read_input
-from .models import Location, MdmgenError, Platform, Problem, unencodable_text
+from .models import Location, MdmgenError, Platform, Problem, team_key, team_spelling, unencodable_text
 from .policy_sections import ENV_NAME_RE, Collector, Intune
 
 POLICY_FILENAME = "policy.yaml"
@@ -431,10 +431,11 @@ def team_problem(team: str) -> str | None:
     return None
 
 
-def team_key(team: str) -> str:
-    """What two team names must share to be the same team: the same letters once NFC-normalised
-    (``é`` typed as one character or as ``e`` plus an accent) and case-folded."""
-    return unicodedata.normalize("NFC", team).casefold()
+def team_names(policy: Policy) -> dict[str, str]:
+    """The policy's ``teams:`` by team key (see ``models.team_key``): key -> the display spelling the
+    policy gives the team (its key, trimmed and NFC). Keys that collide are refused when the policy
+    is loaded, so each key has one name."""
+    return {team_key(name): team_spelling(name) for name in policy.teams}
 
 
 def _character_problems(data: Any, holder: LoadedPolicy) -> list[Problem]:
@@ -510,7 +511,8 @@ def _check_values(loaded: LoadedPolicy) -> list[Problem]:
         if other != team:
             path = ("teams", team)
             problems.append(Problem(location=loaded.location(path), field=dotted(path),
-                                    message=f"same team as {other!r} (team names ignore case)"))
+                                    message=f"same team as {other!r} (team names ignore case, accent encoding "
+                                            "and surrounding spaces)"))
     return problems
 
 
@@ -586,15 +588,15 @@ def all_layers(policy: Policy) -> list[tuple[tuple[str | int, ...], Layer]]:
     return layers
 
 
-def layers_for(loaded: LoadedPolicy, platform: Platform, team: str) -> list[tuple[tuple, Layer]]:
-    """The layers that apply to a device, in merge order, each with its key path prefix."""
+def layers_for(loaded: LoadedPolicy, platform: Platform, key: str) -> list[tuple[tuple, Layer]]:
+    """The layers that apply to a device, in merge order, each with its key path prefix. ``key`` is
+    the device's ``team_key``: a ``teams:`` entry applies when its name has the same key."""
     policy = loaded.policy
     layers: list[tuple[tuple, Layer]] = [((), policy)]
     if platform in policy.platforms:
         layers.append((("platforms", platform.value), policy.platforms[platform]))
-    folded = team_key(team)
     for name, layer in policy.teams.items():
-        if team_key(name) == folded:
+        if team_key(name) == key:
             layers.append((("teams", name), layer))
     return layers
 

@@ -154,7 +154,7 @@ class Renderer:
 
     def secrets_used(self, device: Device) -> list[secret_refs.SecretRef]:
         """The secrets the device's templates embed (call after ``inputs``)."""
-        return self._secrets_used.get((device.platform, device.team.casefold()), [])
+        return self._secrets_used.get((device.platform, device.team_key), [])
 
     def _secret_env(self, name: str) -> str:
         return self._secret_value(secret_refs.SecretRef("env", name))
@@ -169,9 +169,9 @@ class Renderer:
             raise jinja2.TemplateRuntimeError(f"{ref.call()} was not resolved before rendering") from None
 
     def _layers(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
-        key = (device.platform, device.team.casefold())
+        key = (device.platform, device.team_key)
         if key not in self._merged:
-            self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team))
+            self._merged[key] = merge(layers_for(self.loaded, device.platform, device.team_key))
         return self._merged[key]
 
     def merged(self, device: Device) -> tuple[dict[str, Any], dict[str, Leaf]]:
@@ -187,7 +187,7 @@ class Renderer:
         the pseudonym, so the fingerprint (which sits in the manifest) is no unkeyed hash of the
         email; the key counts through its ``key_id``, so a rotation re-renders every device.
         """
-        key = (device.platform, device.team.casefold())
+        key = (device.platform, device.team_key)
         part = self._policy_inputs.get(key)
         if part is None:
             tree, attribute_leaves = self._layers(device)
@@ -221,7 +221,7 @@ class Renderer:
 
     def uses_raw_email(self, device: Device) -> bool:
         """Whether the device's templates ask for ``raw_user_email`` (call after ``inputs``)."""
-        return self._uses_raw.get((device.platform, device.team.casefold()), False)
+        return self._uses_raw.get((device.platform, device.team_key), False)
 
     def env_origin(self, device: Device, name: str) -> str | None:
         """Where in the policy the device's ``env`` variable comes from, as ``file:line key``,
@@ -321,6 +321,10 @@ class Renderer:
                                           "resolver and TLS handshake; put it in a header (or the path)", device))
             return None
         return rendered
+
+    def template(self, source: str) -> jinja2.Template:
+        """The compiled template of ``source`` (compiled once per run, shared with rendering)."""
+        return self._compile(source)
 
     def _compile(self, source: str) -> jinja2.Template:
         template = self._templates.get(source)

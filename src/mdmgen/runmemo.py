@@ -52,6 +52,14 @@ class RunSummary(BaseModel):
     rejected: int
     rendered: int
     status_columns: dict[str, StatusColumn] = Field(default_factory=dict)  # by inventory file
+    team_spellings: dict[str, dict[str, int]] = Field(default_factory=dict)  # see inventory.fold_teams
+
+    def team_notes(self) -> list[str]:
+        """One line per team whose rows spell it more than one way: the spelling every output
+        writes, then the others and how many rows use each."""
+        return [f"team {team!r}: also written " + ", ".join(f"{other!r} ({n} row{'' if n == 1 else 's'})"
+                                                            for other, n in others.items())
+                for team, others in self.team_spellings.items()]
 
     def status_note(self) -> str | None:
         """One line naming the inventory files without a status column (none of their rows can be

@@ -76,11 +76,11 @@ class Shaper:
     def __init__(self, renderer: Renderer, policy: Policy):
         self.renderer = renderer
         self.policy = policy
-        self._shapes: dict[tuple[Platform, str], Shape | None] = {}  # by platform and team as written
+        self._shapes: dict[tuple[Platform, str], Shape | None] = {}  # by platform and team key
 
     def compile(self, device: Device) -> tuple[Settings, Callable[[], dict[str, bytes]]] | None:
         """The device's settings and a function giving its files, or None: use the slow path."""
-        key = (device.platform, device.team)  # the exact team: two spellings are two shapes
+        key = (device.platform, device.team_key)  # every device of a team has its one display spelling
         if key not in self._shapes:
             self._shapes[key] = self._make(device)
         shape = self._shapes[key]

@@ -31,7 +31,7 @@ import yaml
 
 from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
 from . import cms, mobileconfig, settings_json
-from .collector.fleet import OtlpDestination
+from .collector.fleet import OtlpDestination, SentTeam
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -52,11 +52,14 @@ class FleetInput:
     the policy. Fleet files are made again on every compile: there is one of each, not one per device.
 
     ``destinations`` are the distinct OTLP destinations in the devices' compiled settings (sorted);
-    ``pipeline`` computes them, also for devices reused from the previous output."""
+    ``pipeline`` computes them, also for devices reused from the previous output. ``team`` is the
+    resource attribute carrying the team and each device's value of it, as the devices send them
+    (None: the attribute ``team`` with each device's display team)."""
 
     devices: tuple[Device, ...]
     policy: Policy
     destinations: tuple[OtlpDestination, ...] = ()
+    team: SentTeam | None = None
 
 
 Semantic = dict[str, Any]

@@ -28,7 +28,16 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
-from .fleet import ACTIVE_RECORD, COST_METRIC, ENROLLED_RECORD, LINES_METRIC, SESSION_METRIC, TOKEN_METRIC, headcounts
+from .fleet import (
+    ACTIVE_RECORD,
+    COST_METRIC,
+    ENROLLED_RECORD,
+    LINES_METRIC,
+    SESSION_METRIC,
+    TOKEN_METRIC,
+    SentTeam,
+    headcounts,
+)
 
 if TYPE_CHECKING:
     from ..registry import FleetInput
@@ -62,22 +71,25 @@ def emit_team(given: FleetInput) -> bytes | None:
     collector = given.policy.collector
     if collector is None:
         return None
-    teams = list(headcounts(given.devices))
+    sent = given.team or SentTeam()
+    teams = list(headcounts(given.devices, sent))  # the values the devices send, not the inventory's
+    label = sent.label
     window = collector.alerts.adoption_window
     team_variable = (dashboard.CustomVariable("team").label("Team").multi(True).include_all(True)
                      .values(team_variable_query(teams))
                      .options([VariableOption(selected=False, text=team_label(team), value=team_pattern(team))
                                for team in teams])
                      .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
-    selected = f'team=~"{TEAM_SELECTION}"'
+    selected = f'{label}=~"{TEAM_SELECTION}"'
+    legend = f"{{{{{label}}}}}"
     panels = [
         _series(1, f"Adoption: share of enrolled users active in {window}",
-                f"{ACTIVE_RECORD}_{window}{{{selected}}} / on (team) {ENROLLED_RECORD}{{{selected}}}",
-                "{{team}}", "percentunit", 0, 0),
-        _series(2, f"Active users in {window}", f"{ACTIVE_RECORD}_{window}{{{selected}}}", "{{team}}", "short", 12, 0),
-        _series(3, "Enrolled users (inventory)", f"{ENROLLED_RECORD}{{{selected}}}", "{{team}}", "short", 0, 9),
-        _series(4, "Cost per day by team (USD)", f"sum by (team) (increase({COST_METRIC}{{{selected}}}[1d]))",
-                "{{team}}", "currencyUSD", 12, 9),
+                f"{ACTIVE_RECORD}_{window}{{{selected}}} / on ({label}) {ENROLLED_RECORD}{{{selected}}}",
+                legend, "percentunit", 0, 0),
+        _series(2, f"Active users in {window}", f"{ACTIVE_RECORD}_{window}{{{selected}}}", legend, "short", 12, 0),
+        _series(3, "Enrolled users (inventory)", f"{ENROLLED_RECORD}{{{selected}}}", legend, "short", 0, 9),
+        _series(4, "Cost per day by team (USD)", f"sum by ({label}) (increase({COST_METRIC}{{{selected}}}[1d]))",
+                legend, "currencyUSD", 12, 9),
     ]
     return _dumps(_dashboard("mdmgen-claude-code-teams", "Claude Code: team overview", [team_variable], panels))
 

@@ -9,15 +9,16 @@ exactly as long as the strategy below is the one in the config, which it always 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import yaml
 
 from ... import secrets
-from ...models import Device
+from ...models import Device, team_key
 
 if TYPE_CHECKING:
     from ...policy import Policy
@@ -91,15 +92,41 @@ def receivers(destinations: Iterable[OtlpDestination]) -> list[Receiver]:
             for family, port in sorted(signals)]
 
 
-def headcounts(devices: Iterable[Device]) -> dict[str, int]:
-    """Each team's enrolled users (distinct emails, or pseudonyms, ignoring case), by team, sorted.
+@dataclass(frozen=True)
+class SentTeam:
+    """What the devices send as their team, read from their *rendered* resource attributes: the
+    attribute that carries it (the one whose template uses ``team``, see ``destinations``) and each
+    device's value, by serial. The rules and dashboards count these, not the inventory column, so a
+    policy that lower-cases the team or names the attribute ``department`` is counted as sent."""
 
-    A person with a laptop and a workstation counts once: adoption counts people, not installs.
-    Team names are kept exactly as the inventory writes them, since that is the ``team`` label
-    the devices send."""
+    attribute: str = "team"
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The Prometheus label the attribute becomes: the exporter writes every character a label
+        name cannot hold as ``_`` (``org.team`` -> ``org_team``), and prefixes a leading digit."""
+        return prometheus_label(self.attribute)
+
+    def of(self, device: Device) -> str:
+        """The value ``device`` sends (its display team when it was not read, as in unit tests)."""
+        return self.values.get(device.serial, device.team)
+
+
+def prometheus_label(name: str) -> str:
+    label = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return f"key_{label}" if label[:1].isdigit() else label
+
+
+def headcounts(devices: Iterable[Device], sent: SentTeam | None = None) -> dict[str, int]:
+    """Each team's enrolled users (distinct emails, or pseudonyms, ignoring case), by the team
+    value the devices send (``sent``; their display team without it), sorted.
+
+    A person with a laptop and a workstation counts once: adoption counts people, not installs."""
+    sent = sent or SentTeam()
     users: dict[str, set[str]] = {}
     for device in devices:
-        users.setdefault(device.team, set()).add(device.user_email.casefold())
+        users.setdefault(sent.of(device), set()).add(device.user_email.casefold())
     return {team: len(users[team]) for team in sorted(users)}
 
 
@@ -137,9 +164,9 @@ def tokens(given: FleetInput) -> Tokens:
 def _header_templates(policy: Policy, devices: Iterable[Device]) -> list[str]:
     devices = list(devices)
     platforms = {d.platform for d in devices}
-    teams = {d.team.casefold() for d in devices}
+    teams = {d.team_key for d in devices}
     layers = [policy, *(layer for p, layer in policy.platforms.items() if p in platforms),
-              *(layer for t, layer in policy.teams.items() if t.casefold() in teams)]
+              *(layer for t, layer in policy.teams.items() if team_key(t) in teams)]
     found = []
     for layer in layers:
         env = layer.settings.get("env")

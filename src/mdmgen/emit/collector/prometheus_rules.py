@@ -15,7 +15,9 @@ Three groups:
   One rule rather than one per team: Prometheus evaluates it once, and promtool refuses
   duplicate rules with the same name and labels.
 
-Team names go into YAML only as the headcount rules' ``team`` label (recording-rule labels are
+The team label is the one the devices send (``fleet.SentTeam``: ``team``, or ``department`` when the
+policy's attribute is named so), with the values they send (``{{ team|lower }}`` sends lower case).
+Team names go into YAML only as the headcount rules' team label (recording-rule labels are
 not templates) through the safe dumper. They never go into alert labels or annotations as text:
 those are Go templates, so a team called ``{{ ... }}`` would be executed; the team label comes
 from the expression's series and annotations print it with ``$labels.team``.
@@ -31,6 +33,7 @@ from .fleet import (
     ENROLLED_RECORD,
     SESSION_METRIC,
     TRANSLATION_STRATEGY,
+    SentTeam,
     dump_yaml,
     headcounts,
 )
@@ -47,13 +50,16 @@ def emit(given: FleetInput) -> bytes | None:
         return None
     alerts = collector.alerts
     window = alerts.adoption_window
-    teams = headcounts(given.devices)
+    sent = given.team or SentTeam()
+    label = sent.label  # a label name: [a-zA-Z_][a-zA-Z0-9_]*, safe in PromQL and in Go templates
+    teams = headcounts(given.devices, sent)
     severity = {"severity": alerts.severity}
-    headcount_rules = [{"record": ENROLLED_RECORD, "expr": f"vector({count})", "labels": {"team": team}}
+    headcount_rules = [{"record": ENROLLED_RECORD, "expr": f"vector({count})", "labels": {label: team}}
                        for team, count in teams.items()]
     usage_rules: list[dict[str, Any]] = [
         {"record": f"{ACTIVE_RECORD}_{window}",
-         "expr": f"count by (team) (count by (team, user_email) (last_over_time({SESSION_METRIC}[{window}])))"},
+         "expr": f"count by ({label}) (count by ({label}, user_email) "
+                 f"(last_over_time({SESSION_METRIC}[{window}])))"},
         {"alert": "ClaudeCodeDailySpendHigh",
          "expr": f"sum(increase({COST_METRIC}[1d])) > {_number(alerts.daily_spend_usd)}",
          "labels": severity,
@@ -65,22 +71,24 @@ def emit(given: FleetInput) -> bytes | None:
     if alerts.user_daily_spend_usd is not None:
         usage_rules.append({
             "alert": "ClaudeCodeUserDailySpendHigh",
-            "expr": f"sum by (user_email, team) (increase({COST_METRIC}[1d])) > {_number(alerts.user_daily_spend_usd)}",
+            "expr": f"sum by (user_email, {label}) (increase({COST_METRIC}[1d])) "
+                    f"> {_number(alerts.user_daily_spend_usd)}",
             "labels": severity,
             "annotations": {
                 "summary": "One user's Claude Code spend over the last 24h is above the threshold",
-                "description": "{{ $labels.user_email }} (team {{ $labels.team }}): {{ $value | printf \"%.2f\" }} "
+                "description": f"{{{{ $labels.user_email }}}} (team {{{{ $labels.{label} }}}}): "
+                               "{{ $value | printf \"%.2f\" }} "
                                f"USD in 24h; the threshold is {_number(alerts.user_daily_spend_usd)} USD."}})
     percent = _number(alerts.adoption_min_ratio * 100)
     active = f"{ACTIVE_RECORD}_{window}"
     adoption_rules = [] if not teams else [{
         "alert": "ClaudeCodeLowTeamAdoption",
-        "expr": f"({active} or {ENROLLED_RECORD} * 0) / on (team) {ENROLLED_RECORD} "
+        "expr": f"({active} or {ENROLLED_RECORD} * 0) / on ({label}) {ENROLLED_RECORD} "
                 f"< {_number(alerts.adoption_min_ratio)}",
         "for": "1h",
         "labels": severity,
         "annotations": {
-            "summary": "Team {{ $labels.team }}: low Claude Code adoption",
+            "summary": f"Team {{{{ $labels.{label} }}}}: low Claude Code adoption",
             "description": f"{{{{ $value | humanizePercentage }}}} of the team's enrolled users were active in the "
                            f"last {window}; the policy expects at least {percent}%."}}]
     rules = {"groups": [

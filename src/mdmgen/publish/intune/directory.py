@@ -10,6 +10,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from ...models import team_key
 from ...progress import Progress
 from ..base import run_bounded
 from . import proof
@@ -22,11 +23,11 @@ DEVICE_FIELDS = "id,serialNumber,userId,userPrincipalName,operatingSystem"
 
 def team_groups(client: GraphClient, fleet: Fleet) -> tuple[dict[str, str], list[proof.Refusal]]:
     """Each team's group id; a team without one is a refusal naming it."""
-    mapping = {team.casefold(): group for team, group in fleet.groups.items()}
+    mapping = {team_key(team): group for team, group in fleet.groups.items()}
     found: dict[str, str] = {}
     refusals = []
     for team in fleet.teams:
-        wanted = mapping.get(team.casefold(), team)
+        wanted = mapping.get(team_key(team), team)
         if GUID.match(wanted):
             try:
                 data = client.get_json(f"/v1.0/groups/{wanted}?$select=id,displayName",
