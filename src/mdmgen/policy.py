@@ -433,8 +433,9 @@ def team_problem(team: str) -> str | None:
 
 def team_key(team: str) -> str:
     """What two team names must share to be the same team: the same letters once NFC-normalised
-    (``é`` typed as one character or as ``e`` plus an accent) and case-folded."""
-    return unicodedata.normalize("NFC", team).casefold()
+    (``é`` typed as one character or as ``e`` plus an accent), case-folded, and with surrounding
+    whitespace trimmed."""
+    return unicodedata.normalize("NFC", team).casefold().strip()
 
 
 def _character_problems(data: Any, holder: LoadedPolicy) -> list[Problem]:
