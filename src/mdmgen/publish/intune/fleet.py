@@ -65,10 +65,10 @@ def display_names(spellings: Iterable[str], mapped: Iterable[str]) -> dict[str, 
     ``intune: groups:`` keys. A mapped team takes the policy's spelling (the lowest codepoint when
     the policy spells it twice); any other the spelling most devices use, ties to the lowest."""
     names: dict[str, str] = {}
-    counts = Counter(spellings)
+    counts = Counter(spelling.strip() for spelling in spellings)
     for spelling, _count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         names.setdefault(team_of(spelling), spelling)
-    for spelling in sorted(mapped, reverse=True):
+    for spelling in sorted((m.strip() for m in mapped), reverse=True):
         if team_of(spelling) in names:
             names[team_of(spelling)] = spelling
     return names
