@@ -96,16 +96,20 @@ def test_a_missing_permission_names_it(workdir: Path, graph: FakeGraphServer, mo
     assert "needs the application permission DeviceManagementConfiguration.ReadWrite.All" in result.output
 
 
-def test_a_second_object_with_our_name_is_stale_and_pruned(workdir: Path, graph: FakeGraphServer):
+def test_a_second_object_with_our_name_is_refused_then_pruned(workdir: Path, graph: FakeGraphServer):
+    """A copy assigned to the same group gives each Mac two profiles for the domain: left in place
+    (no --prune) the proof refuses, naming it; --prune deletes it and the proof holds."""
     ready(workdir, graph)
     assert publish(workdir, graph).exit_code == 0
     (original,) = graph.configurations.values()
     copy = {**original, "id": "00000000-0000-0000-0000-00000000c0de"}
     graph.configurations[copy["id"]] = copy
     graph.assignments[copy["id"]] = list(graph.assignments[original["id"]])
-    result = publish(workdir, graph)
-    assert result.exit_code == 0 and "repeat the name of another of mdmgen's" in result.output
     graph.reset_requests()
+    result = publish(workdir, graph)
+    assert result.exit_code == 1 and writes(graph) == []
+    assert "no team needs: --prune deletes it" in result.output
+    assert original["id"] in result.output and original["displayName"] in result.output
     result = publish(workdir, graph, "--prune", "--force")
     assert result.exit_code == 0, result.output
     assert len(graph.configurations) == 1 and len(writes(graph)) == 1 and writes(graph)[0].startswith("DELETE")

@@ -10,7 +10,6 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from ...models import team_key
 from ...progress import Progress
 from ..base import run_bounded
 from . import proof
@@ -22,17 +21,20 @@ DEVICE_FIELDS = "id,serialNumber,userId,userPrincipalName,operatingSystem"
 
 
 def team_groups(client: GraphClient, fleet: Fleet) -> tuple[dict[str, str], list[proof.Refusal]]:
-    """Each team's group id; a team without one is a refusal naming it."""
-    mapping = {team_key(team): group for team, group in fleet.groups.items()}
+    """Each team's group id. A team without one is a refusal naming it; two teams that resolve to
+    one group are one refusal naming the group and the teams (its members' Macs would get both
+    teams' profiles), and neither team is served."""
     found: dict[str, str] = {}
+    shown: dict[str, str] = {}
     refusals = []
     for team in fleet.teams:
-        wanted = mapping.get(team_key(team), team)
+        wanted = fleet.groups.get(team, team)
         if GUID.match(wanted):
             try:
                 data = client.get_json(f"/v1.0/groups/{wanted}?$select=id,displayName",
                                        doing=f"reading the group {wanted} of team {team!r}")
                 found[team] = str(data["id"])
+                shown[found[team]] = str(data.get("displayName") or wanted)
                 continue
             except GraphError as exc:
                 if exc.status != 404:
@@ -48,12 +50,21 @@ def team_groups(client: GraphClient, fleet: Fleet) -> tuple[dict[str, str], list
             matches = [g for g in listed if str(g.get("displayName", "")).casefold() == wanted.casefold()]
         if len(matches) == 1:
             found[team] = str(matches[0]["id"])
+            shown[found[team]] = str(matches[0].get("displayName") or wanted)
         else:
             how = "no Entra group" if not matches else f"{len(matches)} Entra groups"
             refusals.append(proof.Refusal(
                 f"team {team!r}", "group", repr(wanted), how,
                 f"{how} {'is' if not matches else 'are'} named {wanted!r} (ignoring case); create it, or map the "
                 "team to a group name or id under 'intune: groups:' in the policy"))
+    teams_of: dict[str, list[str]] = {}
+    for team, group in sorted(found.items()):
+        teams_of.setdefault(group, []).append(team)
+    for group, teams in sorted(teams_of.items()):
+        if len(teams) > 1:
+            refusals.append(proof.shared_group(shown[group], group, teams))
+            for team in teams:
+                del found[team]
     return found, refusals
 
 

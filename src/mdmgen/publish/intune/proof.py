@@ -15,7 +15,10 @@ serial) and compares, value by value, what the client would read with what the M
 ``managed-settings.json`` says. Attribute and header lists are compared percent-decoded, as the
 client decodes them, so ``ada%40example.com`` compiled and ``ada@example.com`` pasted are equal,
 while a ``%`` or ``,`` in an address (which the client would decode differently) is caught. Group
-membership decides which profiles a Mac gets: exactly its team's, or it is refused.
+membership decides which objects a device gets: from each enrolled device's groups,
+:func:`one_object` checks that exactly one mdmgen profile for ``com.anthropic.claudecode`` reaches a
+Mac (and one script holding its serial a PC) once the publish is done, counting the objects it
+writes and those it leaves in place; a device reached by two is refused, naming both.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from ... import attributes
 from ...envschema import SECRET_ENV
 
+DOMAIN = "com.anthropic.claudecode"
 MAIL = "{{mail}}"
 SERIAL = "{{serialnumber}}"
 LIST_VARIABLES = ("OTEL_RESOURCE_ATTRIBUTES", *SECRET_ENV)
@@ -70,7 +74,57 @@ class Refusal:
     reason: str
 
     def __str__(self) -> str:
+        if not self.field:  # a refusal of a whole group or team, said in its own words
+            return f"{self.serial}: {self.reason}"
         return f"{self.serial}: {self.field}: compiled {self.compiled}, Intune would give {self.intune} ({self.reason})"
+
+
+def shared_group(name: str, group_id: str, teams: list[str]) -> Refusal:
+    """Two (or more) teams resolve to one Entra group: each of its members would get every one of
+    those teams' objects, conflicting profiles for one domain."""
+    listed = ", ".join(repr(t) for t in teams[:-1]) + f" and {teams[-1]!r}"
+    return Refusal(f"group {name!r} ({group_id})", "", "", "",
+                   f"teams {listed} all resolve to this Entra group, so each of its members' Macs would get "
+                   f"{len(teams)} profiles for {DOMAIN}; map each team to a group of its own under 'intune: groups:' "
+                   "in the policy")
+
+
+@dataclass(frozen=True)
+class Reaching:
+    """One of mdmgen's objects as it will stand once the publish is done: written (to its team's
+    group) or left in place as Intune holds it (``left``: no team's any more, or a duplicate)."""
+
+    name: str
+    groups: frozenset[str]
+    everyone: bool = False
+    """Assigned to a target other than a plain group (all devices, all users, a filter): it may
+    reach any device, so it counts for every one."""
+    serials: frozenset[str] | None = None
+    """A script: the serials its table holds (None: unreadable, so any). A profile: None."""
+    left: bool = False
+
+    def reaches(self, record: Seen) -> bool:
+        return ((self.everyone or bool(self.groups & record.groups))
+                and (self.serials is None or record.serial in self.serials))
+
+
+def one_object(record: Seen, found: Iterable[Reaching], *, windows: bool = False) -> list[Refusal]:
+    """A Mac must be reached by exactly one mdmgen profile for the domain (a PC by one script whose
+    table holds its serial); none is what :func:`membership` explains, two or more are refused here."""
+    hits = sorted((o for o in found if o.reaches(record)), key=lambda o: o.name)
+    if len(hits) < 2:
+        return []
+    names = ", ".join(repr(o.name) for o in hits[:-1]) + f" and {hits[-1].name!r}"
+    left = [repr(o.name) for o in hits if o.left]
+    why = (f"its primary user {record.upn!r} is in the groups they are assigned to" if record.user_id
+           else "they are assigned to every device")
+    why += (", so each would write its managed-settings.json, in no set order" if windows
+            else ", and a Mac given two profiles for one domain gets conflicting settings")
+    if left:
+        why += f"; {', '.join(left)} no team needs: --prune deletes it, or remove it in the portal"
+    what = "one script holding its file" if windows else f"one profile for {DOMAIN}"
+    return [Refusal(record.serial, "Windows scripts" if windows else f"{DOMAIN} profiles", what,
+                    f"{len(hits)}: {names}", why)]
 
 
 # --- the template --------------------------------------------------------------------------------
@@ -178,12 +232,12 @@ def _is_decoded(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def prove(team: str, macs: Iterable[Mac], seen: Mapping[str, list[Seen]], *, group_id: str,
-          other_groups: Mapping[str, str], template: dict[str, Any], pseudonymised: bool,
-          secret_fields: Iterable[str] = ()) -> list[Refusal]:
-    """Every reason an enrolled Mac of ``team`` would not get exactly its compiled settings.
+          template: dict[str, Any], pseudonymised: bool, secret_fields: Iterable[str] = ()) -> list[Refusal]:
+    """Every reason an enrolled Mac of ``team`` would not get exactly its compiled settings from its
+    team's profile (whether another profile reaches it too is :func:`one_object`'s to say).
 
     ``seen`` holds each enrolled serial's managed device record(s) (a serial can be enrolled more
-    than once, §4.1: each record must pass); ``other_groups`` maps every other team to its group id.
+    than once, §4.1: each record must pass).
     """
     refusals: list[Refusal] = []
     secret = set(secret_fields) | set(SECRET_ENV)
@@ -195,7 +249,7 @@ def prove(team: str, macs: Iterable[Mac], seen: Mapping[str, list[Seen]], *, gro
     pseudonyms_differ = pseudonymised and len({repr(sorted(m.settings.items())) for m in macs}) > 1
     for mac in macs:
         for record in seen.get(mac.serial, []):
-            refusals += membership(team, record, group_id=group_id, other_groups=other_groups)
+            refusals += membership(team, record, group_id=group_id)
             if pseudonyms_differ:
                 refusals.append(Refusal(mac.serial, "user_email", "its own pseudonym", "the team's one profile",
                                         "the email is pseudonymised (pseudonymise_email): Intune has no token for a "
@@ -217,23 +271,15 @@ def prove(team: str, macs: Iterable[Mac], seen: Mapping[str, list[Seen]], *, gro
     return refusals
 
 
-def membership(team: str, record: Seen, *, group_id: str, other_groups: Mapping[str, str]) -> list[Refusal]:
-    """A device gets exactly its team's objects only if its primary user is in its team's group and
-    in no other team's group."""
+def membership(team: str, record: Seen, *, group_id: str) -> list[Refusal]:
+    """A device gets its team's objects only if its primary user is in its team's group."""
     if record.user_id is None:
         return [Refusal(record.serial, "primary user", f"team {team!r}", "no objects",
                         "the device has no primary user in Intune, so no group assignment reaches it")]
-    out = []
     if group_id not in record.groups:
-        out.append(Refusal(record.serial, "group membership", f"team {team!r}", "no objects",
-                           f"its primary user {record.upn!r} is not in the team's group {group_id}"))
-    others = sorted(other for other, gid in other_groups.items() if gid in record.groups and gid != group_id)
-    if others:
-        out.append(Refusal(record.serial, "group membership", f"team {team!r}",
-                           f"the objects of {len(others) + 1} teams",
-                           f"its primary user {record.upn!r} is also in the group of team(s) "
-                           f"{', '.join(repr(o) for o in others)}, so it would get two teams' settings"))
-    return out
+        return [Refusal(record.serial, "group membership", f"team {team!r}", "no objects",
+                        f"its primary user {record.upn!r} is not in the team's group {group_id}")]
+    return []
 
 
 def _mail_problem(mac: Mac, record: Seen, mail_in_list: bool) -> Refusal | None:

@@ -40,7 +40,7 @@ from ..base import (
 )
 from . import objects, proof
 from .directory import devices_seen, team_groups
-from .fleet import payload_name, read_fleet, team_profile
+from .fleet import Fleet, payload_name, read_fleet, team_profile
 from .graph import GraphClient, GraphError
 from .objects import CONFIGS, MACOS_TYPE, NAME_PREFIX, SCRIPTS, RemoteObject, WantedObject
 from .scripts import build_team_scripts, read_table
@@ -106,6 +106,27 @@ class IntunePublisher:
         if twice:
             notes.append(Note("duplicate_serials", f"{len(twice)} serial(s) match several managed devices, and "
                               f"each record was proven: {first_of(twice)}.", tuple(twice)))
+        wanted, lines, counts = self._wanted(fleet, groups, seen, refusals)
+        kept: list[Note] = []
+        remote = _keyed(self._remote(progress), kept)
+        desired = [Desired(w.name, w.sha256, len(w.content), None, None, detail=w) for w in wanted]
+        plan = build_plan(desired, remote, prune=prune)
+        parts = {objects.windows_name(team) for team in fleet.pcs}
+        superseded = frozenset(item.key for item in plan.items if item.action in (Action.STALE, Action.DELETE)
+                               and objects.windows_base(item.key) in parts)
+        items = tuple(replace(item, action=Action.DELETE) if item.key in superseded else item for item in plan.items)
+        refusals += _reach(fleet, seen, wanted, items)
+        if refusals:
+            raise Unservable(refusal_message(refusals))
+        notes.append(Note("proof", f"Proof: {counts[0]} enrolled Mac(s) and {counts[1]} enrolled PC(s) of "
+                          f"{len(fleet.teams)} team(s) each get exactly their compiled settings, from "
+                          f"{len(wanted)} Intune object(s).", ()))
+        return IntunePlan(items, (*notes, *kept), tuple(lines), superseded)
+
+    def _wanted(self, fleet: Fleet, groups: dict[str, str], seen: dict[str, list[proof.Seen]],
+                refusals: list[proof.Refusal]) -> tuple[list[WantedObject], list[str], tuple[int, int]]:
+        """Each served team's objects, its line of the proof, and the enrolled Macs and PCs proven;
+        every reason a device of a team would not get its settings from them goes to ``refusals``."""
         wanted: list[WantedObject] = []
         proven_macs = proven_pcs = 0
         lines: list[str] = []
@@ -114,15 +135,11 @@ class IntunePublisher:
             if group is None:
                 continue
             before = (proven_macs, proven_pcs, len(wanted))
-            # Only another team's macOS profile can reach a Mac; a PC runs every script assigned to it,
-            # but only the one whose table holds its serial writes anything, so only its own team matters.
-            others = {t: g for t, g in groups.items() if t != team and t in fleet.macs}
             macs = fleet.macs.get(team, [])
             if macs:
                 template = proof.team_template(macs[0])
-                found = proof.prove(team, macs, seen, group_id=group, other_groups=others, template=template,
-                                    pseudonymised=fleet.pseudonymised, secret_fields=fleet.secret_env)
-                refusals += found
+                refusals += proof.prove(team, macs, seen, group_id=group, template=template,
+                                        pseudonymised=fleet.pseudonymised, secret_fields=fleet.secret_env)
                 proven_macs += sum(1 for m in macs if m.serial in seen)
                 payload = team_profile(fleet.mac_profiles[team], macs[0].serial, team, template)
                 wanted.append(WantedObject("macos", objects.macos_name(team), team,
@@ -131,26 +148,14 @@ class IntunePublisher:
             pcs = fleet.pcs.get(team, {})
             for serial in sorted(pcs):
                 for record in seen.get(serial, []):
-                    refusals += proof.membership(team, record, group_id=group, other_groups={})
+                    refusals += proof.membership(team, record, group_id=group)
                 proven_pcs += 1 if serial in seen else 0
             if pcs:
                 wanted += self._scripts(team, pcs, group)
             lines.append(f"proof   {team}: group {group}; {proven_macs - before[0]} of {len(macs)} Mac(s) and "
                          f"{proven_pcs - before[1]} of {len(pcs)} PC(s) enrolled, each proven to get exactly its "
                          f"compiled settings from {len(wanted) - before[2]} object(s)")
-        if refusals:
-            raise Unservable(refusal_message(refusals))
-        notes.append(Note("proof", f"Proof: {proven_macs} enrolled Mac(s) and {proven_pcs} enrolled PC(s) of "
-                          f"{len(fleet.teams)} team(s) each get exactly their compiled settings, from "
-                          f"{len(wanted)} Intune object(s).", ()))
-        remote = self._remote(progress)
-        desired = [Desired(w.name, w.sha256, len(w.content), None, None, detail=w) for w in wanted]
-        plan = build_plan(desired, _keyed(remote, notes), prune=prune, notes=notes)
-        parts = {objects.windows_name(team) for team in fleet.pcs}
-        superseded = frozenset(item.key for item in plan.items if item.action in (Action.STALE, Action.DELETE)
-                               and objects.windows_base(item.key) in parts)
-        items = tuple(replace(item, action=Action.DELETE) if item.key in superseded else item for item in plan.items)
-        return IntunePlan(items, plan.notes, tuple(lines), superseded)
+        return wanted, lines, (proven_macs, proven_pcs)
 
     def _scripts(self, team: str, pcs: dict[str, bytes], group: str) -> list[WantedObject]:
         out = []
@@ -238,6 +243,41 @@ class IntunePublisher:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _reach(fleet: Fleet, seen: dict[str, list[proof.Seen]], wanted: list[WantedObject],
+           items: tuple[PlanItem, ...]) -> list[proof.Refusal]:
+    """From each enrolled device's groups, the mdmgen objects that will reach it once the plan is
+    applied: the ones written (assigned to their team's group only) and the ones left in place as
+    Intune holds them. A Mac needs exactly one profile for the domain, a PC one script with its file."""
+    after: dict[str, list[proof.Reaching]] = {"macos": [], "windows": []}
+    for want in wanted:
+        after[want.kind].append(proof.Reaching(want.name, frozenset(want.groups), serials=(
+            frozenset(want.serials) if want.kind == "windows" else None)))
+    for item in items:
+        if item.action is Action.STALE and isinstance(item.remote, RemoteObject):
+            after[item.remote.kind].append(_left(item.remote))
+    refusals = []
+    for kind, devices in (("macos", [m.serial for ms in fleet.macs.values() for m in ms]),
+                          ("windows", [s for files in fleet.pcs.values() for s in files])):
+        for serial in sorted(devices):
+            for record in seen.get(serial, []):
+                refusals += proof.one_object(record, after[kind], windows=kind == "windows")
+    return refusals
+
+
+def _left(there: RemoteObject) -> proof.Reaching:
+    """An object this publish leaves as it is, and whom it reaches: its group targets, or anyone
+    when it has another kind of target (an exclusion alone reaches no one)."""
+    targets = [g for g in there.groups if "exclusionGroupAssignmentTarget" not in g]
+    serials = None
+    if there.kind == "windows" and there.content is not None:
+        try:
+            serials = frozenset(read_table(there.content))
+        except ValueError:
+            serials = None
+    return proof.Reaching(f"{there.name} (id {there.id})", frozenset(g for g in targets if not g.startswith("<")),
+                          everyone=any(g.startswith("<") for g in targets), serials=serials, left=True)
 
 
 def _keyed(remote: list[RemoteObject], notes: list[Note]) -> list[Remote]:
