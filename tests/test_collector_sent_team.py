@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mdmgen import attributes
+from mdmgen.emit.collector.dashboards import TEAM_SELECTION
 
 from .collector_helpers import RULES, TEAMS, compile_fleet, set_policy, team_rows
 from .conftest import HEADER, run, snapshot, write_inventory
@@ -52,9 +53,9 @@ def test_rules_and_dashboards_use_the_label_and_values_the_devices_send(workdir,
     assert f"count by ({label})" in text and f"on ({label})" in text and f"$labels.{label}" in text
     dashboard = json.loads((out / TEAMS).read_text())
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "team")
-    assert sorted(o["value"] for o in variable["options"]) == sorted(headcount)
+    assert sorted(o["text"] for o in variable["options"]) == sorted(headcount)
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert all(f'{label}=~"$team"' in e for e in exprs)
+    assert all(f'{label}=~"{TEAM_SELECTION}"' in e for e in exprs)
 
     # Held out: series labelled as the devices send them (read back from their files), run by promtool.
     who = sent(out, "ACT00")

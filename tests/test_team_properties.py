@@ -93,6 +93,6 @@ def test_every_spelling_of_a_team_is_one_team_in_every_output(case):
         assert headcount == {display[w]: f"vector({n})" for w, n in counts.items()}
         dashboard = json.loads((out / TEAMS).read_text())
         variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "team")
-        assert sorted(o["value"] for o in variable["options"]) == sorted(display.values())
+        assert sorted(o["text"] for o in variable["options"]) == sorted(display.values())
         folded = json.loads(result.stdout)["team_spellings"]
         event(f"spellings folded: {sum(len(v) for v in folded.values()) > 0}")
