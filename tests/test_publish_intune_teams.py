@@ -176,9 +176,8 @@ def test_a_stale_profile_assigned_to_all_devices_reaches_every_mac(workdir: Path
     assert "C02PLT0001: com.anthropic.claudecode profiles" in result.output
 
 
-def test_the_display_spelling_is_the_policys_else_the_most_used_ties_to_the_lowest_codepoint():
-    assert display_names(["b", "B", "B", "b"], []) == {"b": "B"}  # a tie: 'B' < 'b'
-    assert display_names(["b", "B", "b"], []) == {"b": "b"}
-    assert display_names(["b", "B", "b"], [" B ", "x"]) == {"b": "B"}  # mapped, trimmed
-    assert display_names(["Cafe\u0301"], ["CAF\u00c9"]) == {"café": "CAF\u00c9"}  # NFD and NFC: one team
-    assert display_names(["\u0430", "a"], []) == {"\u0430": "\u0430", "a": "a"}  # Cyrillic and Latin stay two
+def test_objects_are_named_by_the_devices_spelling_else_the_most_used_ties_to_the_lowest_codepoint():
+    assert display_names(["b", "B", "B", "b"]) == {"b": "B"}  # a tie: 'B' < 'b'
+    assert display_names(["b", "B", "b"]) == {"b": "b"}
+    assert display_names(["Cafe\u0301", "CAF\u00c9", "CAF\u00c9"]) == {"café": "CAF\u00c9"}  # NFD, NFC: one team
+    assert display_names(["\u0430", "a"]) == {"\u0430": "\u0430", "a": "a"}  # Cyrillic and Latin stay two

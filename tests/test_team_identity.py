@@ -149,3 +149,14 @@ def test_a_policy_team_spelt_otherwise_still_authenticates_the_collector(workdir
     config = (workdir / "output" / CONFIG).read_text()
     assert "bearertokenauth" in config and "${env:TEAM_TOKEN}" in config
     assert "not authenticated" not in config
+
+
+def test_an_intune_group_key_names_the_team_too_and_teams_wins_over_it(workdir):
+    path = workdir / "profiles" / "policy.yaml"
+    path.write_text(path.read_text() + '\nintune: {groups: {"SECURITY": "sg-security", "OPS": "sg-ops"}}\n')
+    add_team_override(workdir, "Ops")
+    write_inventory(workdir, rows(("security", 2), ("Security", 1), ("ops", 2)))
+    data, _stderr = compile_json(workdir)
+    sent = sent_teams(workdir / "output")
+    assert sorted(set(sent.values())) == ["Ops", "SECURITY"]  # the devices, and so Intune's object names
+    assert data["team_spellings"] == {"Ops": {"ops": 2}, "SECURITY": {"security": 2, "Security": 1}}

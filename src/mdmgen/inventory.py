@@ -23,7 +23,17 @@ from email_validator import EmailNotValidError, validate_email
 
 from . import rowcache
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, not_text, read_input
-from .models import SAFE_NAME, Device, Location, Platform, Problem, StatusColumn, unencodable_text, unsafe_name
+from .models import (
+    SAFE_NAME,
+    Device,
+    Location,
+    Platform,
+    Problem,
+    StatusColumn,
+    most_used_spelling,
+    unencodable_text,
+    unsafe_name,
+)
 from .policy import team_problem
 
 REQUIRED_FIELDS = ("serial_number", "platform", "user_email", "team")
@@ -164,7 +174,7 @@ def fold_teams(inventory: Inventory, named: Mapping[str, str]) -> None:
         counts.setdefault(device.team_key, Counter())[device.team_written] += 1
     display: dict[str, str] = {}
     for key, spellings in counts.items():
-        chosen = named.get(key) or min(spellings, key=lambda name: (-spellings[name], name))
+        chosen = named.get(key) or most_used_spelling(spellings)
         display[key] = chosen
         others = sorted(((name, n) for name, n in spellings.items() if name != chosen), key=lambda p: (-p[1], p[0]))
         if others:

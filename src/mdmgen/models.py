@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -121,6 +122,12 @@ def team_key(team: str) -> str:
 def team_spelling(team: str) -> str:
     """How a team name is written out when it is chosen as a team's display spelling: trimmed, NFC."""
     return unicodedata.normalize("NFC", team.strip())
+
+
+def most_used_spelling(counts: Mapping[str, int]) -> str:
+    """The display spelling of a team the policy does not name: the one most rows use, a tie going to
+    the lowest by code point, so the same rows give the same spelling in any order."""
+    return min(counts, key=lambda name: (-counts[name], name))
 
 
 class Platform(StrEnum):

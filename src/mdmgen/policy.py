@@ -432,10 +432,17 @@ def team_problem(team: str) -> str | None:
 
 
 def team_names(policy: Policy) -> dict[str, str]:
-    """The policy's ``teams:`` by team key (see ``models.team_key``): key -> the display spelling the
-    policy gives the team (its key, trimmed and NFC). Keys that collide are refused when the policy
-    is loaded, so each key has one name."""
-    return {team_key(name): team_spelling(name) for name in policy.teams}
+    """The teams the policy names, by team key (see ``models.team_key``): key -> the display spelling
+    the policy gives the team (its key, trimmed and NFC). ``teams:`` names a team; so does
+    ``intune: groups:``, where ``teams:`` does not (its keys that share a key with each other are
+    refused by the Intune publisher, the lowest by code point is taken here). Keys of ``teams:``
+    that collide are refused when the policy is loaded, so each key has one name."""
+    named = {}
+    if policy.intune is not None:
+        for name in sorted(policy.intune.groups, reverse=True):
+            named[team_key(name)] = team_spelling(name)
+    named.update({team_key(name): team_spelling(name) for name in policy.teams})
+    return named
 
 
 def _character_problems(data: Any, holder: LoadedPolicy) -> list[Problem]:

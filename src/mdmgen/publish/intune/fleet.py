@@ -8,8 +8,7 @@ carries the policy's ``intune:`` section and the Macs' emails into it (``emit.re
 ``security`` on others; two profiles assigned to one group would give each of its Macs two
 conflicting ``com.anthropic.claudecode`` profiles. So devices are grouped here, and only here, by
 :func:`team_of` (the one rule, ``models.team_key``), and each team is named by one
-display spelling (:func:`display_names`): the ``intune: groups:`` key when the policy maps the
-team, else the spelling most devices carry, ties broken by codepoint.
+display spelling (:func:`display_names`), the one the compile gave its devices.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...emit import mobileconfig, registry
-from ...models import Platform, team_key
+from ...models import Platform, most_used_spelling, team_key
 from ...output import CheckedOutput as LocalOutput
 from ...output import device_path
 from ..base import LocalOutputError
@@ -57,20 +56,17 @@ def team_of(team: str) -> str:
     return team_key(team)
 
 
-def display_names(spellings: Iterable[str], mapped: Iterable[str]) -> dict[str, str]:
-    """Team key -> the one spelling its Intune objects are named with.
+def display_names(spellings: Iterable[str]) -> dict[str, str]:
+    """Team key -> the one spelling its Intune objects are named with: the devices' own.
 
-    ``spellings`` holds each device's team as written (one entry per device); ``mapped`` the
-    ``intune: groups:`` keys. A mapped team takes the policy's spelling (the lowest codepoint when
-    the policy spells it twice); any other the spelling most devices use, ties to the lowest."""
-    names: dict[str, str] = {}
-    counts = Counter(spelling.strip() for spelling in spellings)
-    for spelling, _count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-        names.setdefault(team_of(spelling), spelling)
-    for spelling in sorted((m.strip() for m in mapped), reverse=True):
-        if team_of(spelling) in names:
-            names[team_of(spelling)] = spelling
-    return names
+    The compile already gives every device of a team one display spelling (``inventory.fold_teams``:
+    the policy's, from ``teams:`` or ``intune: groups:``, else the most used), so the objects are
+    named as the devices' ``team`` attribute says. A folder written otherwise (by hand, or by an
+    older mdmgen) still gets one name per team, by the same most-used rule."""
+    counts: dict[str, Counter[str]] = {}
+    for spelling in spellings:
+        counts.setdefault(team_of(spelling), Counter())[spelling] += 1
+    return {key: most_used_spelling(found) for key, found in counts.items()}
 
 
 def team_group_names(mapping: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]:
@@ -107,7 +103,7 @@ def read_fleet(local: LocalOutput) -> Fleet:
     emails: Mapping[str, Any] = facts["mac_emails"]
     mapping = {str(k): str(v) for k, v in facts["groups"].items()}
     devices = sorted(local.manifest.devices.items())
-    names = display_names((device.team for _serial, device in devices), mapping)
+    names = display_names(device.team for _serial, device in devices)
     macs: dict[str, list[proof.Mac]] = {}
     profiles: dict[str, bytes] = {}
     pcs: dict[str, dict[str, bytes]] = {}
