@@ -1,6 +1,7 @@
 """Property: however the inventory's rows and the policy spell a team (case, NFC or NFD accents,
 surrounding spaces), it is one team in every output: the team attribute each device sends, the
-manifest, the headcount rules and the team dashboard, all with its one display spelling."""
+manifest, the headcount rules, the team dashboard and the Intune plan's teams, all with its one
+display spelling."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mdmgen import attributes
+from mdmgen import attributes, output
+from mdmgen.publish.intune.fleet import read_fleet
 
 from .collector_helpers import RULES, TEAMS, load_yaml, set_policy
 from .conftest import SHIPPED_POLICY, run
 
 LETTERS = "abcdeéèåøçñßü "
+PLATFORMS = ("macos", "windows", "linux")
 BASE = st.text(st.sampled_from(LETTERS), min_size=1, max_size=8)
 
 
@@ -65,16 +68,16 @@ def test_every_spelling_of_a_team_is_one_team_in_every_output(case):
         shutil.copy(SHIPPED_POLICY, workdir / "profiles" / "policy.yaml")
         set_policy(workdir)
         path = workdir / "profiles" / "policy.yaml"
-        path.write_text(path.read_text().replace("teams: {}\n", "teams:\n  " + json.dumps(policy_key) + ":\n"
-                                                 "    settings:\n      env:\n        OTEL_SERVICE_NAME: named\n"),
-                        encoding="utf-8")
+        team_layer = ("teams:\n  " + json.dumps(policy_key)
+                      + ":\n    settings:\n      env:\n        OTEL_SERVICE_NAME: named\n")
+        path.write_text("intune: {}\n" + path.read_text().replace("teams: {}\n", team_layer), encoding="utf-8")
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["serial_number", "platform", "user_email", "team"])
         serial_team = {}
         for i, (base, cell) in enumerate(rows):
             serial_team[f"D{i:03d}"] = base[0]
-            writer.writerow([f"D{i:03d}", "linux", f"u{i}@example.com", cell])
+            writer.writerow([f"D{i:03d}", PLATFORMS[i % len(PLATFORMS)], f"u{i}@example.com", cell])
         (workdir / "inventory" / "devices.csv").write_text(buffer.getvalue(), encoding="utf-8")
         result = run(workdir, "compile", "--json")
         assert result.exit_code == 0, result.stderr
@@ -94,5 +97,8 @@ def test_every_spelling_of_a_team_is_one_team_in_every_output(case):
         dashboard = json.loads((out / TEAMS).read_text())
         variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "team")
         assert sorted(o["text"] for o in variable["options"]) == sorted(display.values())
+        intune = read_fleet(output.read(out))  # what `publish intune` plans from: one team, one profile
+        macs_and_pcs = {w for i, (s, w) in enumerate(serial_team.items()) if PLATFORMS[i % len(PLATFORMS)] != "linux"}
+        assert intune.teams == sorted(display[w] for w in macs_and_pcs)
         folded = json.loads(result.stdout)["team_spellings"]
         event(f"spellings folded: {sum(len(v) for v in folded.values()) > 0}")
