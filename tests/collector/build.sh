@@ -23,8 +23,9 @@ if ((!fresh)); then
   command -v go >/dev/null || { echo "tests/collector/build.sh: go is not installed" >&2; exit 1; }
   mkdir -p "$here/.bin"
   # Built to a temporary name and renamed, so an interrupted build never leaves a binary that
-  # looks fresh. -mod=readonly: go.mod and go.sum are the pins, never rewritten here.
-  (cd "$here" && CGO_ENABLED=0 go build -trimpath -mod=readonly -o "$binary.tmp" .)
+  # looks fresh. -mod=readonly: go.mod and go.sum are the pins, never rewritten here; -buildvcs=false:
+  # the binary does not depend on the checkout's commit (nor need git).
+  (cd "$here" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$binary.tmp" .)
   mv -f "$binary.tmp" "$binary"
 fi
 echo "$binary"
