@@ -22,8 +22,10 @@ MAX_TEAMS_IN_LEGEND = 20
 
 
 def check_path(path: Path) -> None:
+    """Before anything is read or sent: the format, and that matplotlib is installed (exit 2)."""
     if path.suffix.lower() not in FORMATS:
         raise AdoptionUsageError(f"--chart: {path.name!r} must end in .png or .svg")
+    _figure_class()
 
 
 def _figure_class() -> Any:
