@@ -22,6 +22,7 @@ from mdmgen.publish.http import HTTPStatusError
 
 from .conftest import run, write_inventory
 from .fakes.anthropic_server import FakeAnthropicServer, api_row, user_row
+from .fakes.hostile import MODES, HostileServer
 
 KEY = "sk-ant-admin01-" + "k3y" * 20
 PSEUDONYM_KEY = "adoption-test-pseudonym-key-0123456789"
@@ -82,7 +83,8 @@ def teams_of(data: dict) -> dict[str, tuple[int, int]]:
 
 def test_done_when_exact_figures_per_team_through_pages_and_429s(compiled, fake, tmp_path):
     fake.fail_next(2, 429, retry_after="0")
-    result = adoption(compiled, fake, "--days", "7", "--json", "--chart", "adoption.png", "--csv", "adoption.csv")
+    result = adoption(compiled, fake, "--days", "7", "--json", "--chart", "adoption.png", "--csv", "adoption.csv",
+                      "-vv")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert teams_of(data) == {"Platform Eng": (2, 1), "Mobile": (2, 1), "=SUM(A1) $x$ Café": (1, 1)}
@@ -272,3 +274,25 @@ def test_the_chart_has_one_bar_and_one_line_per_team(tmp_path):
     assert len(re.findall(r'<g id="patch_\d+">', svg)) >= 3 and "<dc:date>" not in svg
     chart.save(chart.figure(report), tmp_path / "b.svg")
     assert (tmp_path / "b.svg").read_bytes() == (tmp_path / "a.svg").read_bytes()  # deterministic
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hostile_admin_api_is_one_line_exit_7_and_not_retried(compiled, mode):
+    with HostileServer(mode) as server:
+        result = run(compiled, "adoption", "--anthropic-url", server.url, "--timeout", "2", "-vv")
+    assert result.exit_code == ExitCode.REMOTE_FAILED, result.output
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("mdmgen: DEBUG")]
+    assert len(errors) == 1 and errors[0].startswith("error: the Anthropic Admin API"), result.stderr
+    assert server.requests == 1 and KEY not in result.output
+
+
+def test_the_join_counts_a_person_in_each_of_their_teams_and_sources_merge():
+    fleet = Fleet(devices=tuple(Device(serial=serial, team=team, person=person) for serial, team, person in (
+        ("A1", "Ops", "ann@x"), ("A2", "Dev", "ann@x"), ("B1", "Dev", "bob@x"), ("N1", "Lab", None))))
+    admin = Activity(source="anthropic", cannot_see="x", people={"ann@x": [WINDOW[0]]}, api_keys={"ci": 0})
+    prom = Activity(source="prometheus", cannot_see="y", people={"bob@x": [WINDOW[1]], "eve@x": [date(2026, 1, 1)]})
+    report = join.build(fleet, [admin, prom], WINDOW, ["u1", "u2"])
+    assert {t.team: (t.enrolled, t.active, t.ratio) for t in report.teams} == {
+        "Dev": (2, 2, 1.0), "Lab": (0, 0, None), "Ops": (1, 1, 1.0)}
+    assert report.unidentified_devices == ["N1"] and report.active_not_enrolled == []  # eve: outside the window
+    assert report.api_key_usage == []  # a key with no session is not usage
