@@ -12,6 +12,7 @@ installed, which the fixture checks.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -136,3 +137,23 @@ def test_publish_intune_dry_run_to_the_fake_entra_and_graph(fresh: Path, tmp_pat
         assert "Proof: 1 enrolled Mac(s) and 1 enrolled PC(s) of 1 team(s)" in result.stdout + result.stderr
         assert writes(graph) == [] and graph.internal_errors == []
         assert graph.requests_to("*/oauth2/*"), "no token was asked of Entra ID"
+
+
+def test_adoption_runs_without_extras_and_the_chart_asks_for_its_extra(fresh: Path, monkeypatch):
+    """The Admin API source needs no extra; ``--chart`` without matplotlib is one line naming the extra."""
+    from datetime import date
+
+    from .fakes.anthropic_server import FakeAnthropicServer, user_row
+
+    key = "sk-ant-admin01-fresh-install-key-0000"
+    monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", key)
+    with FakeAnthropicServer(admin_key=key, today=date(2026, 8, 20)) as fake:
+        fake.add(date(2026, 8, 19), user_row("Alice.Nguyen@Example.com", 2))
+        args = ("adoption", "--anthropic-url", fake.url, "--today", "2026-08-20", "--json")
+        result = mdmgen(fresh, *args)
+        assert_clean(result)
+        teams = {t["team"]: t["active"] for t in json.loads(result.stdout)["teams"]}
+        assert teams["Platform Eng"] == 1
+        chart = mdmgen(fresh, *args, "--chart", "adoption.png")
+        assert chart.returncode == 2 and "pip install 'mdmgen[chart]'" in chart.stderr
+        assert len(chart.stderr.strip().splitlines()) == 1 and not (fresh / "adoption.png").exists()

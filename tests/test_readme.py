@@ -68,7 +68,8 @@ def test_the_exit_code_tables_list_what_the_commands_do():
               for name, codes in per_command.items()}
     assert listed == {command: sorted(codes) for command, codes in COMMANDS.items()}
     for heading, command in (("## Publishing to S3", "publish s3"), ("## Publishing to Jamf Pro", "publish jamf"),
-                             ("## Publishing to Microsoft Intune", "publish intune")):
+                             ("## Publishing to Microsoft Intune", "publish intune"),
+                             ("## Adoption: `mdmgen adoption`", "adoption")):
         codes = table_after("**Exit codes.**", README.index(heading))
         assert sorted(int(c) for c in codes) == sorted(COMMANDS[command]), command
     preflight = table_after("| Exit code | Meaning |", README.index("### `mdmgen preflight`"))

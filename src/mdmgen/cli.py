@@ -664,3 +664,71 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
     if report.as_json:
         click.echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)
+
+
+# --- mdmgen adoption: who is enrolled, who uses Claude Code, who never reports -----------------------
+
+
+@main.command(name="adoption", epilog=help_epilog("adoption"))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+              help="The compiled output folder to read: the devices, their team, the person each sends.")
+@click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True,
+              help="The window: this many complete UTC days, ending before today.")
+@click.option("--anthropic-url", metavar="URL",
+              help=f"The Anthropic API (default {defaults.ANTHROPIC_URL}); read when ANTHROPIC_ADMIN_KEY is set.")
+@click.option("--prometheus-url", metavar="URL",
+              help="The org's Prometheus (its HTTP API's base URL); credentials from PROMETHEUS_BEARER_TOKEN, or "
+                   "PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Also write the per-team table as CSV.")
+@click.option("--chart", "chart_path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Also draw per-team adoption and daily active people (.png or .svg; pip install "
+                   "'mdmgen[chart]').")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.ADOPTION_TIMEOUT,
+              show_default=True, metavar="SECONDS", help="A deadline for each whole request; a request is tried at "
+              "most 5 times.")
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Report as if run on this UTC day (default: today), to reproduce a past report.")
+@_reporting
+def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_path, timeout, today, as_json, quiet,
+                     verbose) -> None:
+    """Per team: enrolled people, those who used Claude Code in the window, and who never reports.
+
+    \b
+    Sources (one or both):
+      ANTHROPIC_ADMIN_KEY      the Anthropic Admin API (an Admin key, sk-ant-admin01-...)
+      --prometheus-url URL     the org's Prometheus, fed by the collector mdmgen configures
+    With pseudonymise_email, MDMGEN_PSEUDONYM_KEY (the compile's key) pseudonymises the sources' emails.
+    """
+    from . import adoption, environment
+    from .adoption import render
+    from .publish.base import RemoteError
+
+    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    options = adoption.Options(out=out, days=days, anthropic_url=anthropic_url, prometheus_url=prometheus_url,
+                               timeout=timeout, csv=csv_path, chart=chart_path,
+                               today=today.date() if today is not None else None)
+    hidden = environment_secrets()
+    try:
+        outcome = adoption.run(options)
+    except (adoption.AdoptionUsageError, environment.EnvironmentValueError) as exc:
+        report.fail(ExitCode.USAGE, redactor(hidden)(f"error: {exc}"))
+    except output.OutputBusy as exc:
+        report.fail(ExitCode.BUSY, f"error: {exc}")
+    except output.OutputError as exc:
+        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
+    except adoption.FileWriteError as exc:
+        report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
+    except RemoteError as exc:  # a source, or the shared HTTP layer under it
+        report.fail(ExitCode.REMOTE_FAILED, redactor(hidden)(f"error: {exc}"))
+    lines = render.coverage(outcome.report)
+    if as_json:
+        click.echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,
+                              ensure_ascii=False))
+    else:
+        for line in render.text(outcome.report) + lines:
+            click.echo(printable(line))
+    if not quiet:
+        for line in (lines if as_json else []) + [f"Wrote {path}" for path in outcome.written]:
+            click.echo(printable(line), err=True)
+    sys.exit(ExitCode.OK)

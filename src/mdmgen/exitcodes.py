@@ -92,6 +92,18 @@ COMMANDS: dict[str, dict[int, str]] = {
         7: "Graph or Entra ID failed or refused: credentials missing or rejected, a missing permission, "
            "unreachable, TLS, retries exhausted, an object that reads back differently",
     },
+    "adoption": {
+        0: "reported (an organisation with no usage is a result)",
+        1: _OUTPUT_UNREADABLE,
+        2: "usage: no source (neither ANTHROPIC_ADMIN_KEY nor --prometheus-url), --anthropic-url without "
+           "ANTHROPIC_ADMIN_KEY, a URL that is not https (plain http only to loopback), a --chart that is not .png "
+           "or .svg (or matplotlib missing), a pseudonymised folder without its key; an environment variable that "
+           "cannot be used (named)",
+        4: "the --csv or --chart file could not be written",
+        5: _BUSY_PUBLISH,
+        7: "a source failed or refused: the Admin API or Prometheus unreachable, TLS, the key or credentials "
+           "rejected, retries exhausted (429, 5xx, 529), an unexpected answer",
+    },
     "schema": {
         0: "printed",
         2: _USAGE,

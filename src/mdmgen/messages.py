@@ -78,7 +78,8 @@ def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
 SIGN_KEY_PASSWORD_ENV = "MDMGEN_SIGN_KEY_PASSWORD"
 SIGN_P12_PASSWORD_ENV = "MDMGEN_SIGN_P12_PASSWORD"
 CREDENTIAL_VARIABLES = ("JAMF_CLIENT_SECRET", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET",
-                        "MDMGEN_PSEUDONYM_KEY", SIGN_KEY_PASSWORD_ENV, SIGN_P12_PASSWORD_ENV)
+                        "MDMGEN_PSEUDONYM_KEY", SIGN_KEY_PASSWORD_ENV, SIGN_P12_PASSWORD_ENV,
+                        "ANTHROPIC_ADMIN_KEY", "PROMETHEUS_BEARER_TOKEN", "PROMETHEUS_PASSWORD")
 """The environment variables that hold credentials mdmgen reads; a message of unknown origin (an
 unexpected exception) is redacted of their values, since no caller could say what it holds."""
 

@@ -18,3 +18,8 @@ JAMF_TIMEOUT = 60.0
 
 GRAPH_URL = "https://graph.microsoft.com"
 """Microsoft Graph; the Intune client uses /beta (and /v1.0) under it."""
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+"""The Anthropic API, whose Admin API reports Claude Code usage per person (``mdmgen adoption``)."""
+ADOPTION_TIMEOUT = 30.0
+"""Seconds for each whole request of ``mdmgen adoption`` (a page of the Admin API, a Prometheus query)."""

@@ -28,8 +28,8 @@ to its caller:
 * **One-line errors.** Transport failures (timeouts, refused or dropped connections, DNS, TLS, a
   proxy that refuses) become :class:`TransportFailure`; an HTML page or a truncated body where
   JSON or XML was expected becomes :class:`UnexpectedAnswer`. Both are RemoteErrors (exit 7).
-* **One retry policy** (:class:`RetryPolicy`, on :func:`mdmgen.publish.base.retry`): 429 and 503
-  wait what ``Retry-After`` says (seconds or an HTTP date); other 5xx, timeouts and dropped
+* **One retry policy** (:class:`RetryPolicy`, on :func:`mdmgen.publish.base.retry`): 429, 503 and
+  529 (Anthropic's overloaded) wait what ``Retry-After`` says (seconds or an HTTP date); other 5xx, timeouts and dropped
   connections back off exponentially with jitter; every wait is capped and the number of
   attempts is bounded. An error that already went through the policy is marked ``exhausted``
   and never retried again by an outer caller, so retries never nest.
@@ -70,7 +70,9 @@ DEFAULT_ATTEMPTS = 5
 DEFAULT_BASE_DELAY = 0.5
 DEFAULT_MAX_DELAY = 60.0
 """The longest single wait, a server's Retry-After included."""
-RETRY_AFTER_STATUSES = (429, 503)
+RETRY_AFTER_STATUSES = (429, 503, 529)
+"""Too Many Requests, Service Unavailable, and Anthropic's Overloaded (529, analytics-api.md §5): wait
+what ``Retry-After`` says, when it says."""
 PERMANENT_5XX = (501, 505)
 """Not Implemented and HTTP Version Not Supported: asking again gets the same answer."""
 TRUSTSTORE_VARIABLE = "MDMGEN_TRUSTSTORE"
@@ -376,7 +378,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 def classify(exc: BaseException, *, retry_404: bool = False) -> Transient | None:
     """Whether a failure is worth another attempt, and how long the server asked to wait.
 
-    Retried: 429 and 503 (honouring Retry-After), other 5xx except 501/505, timeouts, dropped
+    Retried: 429, 503 and 529 (honouring Retry-After), other 5xx except 501/505, timeouts, dropped
     connections, and a 404 only when the caller knows the object was just created (Jamf Cloud's
     cluster lag). Never: 400, 401, 403, 404, 409 and the like, TLS, DNS, a refused connection,
     and anything that already went through a retry loop (``exhausted``)."""
