@@ -61,6 +61,18 @@ def promtool_path() -> str:
     return require_tool("promtool", "Debian's prometheus package: only the real tool proves the generated rules")
 
 
+OTELCOL = ROOT / "tests" / "collector" / ".bin" / "otelcol-mdmgen"
+
+
+def otelcol_path() -> Path:
+    """The real OpenTelemetry Collector (v0.161.0 with the components the generated config names),
+    built by ``tests/collector/build.sh`` (tests/install-tools.sh runs it)."""
+    if not OTELCOL.is_file():
+        missing(f"the OpenTelemetry Collector is not built ({OTELCOL.relative_to(ROOT)}); "
+                "bash tests/collector/build.sh builds it (needs Go 1.26)")
+    return OTELCOL
+
+
 def require_reference(name: str) -> Path:
     """A file of the reference facts, ``../shared/reference/NAME`` beside the checkout."""
     path = REFERENCE / name

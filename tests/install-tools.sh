@@ -9,6 +9,9 @@
 #   curl        the README's S3 example waits for its server with it
 #   npm         installs the pinned Claude Code client for the end-to-end tests
 #               (tests/e2e/install_client.sh, run here too)
+#   otelcol     the real OpenTelemetry Collector the generated config runs on, built from the Go
+#               module proxy by tests/collector/build.sh (run here; needs Go 1.26, not a Debian
+#               package; a few minutes cold, seconds once Go's caches are warm)
 #
 # As root with apt-get, it installs what is missing (one apt-get update, nothing when all are
 # there). Otherwise it installs nothing and says what is missing: the tests that need a missing
@@ -44,4 +47,14 @@ fi
 if [[ "$(id -u)" == 0 ]] && command -v npm >/dev/null; then
   bash tests/e2e/install_client.sh >/dev/null \
     || complain "could not install the Claude Code client; the end-to-end tests will be skipped"
+fi
+
+# The real OpenTelemetry Collector (idempotent: nothing to do when the binary is up to date).
+if command -v go >/dev/null; then
+  bash tests/collector/build.sh >/dev/null \
+    || complain "could not build the OpenTelemetry Collector (tests/collector/build.sh);" \
+      "the tests that run it will be skipped"
+else
+  complain "go is not installed, so the OpenTelemetry Collector is not built (tests/collector/build.sh);" \
+    "the tests that run it will be skipped"
 fi

@@ -79,13 +79,15 @@ def test_the_config_receives_exactly_what_the_devices_send(workdir):
     pipelines = config["service"]["pipelines"]
     assert set(pipelines) == {"metrics", "logs"}  # the devices export both over otlp
     assert pipelines["metrics"] == {"receivers": ["otlp/grpc-4317"],
-                                    "processors": ["memory_limiter", "attributes/user-email", "batch"],
+                                    "processors": ["memory_limiter", "attributes/user-email", "deltatocumulative",
+                                                   "batch"],
                                     "exporters": ["prometheus"]}
     assert pipelines["logs"]["exporters"] == ["otlphttp/loki"]
     assert config["exporters"]["otlphttp/loki"] == {"endpoint": "http://loki:3100/otlp"}  # not the gone loki exporter
     assert config["exporters"]["prometheus"]["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
     assert config["processors"]["attributes/user-email"] == {"actions": [{"key": "user.email", "action": "delete"}]}
     assert set(config["processors"]["memory_limiter"]) >= {"check_interval", "limit_percentage"}
+    assert pipelines["logs"]["processors"] == ["memory_limiter", "attributes/user-email", "batch"]  # metrics only
     text = (out / CONFIG).read_text()
     assert "# user_email collision, resolved on purpose" in text.split("attributes/user-email:")[0]
 

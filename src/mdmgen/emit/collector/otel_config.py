@@ -4,7 +4,8 @@
   ``bearertokenauth`` when the devices send a token;
 - ``bearertokenauth`` accepting every token reference the devices' headers name (``${env:NAME}``,
   never a value), plus the old token during a rotation (``previous_token_env``), or the token file;
-- ``memory_limiter`` first, then the collision processor, then ``batch``;
+- ``memory_limiter`` first, then the collision processor, then (metrics only)
+  ``deltatocumulative``, then ``batch``;
 - a ``prometheus`` exporter with a pinned ``translation_strategy`` (the rules and dashboards
   depend on the metric names it makes);
 - the logs exporter the policy chooses: ``otlphttp`` to Loki's OTLP endpoint (the ``loki``
@@ -40,6 +41,15 @@ COLLISION_COMMENT = """\
 # the one the adoption rules and dashboards count, and never a raw address when the policy
 # pseudonymises emails.
 """
+TEMPORALITY_PROCESSOR = "deltatocumulative"
+TEMPORALITY_COMMENT = """\
+# Claude Code exports its counters with delta temporality by default; Prometheus stores
+# cumulative counters. The prometheus exporter adds a delta to the last value only when it starts
+# exactly where that value ended (one process, no gap), and otherwise replaces it, so restarts,
+# idle intervals and several sessions would read as counter resets and lose counts. This
+# processor keeps one running total per series, so the exporter only ever sees cumulative sums.
+# (`deltatocumulative`: the name older releases know too; v0.161.0 also calls it `delta_to_cumulative`.)
+"""
 SIGNALS = ("metrics", "logs")
 
 
@@ -56,6 +66,7 @@ def emit(given: FleetInput) -> bytes | None:
     config["processors"] = {
         "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 25},
         COLLISION_PROCESSOR: {"actions": [{"key": "user.email", "action": "delete"}]},
+        TEMPORALITY_PROCESSOR: {},
         "batch": {},
     }
     logs_name, logs_exporter = _logs_exporter(collector)
@@ -69,12 +80,14 @@ def emit(given: FleetInput) -> bytes | None:
     for signal in SIGNALS:
         names = [r.name for r in found if signal in r.signals]
         if names:
-            pipelines[signal] = {"receivers": names,
-                                 "processors": ["memory_limiter", COLLISION_PROCESSOR, "batch"],
-                                 "exporters": [exporters[signal]]}
+            processors = ["memory_limiter", COLLISION_PROCESSOR,
+                          *([TEMPORALITY_PROCESSOR] if signal == "metrics" else []), "batch"]
+            pipelines[signal] = {"receivers": names, "processors": processors, "exporters": [exporters[signal]]}
     config["service"] = {**({"extensions": [AUTH]} if accepted else {}), "pipelines": pipelines}
-    text = dump_yaml(_literal(config)).replace(f"  {COLLISION_PROCESSOR}:\n",
-                                     _indent(COLLISION_COMMENT, "  ") + f"  {COLLISION_PROCESSOR}:\n", 1)
+    text = dump_yaml(_literal(config))
+    for name, comment in ((COLLISION_PROCESSOR, COLLISION_COMMENT), (TEMPORALITY_PROCESSOR, TEMPORALITY_COMMENT)):
+        # A key indented by two at a line's start is one of a top-level section: the processor's.
+        text = text.replace(f"\n  {name}:", "\n" + _indent(comment, "  ") + f"  {name}:", 1)
     return (_header(found, accepted) + text).encode("utf-8")
 
 
