@@ -37,20 +37,19 @@ HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HE
 
 
 def grown(selector: str, window: str) -> str:
-    """PromQL: how much the counter ``selector`` grew in ``window``, per series, counting the first
-    sample of a series that began in the window.
+    """PromQL: how much the counter ``selector`` grew in ``window``, per series: its last value in
+    the window minus its last value before it (0 for a series that began in the window).
 
-    ``increase()`` measures from a series' first sample, so whatever the series held at that sample
-    is lost. Claude Code's counters carry ``session.id`` (and the per-install ``user.id``), so every
-    session is a new series whose first sample already holds its first export: a ``claude -p`` run
-    (one export, on exit) read 0 in ``increase()``, and an interactive session lost its first export
-    interval. Seen with the real client, collector and Prometheus (tests/e2e/test_pipeline.py). So
-    the first value of each series absent from the window before (``min_over_time``, a counter's
-    first value unless it reset) is added to its ``increase()`` (none yet with a single sample);
-    series that already existed are ``increase()`` alone."""
-    born = f"(min_over_time({selector}[{window}]) unless last_over_time({selector}[{window}] offset {window}))"
-    increase = f"increase({selector}[{window}])"
-    return f"(({born} + ({increase} or {born} * 0)) or {increase})"
+    Not ``increase()``, which measures from a series' first sample in the window, so whatever a new
+    series already held at that sample is lost. Claude Code's counters carry ``session.id`` (and the
+    per-install ``user.id``), so every session is a new series whose first sample already holds its
+    first export: a ``claude -p`` run (one export, on exit) read 0 USD, and an interactive session
+    lost its first export interval. ``increase()`` also extrapolates, which over one short session
+    read 30% more than the client spent. Both seen with the real client, collector and Prometheus
+    (tests/e2e/test_pipeline.py). The price: a counter reset inside the window (the collector
+    restarted mid-session) counts from the reset only, never below 0."""
+    last = f"last_over_time({selector}[{window}])"
+    return f"(clamp_min({last} - (last_over_time({selector}[{window}] offset {window}) or {last} * 0), 0))"
 
 
 @dataclass(frozen=True, order=True)
