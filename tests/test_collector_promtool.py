@@ -137,7 +137,7 @@ def test_daily_spend_counts_a_session_born_with_its_whole_cost(workdir):
              "exp_labels": {"severity": "warning"},
              "exp_annotations": {"summary": "Claude Code spend over the last 24h is above the org's threshold",
                                  "description": "600.00 USD in 24h; the policy's threshold is 500 USD."}}]}]},
-        {"interval": "1h", "input_series": [{"series": session("long"), "values": "0+300x3 900x30"}],  # 900 USD, all spent before 4h
+        {"interval": "1h", "input_series": [{"series": session("long"), "values": "0+300x3 900x30"}],  # spent by 3h
          "alert_rule_test": [{"eval_time": "28h", "alertname": "ClaudeCodeDailySpendHigh", "exp_alerts": []}]},
     ]}
     test_file = workdir / "spend-born-test.yaml"
