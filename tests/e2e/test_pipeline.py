@@ -36,7 +36,7 @@ import pytest
 from ..conftest import missing, otelcol_path
 from .harness import run_claude
 from .messages_stub import MessagesStub
-from .pipeline import PortTaken, PrometheusServer, Service, grafana_interpolate, listening, poll, start_on_free_ports
+from .pipeline import PrometheusServer, Service, grafana_interpolate, listening, poll, start_on_free_ports
 from .receivers import HttpReceiver, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -204,9 +204,7 @@ def start_prometheus(folder: Path, rules: Path, exporter_port: int) -> Prometheu
         server = PrometheusServer(binary, folder, ports[0], config)
         try:
             server.wait_ready(server.ready, [server.port])
-        except PortTaken:
-            raise
-        except BaseException:
+        except AssertionError:
             server.stop()
             raise
         return server
