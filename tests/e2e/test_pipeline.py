@@ -288,10 +288,15 @@ def _wait_for_runs(run: Pipeline) -> None:
     e.g. a delta the collector drops, ends at the hang guard with both numbers."""
     poll(lambda: len({e.attributes.get("session.id") for e in run.logs.events("claude_code.api_request")})
          >= len(run.ran), "every run's api_request event at the logs receiver")
-    teams = {TEAM[s] for s in run.ran}
-    poll(lambda: all(_team_numbers(run.prometheus, team).get("input") == run.client_numbers(team)["input"]
-                     for team in teams),
-         "Prometheus's input tokens per team to reach what the client reported")
+    def differences() -> dict[str, tuple[float | None, int]]:
+        """Team -> (Prometheus's input tokens, the client's), where they differ."""
+        both = {team: (_team_numbers(run.prometheus, team).get("input"), run.client_numbers(team)["input"])
+                for team in {TEAM[s] for s in run.ran}}
+        return {team: pair for team, pair in both.items() if pair[0] != pair[1]}
+    try:
+        poll(lambda: not differences(), "Prometheus's input tokens per team to reach what the client reported")
+    except AssertionError as gave_up:
+        raise AssertionError(f"{gave_up}: (Prometheus, client) by team: {differences()}") from None
 
 
 def _team_numbers(prometheus: PrometheusServer, team: str) -> dict[str, float]:
