@@ -120,6 +120,32 @@ def test_daily_spend_fires_above_the_policy_threshold(workdir):
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_daily_spend_counts_a_session_born_with_its_whole_cost(workdir):
+    """Every Claude Code session is a new series (session.id), and a short one is born holding all
+    its cost: increase() would read 0 for it (seen with the real client, tests/e2e/test_pipeline.py).
+    A session that started yesterday counts only what it spent in the last 24h."""
+    set_policy(workdir)
+    compile_fleet(workdir, team_rows(LOW, 2, "LOW"))
+    rules = workdir / "output" / RULES
+
+    def session(name: str) -> str:
+        return series("claude_code_cost_usage_USD_total", team=LOW, user_email="low0@example.com", model="m",
+                      session_id=name)
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [
+        {"interval": "1h", "input_series": [{"series": session("short"), "values": "_x20 600x10"}],
+         "alert_rule_test": [{"eval_time": "25h", "alertname": "ClaudeCodeDailySpendHigh", "exp_alerts": [{
+             "exp_labels": {"severity": "warning"},
+             "exp_annotations": {"summary": "Claude Code spend over the last 24h is above the org's threshold",
+                                 "description": "600.00 USD in 24h; the policy's threshold is 500 USD."}}]}]},
+        {"interval": "1h", "input_series": [{"series": session("long"), "values": "0+300x3 900x30"}],  # spent by 3h
+         "alert_rule_test": [{"eval_time": "28h", "alertname": "ClaudeCodeDailySpendHigh", "exp_alerts": []}]},
+    ]}
+    test_file = workdir / "spend-born-test.yaml"
+    test_file.write_text(json.dumps(tests), encoding="utf-8")
+    tested = promtool("test", "rules", str(test_file), cwd=workdir)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_a_team_that_left_the_inventory_has_no_rule_and_a_new_team_gets_one(workdir):
     set_policy(workdir)
     compile_fleet(workdir, team_rows(LOW, 3, "LOW") + team_rows(GONE, 2, "GONE"))

@@ -77,3 +77,4 @@ def claude_bin(client_install: tuple[Path | None, str | None]) -> Path:
 def messages_stub() -> Iterator[MessagesStub]:
     with MessagesStub() as stub:
         yield stub
+

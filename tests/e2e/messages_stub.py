@@ -4,7 +4,10 @@ Enough for ``claude -p "say hello"`` to complete against
 ``ANTHROPIC_BASE_URL=http://127.0.0.1:<port>``:
 
 * ``POST /v1/messages``: answers "Hello!" as a streaming SSE response (or as
-  one JSON message when the request does not ask for ``stream``).
+  one JSON message when the request does not ask for ``stream``). With ``tool_turn`` set, a
+  streamed request without a tool result is answered with a ``Read`` tool call instead, and the
+  one carrying its result gets "Hello!" once ``tool_turn()`` returns: two API requests in one
+  session, with whatever the caller waits for in between.
 * ``POST /v1/messages/count_tokens``: a token count.
 * ``HEAD``/``GET`` anything else: 404 with an Anthropic-style error body, which
   the client treats as "feature not available" and carries on.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
@@ -42,6 +46,7 @@ class MessagesStub:
 
     requests: list[StubRequest] = field(default_factory=list)
     proxy_attempts: list[str] = field(default_factory=list)
+    tool_turn: Callable[[], object] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -87,6 +92,29 @@ def _message(model: str, content: list, stop_reason: str | None, output_tokens: 
             "cache_read_input_tokens": 0,
         },
     }
+
+
+def _has_tool_result(body: dict) -> bool:
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    return isinstance(content, list) and any(isinstance(block, dict) and block.get("type") == "tool_result"
+                                             for block in content)
+
+
+def _tool_call(model: str) -> bytes:
+    """A streamed answer asking to read a file that does not exist: the client answers with an error
+    tool result in a second request."""
+    block = {"type": "tool_use", "id": "toolu_stub_0001", "name": "Read", "input": {}}
+    return b"".join([
+        _sse("message_start", {"type": "message_start", "message": _message(model, [], None, 1)}),
+        _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps({"file_path": "/nonexistent/mdmgen-stub"})}}),
+        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                               "usage": {"output_tokens": 3}}),
+        _sse("message_stop", {"type": "message_stop"}),
+    ])
 
 
 def _make_handler(stub: MessagesStub) -> type[BaseHTTPRequestHandler]:
@@ -154,6 +182,11 @@ def _make_handler(stub: MessagesStub) -> type[BaseHTTPRequestHandler]:
 
         def _messages(self, body: dict) -> None:
             model = body.get("model", "claude-stub")
+            if body.get("stream") and stub.tool_turn is not None:
+                if not _has_tool_result(body):
+                    self._send(200, _tool_call(model), "text/event-stream")
+                    return
+                stub.tool_turn()
             if not body.get("stream"):
                 msg = _message(model, [{"type": "text", "text": REPLY_TEXT}], "end_turn", 3)
                 self._send(200, json.dumps(msg).encode())

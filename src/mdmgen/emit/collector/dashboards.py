@@ -36,6 +36,7 @@ from .fleet import (
     SESSION_METRIC,
     TOKEN_METRIC,
     SentTeam,
+    grown,
     headcounts,
 )
 
@@ -56,12 +57,13 @@ def emit_personal(given: FleetInput) -> bytes | None:
             .query(f"label_values({SESSION_METRIC}, user_email)")
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC))
     panels = [
-        _stat(1, "Cost in the range (USD)", f"sum(increase({COST_METRIC}{{{who}}}[$__range]))", "currencyUSD", 0, 0),
-        _stat(2, "Sessions in the range", f"sum(increase({SESSION_METRIC}{{{who}}}[$__range]))", "short", 8, 0),
-        _stat(3, "Lines of code changed", f"sum(increase({LINES_METRIC}{{{who}}}[$__range]))", "short", 16, 0),
-        _series(4, "Cost per hour by model (USD)", f"sum by (model) (increase({COST_METRIC}{{{who}}}[1h]))",
+        _stat(1, "Cost in the range (USD)",
+              f"sum({grown(f'{COST_METRIC}{{{who}}}', '$__range')})", "currencyUSD", 0, 0),
+        _stat(2, "Sessions in the range", f"sum({grown(f'{SESSION_METRIC}{{{who}}}', '$__range')})", "short", 8, 0),
+        _stat(3, "Lines of code changed", f"sum({grown(f'{LINES_METRIC}{{{who}}}', '$__range')})", "short", 16, 0),
+        _series(4, "Cost per hour by model (USD)", f"sum by (model) {grown(f'{COST_METRIC}{{{who}}}', '1h')}",
                 "{{model}}", "currencyUSD", 0, 6),
-        _series(5, "Tokens per hour by type", f"sum by (type) (increase({TOKEN_METRIC}{{{who}}}[1h]))",
+        _series(5, "Tokens per hour by type", f"sum by (type) {grown(f'{TOKEN_METRIC}{{{who}}}', '1h')}",
                 "{{type}}", "short", 12, 6),
     ]
     return _dumps(_dashboard("mdmgen-claude-code-personal", "Claude Code: my usage", [user], panels))
@@ -88,7 +90,7 @@ def emit_team(given: FleetInput) -> bytes | None:
                 legend, "percentunit", 0, 0),
         _series(2, f"Active users in {window}", f"{ACTIVE_RECORD}_{window}{{{selected}}}", legend, "short", 12, 0),
         _series(3, "Enrolled users (inventory)", f"{ENROLLED_RECORD}{{{selected}}}", legend, "short", 0, 9),
-        _series(4, "Cost per day by team (USD)", f"sum by ({label}) (increase({COST_METRIC}{{{selected}}}[1d]))",
+        _series(4, "Cost per day by team (USD)", f"sum by ({label}) {grown(f'{COST_METRIC}{{{selected}}}', '1d')}",
                 legend, "currencyUSD", 12, 9),
     ]
     return _dumps(_dashboard("mdmgen-claude-code-teams", "Claude Code: team overview", [team_variable], panels))

@@ -36,6 +36,22 @@ HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HE
                     "OTEL_EXPORTER_OTLP_LOGS_HEADERS")
 
 
+def grown(selector: str, window: str) -> str:
+    """PromQL: how much the counter ``selector`` grew in ``window``, per series: its last value in
+    the window minus its last value before it (0 for a series that began in the window).
+
+    Not ``increase()``, which measures from a series' first sample in the window, so whatever a new
+    series already held at that sample is lost. Claude Code's counters carry ``session.id`` (and the
+    per-install ``user.id``), so every session is a new series whose first sample already holds its
+    first export: a ``claude -p`` run (one export, on exit) read 0 USD, and an interactive session
+    lost its first export interval. ``increase()`` also extrapolates, which over one short session
+    read 30% more than the client spent. Both seen with the real client, collector and Prometheus
+    (tests/e2e/test_pipeline.py). The price: a counter reset inside the window (the collector
+    restarted mid-session) counts from the reset only, never below 0."""
+    last = f"last_over_time({selector}[{window}])"
+    return f"(clamp_min({last} - (last_over_time({selector}[{window}] offset {window}) or {last} * 0), 0))"
+
+
 @dataclass(frozen=True, order=True)
 class OtlpDestination:
     """Where one signal of at least one compiled device goes: the protocol and the URL the client

@@ -35,6 +35,7 @@ from .fleet import (
     TRANSLATION_STRATEGY,
     SentTeam,
     dump_yaml,
+    grown,
     headcounts,
 )
 
@@ -61,7 +62,7 @@ def emit(given: FleetInput) -> bytes | None:
          "expr": f"count by ({label}) (count by ({label}, user_email) "
                  f"(last_over_time({SESSION_METRIC}[{window}])))"},
         {"alert": "ClaudeCodeDailySpendHigh",
-         "expr": f"sum(increase({COST_METRIC}[1d])) > {_number(alerts.daily_spend_usd)}",
+         "expr": f"sum({grown(COST_METRIC, '1d')}) > {_number(alerts.daily_spend_usd)}",
          "labels": severity,
          "annotations": {
              "summary": "Claude Code spend over the last 24h is above the org's threshold",
@@ -71,7 +72,7 @@ def emit(given: FleetInput) -> bytes | None:
     if alerts.user_daily_spend_usd is not None:
         usage_rules.append({
             "alert": "ClaudeCodeUserDailySpendHigh",
-            "expr": f"sum by (user_email, {label}) (increase({COST_METRIC}[1d])) "
+            "expr": f"sum by (user_email, {label}) {grown(COST_METRIC, '1d')} "
                     f"> {_number(alerts.user_daily_spend_usd)}",
             "labels": severity,
             "annotations": {
