@@ -455,3 +455,26 @@ def test_pseudonymised_fleet_shows_no_email_anywhere_in_prometheus(pipeline):
     assert "@" not in text and "%40" not in text
     users = {row.get("user_email") for row in series if "user_email" in row}
     assert users == {pipeline.user(s) for s in pipeline.ran}
+
+
+def test_the_adoption_report_reads_what_the_devices_really_sent(pipeline):
+    """``mdmgen adoption`` against the real Prometheus: per team, the enrolled people are the
+    inventory's and the active ones exactly those whose devices ran (issue 24's real-pipeline check).
+    ``--today`` is tomorrow (UTC), so the day the client ran is a complete day of the window; two
+    days, so a run that crosses midnight still has it in the window."""
+    import datetime
+
+    tomorrow = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)).date().isoformat()
+    env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
+    env["MDMGEN_PSEUDONYM_KEY"] = PSEUDONYM_KEY
+    result = subprocess.run([sys.executable, "-m", "mdmgen", "adoption", "--out", str(pipeline.out),
+                             "--prometheus-url", pipeline.prometheus.url, "--days", "2", "--today", tomorrow,
+                             "--json"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    active = Counter(TEAM[s] for s in set(pipeline.ran))
+    assert {row["team"]: (row["enrolled"], row["active"]) for row in report["teams"]} == {
+        team: (count, active.get(team, 0)) for team, count in HEADCOUNT.items()}
+    assert not report.get("active_not_enrolled")
+    if pipeline.variant == "pseudonymised":
+        assert not any(email in result.stdout + result.stderr for email in EMAIL.values())
