@@ -15,17 +15,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from ..endpoints import check_url
 from ..environment import text
 from ..messages import redact, shorten
 from ..publish.http import Connection, HTTPStatusError, Response, RetryPolicy, reason_phrase
 from .identity import Identities
-from .models import Activity, AdoptionUsageError, SourceError
+from .models import Activity, SourceError, source_url
 
 log = logging.getLogger("mdmgen.adoption.anthropic")
 
@@ -48,15 +47,8 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
 
 
 def checked_url(url: str) -> str:
-    """The base URL without a trailing slash; AdoptionUsageError (exit 2) when the key could leak."""
-    try:
-        check_url(url.strip(), credentials_go=f"in {KEY_ENV}")
-    except ValueError as exc:
-        raise AdoptionUsageError(f"--anthropic-url: {exc}") from None
-    parts = urlsplit(url.strip())
-    if parts.query or parts.fragment:
-        raise AdoptionUsageError("--anthropic-url: must not have a query or fragment; give https://HOST[:PORT]")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    """The Admin API's base URL; AdoptionUsageError (exit 2) when the key could leak."""
+    return source_url(url, "--anthropic-url", credentials_go=f"in {KEY_ENV}", shape="https://HOST[:PORT]")
 
 
 class _Actor(BaseModel):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..endpoints import check_url
 from ..publish.base import RemoteError
 
 
@@ -120,3 +122,19 @@ class Report(BaseModel):
     unidentified_devices: list[str]
     """Devices whose settings send no ``user_email`` attribute: no person to count them for."""
     notes: list[str]
+
+
+def source_url(url: str, option: str, *, credentials_go: str, shape: str) -> str:
+    """A source's base URL (a path prefix kept) without a trailing slash, for one of the report's
+    ``--*-url`` options; AdoptionUsageError (exit 2) when credentials could leak through it (plain
+    http off loopback, a user:password in it) or it has a query or fragment. ``shape`` is the form
+    the message asks for, e.g. ``https://HOST[:PORT]``."""
+    url = url.strip()
+    try:
+        check_url(url, credentials_go=credentials_go)
+    except ValueError as exc:
+        raise AdoptionUsageError(f"{option}: {exc}") from None
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise AdoptionUsageError(f"{option}: must not have a query or fragment; give {shape}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"

@@ -18,18 +18,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__, secrets
 from ..emit.collector.fleet import SESSION_METRIC
-from ..endpoints import check_url
 from ..environment import text
 from ..messages import redact, shorten
 from ..publish.http import Connection, HTTPStatusError, Response, RetryPolicy, UnexpectedAnswer, reason_phrase
 from .identity import Identities
-from .models import Activity, AdoptionUsageError, SourceError
+from .models import Activity, AdoptionUsageError, SourceError, source_url
 
 log = logging.getLogger("mdmgen.adoption.prometheus")
 
@@ -44,15 +43,9 @@ SERVICE = "Prometheus"
 
 
 def checked_url(url: str) -> str:
-    """The base URL (a path prefix kept) without a trailing slash; AdoptionUsageError (exit 2) otherwise."""
-    try:
-        check_url(url.strip(), credentials_go=f"in {TOKEN_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV}")
-    except ValueError as exc:
-        raise AdoptionUsageError(f"--prometheus-url: {exc}") from None
-    parts = urlsplit(url.strip())
-    if parts.query or parts.fragment:
-        raise AdoptionUsageError("--prometheus-url: must not have a query or fragment; give https://HOST[:PORT][/PATH]")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    """The Prometheus base URL (a path prefix kept); AdoptionUsageError (exit 2) when credentials could leak."""
+    return source_url(url, "--prometheus-url", credentials_go=f"in {TOKEN_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV}",
+                      shape="https://HOST[:PORT][/PATH]")
 
 
 def credentials(environ: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
