@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -267,3 +269,32 @@ def test_a_pseudonymised_email_is_shown_as_its_keyed_pseudonym(project, monkeypa
     assert email["value"] == data["user_email"]
     assert "keyed pseudonym" in email["uses"][0]["note"]
     assert "(keyed pseudonym)" in text.stdout.splitlines()[0]
+
+
+def test_the_readme_examples_work_on_the_shipped_project(tmp_path):
+    """The README's explain block, pasted (each line run through the real entry point) into the
+    shipped project as a new user has it, with no secret set: the shipped policy needs none."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- readme-test: manual: run against the shipped project by tests/test_explain.py -->\n"
+                      r"```sh\n(.*?)```", readme, re.S)
+    assert block, "the README's explain example is gone"
+    shutil.copytree(ROOT / "inventory", tmp_path / "inventory")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    commands = [shlex.split(line, comments=True) for line in block.group(1).splitlines()]
+    assert len(commands) == 2 and all(words[:2] == ["mdmgen", "explain"] for words in commands)
+    text, as_json = (run(tmp_path, *words[1:]) for words in commands)
+    assert text.exit_code == as_json.exit_code == 0
+    assert "set by base at profiles/policy.yaml:26 from the template {{ otlp_endpoint }}" in text.stdout
+    assert json.loads(as_json.stdout)["serial"] == "C02XK1AAJGH5"
+
+
+def test_the_readme_samples_are_what_explain_prints(project):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sample = re.search(r"\n```\n(  env\.OTEL_EXPORTER_OTLP_ENDPOINT.*?)```", readme, re.S).group(1)
+    result = run(project, "explain", "C02XK1AAJGH5")
+    fingerprinted = re.compile(r"fp:[0-9a-f]{8}")
+    printed = fingerprinted.sub("fp:…", result.stdout)
+    for line in sample.splitlines():
+        assert fingerprinted.sub("fp:…", line) in printed.splitlines(), line
+    unknown = run(project, "explain", "C02XK1AAJGH")
+    assert unknown.stderr.strip() in readme

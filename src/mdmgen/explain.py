@@ -139,7 +139,13 @@ class Explanation(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"exit_code": 0, **self.model_dump(mode="json")}
+        data = self.model_dump(mode="json")
+        first = ("key", "value", "layer", "layer_name", "source", "overridden")  # what a reader looks for first
+        for setting in data["settings"]:
+            for attribute in setting["attributes"] or []:
+                attribute.update({k: attribute.pop(k) for k in [*first, *attribute] if k in attribute})
+            setting.update({k: setting.pop(k) for k in [*first, *setting] if k in setting})
+        return {"exit_code": 0, **data}
 
     def lines(self) -> list[str]:
         """The text form (see the README's "mdmgen explain")."""
@@ -428,14 +434,23 @@ def _output_files(out: Path, serial: str) -> tuple[dict[str, bytes] | None, str]
                 return {}, f"{out}/ has no files for this device (not compiled since it was added?)"
             found = {}
             for name in entry.files:
+                if name in (entry.derived or {}):
+                    continue  # a signed profile: made from its source, said by _derived
                 checked = tree.file(output.device_path(serial, name))
                 if checked is not None:
                     found[name] = checked.read(verify=False)
-            return found, f"compared with {out}/"
+            return found, f"compared with {out}/" + _derived(entry, out)
     except output.OutputBusy as exc:
         return None, f"not compared: {exc}"
     except output.OutputError as exc:
         return None, f"not compared: {exc}"
+
+
+def _derived(entry, out: Path) -> str:
+    """The signed profiles of the device in the output folder, and the source each was made from:
+    a signed profile is current when its source is (the reader checks it was made from that one)."""
+    return "".join(f"; {out}/ also holds {name}, signed from its {made.source} of sha256 {made.from_sha256[:12]}…"
+                   for name, made in sorted((entry.derived or {}).items()))
 
 
 def _channels(platform: Platform, files: Mapping[str, bytes], intune: bool) -> list[Channel]:
