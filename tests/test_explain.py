@@ -298,3 +298,15 @@ def test_the_readme_samples_are_what_explain_prints(project):
         assert fingerprinted.sub("fp:…", line) in printed.splitlines(), line
     unknown = run(project, "explain", "C02XK1AAJGH")
     assert unknown.stderr.strip() in readme
+
+
+def test_a_secret_in_an_endpoints_path_hides_the_endpoint(project):
+    text = policy_text().replace('"{{ otlp_endpoint }}"', "'{{ otlp_endpoint }}/v1/{{ secret(\"OTEL_TOKEN\") }}'")
+    (project / "profiles" / "policy.yaml").write_text(text)
+    found = explain_json(project, "LNX-0001")
+    endpoint = setting(found, "env.OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert endpoint["hidden"] is True and endpoint["value"] is None
+    assert [s["label"] for s in endpoint["secrets"]] == ["env:OTEL_TOKEN"]
+    assert endpoint["uses"][0]["name"] == "otlp_endpoint"  # the names it used are still shown
+    plain = run(project, "explain", "LNX-0001")
+    assert plain.exit_code == 0 and TOKEN not in plain.stdout + plain.stderr
