@@ -69,7 +69,8 @@ def test_the_exit_code_tables_list_what_the_commands_do():
     assert listed == {command: sorted(codes) for command, codes in COMMANDS.items()}
     for heading, command in (("## Publishing to S3", "publish s3"), ("## Publishing to Jamf Pro", "publish jamf"),
                              ("## Publishing to Microsoft Intune", "publish intune"),
-                             ("## Adoption: `mdmgen adoption`", "adoption")):
+                             ("## Adoption: `mdmgen adoption`", "adoption"),
+                             ("## Explaining a device: `mdmgen explain`", "explain")):
         codes = table_after("**Exit codes.**", README.index(heading))
         assert sorted(int(c) for c in codes) == sorted(COMMANDS[command]), command
     preflight = table_after("| Exit code | Meaning |", README.index("### `mdmgen preflight`"))

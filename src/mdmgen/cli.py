@@ -249,6 +249,36 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     sys.exit(0 if result.identical else 1)
 
 
+@main.command(name="explain", epilog=help_epilog("explain"))
+@click.argument("serial")
+@_inputs
+@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+              help="The output folder to compare with (only read).")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON on stdout.")
+def explain_command(serial, inventories, profiles, variables, out, as_json) -> None:
+    """Explain one device: each setting's value, the policy layer and line that set it, the template
+    and columns it used; then its files, the channels that deliver them, and which the client reads.
+
+    The device is compiled as compile would, in memory; nothing is written. Secrets are shown by
+    label and fingerprint only.
+    """
+    from . import explain
+
+    report = Report(as_json=as_json, quiet=False, verbose=0)
+    try:
+        found = explain.explain(serial, inventories, profiles, variables, out)
+    except explain.ExplainError as exc:
+        report.fail(ExitCode.INVALID_INPUT, exc.message, exc.problems)
+    except policy.UnknownVariable as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in found.lines():
+            click.echo(printable(line))
+    sys.exit(ExitCode.OK)
+
+
 @main.command(epilog=help_epilog("schema"))
 def schema() -> None:
     """Print the JSON Schema of the policy file (for editors)."""

@@ -104,6 +104,12 @@ COMMANDS: dict[str, dict[int, str]] = {
         7: "a source failed or refused: the Admin API or Prometheus unreachable, TLS, the key or credentials "
            "rejected, retries exhausted (429, 5xx, 529), an unexpected answer",
     },
+    "explain": {
+        0: "explained",
+        1: "the serial is not in the inventory (nearest serials suggested), its row is excluded by status, or "
+           "the row, the device or the policy has problems (listed as file:line: field: message)",
+        2: "usage: an unknown option, or a --var that is malformed or not declared in the policy",
+    },
     "schema": {
         0: "printed",
         2: _USAGE,

@@ -99,6 +99,12 @@ class Inventory:
     team_spellings: dict[str, dict[str, int]] = field(default_factory=dict)
     """The teams whose rows spell them otherwise than their display spelling (see ``fold_teams``):
     display spelling -> {other spelling: rows}, sorted; teams written one way only are left out."""
+    excluded_rows: dict[str, tuple[Location, str]] = field(default_factory=dict)
+    """The rows excluded by status, by their serial as written (upper-cased): the row and its status
+    (``explain`` says why a serial gets no files; a compile only counts them)."""
+    rejected_rows: dict[str, Location] = field(default_factory=dict)
+    """The rows with problems, by their serial cell (upper-cased, when it has one): ``explain`` lists
+    that row's problems, which ``problems`` holds at the row's location."""
 
 
 def fold_header(name: str) -> str:
@@ -346,6 +352,8 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     if cell("status").casefold() in EXCLUDED_STATUSES:
         inventory.excluded += 1
+        if cell("serial_number"):
+            inventory.excluded_rows.setdefault(cell("serial_number").upper(), (loc, cell("status")))
         return
 
     problems: list[Problem] = []
@@ -377,6 +385,8 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     if problems:
         inventory.problems.extend(problems)
+        if cell("serial_number"):
+            inventory.rejected_rows.setdefault(cell("serial_number").upper(), loc)
         return
     assert serial is not None and platform is not None and email is not None
     if key is not None and inventory.validated_emails is not None:

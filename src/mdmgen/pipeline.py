@@ -125,6 +125,67 @@ def check_headers_helper(settings: Settings, device: Device) -> list[Problem]:
     return problems
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The stages every device shares, done once: the checked policy, the inventory, the pseudonym key
+    and the renderer whose templates and secrets are resolved (``compile`` and ``explain`` start here)."""
+
+    loaded: policy.LoadedPolicy
+    inventory: inventory.Inventory
+    pseudonymiser: secrets.Pseudonymiser | None
+    renderer: Renderer
+
+
+def prepare(inventory_paths: list[Path], profiles: Path, var_overrides: Mapping[str, str],
+            email_cache: Mapping[str, str] | None = None) -> Prepared:
+    """Load the policy and the inventory and check every template once. Raises MdmgenError for a
+    policy problem (with the inventory's), policy.UnknownVariable for an unknown --var. Problems of
+    single rows stay in ``inventory.problems``: the caller decides what they stop."""
+    loaded = policy.load(profiles)
+    variables = policy.resolve_variables(loaded.policy, var_overrides)
+    if loaded.policy.pseudonymise_email:
+        email_cache = None  # a cache would keep an unkeyed digest of every address
+    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache, policy.team_names(loaded.policy))
+    pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
+    renderer = Renderer(loaded, variables, pseudonymiser)
+    extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
+    policy_problems = renderer.check(extra_names)
+    if policy_problems:
+        raise MdmgenError(policy_problems + inv.problems)
+    return Prepared(loaded=loaded, inventory=inv, pseudonymiser=pseudonymiser, renderer=renderer)
+
+
+def render_device(renderer: Renderer, device: Device, raw_email: str | None
+                  ) -> tuple[Settings | None, dict[str, bytes] | None, list[Problem]]:
+    """One device through render, validation and emit (the full path, with every check): its
+    settings and files, or None and the problems that stopped it. ``device`` already carries its
+    pseudonym when ``raw_email`` is given (see ``compile_fleet``)."""
+    settings, problems = renderer.render(device, raw_email)
+    if settings is not None:
+        problems = check_settings(settings, device, renderer.loaded.policy.allow_content_logging,
+                                  lambda name: renderer.env_origin(device, name))
+        problems += check_headers_helper(settings, device)
+    if problems or settings is None:
+        return settings, None, problems
+    files = registry.emit_device(registry.DeviceInput(device=device, settings=settings,
+                                                      policy=renderer.loaded.policy))
+    if leak := raw_email_leak(renderer, device, raw_email, files):
+        return settings, None, [leak]
+    return settings, files, []
+
+
+def raw_email_leak(renderer: Renderer, device: Device, raw_email: str | None,
+                   files: Mapping[str, bytes]) -> Problem | None:
+    """With pseudonymise_email on, the row's raw address must not reach its files but through
+    ``raw_user_email`` (see ``_leaks``)."""
+    if raw_email is None or renderer.uses_raw_email(device) or not _leaks(files, raw_email):
+        return None
+    return Problem(location=device.location, field="user_email", serial=device.serial, row=True,
+                   message="pseudonymise_email is on, but this row's email reaches its files through another "
+                           "column or template; use 'user_email' (the pseudonym) there, or 'raw_user_email' "
+                           "if the raw address is really meant")
+
+
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS,
@@ -196,17 +257,9 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    email_cache: Mapping[str, str] | None) -> CompileResult:
     inventory_paths = list(inventory_paths)
     digests = runmemo.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
-    loaded = policy.load(profiles)
-    variables = policy.resolve_variables(loaded.policy, var_overrides)
-    if loaded.policy.pseudonymise_email:
-        email_cache = None  # a cache would keep an unkeyed digest of every address
-    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache, policy.team_names(loaded.policy))
-    pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
-    renderer = Renderer(loaded, variables, pseudonymiser)
-    extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
-    policy_problems = renderer.check(extra_names)
-    if policy_problems:
-        raise MdmgenError(policy_problems + inv.problems)
+    prepared = prepare(inventory_paths, profiles, var_overrides, email_cache)
+    loaded, inv, renderer = prepared.loaded, prepared.inventory, prepared.renderer
+    pseudonymiser = prepared.pseudonymiser
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
                            secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails,
@@ -249,25 +302,15 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
             if check_settings(settings, device, allow_content) or check_headers_helper(settings, device):
                 emit = None
         if emit is None:
-            settings, problems = renderer.render(device, raw_email)
-            if settings is not None:
-                problems = check_settings(settings, device, allow_content,
-                                          lambda name, device=device: renderer.env_origin(device, name))
-                problems += check_headers_helper(settings, device)
-            if problems or settings is None:
+            settings, files, problems = render_device(renderer, device, raw_email)
+            if files is None:
                 result.problems.extend(problems)
                 continue
-            files = registry.emit_device(registry.DeviceInput(device=device, settings=settings,
-                                                              policy=loaded.policy))
         else:
             files = emit()
-        if raw_email is not None and not renderer.uses_raw_email(device) and _leaks(files, raw_email):
-            result.problems.append(Problem(
-                location=device.location, field="user_email", serial=device.serial, row=True,
-                message="pseudonymise_email is on, but this row's email reaches its files through another "
-                        "column or template; use 'user_email' (the pseudonym) there, or 'raw_user_email' "
-                        "if the raw address is really meant"))
-            continue
+            if leak := raw_email_leak(renderer, device, raw_email, files):
+                result.problems.append(leak)
+                continue
         embedded.update(labels)
         redacted = _blanked(files, blanks, labels) if labels else None
         result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
