@@ -452,3 +452,33 @@ def test_a_no_change_night_without_the_quiet_path_leaves_the_record_as_it_was(wo
     again = (workdir / STATE).stat()
     assert compile_json(workdir, "--skip-invalid")["changes"]["written"] is False
     assert (workdir / STATE).stat().st_ino == again.st_ino and (workdir / STATE).stat().st_mtime_ns == again.st_mtime_ns
+
+
+def test_the_recorded_times_are_the_trees_after_every_kind_of_night(workdir):
+    """A device taken whole from the kept generation keeps the times the record had for it; every
+    other file's time is read from the tree. Either way the record says what the tree holds, or
+    the next night would hash (never trust) a file it should have vouched for."""
+    write_inventory(workdir, ROWS)
+    compile_json(workdir)
+
+    def recorded_times_hold() -> None:
+        data = record(workdir)
+        for names, flat in data["devices"].items():
+            files = names.split("/")
+            step = 3 + 3 * len(files)
+            for start in range(0, len(flat), step):
+                for i, name in enumerate(files):
+                    path = workdir / "output" / "devices" / flat[start] / name
+                    assert flat[start + 5 + 3 * i] == path.stat().st_mtime_ns, path
+
+    recorded_times_hold()
+    for rows in (ROWS.replace("Sec", "Red"), ROWS.replace("Sec", "Blue"), ROWS.replace("Sec", "Red")):
+        write_inventory(workdir, rows)
+        compile_json(workdir)
+        recorded_times_hold()
+    settle(workdir)
+    same = workdir / KEPT / "devices" / "MAC1" / "managed-settings.json"
+    os.utime(same, ns=(0, 10**18))  # same bytes, another time: hashed, then recorded as it is
+    write_inventory(workdir, ROWS.replace("Sec", "Green"))
+    compile_json(workdir)
+    recorded_times_hold()

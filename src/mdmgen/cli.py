@@ -169,7 +169,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
             reuse = previous is not None and previous.state is not None  # damaged devices re-rendered
             result = _run(report, inventories, profiles, variables, skip_invalid,
                           previous.reusable() if reuse else None,
-                          {s: d.row for s, d in previous.state.devices.items()} if reuse else None)
+                          previous.state.rows if reuse else None)
             from . import signing
 
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -105,6 +105,7 @@ class CheckedOutput:
     manifest_data: bytes
     problems: dict[str, str] = field(default_factory=dict)
     state: CompileState | None = None  # the compile state that checked out against it (compile only)
+    unvouched: frozenset[str] = frozenset()  # devices with a file the state did not vouch for (read at STAT)
     error: type[Exception] = OutputError
 
     @functools.cached_property
@@ -198,10 +199,15 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
     manifest = loaded.manifest
     if check is Check.STAT and state is None:
         check = Check.DIGESTS  # nothing vouches for any file: each is hashed
-    expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
-                for serial, device in manifest.devices.items() for name, entry in device.files.items()}
-    expected.update({relpath: (entry, None) for relpath, entry in manifest.fleet.items()})
-    present, problems = _survey(target, manifest, set(expected), state if check is Check.STAT else None)
+    vouched = state if check is Check.STAT else None
+    expected = {relpath: (entry, None) for relpath, entry in manifest.fleet.items()}
+    if vouched is None:
+        expected.update({f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
+                         for serial, device in manifest.devices.items() for name, entry in device.files.items()})
+    present, problems = _survey(target, manifest, set(expected), vouched, devices=vouched is None)
+    unvouched: set[str] = set()
+    if vouched is not None:
+        _survey_devices(target, manifest, vouched, problems, unvouched)
     for relpath, (entry, _device) in expected.items():
         info = present.get(relpath)
         if info is None:
@@ -210,7 +216,7 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
             problems[relpath] = EDITED
     if check is not Check.NAMES:
         _check_derived(target, manifest, check, problems)
-    return CheckedOutput(target, manifest, loaded.data, problems, state=state if check is Check.STAT else None,
+    return CheckedOutput(target, manifest, loaded.data, problems, state=vouched, unvouched=frozenset(unvouched),
                          error=error)
 
 
@@ -264,16 +270,17 @@ def _digest(path: Path, size: int) -> str | None:
     return hashlib.sha256(data).hexdigest()
 
 
-def _survey(root: Path, manifest: Manifest, expected: set[str],
-            state: CompileState | None = None) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+def _survey(root: Path, manifest: Manifest, expected: set[str], state: CompileState | None = None,
+            devices: bool = True) -> tuple[dict[str, os.stat_result], dict[str, str]]:
     """Every regular file the folder holds where the manifest expects one (with its lstat), and
     every entry that is not what the manifest says, by path. Symlinks are never followed, and
     only folders the manifest implies are entered (``devices/`` is always ours).
 
     A folder whose inode has not changed since ``state`` was written (no entry added, removed or
     renamed in it since, see ``state``) holds what it held then, which is what the manifest the
-    state is bound to lists: its expected entries are ``lstat``-ed instead of listing it."""
-    folders = {DEVICES_DIR}
+    state is bound to lists: its expected entries are ``lstat``-ed instead of listing it.
+    ``devices=False``: ``devices/`` is left to :func:`_survey_devices`."""
+    folders = {DEVICES_DIR} if devices else set()
     children: dict[str, list[str]] = {}
     for relpath in expected:
         parts = relpath.split("/")
@@ -288,6 +295,101 @@ def _survey(root: Path, manifest: Manifest, expected: set[str],
     for top in sorted(f for f in folders if "/" not in f):
         _survey_folder(root, top, expected, folders, present, problems, state, children)
     return present, problems
+
+
+def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problems: dict[str, str],
+                    unvouched: set[str]) -> None:
+    """The ``STAT`` check of ``devices/`` under a compile state, as :func:`_survey` and
+    :func:`_edited` would report it, with one ``lstat`` per entry and no more: a folder unchanged
+    since the state was written is not listed, and a file the state vouches for (``state.vouches``,
+    inlined: this runs for every file of the fleet) is not read. It walks the state's listing
+    (the devices of the manifest it names, in its order), then checks any device it does not list
+    with nothing vouched for. Adds to ``unvouched`` every device with a file it had to read or
+    that did not check out (the others are exactly as the state recorded them)."""
+    base = os.fspath(root)
+    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+    written = state.written_ns
+    devices_path = f"{base}/{DEVICES_DIR}"
+    entries = manifest.devices
+
+    def missing(serial: str, files) -> None:
+        unvouched.add(serial)
+        for name in files:
+            problems.setdefault(f"{DEVICES_DIR}/{serial}/{name}", "is missing")
+
+    try:
+        info = lstat(devices_path)
+    except FileNotFoundError:
+        info = None
+    if info is None or not is_dir(info.st_mode):
+        if info is not None:
+            problems[DEVICES_DIR] = "is not a folder (a symlink or a file in its place?)"
+        for serial, device in entries.items():
+            missing(serial, device.files)
+        return
+    if info.st_ctime_ns >= written:
+        for name in os.listdir(devices_path):
+            if name not in entries:
+                problems[f"{DEVICES_DIR}/{name}"] = f"is not in {MANIFEST_FILE}"
+
+    done: set[str] = set()
+    for serial, names, flat, at in _listed_first(state, entries, done):
+        device = entries.get(serial)
+        if device is None or serial in done:
+            continue
+        done.add(serial)
+        files = device.files
+        folder = f"{devices_path}/{serial}"
+        try:
+            found = lstat(folder)
+        except FileNotFoundError:
+            missing(serial, files)
+            continue
+        if not is_dir(found.st_mode):
+            problems[f"{DEVICES_DIR}/{serial}"] = "is not a folder (a symlink or a file in its place?)"
+            missing(serial, files)
+            continue
+        if found.st_ctime_ns >= written:
+            unvouched.add(serial)
+            _extra_entries(folder, serial, files, problems)
+        for name, entry in files.items():
+            path = f"{folder}/{name}"
+            try:
+                st = lstat(path)
+            except FileNotFoundError:
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is missing"
+                unvouched.add(serial)
+                continue
+            if name in names and is_reg(st.st_mode):
+                known = at + 3 * names.index(name)
+                if (flat[known] == entry.sha256 and flat[known + 1] == entry.size == st.st_size
+                        and flat[known + 2] == st.st_mtime_ns and st.st_ctime_ns < written):
+                    continue  # vouched for
+            unvouched.add(serial)
+            if not is_reg(st.st_mode):
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is not a regular file"
+            elif st.st_size != entry.size or _digest(Path(path), entry.size) != entry.sha256:
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = EDITED
+
+
+def _listed_first(state: CompileState, entries: Mapping[str, object],
+                  done: set[str]) -> Iterator[tuple[str, list[str], list, int]]:
+    """(serial, file names, flat listing, where its files start) for each device the state lists,
+    then (serial, [], [], 0) for each device of ``entries`` it does not (nothing vouched for)."""
+    for joined, flat in state.groups.items():
+        names = joined.split("/")
+        step = 3 + 3 * len(names)
+        for start in range(0, len(flat), step):
+            yield flat[start], names, flat, start + 3
+    if len(done) != len(entries):
+        for serial in [serial for serial in entries if serial not in done]:
+            yield serial, [], [], 0
+
+
+def _extra_entries(folder: str, serial: str, files: dict[str, ManifestFile], problems: dict[str, str]) -> None:
+    for name in os.listdir(folder):
+        if name not in files:
+            problems[f"{DEVICES_DIR}/{serial}/{name}"] = f"is not in {MANIFEST_FILE}"
 
 
 def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[str],

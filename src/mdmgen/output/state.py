@@ -38,6 +38,7 @@ one compile hash more, or trust a tree someone could have edited anyway.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -45,7 +46,8 @@ import logging
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__, fastpath
@@ -72,7 +74,9 @@ class DeviceState:
 
 @dataclass(frozen=True)
 class CompileState:
-    """A record read back and checked (see the module's docstring)."""
+    """A record read back and checked (see the module's docstring). The devices stay in the
+    record's compact listing (checked when read) until a compile asks for them by serial: a
+    night with no change only walks the listing."""
 
     manifest_sha256: str
     kept_sha256: str
@@ -80,10 +84,41 @@ class CompileState:
     secrets: tuple[str, ...]
     pseudonymised: bool
     summary: RunSummary | None
-    devices: dict[str, DeviceState]
+    groups: dict[str, list]  # the record's listing: joined file names -> serial, row, inputs, (sha, size, mtime)...
     fleet: dict[str, FileState]
     written_ns: int  # the record's own modification time: what it vouches for changed before it
-    rows: frozenset[str] = field(default=frozenset())
+
+    @functools.cached_property
+    def devices(self) -> dict[str, DeviceState]:
+        return dict(_devices(self.groups))
+
+    @functools.cached_property
+    def _index(self) -> dict[str, tuple[list[str], int, list]]:
+        return {serial: (names, first, flat) for names, serial, _row, _inputs, first, flat in _walk(self.groups)}
+
+    def file_state(self, serial: str, name: str) -> FileState | None:
+        """What the record knows of one device file (None: nothing)."""
+        found = self._index.get(serial)
+        if found is None:
+            return None
+        names, first, flat = found
+        try:
+            at = first + 3 * names.index(name)
+        except ValueError:
+            return None
+        return flat[at], flat[at + 1], flat[at + 2]
+
+    @functools.cached_property
+    def rows(self) -> dict[str, str]:
+        """Each device's row digest, by serial."""
+        return {serial: row for _names, serial, row, _inputs, _start, _flat in _walk(self.groups)}
+
+    def release(self) -> None:
+        """Let go of the listing once a compile is done with it (a large fleet's is tens of MB,
+        and the new record is encoded next to both manifests)."""
+        self.groups.clear()
+        for cached in ("devices", "_index", "rows"):
+            self.__dict__.pop(cached, None)
 
     def holds_run(self, run_key: str) -> bool:
         """Whether ``run_check`` is this record's under ``run_key``: the same inputs made it."""
@@ -97,8 +132,7 @@ class CompileState:
     def known(self, relpath: str) -> FileState | None:
         parts = relpath.split("/")
         if len(parts) == 3 and parts[0] == DEVICES_DIR:
-            device = self.devices.get(parts[1])
-            return device.files.get(parts[2]) if device is not None else None
+            return self.file_state(parts[1], parts[2])
         return self.fleet.get(relpath)
 
     def vouches(self, relpath: str, info: os.stat_result, sha256: str, size: int) -> bool:
@@ -184,13 +218,13 @@ def _parse(data: bytes, info: os.stat_result) -> CompileState:
         fleet = {relpath: _file_state(value) for relpath, value in _mapping(raw["fleet"]).items()}
         if any(not isinstance(p, str) or any(unsafe_name(part) for part in p.split("/")) for p in fleet):
             raise _Invalid("an unsafe fleet path")
-        devices = dict(_devices(_mapping(raw["devices"])))
+        groups = _mapping(raw["devices"])
+        _check_listing(groups)
         secrets = tuple(raw["secrets"])
         state = CompileState(
             manifest_sha256=_text(raw["manifest_sha256"]), kept_sha256=_text(raw["kept_sha256"]),
             run_check=_text(raw["run_check"]), secrets=secrets, pseudonymised=raw["pseudonymised"] is True,
-            summary=summary, devices=devices, fleet=fleet, written_ns=info.st_mtime_ns,
-            rows=frozenset(d.row for d in devices.values()))
+            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns)
     except (KeyError, TypeError, ValueError) as exc:
         raise _Invalid(f"malformed: {type(exc).__name__}") from None
     if not all(isinstance(label, str) for label in secrets):
@@ -217,9 +251,11 @@ def _file_state(value: object) -> FileState:
     return value[0], value[1], value[2]
 
 
-def _devices(groups: Mapping) -> Iterator[tuple[str, DeviceState]]:
-    """The devices of the record's compact listing: by the joined names of their files, a flat
-    list of serial, row, inputs and then sha256, size, mtime per file."""
+def _check_listing(groups: Mapping) -> None:
+    """The record's compact listing of devices: by the joined names of their files, a flat list
+    of serial, row, inputs and then sha256, size, mtime per file; every name safe, every field of
+    its type. Raises _Invalid, TypeError or ValueError. Checked column by column (a slice per
+    field), since a record lists every file of the fleet."""
     for names, flat in groups.items():
         files = _text(names).split("/")
         if any(unsafe_name(name) for name in files) or not isinstance(flat, list):
@@ -227,12 +263,31 @@ def _devices(groups: Mapping) -> Iterator[tuple[str, DeviceState]]:
         step = 3 + 3 * len(files)
         if len(flat) % step:
             raise TypeError
+        serials = flat[0::step]
+        if set(map(type, serials)) - {str} or any(map(unsafe_name, serials)):
+            raise _Invalid("an unsafe serial")
+        for column in range(1, step):
+            values = flat[column::step]
+            kind = str if column < 3 or column % 3 == 0 else int
+            if set(map(type, values)) - {kind} or (kind is int and values and min(values) < 0):
+                raise TypeError
+
+
+def _walk(groups: Mapping) -> Iterator[tuple[list[str], str, str, str, int, list]]:
+    """(file names, serial, row, inputs, where its files start, the flat list) per device of a
+    checked listing."""
+    for joined, flat in groups.items():
+        names = joined.split("/")
+        step = 3 + 3 * len(names)
         for start in range(0, len(flat), step):
-            serial, row, inputs = flat[start:start + 3]
-            if not isinstance(serial, str) or unsafe_name(serial):
-                raise _Invalid("an unsafe serial")
-            states = {name: _file_state(flat[start + 3 + 3 * i:start + 6 + 3 * i]) for i, name in enumerate(files)}
-            yield serial, DeviceState(_text(row), _text(inputs), states)
+            yield names, flat[start], flat[start + 1], flat[start + 2], start + 3, flat
+
+
+def _devices(groups: Mapping) -> Iterator[tuple[str, DeviceState]]:
+    for names, serial, row, inputs, first, flat in _walk(groups):
+        files = {name: (flat[first + 3 * i], flat[first + 3 * i + 1], flat[first + 3 * i + 2])
+                 for i, name in enumerate(names)}
+        yield serial, DeviceState(row, inputs, files)
 
 
 @dataclass(frozen=True)
@@ -247,20 +302,39 @@ class NewState:
     summary: RunSummary | None = None
 
 
-def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, mtimes: Mapping[str, int]) -> bytes:
-    """The record's bytes for the tree ``manifest`` describes (``mtimes``: each file's, by path)."""
+def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root: Path,
+           old: CompileState | None = None, settled: AbstractSet[str] = frozenset()) -> bytes:
+    """The record's bytes for the tree ``manifest`` describes, in place at ``root``: each file's
+    modification time is read from it, or taken from ``old`` for a ``settled`` device (one whose
+    files are the inodes ``old`` vouched for); ``old`` is released once read. Raises OSError
+    when a file cannot be ``lstat``-ed."""
     groups: dict[str, list] = {}
     names_of: dict[tuple[str, ...], str] = {}
+    devices = f"{os.fspath(root)}/{DEVICES_DIR}"
+    lstat = os.lstat
+    rows = new.rows
     for serial, entry in manifest.devices.items():
-        names = tuple(entry.files)
+        files = entry.files
+        names = tuple(files)
         joined = names_of.get(names)
         if joined is None:
             joined = names_of[names] = "/".join(names)
-        flat = groups.setdefault(joined, [])
-        flat += (serial, new.rows.get(serial, ""), entry.inputs)
-        for name, meta in entry.files.items():
-            flat += (meta.sha256, meta.size, mtimes[f"{DEVICES_DIR}/{serial}/{name}"])
-    fleet = {relpath: [meta.sha256, meta.size, mtimes[relpath]] for relpath, meta in manifest.fleet.items()}
+        flat = groups.get(joined)
+        if flat is None:
+            flat = groups[joined] = []
+        flat += (serial, rows.get(serial, ""), entry.inputs)
+        folder = f"{devices}/{serial}/"
+        for name, meta in files.items():
+            known = old.file_state(serial, name) if old is not None and serial in settled else None
+            if known is not None and known[0] == meta.sha256 and known[1] == meta.size:
+                flat += (meta.sha256, meta.size, known[2])
+            else:
+                flat += (meta.sha256, meta.size, lstat(folder + name).st_mtime_ns)
+    if old is not None:
+        old.release()
+    base = os.fspath(root)
+    fleet = {relpath: [meta.sha256, meta.size, lstat(f"{base}/{relpath}").st_mtime_ns]
+             for relpath, meta in manifest.fleet.items()}
     check = (run_check(new.run_key, new.summary, manifest_sha256, kept_sha256)
              if new.run_key is not None and new.summary is not None else "")
     record = {"format": FORMAT, "generator": "mdmgen", "version": __version__, "dependencies": _dependencies(),
@@ -268,7 +342,16 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, mtim
               "secrets": list(new.secrets), "pseudonymised": new.pseudonymised,
               "summary": new.summary.model_dump(mode="json") if check else None,
               "fleet": fleet, "devices": groups}
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # The listing of each group is encoded on its own, so the text of the whole record is never
+    # held twice (as text and as bytes) at once.
+    head = json.dumps({**record, "devices": {}}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    pieces = [head[:-2]]  # up to and with the devices' opening brace
+    for number, (joined, flat) in enumerate(groups.items()):
+        text = json.dumps({joined: flat}, ensure_ascii=False, separators=(",", ":"))
+        pieces += (b"," if number else b"", text[1:-1].encode("utf-8"))
+        groups[joined] = []  # encoded: its list is not needed any more
+    pieces.append(b"}}")
+    return b"".join(pieces)
 
 
 def write_state(target: Path, data: bytes | None) -> None:
@@ -317,46 +400,73 @@ def holds(target: Path, state: CompileState) -> bool:
             return False
     except (OSError, OutputError):
         return False
-    base = os.fspath(target)
-    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
-    written = state.written_ns
     try:
-        for folder, names in _folders(state):
-            info = lstat(f"{base}/{folder}")
-            if not is_dir(info.st_mode):
-                return False
-            if info.st_ctime_ns >= written and sorted(os.listdir(f"{base}/{folder}")) != sorted(names):
-                return False  # changed since the record: listed, and must hold exactly what it lists
-        for relpath, known in _files(state):
-            info = lstat(f"{base}/{relpath}")
-            if not is_reg(info.st_mode) or info.st_size != known[1]:
-                return False
-            if (known[2] != info.st_mtime_ns or info.st_ctime_ns >= written) and _sha_of(
-                    f"{base}/{relpath}", known[1]) != known[0]:
-                return False
+        return _fleet_holds(target, state) and _devices_hold(target, state)
     except OSError:
         return False
+
+
+def _fleet_holds(target: Path, state: CompileState) -> bool:
+    """The fleet files and their folders, and ``devices/`` itself, as the record lists them."""
+    base = os.fspath(target)
+    written = state.written_ns
+    for folder, names in _folders(state):
+        info = os.lstat(f"{base}/{folder}")
+        if not stat.S_ISDIR(info.st_mode):
+            return False
+        if info.st_ctime_ns >= written:  # changed since the record: listed, and must hold exactly what it lists
+            if folder == DEVICES_DIR:
+                names = sorted(serial for _names, serial, *_rest in _walk(state.groups))
+            if sorted(os.listdir(f"{base}/{folder}")) != names:
+                return False
+    for relpath, (sha256, size, mtime) in state.fleet.items():
+        if not _file_holds(f"{base}/{relpath}", os.lstat(f"{base}/{relpath}"), sha256, size, mtime, written):
+            return False
     return True
 
 
-def _folders(state: CompileState) -> Iterator[tuple[str, list[str]]]:
-    """Every folder of the tree the record lists, with the names it holds (parents first)."""
-    children: dict[str, set[str]] = {DEVICES_DIR: set(state.devices)}
+def _devices_hold(target: Path, state: CompileState) -> bool:
+    """Every device folder and file the record lists (one ``lstat`` each; this is what a night
+    with no change costs, so it walks the record's listing as it is, column by column)."""
+    devices = f"{os.fspath(target)}/{DEVICES_DIR}"
+    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+    written = state.written_ns
+    for joined, flat in state.groups.items():
+        names = joined.split("/")
+        in_order = sorted(names)
+        step = 3 + 3 * len(names)
+        for start in range(0, len(flat), step):
+            folder = f"{devices}/{flat[start]}"
+            info = lstat(folder)
+            if not is_dir(info.st_mode):
+                return False
+            if info.st_ctime_ns >= written and sorted(os.listdir(folder)) != in_order:
+                return False
+            at = start + 3
+            for name in names:
+                path = f"{folder}/{name}"
+                found = lstat(path)
+                if (not is_reg(found.st_mode) or found.st_size != flat[at + 1]
+                        or ((found.st_mtime_ns != flat[at + 2] or found.st_ctime_ns >= written)
+                            and _sha_of(path, flat[at + 1]) != flat[at])):
+                    return False
+                at += 3
+    return True
+
+
+def _file_holds(path: str, found: os.stat_result, sha256: str, size: int, mtime: int, written: int) -> bool:
+    return stat.S_ISREG(found.st_mode) and found.st_size == size and (
+        (found.st_mtime_ns == mtime and found.st_ctime_ns < written) or _sha_of(path, size) == sha256)
+
+
+def _folders(state: CompileState) -> list[tuple[str, list[str]]]:
+    """``devices/`` and the folders of the fleet files, with the names each holds (parents first)."""
+    children: dict[str, set[str]] = {DEVICES_DIR: set()}  # its names are asked for only when it changed
     for relpath in state.fleet:
         parts = relpath.split("/")
         for i in range(1, len(parts)):
             children.setdefault("/".join(parts[:i]), set()).add(parts[i])
-    for folder in sorted(children, key=lambda f: (f.count("/"), f)):
-        yield folder, sorted(children[folder])
-    for serial, device in state.devices.items():
-        yield f"{DEVICES_DIR}/{serial}", list(device.files)
-
-
-def _files(state: CompileState) -> Iterator[tuple[str, FileState]]:
-    yield from state.fleet.items()
-    for serial, device in state.devices.items():
-        for name, known in device.files.items():
-            yield f"{DEVICES_DIR}/{serial}/{name}", known
+    return [(folder, sorted(children[folder])) for folder in sorted(children, key=lambda f: (f.count("/"), f))]
 
 
 def _sha_of(where: str, size: int) -> str | None:

@@ -163,10 +163,12 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
                 _keep_generation(target, manifest, new_manifest)
                 kept = new_manifest
             assert kept is not None
-            _keep_state(target, new_state, manifest, new_manifest, kept, touched=touched)
+            settled = set(manifest.devices) - previous.unvouched if state is not None else set()
+            _keep_state(target, new_state, manifest, new_manifest, kept, touched=touched, old=state, settled=settled)
             return changes
         compile_state.write_state(target, None)  # it vouches for the tree about to change; rewritten at the end
-        _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
+        settled = _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress,
+                                  derived)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _gone(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
@@ -174,7 +176,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             # the generation.
             _keep_generation(target, manifest, new_manifest)
             kept = new_manifest
-        _keep_state(target, new_state, manifest, new_manifest, kept, touched=True)
+        _keep_state(target, new_state, manifest, new_manifest, kept, touched=True, old=state, settled=settled)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -188,8 +190,9 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: dict[str, bytes],
                     manifest: Manifest, previous: CheckedOutput | None, manifest_data: bytes, fresh: bool,
-                    progress: Progress, derived: DerivedFiles) -> None:
-    """Bring a staging tree to the new state, then swap it in.
+                    progress: Progress, derived: DerivedFiles) -> set[str]:
+    """Bring a staging tree to the new state, then swap it in. Returns the devices whose folder
+    was taken from the kept generation as it was, every file of it vouched for by the state.
 
     The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
     by the last run) when there is one that checks out: it already holds most devices, so only
@@ -209,6 +212,8 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     damaged = set(previous.problems) if previous else set()
     had = _clean_staging(staging, staged)
     counts = {"written": 0, "linked": 0, "kept": 0}
+    settled: set[str] = set()
+    unvouched = staged.unvouched if staged is not None and staged.state is not None else None
 
     staging_s, target_s = os.fspath(staging), os.fspath(target)  # strings: this runs once per file
 
@@ -245,6 +250,8 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         old_entry = had.devices.get(serial)
         if old_entry is not None and not entry.secrets and old_entry.files == entry.files:
             counts["kept"] += len(entry.files)  # what ``place`` would find for each file: already staged
+            if unvouched is not None and serial not in unvouched:
+                settled.add(serial)
             continue
         before = current.devices.get(serial) if current else None
         mode = SECRET_FILE_MODE if entry.secrets else 0o666
@@ -287,7 +294,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         except OSError as exc:
             log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
             _remove(sidecar(target, "new"))
-        return
+        return settled
     owned = _owned(manifest) | _owned(current) | _owned(had)
     os.chmod(staging, target.stat().st_mode & 0o7777)
     for name in sorted(os.listdir(staging)):
@@ -302,6 +309,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         os.rename(staging, target)
         os.rename(parked, staging)
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+    return settled
 
 
 PARALLEL_FROM = 2000
@@ -514,24 +522,26 @@ def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> 
 
 
 def _keep_state(target: Path, new_state: NewState | None, manifest: Manifest, manifest_data: bytes,
-                kept_manifest: bytes, *, touched: bool) -> None:
+                kept_manifest: bytes, *, touched: bool, old: CompileState | None = None,
+                settled: set[str] | None = None) -> None:
     """Write the compile state (see ``state``) for the tree and kept generation just left in place.
 
-    Each file's modification time is taken from the tree as it is now. When nothing was touched
+    Each file's modification time is taken from the tree as it is now, except for the ``settled``
+    devices: their files are the very inodes the ``old`` state vouched for (same size, mtime and
+    digest, unchanged since), so its times are theirs. When nothing was touched
     and the record already says all this, it is left as it is; after anything was touched (even
     only linked: a link moves the inode's ``st_ctime``) it is written again, so it is newer than
     everything it vouches for."""
     if new_state is None or not fastpath.enabled():
         compile_state.write_state(target, None)
         return
-    base = os.fspath(target)
     try:
-        mtimes = {relpath: os.lstat(f"{base}/{relpath}").st_mtime_ns for relpath in _relpaths(manifest)}
+        data = compile_state.encode(new_state, manifest, _sha(manifest_data), _sha(kept_manifest), target,
+                                    old if settled else None, settled or set())
     except OSError as exc:
         log.warning("%s: compile state not kept (%s)", target, exc.strerror or exc)
         compile_state.write_state(target, None)
         return
-    data = compile_state.encode(new_state, manifest, _sha(manifest_data), _sha(kept_manifest), mtimes)
     if not touched:
         try:
             if read_regular(compile_state.path(target), len(data))[0] == data:
@@ -539,13 +549,6 @@ def _keep_state(target: Path, new_state: NewState | None, manifest: Manifest, ma
         except (OSError, OutputError):
             pass
     compile_state.write_state(target, data)
-
-
-def _relpaths(manifest: Manifest):
-    for serial, entry in manifest.devices.items():
-        for name in entry.files:
-            yield f"{DEVICES_DIR}/{serial}/{name}"
-    yield from manifest.fleet
 
 
 def recover(target: Path) -> None:
