@@ -109,6 +109,24 @@ def run(workdir: Path, *args: str):
         os.chdir(old)
 
 
+def settle(workdir: Path, out: str = "output") -> None:
+    """Make the compile state beside ``workdir/out`` newer than every inode of the folder and of its
+    kept generation, as it is for all but the last few files of a real compile: a compile of a few
+    devices writes them in the same clock tick as the record, and the record (rightly) vouches only
+    for what provably changed before it. Waits for the file system's clock to pass the newest
+    ``st_ctime`` (a few milliseconds at most), then touches the record."""
+    roots = [workdir / out, workdir / f".{out}.mdmgen-prev"]
+    newest = max(p.lstat().st_ctime_ns for root in roots if root.exists() for p in [root, *root.rglob("*")])
+    probe = workdir / ".settle-probe"
+    for _attempt in range(100_000):  # a hang guard only: the clock moves within milliseconds
+        probe.touch()
+        moved = probe.lstat().st_ctime_ns > newest
+        probe.unlink()
+        if moved:
+            break
+    os.utime(workdir / f".{out}.mdmgen-state")
+
+
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under a folder with its bytes and inode, to prove a tree was not touched."""
     if not folder.exists():

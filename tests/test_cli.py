@@ -103,7 +103,7 @@ def test_devices_that_left_the_inventory_disappear_and_foreign_files_stay(workdi
     assert (workdir / "output" / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert (workdir / "output" / ".git" / "objects").is_dir()
     assert sorted(p.name for p in workdir.glob(".output.mdmgen-*")
-                  if p.name not in (".output.mdmgen-rows", ".output.mdmgen-run")) == [".output.mdmgen-lock",
+                  if p.name not in (".output.mdmgen-state", ".output.mdmgen-state")) == [".output.mdmgen-lock",
                                                                                        ".output.mdmgen-prev"]
 
 

@@ -85,9 +85,9 @@ def test_sigkill_at_random_moments(workdir, tmp_path):
 
 
 def generations(workdir: Path) -> list[str]:
-    """The lock and the generations beside the output folder (the row cache is neither)."""
+    """The lock and the generations beside the output folder (the compile state is neither)."""
     return sorted(p.name for p in workdir.glob(".output.mdmgen-*")
-                  if p.name not in (".output.mdmgen-rows", ".output.mdmgen-run"))
+                  if p.name not in (".output.mdmgen-state", ".output.mdmgen-state"))
 
 
 def test_every_successful_compile_leaves_the_lock_and_a_complete_kept_generation(workdir):

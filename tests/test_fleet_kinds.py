@@ -125,9 +125,9 @@ def test_a_fleet_file_that_is_no_longer_made_is_removed_and_pruned(workdir, s3: 
     compile_rows(workdir)
     assert publish(workdir, s3).exit_code == 0
     ROSTER_WANTED["yes"] = False  # the emitter now has nothing to say (no collector configured)
-    # ... while no input changed, which the run memo (rightly) cannot tell: in real life the
+    # ... while no input changed, which the compile state (rightly) cannot tell: in real life the
     # collector section left the policy, and that is a changed input.
-    (workdir / ".output.mdmgen-run").unlink()
+    (workdir / ".output.mdmgen-state").unlink()
     try:
         summary = compile_rows(workdir)
     finally:
@@ -152,7 +152,7 @@ def test_the_summary_lists_the_fleet_files_that_changed(workdir):
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0].endswith(f" Fleet files changed: {ROSTER_PATH}.")
     ROSTER_WANTED["yes"] = False
-    (workdir / ".output.mdmgen-run").unlink()  # no input changed, as in the test above
+    (workdir / ".output.mdmgen-state").unlink()  # no input changed, as in the test above
     try:
         gone = compile_rows(workdir, [*ROWS[:2], ROWS[2].replace("Sec", "Ops")])
     finally:

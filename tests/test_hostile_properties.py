@@ -32,8 +32,8 @@ MANIFEST_EDIT = st.one_of(
 LINK_SPOTS = ["output/devices/LNX1", "output/devices/MAC1/managed-settings.json", "output/devices",
               ".output.mdmgen-prev/devices/WIN1", ".output.mdmgen-prev", ".output.mdmgen-new", ".output.mdmgen-old",
               "output/collector", ".output.mdmgen-prev/devices/LNX1/managed-settings.json"]
-ALLOWED = {"output", ".output.mdmgen-lock", ".output.mdmgen-prev", ".output.mdmgen-rows",
-           ".output.mdmgen-run", "inventory", "profiles"}
+ALLOWED = {"output", ".output.mdmgen-lock", ".output.mdmgen-prev", ".output.mdmgen-state",
+           "inventory", "profiles"}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_a_compile_never_touches_anything_outside_its_folder(template, tmp_path_
         tree = output.read(work / "output")  # strict and hashed: the tree matches its manifest
         assert sorted(tree.manifest.devices) == sorted(["MAC1", "LNX1", "WIN1", *(["NEW1"] if change else [])])
         assert set(os.listdir(work)) == ALLOWED
-        if "(nothing written)" in result.output and (work / ".output.mdmgen-run").exists():
-            # A quiet night (the run memo held) checks the tree, not the kept generation: that is
+        if "(nothing written)" in result.output and (work / ".output.mdmgen-state").exists():
+            # A quiet night (the compile state held) checks the tree, not the kept generation: that is
             # checked by the next compile that uses it, which must then leave it complete.
             rows = [*ROWS, "NEW2,linux,e@example.com,Ops"]
             (work / "inventory" / "devices.csv").write_text(HEADER + "\n".join(rows) + "\n")

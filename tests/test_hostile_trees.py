@@ -46,9 +46,9 @@ def edit_manifest(folder: Path, change) -> None:
 
 
 def siblings(workdir: Path) -> list[str]:
-    """The lock and the generations beside the output folder (the row cache is neither)."""
+    """The lock and the generations beside the output folder (the compile state is neither)."""
     return sorted(p.name for p in workdir.glob(".output.mdmgen-*")
-                  if p.name not in (".output.mdmgen-rows", ".output.mdmgen-run"))
+                  if p.name not in (".output.mdmgen-state", ".output.mdmgen-state"))
 
 
 def assert_tree_matches_manifest(out: Path) -> None:

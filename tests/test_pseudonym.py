@@ -238,7 +238,7 @@ def test_which_attribute_names_announce_an_email_hash(name, refused):
 
 
 def raw_emails_in(folder: Path) -> list[str]:
-    """Every file under ``folder`` (hidden sidecars, the kept generation, caches, memos included)
+    """Every file under ``folder`` (hidden sidecars, the kept generation, the compile state included)
     that holds an inventory address in any form, as its bytes are on disk."""
     found = []
     for path in sorted(folder.rglob("*")):
@@ -255,10 +255,11 @@ def test_turning_pseudonymise_on_leaves_no_raw_email_beside_the_output(workdir, 
     setup(workdir, extra_policy="")
     state = workdir / "state"
     assert run(workdir, "compile", "--out", "state/output").exit_code == 0
-    assert run(workdir, "compile", "--out", "state/output").exit_code == 0  # the memo's quiet night
+    assert run(workdir, "compile", "--out", "state/output").exit_code == 0  # the compile state's quiet night
     held = raw_emails_in(state)
     kept = [line for line in held if line.startswith(".output.mdmgen-prev/")]
-    assert kept and any(line.startswith(".output.mdmgen-rows") for line in held), held  # what must go
+    assert kept, held  # what must go
+    assert not any(line.startswith(".output.mdmgen-state") for line in held), held  # digests, never addresses
     raw_generation = workdir / "raw-generation"
     shutil.copytree(state / ".output.mdmgen-prev", raw_generation)
 

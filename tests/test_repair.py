@@ -1,8 +1,9 @@
-"""A hand-edited output is found by the next compile's cheap check and repaired.
+"""A hand-edited output is found by the next compile and repaired.
 
 Unchanged files are hard links shared with the kept generation, so an edit in place changes
-both trees; the next compile must notice (without hashing the fleet), rewrite the file, keep a
-complete generation, and say what it repaired. Publish must name the command that fixes it.
+both trees; the next compile must notice (hashing only what the compile state does not vouch
+for), rewrite the file, keep a complete generation, and say what it repaired. Publish must name
+the command that fixes it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .conftest import HEADER, run, snapshot, write_inventory
+from .conftest import HEADER, run, settle, snapshot, write_inventory
 from .test_crash_safety import consistent_state
 
 ROWS = ["MAC1,macos,ann@example.com,Ops", "LNX1,linux,bob@example.com,Ops", "WIN1,windows,cat@example.com,Sec"]
@@ -74,24 +75,25 @@ def test_an_edit_that_changes_the_size_or_a_deleted_file_is_repaired(workdir):
     consistent_state(out)
 
 
-def test_only_files_not_older_than_the_manifest_are_hashed(workdir, monkeypatch):
-    """The cheap check: a file whose mtime is before the manifest's is trusted without reading it."""
+def test_only_files_the_compile_state_does_not_vouch_for_are_hashed(workdir, monkeypatch):
+    """A file unchanged since the record was written (its size and mtime the record's, its inode
+    not changed since) is trusted without reading it; an edit in place changes the inode's ctime,
+    whatever the editor does with the mtime, so the edited file is hashed and repaired."""
     out = two_generations(workdir)
-    manifest_mtime = (out / "manifest.json").stat().st_mtime_ns
-    for path in (out / "devices").rglob("*"):
-        if path.is_file():
-            os.utime(path, ns=(manifest_mtime - 10**9, manifest_mtime - 10**9), follow_symlinks=False)
+    settle(workdir)
+    info = (out / EDITED).stat()
     hashed: list[bytes] = []
     real_sha256 = hashlib.sha256
     monkeypatch.setattr(hashlib, "sha256", lambda data=b"": hashed.append(data) or real_sha256(data))
-    edit_in_place(out / EDITED, b"otel.company.com", b"evil.example.org")  # a later mtime
+    edit_in_place(out / EDITED, b"otel.company.com", b"evil.example.org")
+    os.utime(out / EDITED, ns=(info.st_atime_ns, info.st_mtime_ns))  # the mtime set back on purpose
     summary = compile_json(workdir)
     monkeypatch.undo()
     assert summary["repaired"] == [EDITED]
-    # The edited file was hashed to confirm the edit (in the tree and in the kept generation,
-    # which shares its inode) ...
-    assert 1 <= len([data for data in hashed if b"evil.example.org" in data]) <= 2
-    # ... and no file that is older than the manifest was read at all.
+    # The edited file was hashed to confirm the edit (by the quiet-night check, in the tree and
+    # in the kept generation, which shares its inode) ...
+    assert 1 <= len([data for data in hashed if b"evil.example.org" in data]) <= 3
+    # ... and no file the record vouches for was read at all.
     untouched = {p.read_bytes() for p in (out / "devices").rglob("*") if p.is_file() and "LNX1" not in str(p)}
     assert untouched and not [data for data in hashed if data in untouched]
 
@@ -107,7 +109,7 @@ def test_publish_names_the_command_that_repairs_the_folder(workdir):
     assert "does not match" not in result.stderr
 
 
-def test_full_repairs_an_edit_that_hid_its_mtime(workdir):
+def test_full_repairs_an_edit_that_hid_its_mtime_too(workdir):
     out = two_generations(workdir)
     info = (out / EDITED).stat()
     good = (out / EDITED).read_bytes()

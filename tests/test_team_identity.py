@@ -14,7 +14,8 @@ from mdmgen.models import team_key
 
 from .collector_helpers import CONFIG, set_policy
 from .conftest import HEADER, run, snapshot, write_inventory
-from .test_runmemo import MEMO, age
+from .test_compile_state import STATE as MEMO
+from .test_compile_state import age
 
 NFD_CAFE = unicodedata.normalize("NFD", "Café Ops")
 

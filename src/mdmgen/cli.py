@@ -6,6 +6,7 @@ The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: ev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, fastpath, output, policy, runmemo
+from . import __version__, fastpath, output, policy, runkey
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
     SIGN_KEY_PASSWORD_ENV,
@@ -29,10 +30,10 @@ from .messages import (
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
-from .runmemo import RunSummary
 from .secrets import resolved_values
+from .summary import RunSummary
 
-if TYPE_CHECKING:  # imported where used: a quiet night (see ``runmemo``) needs none of them
+if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
     from . import pipeline, signing
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
@@ -157,23 +158,26 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     signer = _signer(report, sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
     try:
         with output.locked(out), fastpath.collector_paused():
-            quiet = None if full or signer else output.unchanged(out, functools.partial(
-                runmemo.inputs_unchanged, inventory_paths=inventories, profiles=profiles,
-                var_overrides=variables, skip_invalid=skip_invalid))
+            found = output.StateRead() if full else output.read_state(out)
+            quiet = None if found.state is None or signer else output.unchanged(
+                out, found.state, lambda state: runkey.current_key(state.secrets, state.pseudonymised, inventories,
+                                                                   profiles, variables, skip_invalid))
             if quiet is not None:
                 report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
                               output.Changes(unchanged=quiet.devices))
-            previous = output.read_previous(out, full=full)
-            reusable = previous.reusable() if previous and not full else None  # damaged devices re-rendered
-            result = _run(report, inventories, profiles, variables, skip_invalid, reusable,
-                          previous.row_cache if previous and previous.row_cache is not None else {})
+            previous = output.read_previous(out, found, full=full)
+            reuse = previous is not None and previous.state is not None  # damaged devices re-rendered
+            result = _run(report, inventories, profiles, variables, skip_invalid,
+                          previous.reusable() if reuse else None,
+                          previous.state.rows if reuse else None)
             from . import signing
 
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
+            new_state = result.state if signer is None else dataclasses.replace(result.state, run_key=None)
             changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full, progress=report.progress(), secrets=result.secrets,
-                                   derived=derived, row_cache=result.row_cache,
-                                   run=result.run if signer is None else None, pseudonymised=result.pseudonymised)
+                                   fresh=full or not fastpath.enabled(), progress=report.progress(),
+                                   secrets=result.secrets, derived=derived, new_state=new_state,
+                                   pseudonymised=result.pseudonymised)
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:
@@ -286,13 +290,13 @@ def schema() -> None:
 
 
 def _run(report: Report, inventories, profiles, variables, skip_invalid, previous,
-         email_cache=None) -> pipeline.CompileResult:
+         known_rows=None) -> pipeline.CompileResult:
     from . import pipeline
 
     try:
         result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
                                         previous=previous, progress=report.progress(),
-                                        email_cache=email_cache if fastpath.enabled() else None)
+                                        known_rows=known_rows if fastpath.enabled() else None)
     except MdmgenError as exc:
         report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
                     exc.problems)

@@ -1,11 +1,15 @@
 """The one switch for every fast path of the compiler: ``MDMGEN_NO_FASTPATH=1`` turns them all off.
 
-Each fast path (the row cache that skips re-validating unchanged inventory rows, the cheap
-no-change checks of the output folder, the per-shape emitters) is an optimisation of a slow
-path that stays in the code and stays the reference: the output tree must be byte-identical
-with the fast paths on and off. ``benchmarks/perf.py`` proves that at 10,000 devices and
-``tests/test_fastpath*.py`` on hostile values; the switch is what both use, and what a user
-reaches for when they suspect a fast path (an equal tree with it set is the proof it was not).
+What persists between runs is one record, the compile state (``output.state``), and one rule:
+a device whose row digest and inputs fingerprint are the record's is reused; anything else is
+computed. With the switch set a compile is a compile from scratch: no record is read or written,
+no device is reused, the kept generation is not used as the staging tree, no file is linked from
+the previous tree (every file is written anew), and the in-process shortcuts are off too (the
+shapes, the threads, the paused garbage collector, the last parsed manifest). The output tree must
+be byte-identical with the fast paths on and off: ``tests/test_state_fuzz.py`` checks that after
+random sequences of nightly changes and tampering, ``tests/test_fastpath*.py`` on hostile values,
+and ``benchmarks/perf.py`` at 10,000 devices. It is what a user reaches for when they suspect a
+fast path (an equal tree with it set is the proof it was not).
 
 The switch is read at each use, not at import, so tests can flip it per compile.
 """
@@ -29,6 +33,9 @@ def enabled() -> bool:
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a compile.
+
+    It relies on this: a compile is the end of its process (the CLI exits after it), and nothing
+    a compile makes is freed only by the cyclic collector in amounts that matter.
 
     A compile of 100,000 devices holds a few million small objects (rows, models, manifest
     entries) that live until it ends, and the collector walks all of them again every few

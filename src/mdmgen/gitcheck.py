@@ -9,7 +9,7 @@ generation beside it) are given to ``git check-ignore``; those it does not repor
 
 It is advice, never a failure: no git, not a work tree, a git that errs or takes longer than
 :data:`GIT_TIMEOUT` all mean no warning. It runs only when the compile wrote the folder, so a
-quiet night (nothing changed, see ``runmemo``) never starts git.
+quiet night (nothing changed, see ``output.state``) never starts git.
 """
 
 from __future__ import annotations

@@ -11,17 +11,18 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import hashlib
 import io
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from . import rowcache
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, not_text, read_input
 from .models import (
     SAFE_NAME,
@@ -72,6 +73,8 @@ _STATUS_LOOKALIKE = re.compile(
 not ``Employee ID`` nor a US ``State``."""
 
 # Characters that cannot live in an XML plist or that make no sense in an identity value.
+_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
+"""An address email-validator normalises by lower-casing its domain only (no quotes, no IDNA)."""
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
 _DELIMITERS = (",", "\t", ";")
 _SPREADSHEETS = frozenset({".xlsx", ".xlsm", ".xls", ".ods", ".numbers"})
@@ -93,7 +96,8 @@ class Inventory:
     extra_columns: set[str] = field(default_factory=set)
     """The template names of every extra column of every file's header, whether or not a row of it
     was valid: a template may use them, and a file whose rows are all invalid still has them."""
-    validated_emails: dict[str, str] | None = None  # the row cache to keep (see ``rowcache``); None: none kept
+    row_digests: dict[str, str] = field(default_factory=dict)
+    """Each valid device's row digest, by serial (see :func:`load`), for the compile state."""
     status_columns: dict[str, StatusColumn] = field(default_factory=dict)
     """Each file's status column, by file (see ``StatusColumn``), for every file whose header was read."""
     team_spellings: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -140,16 +144,20 @@ def find_csv_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
 
 
 def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
-         email_cache: Mapping[str, str] | None = None, teams: Mapping[str, str] | None = None) -> Inventory:
+         known_rows: AbstractSet[str] = frozenset(), teams: Mapping[str, str] | None = None,
+         row_digest: Callable[[bytes], str] | None = None) -> Inventory:
     """Load and merge inventory files; duplicate serials are checked across all of them.
 
-    With ``email_cache`` (the previous run's row cache, possibly empty), rows it vouches for skip
-    email-validator, and ``validated_emails`` is the cache to keep for the next run. ``teams`` is
-    the policy's team names by key (``policy.team_names``): every device's team is then its
-    display spelling (see ``fold_teams``)."""
+    Each valid row gets a *row digest*: ``row_digest`` (default: sha256) of its cells exactly as
+    read, its header and the policy's ``columns`` mapping, everything its device is made of. A
+    row whose digest is in ``known_rows`` (the compile state's: a row the last compile, under the
+    same dependency versions, accepted) skips email-validator when its address is plain ASCII,
+    whose normalised form is then known (see :func:`_check_email`). ``teams`` is the policy's
+    team names by key (``policy.team_names``): every device's team is then its display spelling
+    (see ``fold_teams``)."""
     files, problems = find_csv_files(paths)
-    inventory = Inventory(problems=problems, files=[str(f) for f in files],
-                          validated_emails=None if email_cache is None else {})
+    inventory = Inventory(problems=problems, files=[str(f) for f in files])
+    digest = row_digest or _plain_digest
 
     first_seen: dict[str, Location] = {}
     for path in files:
@@ -163,9 +171,19 @@ def load(paths: Iterable[Path], columns: Mapping[str, str] | None = None,
             inventory.problems.append(Problem(location=Location(file=str(path)), field="inventory",
                                               message=str(exc)))
             continue
-        _load_file(str(path), data, columns or {}, inventory, first_seen, email_cache or {})
+        _load_file(str(path), data, columns or {}, inventory, first_seen, known_rows, digest)
     fold_teams(inventory, teams or {})
     return inventory
+
+
+def _plain_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]  # 128 bits: no collision among any rows an inventory holds
+
+
+def _header_part(cells: Sequence[str], columns: Mapping[str, str]) -> bytes:
+    """What a row's meaning depends on besides its own cells: the header and the column mapping."""
+    text = "\x1f".join(cells) + "\x1e" + "\x1f".join(f"{k}={v}" for k, v in sorted(columns.items()))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def fold_teams(inventory: Inventory, named: Mapping[str, str]) -> None:
@@ -300,14 +318,15 @@ def _map_header(name: str, line: int, cells: list[str], columns: Mapping[str, st
 
 
 def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: Inventory,
-               first_seen: dict[str, Location], email_cache: Mapping[str, str]) -> None:
+               first_seen: dict[str, Location], known_rows: AbstractSet[str],
+               digest: Callable[[bytes], str]) -> None:
     text, problem = decode_text(name, data)
     if problem:
         inventory.problems.append(problem)
         return
     assert text is not None
     header: _Header | None = None
-    header_key: str | None = None
+    header_part = b""
     seen_header = False
     for item in _read_rows(name, text):
         if isinstance(item, Problem):
@@ -321,19 +340,18 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
                 return
             inventory.extra_columns.update(header.extras.values())
             inventory.status_columns[name] = header.status
-            if inventory.validated_emails is not None:
-                header_key = rowcache.header_key(cells, columns)
+            header_part = _header_part(cells, columns)
             continue
         assert header is not None
-        key = rowcache.row_key(header_key, cells) if header_key is not None else None
-        _load_row(name, line, cells, header, inventory, first_seen, key, email_cache.get(key) if key else None)
+        key = digest(header_part + "\x1f".join(cells).encode("utf-8", "surrogatepass"))
+        _load_row(name, line, cells, header, inventory, first_seen, key, key in known_rows)
     if not seen_header:
         inventory.problems.append(Problem(location=Location(file=name), field="inventory",
                                           message="file is empty (no header row)"))
 
 
 def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
-              first_seen: dict[str, Location], key: str | None = None, cached_email: str | None = None) -> None:
+              first_seen: dict[str, Location], key: str = "", known: bool = False) -> None:
     loc = Location(file=name, line=line)
     if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
         inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
@@ -363,7 +381,7 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
-    email = _check_email(cell("user_email"), bad, cached_email)
+    email = _check_email(cell("user_email"), bad, known)
     team = unicodedata.normalize("NFC", cell("team"))  # one spelling of "Café" in every output
     if not team:
         bad("team", "missing value")
@@ -389,8 +407,7 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
             inventory.rejected_rows.setdefault(cell("serial_number").upper(), loc)
         return
     assert serial is not None and platform is not None and email is not None
-    if key is not None and inventory.validated_emails is not None:
-        inventory.validated_emails[key] = email
+    inventory.row_digests[serial] = key
     inventory.devices.append(Device(serial=serial, platform=platform, user_email=email, team=team,
                                     extra=extra, location=loc))
 
@@ -440,15 +457,19 @@ def _check_platform(raw: str, bad) -> Platform | None:
     return platform
 
 
-def _check_email(raw: str, bad, cached: str | None = None) -> str | None:
+def _check_email(raw: str, bad, known: bool = False) -> str | None:
     if not raw:
         bad("user_email", "missing value")
         return None
     if _CONTROL_RE.search(raw):
         bad("user_email", "contains control characters")
         return None
-    if cached is not None and rowcache.plausible(raw, cached):
-        return cached  # this exact row passed email-validator in the run that wrote the cache
+    if known and _PLAIN_ADDRESS.match(raw) and "xn--" not in raw.casefold():
+        # This exact row passed email-validator, of the same version, in the compile that wrote
+        # the state; for a plain ASCII address it returns the local part as is and the domain
+        # lower-cased, so that is what it would return now.
+        local, domain = raw.split("@")
+        return f"{local}@{domain.lower()}"
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:

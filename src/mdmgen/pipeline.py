@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, destinations, envschema, fastpath, inventory, policy, runmemo, secrets, shapes
+from . import attributes, destinations, envschema, fastpath, inventory, policy, runkey, secrets, shapes
 from .emit import registry
 from .messages import redactor, secret_forms
 from .models import (
@@ -29,8 +29,10 @@ from .models import (
     Settings,
     StatusColumn,
 )
+from .output.state import NewState
 from .progress import NO_PROGRESS, Progress
 from .render import Renderer
+from .summary import RunSummary
 
 
 @dataclass
@@ -45,8 +47,7 @@ class CompileResult:
     secret_env: list[str] = field(default_factory=list)
     fleet_files: dict[str, bytes] = field(default_factory=dict)  # by path from the output folder's root
     secrets: dict[str, ManifestSecret] = field(default_factory=dict)  # by label; fingerprints, never values
-    row_cache: dict[str, str] | None = None  # the rows validated this run, for the next (see rowcache)
-    run: runmemo.RunRecord | None = None  # for the run memo; None after any problem
+    state: NewState = field(default_factory=lambda: NewState(rows={}))  # for the compile state (output.state)
     status_columns: dict[str, StatusColumn] = field(default_factory=dict)  # by inventory file
     team_spellings: dict[str, dict[str, int]] = field(default_factory=dict)  # see inventory.fold_teams
     pseudonymised: bool = False  # user_email is a keyed pseudonym in every file (pseudonymise_email)
@@ -54,9 +55,9 @@ class CompileResult:
     def per_platform(self) -> Counter[Platform]:
         return Counter(c.device.platform for c in self.devices)
 
-    def summary(self) -> runmemo.RunSummary:
+    def summary(self) -> RunSummary:
         counts = self.per_platform()
-        return runmemo.RunSummary(devices=len(self.devices), platforms={p.value: counts[p] for p in Platform},
+        return RunSummary(devices=len(self.devices), platforms={p.value: counts[p] for p in Platform},
                                   excluded=self.excluded, rejected=self.rejected, rendered=self.rendered,
                                   status_columns=self.status_columns, team_spellings=self.team_spellings)
 
@@ -137,16 +138,17 @@ class Prepared:
 
 
 def prepare(inventory_paths: list[Path], profiles: Path, var_overrides: Mapping[str, str],
-            email_cache: Mapping[str, str] | None = None) -> Prepared:
+            known_rows: Mapping[str, str] | None = None) -> Prepared:
     """Load the policy and the inventory and check every template once. Raises MdmgenError for a
     policy problem (with the inventory's), policy.UnknownVariable for an unknown --var. Problems of
-    single rows stay in ``inventory.problems``: the caller decides what they stop."""
+    single rows stay in ``inventory.problems``: the caller decides what they stop. ``known_rows``
+    are the compile state's row digests, by serial: a row with one of them is not validated again
+    (keyed under the pseudonym key when pseudonymising, see ``inventory.load``)."""
     loaded = policy.load(profiles)
     variables = policy.resolve_variables(loaded.policy, var_overrides)
-    if loaded.policy.pseudonymise_email:
-        email_cache = None  # a cache would keep an unkeyed digest of every address
-    inv = inventory.load(inventory_paths, loaded.policy.columns, email_cache, policy.team_names(loaded.policy))
     pseudonymiser = _pseudonymiser(loaded) if loaded.policy.pseudonymise_email else None
+    inv = inventory.load(inventory_paths, loaded.policy.columns, frozenset((known_rows or {}).values()),
+                         policy.team_names(loaded.policy), pseudonymiser.row_digest if pseudonymiser else None)
     renderer = Renderer(loaded, variables, pseudonymiser)
     extra_names = inv.extra_columns | {name for device in inv.devices for name in device.extra}
     policy_problems = renderer.check(extra_names)
@@ -189,21 +191,23 @@ def raw_email_leak(renderer: Renderer, device: Device, raw_email: str | None,
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS,
-                  email_cache: Mapping[str, str] | None = None) -> CompileResult:
+                  known_rows: Mapping[str, str] | None = None) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
     Raises policy.UnknownVariable for an unknown --var name (a usage error).
 
-    A device whose inputs fingerprint equals its entry in ``previous`` is not rendered again:
-    it is returned with ``files=None`` and the output stage keeps its files. ``email_cache`` is
-    the previous run's row cache (``rowcache``; None: no cache, every row validated in full).
+    The one reuse rule (see ``output.state``): a device whose row digest is its entry in
+    ``known_rows`` (the compile state's, by serial) and whose inputs fingerprint (its row and
+    the policy part that applies to it) is its entry in ``previous`` is not rendered again: it is
+    returned with ``files=None`` and the output stage keeps its files and manifest line. Rows the
+    state knows skip email-validator (see ``inventory.load``). Without them everything is computed.
 
     Every problem's message has every resolved secret value redacted (in every form it can take)
     before it leaves: a template error such as ``{{ {}[secret("T")] }}`` names the missing key.
     """
     try:
         result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
-                                previous=previous, progress=progress, email_cache=email_cache)
+                                previous=previous, progress=progress, known_rows=known_rows or {})
     except MdmgenError as exc:
         raise MdmgenError(_redacted(exc.problems)) from None
     result.problems = _redacted(result.problems)
@@ -254,15 +258,15 @@ def _fleet_leaks(fleet_files: Mapping[str, bytes], values: Iterable[str], where:
 def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    var_overrides: Mapping[str, str], *, skip_invalid: bool,
                    previous: Manifest | None, progress: Progress,
-                   email_cache: Mapping[str, str] | None) -> CompileResult:
+                   known_rows: Mapping[str, str]) -> CompileResult:
     inventory_paths = list(inventory_paths)
-    digests = runmemo.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
-    prepared = prepare(inventory_paths, profiles, var_overrides, email_cache)
+    digests = runkey.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
+    prepared = prepare(inventory_paths, profiles, var_overrides, known_rows)
     loaded, inv, renderer = prepared.loaded, prepared.inventory, prepared.renderer
     pseudonymiser = prepared.pseudonymiser
 
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
-                           secret_env=list(loaded.policy.secret_env), row_cache=inv.validated_emails,
+                           secret_env=list(loaded.policy.secret_env),
                            status_columns=inv.status_columns, team_spellings=inv.team_spellings,
                            pseudonymised=pseudonymiser is not None)
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
@@ -285,7 +289,8 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
         inputs = renderer.inputs(device, raw_email)
         labels = tuple(ref.label for ref in renderer.secrets_used(device))
         before = known.get(device.serial)
-        if before is not None and before.inputs == inputs:
+        if (before is not None and before.inputs == inputs
+                and known_rows.get(device.serial) == inv.row_digests[device.serial]):
             embedded.update(labels)
             result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels,
                                                  redacted=before.redacted))
@@ -340,11 +345,13 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
     if result.problems and not (skip_invalid and all(p.row for p in result.problems)):
         raise MdmgenError(result.problems)
+    result.state = NewState(rows=inv.row_digests)
     if (digests is not None and not result.problems and not result.rejected
             and [name for name, _digest in digests[:-1]] == inv.files and digests[-1][0] == loaded.file):
         fingerprints = {ref.label: fp for ref, fp in renderer.secret_fingerprints().items()}
-        key = runmemo.run_key(digests, var_overrides, skip_invalid, fingerprints,
-                              pseudonymiser.key_id if pseudonymiser else None)
-        result.run = runmemo.RunRecord(key=key, secrets=sorted(fingerprints), pseudonymised=pseudonymiser is not None,
-                                       summary=result.summary().model_copy(update={"rendered": 0}))
+        key = runkey.run_key(digests, var_overrides, skip_invalid, fingerprints,
+                             pseudonymiser.key_id if pseudonymiser else None)
+        result.state = NewState(rows=inv.row_digests, run_key=key, secrets=tuple(sorted(fingerprints)),
+                                pseudonymised=pseudonymiser is not None,
+                                summary=result.summary().model_copy(update={"rendered": 0}))
     return result

@@ -83,6 +83,11 @@ class Pseudonymiser:
         mac = hmac.new(self._key, normalise_email(email).encode("utf-8"), hashlib.sha256)
         return PREFIX + mac.hexdigest()[:HEX_CHARS]
 
+    def row_digest(self, data: bytes) -> str:
+        """A keyed digest of an inventory row (see ``inventory.load``): the compile state keeps one
+        per device, and a plain hash of a row would let anyone confirm a guessed address."""
+        return hmac.new(self._key, b"mdmgen inventory row\0" + data, hashlib.sha256).hexdigest()[:32]
+
     @property
     def key_id(self) -> str:
         """An HMAC of a fixed label under the key: changes with the key, reveals nothing of it.

@@ -5,15 +5,16 @@ files is the same except the strings the templates take from the device. A *shap
 common part: the merged tree with every template leaf replaced by a numbered slot, and the bytes
 of ``managed-settings.json`` and of the Mac profile emitted once by the real emitters
 (``settings_json.dumps``, the registry's profile emitter) with a sentinel string in every slot.
-Per device, the slots are filled with the device's own strings, escaped the way ``json`` and
-``plistlib`` escape a string, and joined with the shape's bytes between them.
+Per device, the slots are filled with the device's own strings, escaped as each kind declares
+in the registry (``ArtifactKind.escape``), and joined with the shape's bytes between them.
 
 The fast path only takes what it provably understands, and hands everything else to the slow
 path (``Renderer.render`` and ``registry.emit_device``), which stays the reference:
 
 * a template leaf must be plain text and ``{{ name }}`` substitutions (no filter, no call, no
   expression, no block): its value is the concatenation, exactly what Jinja renders for strings;
-* the device kinds of the platform must be the two whose escaping is known here;
+* every device kind of the platform must declare its ``escape`` in the artifact registry (how
+  its emitter writes a string); a kind without one takes the slow path for its platform;
 * every string filled in must consist of printable characters only (``str.isprintable``), a
   conservative set on which ``json`` escapes only ``"`` and ``\\`` and ``plistlib`` only ``&<>``;
   a control character, a line break, U+FFFE or a lone surrogate takes the slow path, whatever
@@ -27,7 +28,6 @@ path's. ``MDMGEN_NO_FASTPATH=1`` turns this off; tests compare the two byte for 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +43,6 @@ from .render import Renderer, _is_template, header_leaf
 
 _SENTINEL = "mdmgenslot{}x9q7z"
 _SERIAL = "MDMGENSERIALSLOTx9q7z"
-_KNOWN_KINDS = frozenset({registry.SETTINGS_JSON.name, registry.MAC_PROFILE.name})
 
 
 @dataclass(frozen=True)
@@ -59,15 +58,7 @@ class Shape:
     tree: Any  # the merged tree, leaves replaced by constants or _Slot
     attributes: tuple[tuple[str, Any], ...]  # resource attributes: (name, constant or _Slot)
     slots: int  # template leaves in the tree (the attribute list, if any, is slot ``slots``)
-    files: tuple[tuple[str, tuple[bytes | int, ...], bool], ...]  # (name, parts, is XML)
-
-
-def _json_escape(value: str) -> bytes:
-    return json.dumps(value, ensure_ascii=False)[1:-1].encode("utf-8")
-
-
-def _xml_escape(value: str) -> bytes:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode("utf-8")
+    files: tuple[tuple[str, tuple[bytes | int, ...], Callable[[str], bytes]], ...]  # (name, parts, escape)
 
 
 class Shaper:
@@ -107,25 +98,19 @@ class Shaper:
         prefix = self.policy.org.identifier_prefix
 
         def files() -> dict[str, bytes]:
-            out = {}
-            for name, parts, xml in shape.files:
-                if xml:  # the profile's identifiers and their UUIDs are the device's too
-                    identifier = mobileconfig.profile_identifier(prefix, device.serial)
-                    filled = [*values, device.serial, mobileconfig.stable_uuid(identifier),
-                              mobileconfig.stable_uuid(f"{identifier}.prefs")]
-                    out[name] = b"".join(part if isinstance(part, bytes) else _xml_escape(filled[part])
-                                         for part in parts)
-                else:
-                    out[name] = b"".join(part if isinstance(part, bytes) else _json_escape(values[part])
-                                         for part in parts)
-            return out
+            # The device's serial, profile identifier and its UUIDs are the device's too.
+            identifier = mobileconfig.profile_identifier(prefix, device.serial)
+            filled = [*values, device.serial, mobileconfig.stable_uuid(identifier),
+                      mobileconfig.stable_uuid(f"{identifier}.prefs")]
+            return {name: b"".join(part if isinstance(part, bytes) else escape(filled[part]) for part in parts)
+                    for name, parts, escape in shape.files}
 
         return settings, files
 
     def _make(self, device: Device) -> Shape | None:
         # Derived kinds (the signed profile) are made after the compile, from these files.
         kinds = [k for k in registry.device_kinds() if k.applies_to(device.platform) and k.derived_from is None]
-        if not kinds or any(k.name not in _KNOWN_KINDS for k in kinds):
+        if not kinds or any(k.escape is None for k in kinds):
             return None
         tree, attribute_leaves = self.renderer.merged(device)
         counter = [0]
@@ -163,10 +148,8 @@ class Shaper:
                     parts.append(tokens[piece])
                 elif piece:
                     parts.append(piece.encode("utf-8"))
-            xml = kind.name == registry.MAC_PROFILE.name
-            if not xml and any(isinstance(part, int) and part >= n for part in parts):
-                return None  # the device's identifiers in a file that is not its profile: not understood
-            files.append((kind.name, tuple(parts), xml))
+            assert kind.escape is not None
+            files.append((kind.name, tuple(parts), kind.escape))
         return Shape(tree=shaped, attributes=shaped_attributes, slots=slots, files=tuple(files))
 
 

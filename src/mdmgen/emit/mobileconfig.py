@@ -76,6 +76,12 @@ def build(settings: Settings, meta: ProfileMeta) -> dict[str, Any]:
     }
 
 
+def escape_string(value: str) -> bytes:
+    """A printable string as ``plistlib`` writes it in a ``<string>`` (``&``, ``<`` and ``>``
+    escaped); the shape fast path fills its slots with this, only with printable strings."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode("utf-8")
+
+
 def dumps(settings: Settings, meta: ProfileMeta) -> bytes:
     """XML plist via the standard library, which escapes '&', '<' and '>' in keys and strings.
 

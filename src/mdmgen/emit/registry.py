@@ -105,6 +105,10 @@ class ArtifactKind:
     (``signing``), only when asked to, and the manifest records it under ``derived``. It is never
     canonical: ``diff`` reads its source, and a publisher that must not get it (Jamf re-signs
     profiles itself) asks for the source kind by name."""
+    escape: Callable[[str], bytes] | None = None
+    """How ``emit`` writes a printable string value of the settings into the file: what the shape
+    fast path (``shapes``) fills each slot with. None: this kind's files are always made by
+    ``emit`` itself, and a platform that gets it takes the slow path."""
 
     def __post_init__(self) -> None:
         # A file nested thousands of levels deep (hand-made, in a folder diff or a publisher reads) makes
@@ -227,6 +231,7 @@ SETTINGS_JSON = register(ArtifactKind(
     content_type="application/json",
     read_semantic=_read_settings_json,
     emit=lambda given: settings_json.dumps(given.settings),
+    escape=settings_json.escape_string,
     label="managed-settings.json",
     platforms=frozenset(Platform),
     install_paths={
@@ -244,6 +249,7 @@ MAC_PROFILE = register(ArtifactKind(
     content_type="application/x-apple-aspen-config",
     read_semantic=_read_profile,
     emit=_emit_profile,
+    escape=mobileconfig.escape_string,
     label="profile",
     platforms=frozenset({Platform.MACOS}),
     sections={SETTINGS_SECTION: "profile settings", "metadata": "profile"},

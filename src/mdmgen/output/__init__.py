@@ -13,9 +13,12 @@ tree on disk is never trusted before it is checked:
   their inode and modification time; a run where nothing changed writes nothing at all. The
   tree replaced by a run is kept as ``.<name>.mdmgen-prev`` and becomes the next run's staging
   tree, so a run touches only what changed instead of rebuilding a folder per device.
+* **One compile state.** ``.<name>.mdmgen-state`` (:mod:`.state`) is everything a compile
+  reuses work on the strength of, bound to the manifests it was written with; nothing else
+  persists between runs.
 * **Checked.** One reader (:mod:`.reader`) serves compile, diff, preflight and the publishers:
   safe names only, no symlinks followed, no extra files, digests. A hand-edited file is found
-  by a cheap check every compile and repaired (see :mod:`.reader` for why the check is sound).
+  every compile (what the compile state does not vouch for is hashed) and repaired.
 * **One run at a time.** An exclusive ``flock`` on ``.<name>.mdmgen-lock`` beside the folder.
 
 Entries of the folder that mdmgen does not own (a ``.gitkeep``, a README, a ``.git`` folder)
@@ -35,10 +38,12 @@ from .layout import (
 from .lock import locked
 from .manifest import Changes, FleetChanges, build_manifest, manifest_bytes
 from .reader import Check, CheckedFile, CheckedOutput, checked, read
-from .writer import read_previous, recover, unchanged, write
+from .state import CompileState, NewState, StateRead
+from .writer import read_previous, read_state, recover, unchanged, write
 
 __all__ = [
-    "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "FleetChanges", "OutputBusy",
-    "OutputError", "build_manifest", "checked", "device_path", "interrupted", "kind_of", "locked",
-    "manifest_bytes", "read", "read_previous", "recover", "sidecar", "unchanged", "write",
+    "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "CompileState", "FleetChanges",
+    "NewState", "OutputBusy", "OutputError", "StateRead", "build_manifest", "checked", "device_path", "interrupted",
+    "kind_of", "locked", "manifest_bytes", "read", "read_previous", "read_state", "recover", "sidecar", "unchanged",
+    "write",
 ]

@@ -8,14 +8,11 @@ extra. How much of the content is checked is the caller's choice (:class:`Check`
 
 * ``NAMES``: only the above. ``diff`` and ``preflight`` open few files, and each is checked
   against its digest as it is read (:meth:`CheckedFile.read`).
-* ``STAT``: also each file's size, and the digest of every file that is not provably older than
-  the manifest. A compile writes the manifest after every file of the tree and never changes a
-  file afterwards (unchanged files keep their modification time), so a file whose mtime is
-  earlier than the manifest's is as the compile left it, unless someone set its mtime back on
-  purpose. A file edited in place since has a later mtime, and one edited in the same clock tick
-  as the manifest was written cannot be told apart, so it is hashed (git's "racy" rule). This
-  costs one ``lstat`` per file, no record beyond the manifest (whose bytes stay deterministic),
-  and hashes only what changed. ``compile`` uses it every run to find hand-edited files.
+* ``STAT``: also each file's size, and the digest of every file the compile state does not
+  vouch for (``state``: its digest, exact size and modification time recorded, and its inode
+  unchanged since the record was written); a folder unchanged since then is not listed. Without
+  a compile state that checked out, every file is hashed. ``compile`` uses it every run to find
+  hand-edited files.
 * ``DIGESTS``: every file hashed. Publishers, before they upload anything, and ``compile --full``.
 """
 
@@ -26,33 +23,27 @@ import functools
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from .. import __version__, fastpath
 from ..emit import cms
 from ..messages import first_of
 from ..models import Manifest, ManifestFile, unsafe_name
-from ..rowcache import RowCacheFile
-from ..runmemo import RunMemoFile
 from .layout import (
     DEVICES_DIR,
     MANIFEST_FILE,
-    MAX_MANIFEST_BYTES,
     OutputError,
     device_path,
     interrupted,
     is_real_dir,
     read_regular,
-    sidecar,
     target_of,
 )
 from .lock import locked
 from .manifest import load_manifest
+from .state import CompileState
 
 _READ_LIMIT = 64 << 20
 """Read at most this much of a file that grew since the manifest, to say it changed."""
@@ -113,9 +104,8 @@ class CheckedOutput:
     manifest: Manifest
     manifest_data: bytes
     problems: dict[str, str] = field(default_factory=dict)
-    row_cache: dict[str, str] | None = None  # the rows the last compile validated (compile only, see rowcache)
-    kept_sha256: str = ""  # the kept generation's manifest digest, as the last compile recorded it
-    canonical: bool = False  # manifest_data are the bytes this mdmgen version wrote (its digest was recorded)
+    state: CompileState | None = None  # the compile state that checked out against it (compile only)
+    unvouched: frozenset[str] = frozenset()  # devices with a file the state did not vouch for (read at STAT)
     error: type[Exception] = OutputError
 
     @functools.cached_property
@@ -189,30 +179,17 @@ def checked(folder: Path, *, check: Check = Check.DIGESTS,
         yield read(folder, check=check, error=error)
 
 
-def read_tree(folder: Path, target: Path, check: Check, written: frozenset[str] = frozenset()) -> CheckedOutput | None:
+def read_tree(folder: Path, target: Path, check: Check, state: CompileState | None = None) -> CheckedOutput | None:
     """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
-    OutputError for a manifest that is not a valid mdmgen manifest. ``written``: digests of
-    manifests a compile recorded as written by itself (see :func:`_all_older`)."""
-    return _read(folder, target, check, OutputError, written)
-
-
-def read_row_cache(target: Path) -> RowCacheFile | None:
-    """The row cache beside ``target`` (see ``rowcache``), or None when there is none, it cannot
-    be read, it is not valid, or it was written by another mdmgen version: a cache only ever
-    saves work, so any doubt costs a full check, never an error. The caller binds it to the
-    manifest it reads (``manifest_sha256``)."""
-    try:
-        data, _info = read_regular(sidecar(target, "rows"), MAX_MANIFEST_BYTES)
-        cache = RowCacheFile.model_validate_json(data)
-    except (OSError, OutputError, ValidationError):
-        return None
-    if (cache.generator, cache.version) != ("mdmgen", __version__):
-        return None
-    return cache
+    OutputError for a manifest that is not a valid mdmgen manifest. At ``STAT``, what ``state``
+    (the compile state, already checked against the manifest that goes with this tree) vouches
+    for is not read, and a folder unchanged since it was written is not listed; without one,
+    ``STAT`` is ``DIGESTS``."""
+    return _read(folder, target, check, OutputError, state)
 
 
 def _read(folder: Path, target: Path, check: Check, error: type[Exception],
-          written: frozenset[str] = frozenset()) -> CheckedOutput | None:
+          state: CompileState | None = None) -> CheckedOutput | None:
     try:
         loaded = load_manifest(target)
     except OutputError as exc:
@@ -220,180 +197,38 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
     if loaded is None:
         return None
     manifest = loaded.manifest
-    if (check is Check.STAT and written and fastpath.enabled()
-            and hashlib.sha256(loaded.data).hexdigest() in written
-            and _all_older(target, _manifest_entries(manifest), loaded.mtime_ns)):
-        problems: dict[str, str] = {}
-        _check_derived(target, manifest, check, problems)  # reads no file at STAT: the manifest's own word
-        return CheckedOutput(target, manifest, loaded.data, problems, error=error)
-    expected = {f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
-                for serial, device in manifest.devices.items() for name, entry in device.files.items()}
-    expected.update({relpath: (entry, None) for relpath, entry in manifest.fleet.items()})
-    present, problems = _survey(target, manifest, set(expected))
+    if check is Check.STAT and state is None:
+        check = Check.DIGESTS  # nothing vouches for any file: each is hashed
+    vouched = state if check is Check.STAT else None
+    expected = {relpath: (entry, None) for relpath, entry in manifest.fleet.items()}
+    if vouched is None:
+        expected.update({f"{DEVICES_DIR}/{serial}/{name}": (entry, serial)
+                         for serial, device in manifest.devices.items() for name, entry in device.files.items()})
+    present, problems = _survey(target, manifest, set(expected), vouched, devices=vouched is None)
+    unvouched: set[str] = set()
+    if vouched is not None:
+        _survey_devices(target, manifest, vouched, problems, unvouched)
     for relpath, (entry, _device) in expected.items():
         info = present.get(relpath)
         if info is None:
             problems.setdefault(relpath, "is missing")
-        elif _edited(check, target, relpath, info, entry, loaded.mtime_ns):
+        elif _edited(check, target, relpath, info, entry, state):
             problems[relpath] = EDITED
     if check is not Check.NAMES:
         _check_derived(target, manifest, check, problems)
-    return CheckedOutput(target, manifest, loaded.data, problems, error=error)
-
-
-def _all_older(root: Path, entries: Iterable[tuple[str, int | None]], manifest_mtime_ns: int) -> bool:
-    """The ``STAT`` check without listing a folder: True when every folder (size None) and file of
-    ``entries`` (path from ``root``, a folder before its files) is there, of the right type (no
-    symlink) and size, and provably older than the manifest; False at the first doubt, and the
-    full survey decides.
-
-    A folder's mtime changes whenever an entry is added, removed or renamed in it, so a folder
-    older than the manifest holds what the compile left (the rule the files' check already relies
-    on, for the same reason, with the same exception: an mtime set back on purpose). What the
-    compile left is what the manifest lists only if the manifest is the one it wrote, so this is
-    used only for a manifest whose digest the compile recorded (the row cache, the run memo); an
-    edited manifest gets the full survey. That turns a ``scandir`` per device into one ``lstat``,
-    which is what a no-change night costs."""
-    base = os.fspath(root)
-    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
-    try:
-        for relpath, size in entries:
-            info = lstat(f"{base}/{relpath}")
-            if info.st_mtime_ns >= manifest_mtime_ns:
-                return False
-            if size is None:
-                if not is_dir(info.st_mode):
-                    return False
-            elif not is_reg(info.st_mode) or info.st_size != size:
-                return False
-    except OSError:
-        return False
-    return True
-
-
-def _fleet_folders(fleet: Iterable[str]) -> list[str]:
-    """``devices`` and every folder the fleet files' paths pass through, parents first."""
-    folders = {DEVICES_DIR}
-    for relpath in fleet:
-        parts = relpath.split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    return sorted(folders, key=lambda folder: (folder.count("/"), folder))
-
-
-def _manifest_entries(manifest: Manifest) -> Iterator[tuple[str, int | None]]:
-    """What :func:`_all_older` checks of a tree the manifest describes."""
-    for folder in _fleet_folders(manifest.fleet):
-        yield folder, None
-    for relpath, entry in manifest.fleet.items():
-        yield relpath, entry.size
-    for serial, device in manifest.devices.items():
-        yield f"{DEVICES_DIR}/{serial}", None
-        for name, entry in device.files.items():
-            yield f"{DEVICES_DIR}/{serial}/{name}", entry.size
-
-
-def memo_listing(manifest: Manifest) -> tuple[list[str], dict[str, int], dict[str, list[str | int]]]:
-    """The run memo's listing of the tree ``manifest`` describes: the folders, the fleet files' sizes,
-    and the devices grouped by their sorted file names, each as its serial followed by the files'
-    sizes. The same tree gives the same listing whether its manifest was just built or parsed."""
-    grouped: dict[tuple[str, ...], list[str | int]] = {}
-    sorted_names: dict[tuple[str, ...], tuple[str, ...]] = {}  # the names in sorted order, by their order here
-    for serial, device in manifest.devices.items():
-        files = device.files
-        names = tuple(files)  # in the order of the model: as built, or as parsed (sorted)
-        ordered = sorted_names.get(names)
-        if ordered is None:
-            ordered = sorted_names[names] = tuple(sorted(names))
-        flat = grouped.setdefault(ordered, [])
-        flat.append(serial)
-        flat.extend(files[name].size for name in ordered)
-    return (_fleet_folders(manifest.fleet), {relpath: entry.size for relpath, entry in manifest.fleet.items()},
-            {"/".join(names): flat for names, flat in grouped.items()})
-
-
-def read_run_memo(target: Path) -> RunMemoFile | None:
-    """The run memo beside ``target`` (see ``runmemo``), or None on any doubt: no memo, an
-    unreadable or invalid one, one of another mdmgen version, or fast paths off."""
-    if not fastpath.enabled():
-        return None
-    try:
-        data, _info = read_regular(sidecar(target, "run"), MAX_MANIFEST_BYTES)
-        memo = RunMemoFile.model_validate_json(data)
-    except (OSError, OutputError, ValidationError):
-        return None
-    return memo if (memo.generator, memo.version) == ("mdmgen", __version__) else None
-
-
-def memo_holds(target: Path, memo: RunMemoFile) -> bool:
-    """Whether the folder and its kept generation are exactly as the compile that wrote ``memo``
-    left them: both manifests have its digests, and every folder and file it lists is there,
-    of the right type and size and older than the manifest (the cheap check, without parsing
-    the manifest). Every name is checked before it becomes a path; the kept generation's files
-    are checked when a compile next uses it as its staging tree."""
-    try:
-        if not is_real_dir(target) or not is_real_dir(target / DEVICES_DIR):
-            return False
-        data, info = read_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-        if hashlib.sha256(data).hexdigest() != memo.manifest_sha256:
-            return False
-        kept = sidecar(target, "prev")
-        if not is_real_dir(kept):
-            return False
-        kept_data, _kept_info = read_regular(kept / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-        if hashlib.sha256(kept_data).hexdigest() != memo.kept_sha256:
-            return False
-    except (OSError, OutputError):
-        return False
-    if not _memo_names_safe(memo):
-        return False
-    return _all_older(target, _memo_entries(memo), info.st_mtime_ns)
-
-
-def _memo_entries(memo: RunMemoFile) -> Iterator[tuple[str, int | None]]:
-    """What :func:`_all_older` checks of the tree a run memo lists (its names checked first, by
-    :func:`_memo_names_safe`)."""
-    for folder in memo.folders:
-        yield folder, None
-    yield from memo.fleet.items()
-    for names, flat in memo.devices.items():
-        files = names.split("/")
-        step = len(files) + 1
-        for start in range(0, len(flat), step):
-            serial = flat[start]
-            yield f"{DEVICES_DIR}/{serial}", None
-            for name, size in zip(files, flat[start + 1:start + step], strict=True):
-                yield f"{DEVICES_DIR}/{serial}/{name}", size  # type: ignore[misc]
-
-
-def _memo_names_safe(memo: RunMemoFile) -> bool:
-    """Every name of the memo's listing is a safe path part and every size an integer."""
-    paths = [*memo.folders, *memo.fleet]
-    if any(not isinstance(p, str) or any(unsafe_name(part) for part in p.split("/")) for p in paths):
-        return False
-    for names, flat in memo.devices.items():
-        files = names.split("/")
-        if any(unsafe_name(name) for name in files) or len(flat) % (len(files) + 1):
-            return False
-        step = len(files) + 1
-        for start in range(0, len(flat), step):
-            serial = flat[start]
-            if not isinstance(serial, str) or unsafe_name(serial):
-                return False
-            if not all(type(size) is int and size >= 0 for size in flat[start + 1:start + step]):
-                return False
-    return True
+    return CheckedOutput(target, manifest, loaded.data, problems, state=vouched, unvouched=frozenset(unvouched),
+                         error=error)
 
 
 def _edited(check: Check, root: Path, relpath: str, info: os.stat_result, entry: ManifestFile,
-            manifest_mtime_ns: int) -> bool:
-    """Whether a present regular file differs from its entry, as far as ``check`` looks: the size
-    for STAT, and the digest of every file for DIGESTS, or for STAT of a file not provably older
-    than the manifest."""
+            state: CompileState | None) -> bool:
+    """Whether a present regular file differs from its entry, as far as ``check`` looks: the size,
+    and the digest of every file the compile state does not vouch for (all of them at DIGESTS)."""
     if check is Check.NAMES:
         return False
     if info.st_size != entry.size:
         return True
-    if check is Check.STAT and info.st_mtime_ns < manifest_mtime_ns:
+    if state is not None and state.vouches(relpath, info, entry.sha256, entry.size):
         return False
     return _digest(root / relpath, entry.size) != entry.sha256
 
@@ -435,23 +270,131 @@ def _digest(path: Path, size: int) -> str | None:
     return hashlib.sha256(data).hexdigest()
 
 
-def _survey(root: Path, manifest: Manifest, expected: set[str]) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+def _survey(root: Path, manifest: Manifest, expected: set[str], state: CompileState | None = None,
+            devices: bool = True) -> tuple[dict[str, os.stat_result], dict[str, str]]:
     """Every regular file the folder holds where the manifest expects one (with its lstat), and
     every entry that is not what the manifest says, by path. Symlinks are never followed, and
-    only folders the manifest implies are entered (``devices/`` is always ours)."""
-    folders = {DEVICES_DIR}
+    only folders the manifest implies are entered (``devices/`` is always ours).
+
+    A folder whose inode has not changed since ``state`` was written (no entry added, removed or
+    renamed in it since, see ``state``) holds what it held then, which is what the manifest the
+    state is bound to lists: its expected entries are ``lstat``-ed instead of listing it.
+    ``devices=False``: ``devices/`` is left to :func:`_survey_devices`."""
+    folders = {DEVICES_DIR} if devices else set()
+    children: dict[str, list[str]] = {}
     for relpath in expected:
         parts = relpath.split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder not in folders:
+                folders.add(folder)
+                children.setdefault("/".join(parts[:i - 1]), []).append(parts[i - 1])
+        children.setdefault("/".join(parts[:-1]), []).append(parts[-1])
     present: dict[str, os.stat_result] = {}
     problems: dict[str, str] = {}
     for top in sorted(f for f in folders if "/" not in f):
-        _survey_folder(root, top, expected, folders, present, problems)
+        _survey_folder(root, top, expected, folders, present, problems, state, children)
     return present, problems
 
 
+def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problems: dict[str, str],
+                    unvouched: set[str]) -> None:
+    """The ``STAT`` check of ``devices/`` under a compile state, as :func:`_survey` and
+    :func:`_edited` would report it, with one ``lstat`` per entry and no more: a folder unchanged
+    since the state was written is not listed, and a file the state vouches for (``state.vouches``,
+    inlined: this runs for every file of the fleet) is not read. It walks the state's listing
+    (the devices of the manifest it names, in its order), then checks any device it does not list
+    with nothing vouched for. Adds to ``unvouched`` every device with a file it had to read or
+    that did not check out (the others are exactly as the state recorded them)."""
+    base = os.fspath(root)
+    lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
+    written = state.written_ns
+    devices_path = f"{base}/{DEVICES_DIR}"
+    entries = manifest.devices
+
+    def missing(serial: str, files) -> None:
+        unvouched.add(serial)
+        for name in files:
+            problems.setdefault(f"{DEVICES_DIR}/{serial}/{name}", "is missing")
+
+    try:
+        info = lstat(devices_path)
+    except FileNotFoundError:
+        info = None
+    if info is None or not is_dir(info.st_mode):
+        if info is not None:
+            problems[DEVICES_DIR] = "is not a folder (a symlink or a file in its place?)"
+        for serial, device in entries.items():
+            missing(serial, device.files)
+        return
+    if info.st_ctime_ns >= written:
+        for name in os.listdir(devices_path):
+            if name not in entries:
+                problems[f"{DEVICES_DIR}/{name}"] = f"is not in {MANIFEST_FILE}"
+
+    done: set[str] = set()
+    for serial, names, flat, at in _listed_first(state, entries, done):
+        device = entries.get(serial)
+        if device is None or serial in done:
+            continue
+        done.add(serial)
+        files = device.files
+        folder = f"{devices_path}/{serial}"
+        try:
+            found = lstat(folder)
+        except FileNotFoundError:
+            missing(serial, files)
+            continue
+        if not is_dir(found.st_mode):
+            problems[f"{DEVICES_DIR}/{serial}"] = "is not a folder (a symlink or a file in its place?)"
+            missing(serial, files)
+            continue
+        if found.st_ctime_ns >= written:
+            unvouched.add(serial)
+            _extra_entries(folder, serial, files, problems)
+        for name, entry in files.items():
+            path = f"{folder}/{name}"
+            try:
+                st = lstat(path)
+            except FileNotFoundError:
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is missing"
+                unvouched.add(serial)
+                continue
+            if name in names and is_reg(st.st_mode):
+                known = at + 3 * names.index(name)
+                if (flat[known] == entry.sha256 and flat[known + 1] == entry.size == st.st_size
+                        and flat[known + 2] == st.st_mtime_ns and st.st_ctime_ns < written):
+                    continue  # vouched for
+            unvouched.add(serial)
+            if not is_reg(st.st_mode):
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is not a regular file"
+            elif st.st_size != entry.size or _digest(Path(path), entry.size) != entry.sha256:
+                problems[f"{DEVICES_DIR}/{serial}/{name}"] = EDITED
+
+
+def _listed_first(state: CompileState, entries: Mapping[str, object],
+                  done: set[str]) -> Iterator[tuple[str, list[str], list, int]]:
+    """(serial, file names, flat listing, where its files start) for each device the state lists,
+    then (serial, [], [], 0) for each device of ``entries`` it does not (nothing vouched for)."""
+    for joined, flat in state.groups.items():
+        names = joined.split("/")
+        step = 3 + 3 * len(names)
+        for start in range(0, len(flat), step):
+            yield flat[start], names, flat, start + 3
+    if len(done) != len(entries):
+        for serial in [serial for serial in entries if serial not in done]:
+            yield serial, [], [], 0
+
+
+def _extra_entries(folder: str, serial: str, files: dict[str, ManifestFile], problems: dict[str, str]) -> None:
+    for name in os.listdir(folder):
+        if name not in files:
+            problems[f"{DEVICES_DIR}/{serial}/{name}"] = f"is not in {MANIFEST_FILE}"
+
+
 def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[str],
-                   present: dict[str, os.stat_result], problems: dict[str, str]) -> None:
+                   present: dict[str, os.stat_result], problems: dict[str, str],
+                   state: CompileState | None = None, children: dict[str, list[str]] | None = None) -> None:
     path = os.path.join(root, relpath)  # strings, not Path: this runs once per device folder
     try:
         info = os.lstat(path)
@@ -459,6 +402,21 @@ def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[st
         return  # every file expected below it is then reported missing
     if not stat.S_ISDIR(info.st_mode):
         problems[relpath] = "is not a folder (a symlink or a file in its place?)"
+        return
+    if state is not None and children is not None and state.fresh(info):
+        for name in children.get(relpath, ()):
+            child = f"{relpath}/{name}"
+            if child in folders:
+                _survey_folder(root, child, expected, folders, present, problems, state, children)
+                continue
+            try:
+                found = os.lstat(f"{path}/{name}")
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(found.st_mode):
+                present[child] = found
+            else:
+                problems[child] = "is not a regular file"
         return
     with os.scandir(path) as entries:
         for entry in entries:
@@ -469,7 +427,7 @@ def _survey_folder(root: Path, relpath: str, expected: set[str], folders: set[st
                 else:
                     problems[child] = "is not a regular file"
             elif child in folders:
-                _survey_folder(root, child, expected, folders, present, problems)
+                _survey_folder(root, child, expected, folders, present, problems, state, children)
             else:
                 problems[child] = f"is not in {MANIFEST_FILE}"
 

@@ -1,22 +1,23 @@
 """Writing the tree: staging, the atomic swap, incremental reuse, the kept generation, repairs.
 
-A compile first reads the current tree with the checked reader (:func:`read_previous`, at the
-``STAT`` level), so a hand-edited, deleted or replaced file is found without re-hashing the
-fleet: its device is rendered again and the file rewritten, never linked. The kept generation
-is read the same way before it is reused as the staging tree, and anything in it that does not
-check out is removed and rebuilt. Every path is built from names the manifest model has checked
-(``models.unsafe_name``) or from entries just listed in a folder that was checked to be a real
-folder; files are created with ``O_EXCL | O_NOFOLLOW`` and removed without following links.
+A compile first reads the compile state (:func:`read_state`, see ``state``) and then the current
+tree with the checked reader (:func:`read_previous`, at the ``STAT`` level under that state), so
+a hand-edited, deleted or replaced file is found without re-hashing the fleet: its device is
+rendered again and the file rewritten, never linked. The kept generation is read the same way
+before it is reused as the staging tree, only when the state names its manifest, and anything
+in it that does not check out is removed and rebuilt. The state is written last.
+
+Every path is built from names the manifest model has checked (``models.unsafe_name``) or
+from entries just listed in a folder that was checked to be a real folder; files are created
+with ``O_EXCL | O_NOFOLLOW`` and removed without following links.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import dataclasses
 import errno
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,11 +26,21 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .. import __version__, fastpath
+from .. import fastpath
 from ..models import CompiledDevice, Manifest, ManifestFile, ManifestSecret, unsafe_name
 from ..progress import NO_PROGRESS, Progress
-from ..runmemo import RunMemoFile, RunRecord, RunSummary
-from .layout import DEVICES_DIR, MANIFEST_FILE, OutputError, is_real_dir, read_regular, sidecar, target_of
+from ..summary import RunSummary
+from . import state as compile_state
+from .layout import (
+    DEVICES_DIR,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    OutputError,
+    is_real_dir,
+    read_regular,
+    sidecar,
+    target_of,
+)
 from .manifest import (
     SECRET_FILE_MODE,
     Changes,
@@ -41,42 +52,62 @@ from .manifest import (
     manifest_bytes,
     write_new,
 )
-from .reader import Check, CheckedOutput, memo_holds, memo_listing, read_row_cache, read_run_memo, read_tree
+from .reader import Check, CheckedOutput, read_tree
+from .state import CompileState, NewState, StateRead
 
 log = logging.getLogger(__name__)
 
 
-def read_previous(out: Path, *, full: bool = False) -> CheckedOutput | None:
+def read_state(out: Path) -> StateRead:
+    """The compile state beside ``out`` when it checks out against the folder's manifest (see
+    ``state``), or why not. Call with the lock held exclusively: a run killed mid-swap is put
+    right first."""
+    target = target_of(out)
+    recover(target)
+    if not fastpath.enabled() or not is_real_dir(target):
+        return StateRead()
+    try:
+        data, _info = read_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    except (OSError, OutputError):
+        return StateRead()  # the reader says what is wrong with it
+    return compile_state.read_state(target, data)
+
+
+def read_previous(out: Path, read: StateRead | None = None, *, full: bool = False) -> CheckedOutput | None:
     """The current output as a compile sees it, with what does not match its manifest listed
-    (every file hashed with ``full``); None when there is no previous output. Call with the
-    lock held exclusively: a run killed mid-swap is put right first."""
+    (every file hashed, except what the compile state vouches for; ``full``: every file); None
+    when there is no previous output. Call with the lock held exclusively, after :func:`read_state`;
+    the one line saying why its record is ignored, if it is, comes after the tree was read."""
     target = target_of(out)
     recover(target)
     if not target.exists():
         return None
-    cache = read_row_cache(target) if fastpath.enabled() and not full else None
+    use = None if full or read is None else read.state
     try:
-        tree = read_tree(out, target, Check.DIGESTS if full else Check.STAT,
-                         frozenset({cache.manifest_sha256}) if cache else frozenset())
+        tree = read_tree(out, target, Check.STAT if use is not None else Check.DIGESTS, use)
     except OutputError as exc:
         raise OutputError(f"{exc}; move the folder aside or pass another --out") from None
+    if tree is not None and use is not None and use.manifest_sha256 != _sha(tree.manifest_data):
+        # Replaced between the two reads: nothing of the state is used.
+        tree = read_tree(out, target, Check.DIGESTS)
+    if read is not None and not full:
+        read.log_note()
     if tree is not None and tree.problems:
         log.warning("%s: %d file(s) do not match %s and will be repaired", out, len(tree.problems), MANIFEST_FILE)
-    if tree is not None and cache is not None and cache.manifest_sha256 == _sha(tree.manifest_data):
-        tree = dataclasses.replace(tree, row_cache=cache.emails, kept_sha256=cache.kept_sha256, canonical=True)
     return tree
 
 
-def unchanged(out: Path, same_inputs: Callable[[RunMemoFile], bool]) -> RunSummary | None:
-    """The last compile's summary when nothing it was made from (``same_inputs``) and nothing it
-    left has changed since (see ``runmemo``); None: compile. Call with the lock held exclusively."""
-    target = target_of(out)
-    recover(target)
-    memo = read_run_memo(target)
-    if memo is None or not same_inputs(memo) or not memo_holds(target, memo):
+def unchanged(out: Path, state: CompileState, run_key: Callable[[CompileState], str | None]) -> RunSummary | None:
+    """The last compile's summary when nothing it was made from changed (``run_key``, the key of
+    the inputs now, checks out against ``state``) and nothing it left has changed since (see
+    ``state.holds``); None: compile. Call with the lock held exclusively."""
+    if not state.run_check or state.summary is None:
         return None
-    log.info("nothing changed since the last compile (run memo); %s left as it was", out)
-    return memo.summary
+    key = run_key(state)
+    if key is None or not state.holds_run(key) or not compile_state.holds(target_of(out), state):
+        return None
+    log.info("nothing changed since the last compile (compile state); %s left as it was", out)
+    return state.summary
 
 
 def _sha(data: bytes) -> str:
@@ -86,16 +117,17 @@ def _sha(data: bytes) -> str:
 def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
           secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
           fresh: bool = False, progress: Progress = NO_PROGRESS, secrets: dict[str, ManifestSecret] | None = None,
-          derived: DerivedFiles | None = None, row_cache: dict[str, str] | None = None,
-          run: RunRecord | None = None, pseudonymised: bool = False) -> Changes:
+          derived: DerivedFiles | None = None, new_state: NewState | None = None,
+          pseudonymised: bool = False) -> Changes:
     """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
     are hard-linked from it rather than rewritten, unless they did not check out; if the new
     manifest equals the previous one and everything checked out, nothing is touched. With
-    ``fresh`` (``--full``) the staging tree is rebuilt from nothing. ``derived`` adds files made
-    after the compile (signed profiles, see ``signing``); one given without bytes is kept from
-    the previous tree like any unchanged file.
+    ``fresh`` (``--full``, or the fast paths off) the staging tree is rebuilt from nothing, and
+    with the fast paths off nothing is linked either: every file is written. ``derived`` adds
+    files made after the compile (signed profiles, see ``signing``); one given without bytes is
+    kept from the previous tree like any unchanged file.
 
     The files of a device that embeds a secret are mode 0600 (a signed profile too: it embeds
     its profile). After a compile that rotated a secret (a fingerprint changed, or a secret is no
@@ -104,15 +136,19 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     The same holds for the first compile with ``pseudonymised`` (``pseudonymise_email`` on): the tree
     just replaced holds every raw address, which the manifest's ``pseudonymised`` flag tells apart.
 
-    ``run`` is the compile's record for the run memo (see ``runmemo``), written beside the folder
-    once the tree and the kept generation are in place; without one any old memo is removed.
+    ``new_state`` is what the compile knows for the compile state (see ``state``), written beside
+    the folder once the tree and the kept generation are in place; without one (or with the fast
+    paths off) any old record is removed.
     """
     target = target_of(out)
     fleet_files = fleet_files or {}
     old = previous.manifest if previous else None
     derived = derived or {}
+    state = previous.state if previous is not None else None
     manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived, pseudonymised)
-    new_manifest = (manifest_bytes(manifest, old, previous.manifest_data) if previous is not None and previous.canonical
+    # The previous manifest's lines are reused only for bytes the compile state vouches this
+    # version wrote (its digest is the state's), never for a manifest of unknown origin.
+    new_manifest = (manifest_bytes(manifest, old, previous.manifest_data) if previous is not None and state is not None
                     else manifest_bytes(manifest))
     changes = compare(manifest, old)
     changes.repaired = sorted(previous.problems) if previous else []
@@ -121,15 +157,18 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
         if (not fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            kept = _complete_generation(sidecar(target, "prev"), previous.kept_sha256)
-            if kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest):
+            kept = _complete_generation(sidecar(target, "prev"), state)
+            touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest)
+            if touched:
                 _keep_generation(target, manifest, new_manifest)
                 kept = new_manifest
-            _keep_row_cache(target, row_cache, previous, new_manifest, kept)
-            _keep_run_memo(target, run, manifest, new_manifest, kept)
+            assert kept is not None
+            settled = set(manifest.devices) - previous.unvouched if state is not None else set()
+            _keep_state(target, new_state, manifest, new_manifest, kept, touched=touched, old=state, settled=settled)
             return changes
-        _remove(sidecar(target, "run"))  # it vouches for the tree about to change; rewritten at the end
-        _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress, derived)
+        compile_state.write_state(target, None)  # it vouches for the tree about to change; rewritten at the end
+        settled = _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress,
+                                  derived)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _gone(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
@@ -137,8 +176,7 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             # the generation.
             _keep_generation(target, manifest, new_manifest)
             kept = new_manifest
-        _keep_row_cache(target, row_cache, None, new_manifest, kept)
-        _keep_run_memo(target, run, manifest, new_manifest, kept)
+        _keep_state(target, new_state, manifest, new_manifest, kept, touched=True, old=state, settled=settled)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -152,19 +190,30 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
 
 def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: dict[str, bytes],
                     manifest: Manifest, previous: CheckedOutput | None, manifest_data: bytes, fresh: bool,
-                    progress: Progress, derived: DerivedFiles) -> None:
-    """Bring a staging tree to the new state, then swap it in.
+                    progress: Progress, derived: DerivedFiles) -> set[str]:
+    """Bring a staging tree to the new state, then swap it in. Returns the devices whose folder
+    was taken from the kept generation as it was, every file of it vouched for by the state.
 
     The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
     by the last run) when there is one that checks out: it already holds most devices, so only
     what changed since then is touched, instead of recreating a folder per device. Without it
-    (first run, ``--full``, or a run killed mid-way) the staging tree is built from scratch.
+    (first run, ``--full``, fast paths off, no compile state, or a run killed mid-way) the staging
+    tree is built from scratch.
+
+    The kept generation relies on this: its manifest is the one the compile state names
+    (``kept_sha256``), and each of its files is either vouched for by the state (its sha256,
+    exact size and mtime recorded, its inode unchanged since) or hashed, and each of its folders
+    is unchanged since the state was written or listed (:func:`_checked_generation`). A device
+    folder of it is skipped only when that check found it to hold exactly the files of the new
+    entry; anything that did not check out is removed first (:func:`_clean_staging`).
     """
-    staging, staged = _take_staging(target, fresh=fresh, kept_sha256=previous.kept_sha256 if previous else "")
+    staging, staged = _take_staging(target, fresh=fresh, state=previous.state if previous else None)
     current = previous.manifest if previous else None
     damaged = set(previous.problems) if previous else set()
     had = _clean_staging(staging, staged)
     counts = {"written": 0, "linked": 0, "kept": 0}
+    settled: set[str] = set()
+    unvouched = staged.unvouched if staged is not None and staged.state is not None else None
 
     staging_s, target_s = os.fspath(staging), os.fspath(target)  # strings: this runs once per file
 
@@ -177,7 +226,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
                 _restrict(dest, secret)
                 return
             os.unlink(dest)
-        if before is not None and before.sha256 == meta.sha256 and relpath not in damaged:
+        if before is not None and before.sha256 == meta.sha256 and relpath not in damaged and fastpath.enabled():
             os.link(f"{target_s}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
             counts["linked"] += 1
             _restrict(dest, secret)
@@ -201,6 +250,8 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         old_entry = had.devices.get(serial)
         if old_entry is not None and not entry.secrets and old_entry.files == entry.files:
             counts["kept"] += len(entry.files)  # what ``place`` would find for each file: already staged
+            if unvouched is not None and serial not in unvouched:
+                settled.add(serial)
             continue
         before = current.devices.get(serial) if current else None
         mode = SECRET_FILE_MODE if entry.secrets else 0o666
@@ -243,7 +294,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         except OSError as exc:
             log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
             _remove(sidecar(target, "new"))
-        return
+        return settled
     owned = _owned(manifest) | _owned(current) | _owned(had)
     os.chmod(staging, target.stat().st_mode & 0o7777)
     for name in sorted(os.listdir(staging)):
@@ -258,6 +309,7 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
         os.rename(staging, target)
         os.rename(parked, staging)
     os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
+    return settled
 
 
 PARALLEL_FROM = 2000
@@ -268,7 +320,11 @@ THREADS = 4
 
 def _in_parallel(work, items: list) -> None:
     """``work(item)`` for every item; over threads for many (the order does not matter: each item
-    is its own folder). The first error is raised, as a sequential loop would."""
+    is its own folder). The first error is raised, as a sequential loop would.
+
+    It relies on this: each item touches only its own folder (no two items share a path), the
+    work is only system calls on paths (no shared Python state), and a failure anywhere fails the
+    whole write, whose staging tree is then removed, so a half-done set of folders is never seen."""
     if len(items) < PARALLEL_FROM or not fastpath.enabled():
         for item in items:
             work(item)
@@ -352,18 +408,18 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool, kept_sha256: str = "") -> tuple[Path, CheckedOutput | None]:
-    """The folder to build the new tree in, and what it already holds (checked, problems listed)."""
+def _take_staging(target: Path, *, fresh: bool, state: CompileState | None) -> tuple[Path, CheckedOutput | None]:
+    """The folder to build the new tree in, and what it already holds (checked, problems listed).
+
+    The kept generation is used only when the compile state that checked out against the current
+    tree names its manifest (``kept_sha256``): a kept generation whose manifest is anything else
+    (copied over, edited, half rebuilt) is not obeyed in any part, but removed and rebuilt."""
     staging = sidecar(target, "new")
     previous_generation = sidecar(target, "prev")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
-        try:
-            staged = read_tree(previous_generation, previous_generation, Check.STAT,
-                               frozenset({kept_sha256}) if kept_sha256 else frozenset())
-        except OutputError:
-            staged = None  # not a generation we can vouch for: rebuilt, never obeyed
+        staged = _checked_generation(previous_generation, state)
         if staged is not None:
             os.rename(previous_generation, staging)
             os.unlink(staging / MANIFEST_FILE)  # from here on it is a work in progress
@@ -371,6 +427,23 @@ def _take_staging(target: Path, *, fresh: bool, kept_sha256: str = "") -> tuple[
     _remove(previous_generation)
     staging.mkdir()
     return staging, None
+
+
+def _checked_generation(folder: Path, state: CompileState | None) -> CheckedOutput | None:
+    """The kept generation read at ``STAT`` under the compile state, when its manifest is the one
+    the state names; None (with one line saying so) otherwise."""
+    if state is None:
+        return None
+    try:
+        data, _info = read_regular(folder / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if _sha(data) != state.kept_sha256:
+            log.warning("%s: its %s is not the one the compile state names; not used, rebuilt",
+                        folder.name, MANIFEST_FILE)
+            return None
+        staged = read_tree(folder, folder, Check.STAT, state)
+    except (OSError, OutputError):
+        return None  # not a generation we can vouch for: rebuilt, never obeyed
+    return staged if staged is not None and staged.manifest_data == data else None
 
 
 def _clean_staging(staging: Path, staged: CheckedOutput | None) -> Manifest:
@@ -410,17 +483,12 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _complete_generation(folder: Path, kept_sha256: str = "") -> bytes | None:
-    """The manifest of a kept generation that checks out (see ``reader``, the ``STAT`` level): a
-    real folder whose manifest is valid and whose files are what it says; None otherwise. A
-    staging tree has no manifest. ``kept_sha256``: its manifest's digest as the compile that
-    wrote it recorded it (lets the reader ``lstat`` instead of listing folders)."""
+def _complete_generation(folder: Path, state: CompileState | None) -> bytes | None:
+    """The manifest of a kept generation that checks out (see :func:`_checked_generation`) and
+    holds every file its manifest lists; None otherwise."""
     if not is_real_dir(folder):
         return None
-    try:
-        tree = read_tree(folder, folder, Check.STAT, frozenset({kept_sha256}) if kept_sha256 else frozenset())
-    except OutputError:
-        return None
+    tree = _checked_generation(folder, state)
     return tree.manifest_data if tree is not None and not tree.problems else None
 
 
@@ -453,59 +521,34 @@ def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> 
     log.info("kept generation %s recreated from the current tree", sidecar(target, "prev").name)
 
 
-def _keep_row_cache(target: Path, emails: dict[str, str] | None, previous: CheckedOutput | None,
-                    manifest_data: bytes, kept_manifest: bytes) -> None:
-    """Write the row cache for the tree just left in place (see ``rowcache``), unless it holds
-    what was read; without one (fast paths off, pseudonymised emails) remove any old one, so no
-    stale digest of an address stays beside the folder. Written as ``-rows-new`` and renamed:
-    a kill leaves a leftover the next run removes, or the old cache, bound to its own manifest."""
-    path = sidecar(target, "rows")
-    if emails is None:
-        _remove(path)
-        return
-    kept_sha256 = _sha(kept_manifest)
-    if (previous is not None and previous.row_cache is not None and emails == previous.row_cache
-            and previous.kept_sha256 == kept_sha256):
-        return  # a night with no change: the cache already says all this
-    cache = {"generator": "mdmgen", "version": __version__, "manifest_sha256": _sha(manifest_data),
-             "kept_sha256": kept_sha256, "emails": dict(sorted(emails.items()))}
-    staging = sidecar(target, "rows-new")
-    try:
-        _remove(staging)
-        write_new(staging, json.dumps(cache, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-        os.replace(staging, path)  # replaces a planted link itself, never what it points to
-    except OSError as exc:  # the tree is in place; without a cache the next run only validates more
-        log.info("%s: row cache not kept: %s", path, exc.strerror or exc)
-        _remove(staging)
+def _keep_state(target: Path, new_state: NewState | None, manifest: Manifest, manifest_data: bytes,
+                kept_manifest: bytes, *, touched: bool, old: CompileState | None = None,
+                settled: set[str] | None = None) -> None:
+    """Write the compile state (see ``state``) for the tree and kept generation just left in place.
 
-
-def _keep_run_memo(target: Path, run: RunRecord | None, manifest: Manifest, manifest_data: bytes,
-                   kept_manifest: bytes) -> None:
-    """Write the run memo (see ``runmemo``) for the tree and kept generation just left in place, as
-    ``-run-new`` renamed over ``-run``; without a record (fast paths off, a problem, signing) there
-    is none. Like the row cache it only ever saves work, so a memo that cannot be written is logged."""
-    if run is None or not fastpath.enabled():
-        _remove(sidecar(target, "run"))
+    Each file's modification time is taken from the tree as it is now, except for the ``settled``
+    devices: their files are the very inodes the ``old`` state vouched for (same size, mtime and
+    digest, unchanged since), so its times are theirs. When nothing was touched
+    and the record already says all this, it is left as it is; after anything was touched (even
+    only linked: a link moves the inode's ``st_ctime``) it is written again, so it is newer than
+    everything it vouches for."""
+    if new_state is None or not fastpath.enabled():
+        compile_state.write_state(target, None)
         return
-    folders, fleet, devices = memo_listing(manifest)
-    # Built from checked models, so not validated again (a 100,000-device listing is 240,000 items).
-    memo = RunMemoFile.model_construct(**dict(run), generator="mdmgen", version=__version__,
-                                       manifest_sha256=_sha(manifest_data), kept_sha256=_sha(kept_manifest),
-                                       folders=folders, fleet=fleet, devices=devices)
-    data = memo.model_dump_json().encode("utf-8")
     try:
-        if read_regular(sidecar(target, "run"), len(data))[0] == data:
-            return  # a night with no change: the memo already says all this
-    except (OSError, OutputError):
-        pass
-    staging = sidecar(target, "run-new")
-    try:
-        _remove(staging)
-        write_new(staging, data)
-        os.replace(staging, sidecar(target, "run"))
+        data = compile_state.encode(new_state, manifest, _sha(manifest_data), _sha(kept_manifest), target,
+                                    old if settled else None, settled or set())
     except OSError as exc:
-        log.info("%s: run memo not kept: %s", sidecar(target, "run"), exc.strerror or exc)
-        _remove(staging)
+        log.warning("%s: compile state not kept (%s)", target, exc.strerror or exc)
+        compile_state.write_state(target, None)
+        return
+    if not touched:
+        try:
+            if read_regular(compile_state.path(target), len(data))[0] == data:
+                return  # a night with no change: the record already says all this
+        except (OSError, OutputError):
+            pass
+    compile_state.write_state(target, data)
 
 
 def recover(target: Path) -> None:
@@ -519,8 +562,9 @@ def recover(target: Path) -> None:
             os.rename(parked, target)
         else:
             _remove(parked)
-    _remove(sidecar(target, "rows-new"))
-    _remove(sidecar(target, "run-new"))
+    _remove(sidecar(target, "state-new"))
+    for legacy in ("rows", "rows-new", "run", "run-new"):  # the row cache and run memo before the compile state
+        _remove(sidecar(target, legacy))
     if os.path.lexists(staging):
         log.info("removing leftovers of an interrupted run: %s", staging)
         _remove(staging)
