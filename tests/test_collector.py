@@ -319,7 +319,7 @@ def test_s3_publishes_the_collector_files_with_their_content_types(workdir, s3):
 
 
 def test_the_readme_collector_example_works_when_pasted(tmp_path):
-    """The README's "Collector side" block, pasted into a copy of the shipped example (with this
+    """The "Collector side" page's block (docs/collector.md), pasted into a copy of the shipped example (with this
     venv as its .venv: the block is about the collector, not about installing)."""
     promtool_path()  # the block checks the rules with it
     (block,) = [body for _marker, body in test_readme.shell_blocks() if "with-collector.yaml" in body]

@@ -63,7 +63,7 @@ VARIANTS = {
                              HEADERS, True),
 }
 OPERATOR_ENV = {"OTEL_TOKEN": TOKEN, "OTEL_TOKEN_OLD": OLD_TOKEN, "CH_USER": "otel", "CH_PASSWORD": "ch-" + "p" * 20}
-"""What an operator sets on the collector for these policies (the README's "Collector side")."""
+"""What an operator sets on the collector for these policies (docs/collector.md)."""
 
 
 def validate(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

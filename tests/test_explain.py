@@ -272,12 +272,13 @@ def test_a_pseudonymised_email_is_shown_as_its_keyed_pseudonym(project, monkeypa
 
 
 def test_the_readme_examples_work_on_the_shipped_project(tmp_path):
-    """The README's explain block, pasted (each line run through the real entry point) into the
-    shipped project as a new user has it, with no secret set: the shipped policy needs none."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The explain page's example block (docs/commands/explain.md), pasted (each line run through
+    the real entry point) into the shipped project as a new user has it, with no secret set: the shipped
+    policy needs none."""
+    readme = (ROOT / "docs" / "commands" / "explain.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- readme-test: manual: run against the shipped project by tests/test_explain.py -->\n"
                       r"```sh\n(.*?)```", readme, re.S)
-    assert block, "the README's explain example is gone"
+    assert block, "the explain page's example is gone"
     shutil.copytree(ROOT / "inventory", tmp_path / "inventory")
     shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     commands = [shlex.split(line, comments=True) for line in block.group(1).splitlines()]
@@ -289,7 +290,7 @@ def test_the_readme_examples_work_on_the_shipped_project(tmp_path):
 
 
 def test_the_readme_samples_are_what_explain_prints(project):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "commands" / "explain.md").read_text(encoding="utf-8")
     sample = re.search(r"\n```\n(  env\.OTEL_EXPORTER_OTLP_ENDPOINT.*?)```", readme, re.S).group(1)
     result = run(project, "explain", "C02XK1AAJGH5")
     fingerprinted = re.compile(r"fp:[0-9a-f]{8}")

@@ -34,7 +34,7 @@ from .test_readme import clean_env, paste, project_copy, shell_blocks
 pytestmark = pytest.mark.fresh_install
 
 TEST_ONLY = ("pytest", "hypothesis", "moto", "jsonschema", "tree_sitter")
-SHIPPED_MACS = ["C02XK1AAJGH5", "C02XK1ABJGH6", "FVFZ2ACDQ6L4", "C02YL2EFMD6R"]  # four of the six, as in the README
+SHIPPED_MACS = ["C02XK1AAJGH5", "C02XK1ABJGH6", "FVFZ2ACDQ6L4", "C02YL2EFMD6R"]  # four of the six, as in the docs
 
 
 def command_paths(command: click.Command = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

@@ -108,7 +108,7 @@ def test_accepted_token_passes(protocol, fleet):
     assert "not used: plain http to a loopback host" in line(result.stdout, "TLS")
     assert line(result.stdout, "token").startswith("  ok    token     accepted")
     assert "2 devices: LNX-1, WSL-1" in result.stdout
-    # The documented fingerprint (README, Preflight): scrypt N=2**15, r=8, p=1, fixed salt; never a plain sha256.
+    # The documented fingerprint (preflight page): scrypt N=2**15, r=8, p=1, fixed salt; never a plain sha256.
     shown = hashlib.scrypt(f"Bearer {TOKEN}".encode(), salt=b"mdmgen shown value fingerprint v1", n=2**15, r=8, p=1,
                            maxmem=64 << 20, dklen=32).hex()[:8]
     assert f"Authorization=fp:{shown}" in result.stdout

@@ -192,9 +192,9 @@ def test_mail_differing_only_in_case_refuses_naming_the_serial(workdir: Path, gr
     output = refused(publish(workdir, graph), graph)
     assert "C02MAC0003: mail: compiled 'user3@example.com', Intune would give 'User3@example.com'" in output
     assert "differs only in case" in output
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "targets" / "intune.md").read_text()
     quoted = next(line for line in readme.splitlines() if line.strip().startswith("(`C02MAC0003: mail:"))
-    assert quoted.strip()[2:-3] in output  # the README quotes the real message
+    assert quoted.strip()[2:-3] in output  # the Intune page quotes the real message
 
 
 def test_a_user_in_two_teams_groups_refuses(workdir: Path, graph: FakeGraphServer):

@@ -1,12 +1,14 @@
-"""The README is run, not just read: its shell blocks work when pasted, and the messages and
-exit codes it quotes are the ones mdmgen really prints.
+"""The documentation is run, not just read: its shell blocks work when pasted, and the messages
+and exit codes it quotes are the ones mdmgen really prints.
 
+The documentation is the README, every page of the site under ``docs/`` and CONTRIBUTING.md.
 Every ```sh block carries a marker in an HTML comment (invisible when rendered):
-``<!-- readme-test: run -->`` blocks are pasted, in order, into a fresh copy of the project;
-``<!-- readme-test: nightly -->`` is the nightly job, run against a fake /srv; and
-``<!-- readme-test: manual: REASON -->`` blocks need something this machine does not have (a
-real bucket, a Jamf tenant). A block without a marker fails the suite, so a new example is
-either tested or says why it cannot be.
+``<!-- readme-test: run -->`` blocks are pasted, in order (the README, then the site's pages in
+the order of its navigation), into a fresh copy of the project; ``<!-- readme-test: nightly -->``
+is the nightly job, run against a fake /srv; and ``<!-- readme-test: manual: REASON -->`` blocks
+need something this machine does not have (a real bucket, a Jamf tenant) or are pasted by the
+test the reason names. A block without a marker fails the suite, so a new example is either
+tested or says why it cannot be.
 """
 
 from __future__ import annotations
@@ -21,25 +23,58 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mdmgen.exitcodes import COMMANDS, ExitCode
 
 from .conftest import ROOT, SHIPPED_POLICY, openssl_path, require_tool, run
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```sh\n(?P<body>.*?)```", re.S)
 
 
+def nav_pages(nav: object) -> list[str]:
+    """The pages of mkdocs.yml's ``nav:``, in order."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return [page for item in nav for page in nav_pages(item)]
+
+
+def documentation() -> list[Path]:
+    """README.md, the site's pages in the order of its navigation (then any page left out of it,
+    which the strict build refuses anyway), and CONTRIBUTING.md."""
+    ordered = [DOCS / page for page in nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])]
+    others = sorted(set(DOCS.rglob("*.md")) - set(ordered))
+    return [ROOT / "README.md", *ordered, *others, ROOT / "CONTRIBUTING.md"]
+
+
+PAGES = {path: path.read_text(encoding="utf-8") for path in documentation()}
+README = PAGES[ROOT / "README.md"]
+ALL_TEXT = "\n".join(PAGES.values())
+
+
+def page(name: str) -> str:
+    """The text of one page of the site, by its path under docs/ ("targets/s3.md")."""
+    return PAGES[DOCS / name]
+
+
+def shell_blocks_by_page() -> list[tuple[Path, str | None, str]]:
+    return [(path, m["marker"], m["body"]) for path, text in PAGES.items() for m in BLOCK.finditer(text)]
+
+
 def shell_blocks() -> list[tuple[str | None, str]]:
-    return [(m["marker"], m["body"]) for m in BLOCK.finditer(README)]
+    """Every ```sh block of the documentation, in reading order: (marker, body)."""
+    return [(marker, body) for _path, marker, body in shell_blocks_by_page()]
 
 
-def table_after(heading: str, start: int = 0) -> dict[str, str]:
-    """The first Markdown table after ``heading`` (searched from ``start``): first column ->
-    second column."""
-    start = README.index(heading, start)
+def table_after(heading: str, text: str = README, start: int = 0) -> dict[str, str]:
+    """The first Markdown table after ``heading`` in ``text`` (searched from ``start``): first
+    column -> second column."""
+    start = text.index(heading, start)
     rows: dict[str, str] = {}
-    for line in README[start:].splitlines()[1:]:
+    for line in text[start:].splitlines()[1:]:
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if cells[0] and not set(cells[0]) <= set("-:") and cells[0] not in ("Code", "Exit code", "Command"):
@@ -50,46 +85,61 @@ def table_after(heading: str, start: int = 0) -> dict[str, str]:
 
 
 def test_every_shell_block_is_tested_or_says_why_not():
-    markers = [marker for marker, _body in shell_blocks()]
-    assert markers, "no shell block found"
-    for marker in markers:
-        assert marker is not None, "a ```sh block in the README has no readme-test marker"
-        assert marker in ("run", "nightly") or re.fullmatch(r"manual: \S.*", marker), marker
+    blocks = shell_blocks_by_page()
+    assert blocks, "no shell block found"
+    assert {path.parent for path, _marker, _body in blocks} >= {ROOT, DOCS, DOCS / "targets", DOCS / "commands"}
+    for path, marker, body in blocks:
+        where = f"{path.relative_to(ROOT)}: {body.splitlines()[0] if body else ''}"
+        assert marker is not None, f"{where}: a ```sh block has no readme-test marker"
+        assert marker in ("run", "nightly") or re.fullmatch(r"manual: \S.*", marker), f"{where}: {marker}"
+
+
+def test_the_copies_of_the_two_set_up_commands_are_the_readmes():
+    """The quick start and the test command appear on the site and in CONTRIBUTING.md too; those
+    copies are marked manual because the README's are the ones pasted, so they must be the same."""
+    quick_start = next(body for marker, body in shell_blocks() if marker == "run")
+    (test_command,) = [body for marker, body in shell_blocks() if marker == "manual: the test command itself"]
+    copies = [(marker, body) for marker, body in shell_blocks()
+              if marker and marker.startswith("manual: the README's ")]
+    assert len(copies) == 3, copies
+    for marker, body in copies:
+        assert body == (quick_start if "quick start" in marker else test_command), marker
 
 
 # --- exit codes and messages ----------------------------------------------------------------
 
 
 def test_the_exit_code_tables_list_what_the_commands_do():
-    shared = table_after("### Exit codes")
-    assert sorted(int(code) for code in shared) == [int(code) for code in ExitCode]
-    per_command = table_after("Which command exits with which code")
-    listed = {name.strip("`").removeprefix("mdmgen "): sorted(int(c) for c in codes.split(","))
-              for name, codes in per_command.items()}
-    assert listed == {command: sorted(codes) for command, codes in COMMANDS.items()}
-    for heading, command in (("## Publishing to S3", "publish s3"), ("## Publishing to Jamf Pro", "publish jamf"),
-                             ("## Publishing to Microsoft Intune", "publish intune"),
-                             ("## Adoption: `mdmgen adoption`", "adoption"),
-                             ("## Explaining a device: `mdmgen explain`", "explain")):
-        codes = table_after("**Exit codes.**", README.index(heading))
+    """The README's short table and the site's full one list every code; the per-command tables
+    the site shows are made from exitcodes.py at build time (tests/test_docs.py checks each page),
+    and the pages that explain a code in their own words keep their own table, checked here."""
+    assert sorted(int(code) for code in table_after("### Exit codes")) == [int(code) for code in ExitCode]
+    full = page("exit-codes.md")
+    assert sorted(int(code) for code in table_after("# Exit codes", full)) == [int(code) for code in ExitCode]
+    assert "<!-- exit-codes: commands -->" in full
+    for name, command in (("targets/s3.md", "publish s3"), ("targets/jamf.md", "publish jamf"),
+                          ("targets/intune.md", "publish intune"), ("commands/adoption.md", "adoption"),
+                          ("commands/explain.md", "explain")):
+        codes = table_after("**Exit codes.**", page(name))
         assert sorted(int(c) for c in codes) == sorted(COMMANDS[command]), command
-    preflight = table_after("| Exit code | Meaning |", README.index("### `mdmgen preflight`"))
+    preflight = table_after("| Exit code | Meaning |", page("commands/preflight.md"))
     assert sorted(int(c) for c in preflight) == sorted(COMMANDS["preflight"])
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_help_text_lists_its_exit_codes(workdir, command):
     """The wiring: each command prints its own table (a command that forgot its epilog, or got
-    another command's, fails here); that the tables are right is checked against the README."""
+    another command's, fails here); that the tables are right is checked against the documentation."""
     help_text = run(workdir, *command.split(), "--help").stdout
     listed = re.findall(r"^ +(\d)  ", help_text.split("Exit codes:")[1], re.M)
     assert [int(c) for c in listed] == list(COMMANDS[command])
 
 
 def quoted(prefix: str, containing: str = "") -> str:
-    """The README's inline-code sample message that starts with ``prefix`` (and holds ``containing``)."""
-    found = [text for text in re.findall(rf"`({re.escape(prefix)}[^`]*)`", README) if containing in text]
-    assert found, f"the README quotes no message starting with {prefix!r}"
+    """The documentation's inline-code sample message that starts with ``prefix`` (and holds
+    ``containing``)."""
+    found = [text for text in re.findall(rf"`({re.escape(prefix)}[^`]*)`", ALL_TEXT) if containing in text]
+    assert found, f"the documentation quotes no message starting with {prefix!r}"
     return found[0]
 
 
@@ -122,10 +172,10 @@ def test_the_set_at_sample_names_the_line_of_the_shipped_policy(tmp_path):
 
 def test_the_policy_example_compiles_against_the_shipped_inventory(tmp_path):
     """The first thing a reader copies: the example of "Policy format", with the shipped inventory."""
-    section = README.index("## Policy format")
-    start = README.index("```yaml\n", section) + len("```yaml\n")
-    example = README[start:README.index("```", start)]
-    assert start < README.index("\n## ", section + 1), "the Policy format section has no yaml example"
+    text = page("policy.md")
+    start = text.index("```yaml\n") + len("```yaml\n")
+    example = text[start:text.index("```", start)]
+    assert start < text.index("\n## "), "the Policy format page has no yaml example before its first section"
     project = shipped_project(tmp_path, example)
     result = run(project, "compile", "--json", "--out", "out")
     assert result.exit_code == 0, result.output
@@ -190,19 +240,26 @@ def clean_env() -> dict[str, str]:
 
 
 def test_the_run_blocks_work_when_pasted_in_order(tmp_path):
-    """Quick start, then trying S3, Jamf and signing locally, each pasted as one block, as a newcomer would."""
+    """Quick start, a first look, then trying S3, Jamf and signing locally, each pasted as one block, as a
+    newcomer would."""
     require_tool("curl", "the README's S3 example waits for its server with it")
     openssl_path()  # the signing example makes its certificate and verifies with it
     project = project_copy(tmp_path / "mdmgen")
     blocks = [body for marker, body in shell_blocks() if marker == "run"]
-    assert len(blocks) == 4
-    quick_start, try_s3, try_jamf, try_signing = blocks
+    assert len(blocks) == 5
+    quick_start, first_look, try_s3, try_jamf, try_signing = blocks
     assert ".[" not in quick_start  # no extras: tests/test_fresh_install.py runs every command after it
 
     result = paste(quick_start, project, clean_env())
     assert result.returncode == 0, result.stdout
     assert (project / "output" / "manifest.json").is_file()
     assert "Compiled 18 devices into output/" in result.stdout
+
+    result = paste(first_look, project, clean_env())
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout
+    assert "set by base at profiles/policy.yaml:26" in result.stdout  # explain names the policy line
+    assert result.stdout.splitlines()[-1] == "no difference"
 
     result = paste(try_s3, project, clean_env())
     assert result.returncode == 0, result.stdout

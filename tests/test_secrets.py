@@ -315,11 +315,12 @@ def test_redaction_covers_every_problem_message(fleet, monkeypatch):
     assert TOKEN not in result.stderr and TOKEN not in result.stdout and "[redacted]" in result.stderr
 
 
-# --- the README's example ------------------------------------------------------------------------------
+# --- the documentation's example (docs/secrets.md) -----------------------------------------------------------
 
 
 def test_the_readme_example_compiles_with_the_token_from_the_environment(tmp_path):
-    """The README's "Trying it" block, pasted into a copy of the project (with this venv's mdmgen)."""
+    """The secrets page's "Trying it" block (docs/secrets.md), pasted into a copy of the project
+    (with this venv's mdmgen)."""
     from .test_readme import ROOT, clean_env, paste, shell_blocks
 
     (block,) = [body for marker, body in shell_blocks() if marker and "tests/test_secrets.py" in marker]
@@ -391,5 +392,5 @@ def test_the_readme_sample_error_is_what_the_example_policy_prints(tmp_path, mon
         shutil.copytree(ROOT / folder, tmp_path / folder)
     result = run(tmp_path, "validate", "--profiles", "profiles/examples/otel-token.yaml")
     assert result.exit_code == 1
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "secrets.md").read_text()
     assert f"`{result.stderr.splitlines()[0]}`" in readme

@@ -1,7 +1,7 @@
-"""Secrets never reach git by following the README.
+"""Secrets never reach git by following the documentation.
 
 ``compile`` warns, once, when it writes device files that embed a secret inside a git work tree
-where they are not ignored; and the README's nightly job, run with the README's secrets example,
+where they are not ignored; and the documented nightly job, run with the documented secrets example,
 commits no token into the audit repository's history. Both use the real ``git``.
 """
 
@@ -40,7 +40,7 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture
 def project(workdir: Path, monkeypatch) -> Path:
-    """The README's secrets example (profiles/examples/otel-token.yaml) as the policy."""
+    """The documented secrets example (profiles/examples/otel-token.yaml) as the policy."""
     monkeypatch.setenv("OTEL_TOKEN", TOKEN)
     shutil.copy(ROOT / "profiles" / "examples" / "otel-token.yaml", workdir / "profiles" / "policy.yaml")
     write_inventory(workdir, ROWS)
@@ -131,7 +131,7 @@ def test_a_tracked_file_is_warned_about_even_when_ignored_later(project):
 
 
 def test_the_nightly_job_with_the_secrets_example_commits_no_token(tmp_path):
-    """The README's nightly job, with the README's secrets example as the policy, for two nights
+    """The documented nightly job, with the secrets example as the policy, for two nights
     (the token rotated in between): the audit repository's history holds the manifest and no token."""
     (nightly,) = [body for marker, body in shell_blocks() if marker == "nightly"]
     srv = tmp_path / "srv"

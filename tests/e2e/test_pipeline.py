@@ -80,7 +80,7 @@ RANGE = 7 * 86400  # the dashboards open on now-7d: Grafana's $__range
 
 
 def pseudonym(email: str) -> str:
-    """The documented definition (README "Pseudonymous emails"), computed here independently."""
+    """The documented definition (docs/secrets.md, "Pseudonymous identity"), computed here independently."""
     local, _, domain = email.partition("@")
     normalised = f"{local}@{domain.lower()}".casefold()
     return "u-" + hmac.new(PSEUDONYM_KEY.encode(), normalised.encode(), hashlib.sha256).hexdigest()[:32]
