@@ -125,13 +125,18 @@ def test_the_text_report_is_sorted_by_ratio_and_names_what_the_source_cannot_see
     assert len(source) == 1 and "Bedrock" in source[0] and "subscription" in source[0] and "last hour" in source[0]
 
 
-def test_pseudonymised_no_raw_email_in_any_output_and_the_same_figures(workdir, fake, monkeypatch):
+def compile_pseudonymised(workdir, monkeypatch) -> None:
+    """The inventory compiled with pseudonymise_email on, and the admin key set, as a nightly job has it."""
     policy = workdir / "profiles" / "policy.yaml"
     policy.write_text(policy.read_text() + "\npseudonymise_email: true\n")
     monkeypatch.setenv(secrets.KEY_ENV, PSEUDONYM_KEY)
     write_inventory(workdir, INVENTORY)
     assert run(workdir, "compile").exit_code == 0
     monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", KEY)
+
+
+def test_pseudonymised_no_raw_email_in_any_output_and_the_same_figures(workdir, fake, monkeypatch):
+    compile_pseudonymised(workdir, monkeypatch)
     as_json = adoption(workdir, fake, "--json", "--csv", "a.csv", "--chart", "a.svg")
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.stdout)
@@ -146,12 +151,7 @@ def test_pseudonymised_no_raw_email_in_any_output_and_the_same_figures(workdir, 
 
 
 def test_a_wrong_pseudonym_key_is_said(workdir, fake, monkeypatch):
-    policy = workdir / "profiles" / "policy.yaml"
-    policy.write_text(policy.read_text() + "\npseudonymise_email: true\n")
-    monkeypatch.setenv(secrets.KEY_ENV, PSEUDONYM_KEY)
-    write_inventory(workdir, INVENTORY)
-    assert run(workdir, "compile").exit_code == 0
-    monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", KEY)
+    compile_pseudonymised(workdir, monkeypatch)
     monkeypatch.setenv(secrets.KEY_ENV, "another-key-of-enough-length-000")
     result = adoption(workdir, fake)
     assert result.exit_code == 0
@@ -269,11 +269,9 @@ def test_the_chart_has_one_bar_and_one_line_per_team(tmp_path):
     bars, lines = figure.axes
     assert len(bars.patches) == 3 and len(lines.get_lines()) == 3
     assert [round(p.get_width()) for p in bars.patches] == [100, 100, 0]  # One, Three, Two $y$ (by name)
-    chart.save(figure, tmp_path / "a.svg")
-    svg = (tmp_path / "a.svg").read_text()
+    svg = chart.render(figure, ".svg").decode()
     assert len(re.findall(r'<g id="patch_\d+">', svg)) >= 3 and "<dc:date>" not in svg
-    chart.save(chart.figure(report), tmp_path / "b.svg")
-    assert (tmp_path / "b.svg").read_bytes() == (tmp_path / "a.svg").read_bytes()  # deterministic
+    assert chart.render(chart.figure(report), ".svg").decode() == svg  # deterministic: the same bytes again
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -296,3 +294,14 @@ def test_the_join_counts_a_person_in_each_of_their_teams_and_sources_merge():
         "Dev": (2, 2, 1.0), "Lab": (0, 0, None), "Ops": (1, 1, 1.0)}
     assert report.unidentified_devices == ["N1"] and report.active_not_enrolled == []  # eve: outside the window
     assert report.api_key_usage == []  # a key with no session is not usage
+
+
+def test_a_link_planted_where_the_csv_is_written_is_not_followed(workdir, fake, monkeypatch, tmp_path):
+    write_inventory(workdir, INVENTORY)
+    assert run(workdir, "compile").exit_code == 0
+    monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", KEY)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (workdir / ".a.csv.mdmgen-tmp").symlink_to(victim)  # the temporary name an older writer used
+    assert adoption(workdir, fake, "--csv", "a.csv").exit_code == 0
+    assert victim.read_text() == "untouched" and (workdir / "a.csv").read_text().startswith("team")

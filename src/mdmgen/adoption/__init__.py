@@ -13,6 +13,7 @@ The stages, I/O at the edges and the join pure in the middle:
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def run(options: Options, *, environ: Mapping[str, str] | None = None,
         written.append(options.csv)
     if options.chart is not None:
         figure = chart.figure(report)
-        _write(options.chart, lambda: chart.save(figure, options.chart))
+        _write(options.chart, lambda: _atomic(options.chart, chart.render(figure, options.chart.suffix)))
         written.append(options.chart)
     return Outcome(report, tuple(written))
 
@@ -100,12 +101,17 @@ def _write(path: Path, write: Callable[[], None]) -> None:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.mdmgen-tmp")
+    """Write ``data`` to ``path`` in one step: a reader sees the old file or the new one. The
+    temporary file is made new (``mkstemp``), so a link planted under a guessable name is never
+    followed."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mdmgen-tmp", dir=path.parent)
     try:
-        temp.write_bytes(data)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def build(options: Options, *, environ: Mapping[str, str] | None = None,

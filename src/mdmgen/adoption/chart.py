@@ -9,8 +9,7 @@ draws the same file.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +69,10 @@ def figure(report: Report) -> Any:
     return fig
 
 
-def save(fig: Any, path: Path) -> None:
-    """Write the chart (format from the suffix) in one step: a reader sees the old file or the new one."""
-    fmt = path.suffix.lower().lstrip(".")
+def render(fig: Any, suffix: str) -> bytes:
+    """The chart's bytes in the format its file's suffix names (``.png`` or ``.svg``), with no date in them."""
+    fmt = suffix.lower().lstrip(".")
     metadata = {"Date": None} if fmt == "svg" else {"Software": "mdmgen"}
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, metadata=metadata)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, metadata=metadata)
+    return buffer.getvalue()
