@@ -178,6 +178,25 @@ def test_a_library_upgrade_validates_every_row_again(workdir, monkeypatch):
     assert "mdmgen-state: written by another version of mdmgen or of its libraries" in result.stderr
 
 
+@pytest.mark.parametrize("second", ["the same row again", "a new row with a known serial"])
+def test_a_known_row_is_taken_whole_but_a_duplicate_of_it_is_still_refused(workdir, tmp_path, monkeypatch, second):
+    """A row the record knows skips every per-row check (``inventory._load_known_row``); what
+    depends on the other rows, a serial written twice, is still found, in either order, with the
+    same lines and exit code as a compile from nothing."""
+    write_inventory(workdir, ROWS)
+    compile_json(workdir)
+    extra = "MAC1,macos,ann@example.com,Ops\n" if second == "the same row again" else "mac1,linux,zed@example.com,Ops\n"
+    for rows in (ROWS + extra, HEADER + extra + ROWS.removeprefix(HEADER)):
+        write_inventory(workdir, rows)
+        result = run(workdir, "compile")
+        monkeypatch.setenv("MDMGEN_NO_FASTPATH", "1")
+        scratch = run(workdir, "compile", "--out", str(tmp_path / "scratch"))
+        monkeypatch.delenv("MDMGEN_NO_FASTPATH")
+        assert result.exit_code == scratch.exit_code == 1
+        assert "duplicate serial 'MAC1'" in result.stderr
+        assert result.stderr == scratch.stderr
+
+
 def test_a_var_or_skip_invalid_given_or_dropped_is_a_changed_input(workdir, tmp_path):
     write_inventory(workdir, ROWS)
     compile_json(workdir)
