@@ -22,6 +22,7 @@ from .models import (
     Device,
     Location,
     Manifest,
+    ManifestDevice,
     ManifestSecret,
     MdmgenError,
     Platform,
@@ -255,103 +256,163 @@ def _fleet_leaks(fleet_files: Mapping[str, bytes], values: Iterable[str], where:
     return problems
 
 
+@dataclass
+class _Compilation:
+    """What every device's step of one compile shares: the prepared stages, what the compile state
+    and the previous manifest say (for the one reuse rule), the secrets' values and their blanks
+    (for ``redacted``), the fast path and the collector side's tally. Made once per compile, by
+    :func:`_start`, and dropped with it: nothing outlives the compile."""
+
+    prepared: Prepared
+    previous: Mapping[str, ManifestDevice]
+    known_rows: Mapping[str, str]
+    secret_values: dict[str, str]
+    blanks: dict[str, list[tuple[bytes, bytes]]]
+    shaper: shapes.Shaper | None
+    telemetry: destinations.FleetDestinations
+    embedded: set[str] = field(default_factory=set)  # the labels of the secrets the compiled devices embed
+
+    @property
+    def policy(self) -> policy.Policy:
+        return self.prepared.loaded.policy
+
+
+def _start(prepared: Prepared, previous: Manifest | None, known_rows: Mapping[str, str]) -> _Compilation:
+    renderer = prepared.renderer
+    secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
+    # ``shapes`` compiles devices that share a shape once; it needs the keyless path (no pseudonym).
+    use_shapes = fastpath.enabled() and prepared.pseudonymiser is None
+    return _Compilation(prepared=prepared, previous=previous.devices if previous else {}, known_rows=known_rows,
+                        secret_values=secret_values, blanks=_blanks(secret_values),
+                        shaper=shapes.Shaper(renderer, prepared.loaded.policy) if use_shapes else None,
+                        telemetry=destinations.FleetDestinations(renderer))
+
+
 def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    var_overrides: Mapping[str, str], *, skip_invalid: bool,
                    previous: Manifest | None, progress: Progress,
                    known_rows: Mapping[str, str]) -> CompileResult:
+    """The named steps of :func:`compile_fleet`: prepare, each device, the fleet files, the verdict
+    and what the compile state will record."""
     inventory_paths = list(inventory_paths)
     digests = runkey.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
     prepared = prepare(inventory_paths, profiles, var_overrides, known_rows)
-    loaded, inv, renderer = prepared.loaded, prepared.inventory, prepared.renderer
-    pseudonymiser = prepared.pseudonymiser
-
+    inv = prepared.inventory
+    run = _start(prepared, previous, known_rows)
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
-                           secret_env=list(loaded.policy.secret_env),
+                           secret_env=list(prepared.loaded.policy.secret_env),
                            status_columns=inv.status_columns, team_spellings=inv.team_spellings,
-                           pseudonymised=pseudonymiser is not None)
-    secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
-    blanks = _blanks(secret_values)
-    embedded: set[str] = set()
+                           pseudonymised=prepared.pseudonymiser is not None)
     bad_serials = {p.serial for p in inv.problems if p.serial}
-    allow_content = loaded.policy.allow_content_logging
-    known = previous.devices if previous else {}
-    telemetry = destinations.FleetDestinations(renderer)  # for the collector side (fleet files)
-    shaper = shapes.Shaper(renderer, loaded.policy) if fastpath.enabled() and pseudonymiser is None else None
     progress.start(len(inv.devices), "Compiling")
     for device in inv.devices:
         progress.advance()
-        if device.serial in bad_serials:
-            continue
-        raw_email = None
-        if pseudonymiser is not None:  # from here on the device carries only its pseudonym
-            raw_email = device.user_email
-            device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
-        inputs = renderer.inputs(device, raw_email)
-        labels = tuple(ref.label for ref in renderer.secrets_used(device))
-        before = known.get(device.serial)
-        if (before is not None and before.inputs == inputs
-                and known_rows.get(device.serial) == inv.row_digests[device.serial]):
-            embedded.update(labels)
-            result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels,
-                                                 redacted=before.redacted))
-            if loaded.policy.collector is not None:
-                telemetry.reused(device, raw_email)
-            continue
-        result.rendered += 1
-        # The fast path (``shapes``) for devices that embed no secret; with any problem the slow
-        # path compiles the device again, so every message is the slow path's.
-        shaped = shaper.compile(device) if shaper is not None and not labels else None
-        emit = None
-        if shaped is not None:
-            settings, emit = shaped
-            if check_settings(settings, device, allow_content) or check_headers_helper(settings, device):
-                emit = None
-        if emit is None:
-            settings, files, problems = render_device(renderer, device, raw_email)
-            if files is None:
-                result.problems.extend(problems)
-                continue
-        else:
-            files = emit()
-            if leak := raw_email_leak(renderer, device, raw_email, files):
-                result.problems.append(leak)
-                continue
-        embedded.update(labels)
-        redacted = _blanked(files, blanks, labels) if labels else None
-        result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
-                                             redacted=redacted))
-        if loaded.policy.collector is not None:
-            telemetry.rendered(device, settings)
+        if device.serial not in bad_serials:
+            _compile_device(run, device, result)
     progress.finish()
+    _compile_fleet_files(run, result)
+    bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
+    result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
+    if result.problems and not (skip_invalid and all(p.row for p in result.problems)):
+        raise MdmgenError(result.problems)
+    result.state = _new_state(run, result, digests, var_overrides, skip_invalid)
+    return result
+
+
+def _compile_device(run: _Compilation, device: Device, result: CompileResult) -> None:
+    """One device: reused under the one rule (its row digest is the compile state's and its inputs
+    fingerprint the previous manifest's), else rendered, checked and emitted. Adds the compiled
+    device, or its problems, to ``result``."""
+    renderer, pseudonymiser = run.prepared.renderer, run.prepared.pseudonymiser
+    raw_email = None
+    if pseudonymiser is not None:  # from here on the device carries only its pseudonym
+        raw_email = device.user_email
+        device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
+    inputs = renderer.inputs(device, raw_email)
+    labels = tuple(ref.label for ref in renderer.secrets_used(device))
+    before = run.previous.get(device.serial)
+    collecting = run.policy.collector is not None
+    if (before is not None and before.inputs == inputs
+            and run.known_rows.get(device.serial) == run.prepared.inventory.row_digests[device.serial]):
+        run.embedded.update(labels)
+        result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels, redacted=before.redacted))
+        if collecting:
+            run.telemetry.reused(device, raw_email)
+        return
+    result.rendered += 1
+    compiled = _render(run, device, raw_email, labels)
+    if isinstance(compiled, Problem):
+        result.problems.append(compiled)
+        return
+    if isinstance(compiled, list):
+        result.problems.extend(compiled)
+        return
+    settings, files = compiled
+    run.embedded.update(labels)
+    result.devices.append(CompiledDevice(device=device, inputs=inputs, files=files, secrets=labels,
+                                         redacted=_blanked(files, run.blanks, labels) if labels else None))
+    if collecting:
+        run.telemetry.rendered(device, settings)
+
+
+def _render(run: _Compilation, device: Device, raw_email: str | None, labels: tuple[str, ...]
+            ) -> tuple[Settings, dict[str, bytes]] | list[Problem] | Problem:
+    """A device's settings and files, by the fast path (``shapes``) for a device that embeds no
+    secret, else by :func:`render_device`. With any problem on the fast path the device is compiled
+    again by the slow one, so every message is the slow path's."""
+    renderer = run.prepared.renderer
+    shaped = run.shaper.compile(device) if run.shaper is not None and not labels else None
+    if shaped is not None:
+        settings, emit = shaped
+        if not (check_settings(settings, device, run.policy.allow_content_logging)
+                or check_headers_helper(settings, device)):
+            files = emit()
+            leak = raw_email_leak(renderer, device, raw_email, files)
+            return leak if leak is not None else (settings, files)
+    settings, files, problems = render_device(renderer, device, raw_email)
+    if files is None:
+        return problems
+    assert settings is not None
+    return settings, files
+
+
+def _compile_fleet_files(run: _Compilation, result: CompileResult) -> None:
+    """The collector side from what the compiled devices send, checked to hold no secret value, and
+    the secrets the devices embed (fingerprints and the settings keys they are in)."""
+    loaded, renderer = run.prepared.loaded, run.prepared.renderer
     compiled = tuple(c.device for c in result.devices)
     sent = None
     if loaded.policy.collector is not None:
         try:  # the team label and values the devices send, which the rules and dashboards count
-            sent = telemetry.sent_team(compiled, loaded.location(("collector",)))
+            sent = run.telemetry.sent_team(compiled, loaded.location(("collector",)))
         except destinations.TeamAttributeError as exc:
             raise MdmgenError([exc.problem]) from None
     result.fleet_files = registry.emit_fleet(registry.FleetInput(
-        devices=compiled, policy=loaded.policy, destinations=telemetry.sorted(), team=sent))
-    leaks = _fleet_leaks(result.fleet_files, secret_values.values(), Location(file=loaded.file))
+        devices=compiled, policy=loaded.policy, destinations=run.telemetry.sorted(), team=sent))
+    leaks = _fleet_leaks(result.fleet_files, run.secret_values.values(), Location(file=loaded.file))
     if leaks:
         raise MdmgenError(leaks)
     keys = {ref.label: found for ref, found in renderer.secret_keys().items()}
     fingerprints = {ref.label: fp for ref, fp in renderer.secret_fingerprints().items()}
     result.secrets = {label: ManifestSecret(fingerprint=fingerprints[label], keys=keys.get(label, []))
-                      for label in sorted(embedded)}
-    result.secret_env = sorted(set(result.secret_env) | {key[4:] for label in embedded for key in keys.get(label, [])
+                      for label in sorted(run.embedded)}
+    result.secret_env = sorted(set(result.secret_env) | {key[4:] for label in run.embedded
+                                                          for key in keys.get(label, [])
                                                           if key.startswith("env.") and key.count(".") == 1})
-    bad_rows = {(p.location.file, p.location.line) for p in inv.problems if p.row}
-    result.rejected = len(bad_rows) + len(inv.devices) - len(result.devices)
-    if result.problems and not (skip_invalid and all(p.row for p in result.problems)):
-        raise MdmgenError(result.problems)
-    result.state = NewState(rows=inv.row_digests)
-    if (digests is not None and not result.problems and not result.rejected
-            and [name for name, _digest in digests[:-1]] == inv.files and digests[-1][0] == loaded.file):
-        fingerprints = {ref.label: fp for ref, fp in renderer.secret_fingerprints().items()}
-        key = runkey.run_key(digests, var_overrides, skip_invalid, fingerprints,
-                             pseudonymiser.key_id if pseudonymiser else None)
-        result.state = NewState(rows=inv.row_digests, run_key=key, secrets=tuple(sorted(fingerprints)),
-                                pseudonymised=pseudonymiser is not None,
-                                summary=result.summary().model_copy(update={"rendered": 0}))
-    return result
+
+
+def _new_state(run: _Compilation, result: CompileResult, digests: list[tuple[str, str]] | None,
+               var_overrides: Mapping[str, str], skip_invalid: bool) -> NewState:
+    """What the compile state records: every device's row digest, and the run key and summary that
+    let a night with the very same inputs be reused whole, only after a compile with no problem
+    whose files were all read (the run key covers exactly those files)."""
+    inv, loaded, pseudonymiser = run.prepared.inventory, run.prepared.loaded, run.prepared.pseudonymiser
+    if (digests is None or result.problems or result.rejected
+            or [name for name, _digest in digests[:-1]] != inv.files or digests[-1][0] != loaded.file):
+        return NewState(rows=inv.row_digests)
+    fingerprints = {ref.label: fp for ref, fp in run.prepared.renderer.secret_fingerprints().items()}
+    key = runkey.run_key(digests, var_overrides, skip_invalid, fingerprints,
+                         pseudonymiser.key_id if pseudonymiser else None)
+    return NewState(rows=inv.row_digests, run_key=key, secrets=tuple(sorted(fingerprints)),
+                    pseudonymised=pseudonymiser is not None,
+                    summary=result.summary().model_copy(update={"rendered": 0}))
