@@ -174,10 +174,11 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
 
             derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
             new_state = result.state if signer is None else dataclasses.replace(result.state, run_key=None)
-            changes = output.write(out, result.devices, previous, result.secret_env, fleet_files=result.fleet_files,
-                                   fresh=full or not fastpath.enabled(), progress=report.progress(),
-                                   secrets=result.secrets, derived=derived, new_state=new_state,
-                                   pseudonymised=result.pseudonymised)
+            request = output.WriteRequest(
+                compiled=result.devices, fleet_files=result.fleet_files, secret_env=result.secret_env,
+                secrets=result.secrets, derived=derived, new_state=new_state, pseudonymised=result.pseudonymised,
+                fresh=full or not fastpath.enabled())
+            changes = output.write(out, request, previous, progress=report.progress())
     except output.OutputBusy as exc:
         report.fail(ExitCode.BUSY, f"error: {exc}")
     except output.OutputError as exc:

@@ -473,7 +473,7 @@ def parse_platform(raw: str) -> Platform | None:
 
 def _check_platform(raw: str, bad) -> Platform | None:
     platform = parse_platform(raw)
-    if platform is None or serial in first_seen:
+    if platform is None:
         if not raw:
             bad("platform", "missing value (use macos, linux, windows or wsl)")
             return None

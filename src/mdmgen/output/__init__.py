@@ -39,11 +39,11 @@ from .lock import locked
 from .manifest import Changes, FleetChanges, build_manifest, manifest_bytes
 from .reader import Check, CheckedFile, CheckedOutput, checked, read
 from .state import CompileState, NewState, StateRead
-from .writer import read_previous, read_state, recover, unchanged, write
+from .writer import WriteRequest, read_previous, read_state, recover, unchanged, write
 
 __all__ = [
     "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "CompileState", "FleetChanges",
-    "NewState", "OutputBusy", "OutputError", "StateRead", "build_manifest", "checked", "device_path", "interrupted",
-    "kind_of", "locked", "manifest_bytes", "read", "read_previous", "read_state", "recover", "sidecar", "unchanged",
-    "write",
+    "NewState", "OutputBusy", "OutputError", "StateRead", "WriteRequest", "build_manifest", "checked", "device_path",
+    "interrupted", "kind_of", "locked", "manifest_bytes", "read", "read_previous", "read_state", "recover", "sidecar",
+    "unchanged", "write",
 ]

@@ -24,6 +24,8 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import fastpath
@@ -114,20 +116,33 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | None,
-          secret_env: list[str] | None = None, *, fleet_files: dict[str, bytes] | None = None,
-          fresh: bool = False, progress: Progress = NO_PROGRESS, secrets: dict[str, ManifestSecret] | None = None,
-          derived: DerivedFiles | None = None, new_state: NewState | None = None,
-          pseudonymised: bool = False) -> Changes:
-    """Make ``out`` hold exactly ``compiled`` and ``fleet_files``; call with the lock held.
+@dataclass(frozen=True)
+class WriteRequest:
+    """What a compile asks the output folder to hold: its devices (a reused one has ``files=None``
+    and keeps the previous tree's), the fleet files, what the manifest says of secrets and
+    pseudonyms, the derived files made after the compile (signed profiles, see ``signing``; one
+    given without bytes is kept from the previous tree like any unchanged file), and what the
+    compile state will record (``new_state``; None: no record). ``fresh`` (``--full``, or the fast
+    paths off) rebuilds the staging tree from nothing."""
+
+    compiled: list[CompiledDevice]
+    fleet_files: Mapping[str, bytes] = field(default_factory=dict)
+    secret_env: list[str] = field(default_factory=list)
+    secrets: Mapping[str, ManifestSecret] = field(default_factory=dict)
+    derived: DerivedFiles = field(default_factory=dict)
+    new_state: NewState | None = None
+    pseudonymised: bool = False
+    fresh: bool = False
+
+
+def write(out: Path, request: WriteRequest, previous: CheckedOutput | None,
+          progress: Progress = NO_PROGRESS) -> Changes:
+    """Make ``out`` hold exactly what ``request`` asks; call with the lock held.
 
     ``previous`` is :func:`read_previous`'s answer. Files whose bytes equal the previous output's
     are hard-linked from it rather than rewritten, unless they did not check out; if the new
-    manifest equals the previous one and everything checked out, nothing is touched. With
-    ``fresh`` (``--full``, or the fast paths off) the staging tree is rebuilt from nothing, and
-    with the fast paths off nothing is linked either: every file is written. ``derived`` adds
-    files made after the compile (signed profiles, see ``signing``); one given without bytes is
-    kept from the previous tree like any unchanged file.
+    manifest equals the previous one and everything checked out, nothing is touched. With the
+    fast paths off nothing is linked either: every file is written.
 
     The files of a device that embeds a secret are mode 0600 (a signed profile too: it embeds
     its profile). After a compile that rotated a secret (a fingerprint changed, or a secret is no
@@ -135,40 +150,22 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     just replaced holds the old token, and it must not stay readable on disk beside the output folder.
     The same holds for the first compile with ``pseudonymised`` (``pseudonymise_email`` on): the tree
     just replaced holds every raw address, which the manifest's ``pseudonymised`` flag tells apart.
-
-    ``new_state`` is what the compile knows for the compile state (see ``state``), written beside
-    the folder once the tree and the kept generation are in place; without one (or with the fast
-    paths off) any old record is removed.
+    The compile state is written beside the folder once the tree and the kept generation are in place.
     """
     target = target_of(out)
-    fleet_files = fleet_files or {}
+    manifest, new_manifest = _new_manifest(request, previous)
     old = previous.manifest if previous else None
-    derived = derived or {}
-    state = previous.state if previous is not None else None
-    manifest = build_manifest(compiled, old, secret_env, fleet_files, secrets, derived, pseudonymised)
-    # The previous manifest's lines are reused only for bytes the compile state vouches this
-    # version wrote (its digest is the state's), never for a manifest of unknown origin.
-    new_manifest = (manifest_bytes(manifest, old, previous.manifest_data) if previous is not None and state is not None
-                    else manifest_bytes(manifest))
     changes = compare(manifest, old)
     changes.repaired = sorted(previous.problems) if previous else []
     try:
         recover(target)
-        if (not fresh and previous is not None and not previous.problems
+        if (not request.fresh and previous is not None and not previous.problems
                 and previous.manifest_data == new_manifest):
             log.info("nothing changed; %s left as it was", out)
-            kept = _complete_generation(sidecar(target, "prev"), state)
-            touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest)
-            if touched:
-                _keep_generation(target, manifest, new_manifest)
-                kept = new_manifest
-            assert kept is not None
-            settled = set(manifest.devices) - previous.unvouched if state is not None else set()
-            _keep_state(target, new_state, manifest, new_manifest, kept, touched=touched, old=state, settled=settled)
+            _leave_as_is(target, request.new_state, previous, manifest, new_manifest)
             return changes
         compile_state.write_state(target, None)  # it vouches for the tree about to change; rewritten at the end
-        settled = _build_and_swap(target, compiled, fleet_files, manifest, previous, new_manifest, fresh, progress,
-                                  derived)
+        settled = _build_and_swap(target, request, manifest, previous, new_manifest, progress)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _gone(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
@@ -176,7 +173,8 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
             # the generation.
             _keep_generation(target, manifest, new_manifest)
             kept = new_manifest
-        _keep_state(target, new_state, manifest, new_manifest, kept, touched=True, old=state, settled=settled)
+        _keep_state(target, request.new_state, manifest, new_manifest, kept, touched=True,
+                    old=previous.state if previous else None, settled=settled)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -188,9 +186,71 @@ def write(out: Path, compiled: list[CompiledDevice], previous: CheckedOutput | N
     return changes
 
 
-def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: dict[str, bytes],
-                    manifest: Manifest, previous: CheckedOutput | None, manifest_data: bytes, fresh: bool,
-                    progress: Progress, derived: DerivedFiles) -> set[str]:
+def _new_manifest(request: WriteRequest, previous: CheckedOutput | None) -> tuple[Manifest, bytes]:
+    """The new manifest and its bytes. A reused device's entry is the previous one, and so is its
+    line: the previous bytes are this version's own (the compile state that checked out names
+    their digest), so a night's manifest is mostly copied lines, not encoded again."""
+    old = previous.manifest if previous else None
+    manifest = build_manifest(request.compiled, old, request.secret_env, dict(request.fleet_files),
+                              dict(request.secrets), request.derived, request.pseudonymised)
+    if previous is not None and previous.state is not None:
+        return manifest, manifest_bytes(manifest, old, previous.manifest_data)
+    return manifest, manifest_bytes(manifest)
+
+
+def _leave_as_is(target: Path, new_state: NewState | None, previous: CheckedOutput, manifest: Manifest,
+                 manifest_data: bytes) -> None:
+    """A night whose manifest is the folder's: the tree stays; the kept generation is made again
+    only when it is incomplete or holds what must be gone, and the record is brought up to date."""
+    state = previous.state
+    kept = _complete_generation(sidecar(target, "prev"), state)
+    touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest)
+    if touched:
+        _keep_generation(target, manifest, manifest_data)
+        kept = manifest_data
+    assert kept is not None
+    settled = set(manifest.devices) - previous.unvouched if state is not None else set()
+    _keep_state(target, new_state, manifest, manifest_data, kept, touched=touched, old=state, settled=settled)
+
+
+@dataclass
+class _Staging:
+    """One build of the new tree: the staging folder, what it held already (``had``, the kept
+    generation's checked manifest), the tree being replaced (``current``) and its damaged files,
+    and the counts for the log line."""
+
+    folder: Path
+    target: Path
+    had: Manifest
+    current: Manifest | None
+    damaged: set[str]
+    counts: dict[str, int] = field(default_factory=lambda: {"written": 0, "linked": 0, "kept": 0})
+
+    def place(self, relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
+              before: ManifestFile | None, secret: bool = False) -> None:
+        """One file of the new tree: kept when the staging tree has these bytes, hard-linked from
+        the tree being replaced when it has them and they checked out, else written."""
+        dest = f"{self.folder}/{relpath}"
+        if staged_meta is not None:
+            if staged_meta.sha256 == meta.sha256:
+                self.counts["kept"] += 1  # the staging generation already has these bytes
+                _restrict(dest, secret)
+                return
+            os.unlink(dest)
+        if (before is not None and before.sha256 == meta.sha256 and relpath not in self.damaged
+                and fastpath.enabled()):
+            os.link(f"{self.target}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
+            self.counts["linked"] += 1
+            _restrict(dest, secret)
+            return
+        if data is None:
+            raise OutputError(f"{self.target / relpath}: not rendered and not reusable; run compile with --full")
+        write_new(dest, data, SECRET_FILE_MODE if secret else 0o666)
+        self.counts["written"] += 1
+
+
+def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, previous: CheckedOutput | None,
+                    manifest_data: bytes, progress: Progress) -> set[str]:
     """Bring a staging tree to the new state, then swap it in. Returns the devices whose folder
     was taken from the kept generation as it was, every file of it vouched for by the state.
 
@@ -207,85 +267,18 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
     folder of it is skipped only when that check found it to hold exactly the files of the new
     entry; anything that did not check out is removed first (:func:`_clean_staging`).
     """
-    staging, staged = _take_staging(target, fresh=fresh, state=previous.state if previous else None)
-    current = previous.manifest if previous else None
-    damaged = set(previous.problems) if previous else set()
-    had = _clean_staging(staging, staged)
-    counts = {"written": 0, "linked": 0, "kept": 0}
-    settled: set[str] = set()
+    folder, staged = _take_staging(target, fresh=request.fresh, state=previous.state if previous else None)
+    staging = _Staging(folder=folder, target=target, had=_clean_staging(folder, staged),
+                       current=previous.manifest if previous else None,
+                       damaged=set(previous.problems) if previous else set())
     unvouched = staged.unvouched if staged is not None and staged.state is not None else None
-
-    staging_s, target_s = os.fspath(staging), os.fspath(target)  # strings: this runs once per file
-
-    def place(relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
-              before: ManifestFile | None, secret: bool = False) -> None:
-        dest = f"{staging_s}/{relpath}"
-        if staged_meta is not None:
-            if staged_meta.sha256 == meta.sha256:
-                counts["kept"] += 1  # the staging generation already has these bytes
-                _restrict(dest, secret)
-                return
-            os.unlink(dest)
-        if before is not None and before.sha256 == meta.sha256 and relpath not in damaged and fastpath.enabled():
-            os.link(f"{target_s}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
-            counts["linked"] += 1
-            _restrict(dest, secret)
-            return
-        if data is None:
-            raise OutputError(f"{target / relpath}: not rendered and not reusable; run compile with --full")
-        write_new(dest, data, SECRET_FILE_MODE if secret else 0o666)
-        counts["written"] += 1
-
-    devices_dir = staging / DEVICES_DIR
-    if not is_real_dir(devices_dir):
-        devices_dir.mkdir()
-    progress.start(len(compiled), "Writing")
-    new_folders: list[tuple[str, list[tuple[str, bytes, int]]]] = []
-    for item in compiled:
-        progress.advance()
-        serial = item.device.serial
-        if unsafe_name(serial):
-            raise OutputError(f"refusing to write unsafe path {serial!r}")
-        entry = manifest.devices[serial]
-        old_entry = had.devices.get(serial)
-        if old_entry is not None and not entry.secrets and old_entry.files == entry.files:
-            counts["kept"] += len(entry.files)  # what ``place`` would find for each file: already staged
-            if unvouched is not None and serial not in unvouched:
-                settled.add(serial)
-            continue
-        before = current.devices.get(serial) if current else None
-        mode = SECRET_FILE_MODE if entry.secrets else 0o666
-        data_of = {name: _data_of(item, name, derived.get(serial)) for name in entry.files}
-        if old_entry is None and before is None and None not in data_of.values():  # a new folder, every file new
-            folder = f"{staging_s}/{DEVICES_DIR}/{serial}"
-            new_folders.append((folder, [(f"{folder}/{name}", data, mode) for name, data in data_of.items()]))
-            continue
-        if old_entry is None:
-            os.mkdir(f"{staging_s}/{DEVICES_DIR}/{serial}")
-        else:
-            for name in set(old_entry.files) - set(entry.files):
-                os.unlink(devices_dir / serial / name)
-        for name, meta in entry.files.items():
-            place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
-                  old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
-                  secret=bool(entry.secrets))
-    _in_parallel(_write_folder, new_folders)
-    counts["written"] += sum(len(files) for _folder, files in new_folders)
-    progress.finish()
-    for serial in set(had.devices) - set(manifest.devices):
-        _remove(devices_dir / serial)
-    for relpath in set(had.fleet) - set(manifest.fleet):
-        _remove(staging / relpath)
-        _remove_empty_parents(staging, relpath)
-    for relpath, meta in manifest.fleet.items():
-        _make_parents(staging, relpath)
-        place(relpath, meta, fleet_files[relpath], had.fleet.get(relpath),
-              current.fleet.get(relpath) if current else None)
-    write_new(staging / MANIFEST_FILE, manifest_data)
+    settled = _stage_devices(staging, request, manifest, unvouched, progress)
+    _stage_fleet(staging, request.fleet_files, manifest)
+    write_new(folder / MANIFEST_FILE, manifest_data)
     log.info("output: %d files written, %d linked, %d already in the staging generation",
-             counts["written"], counts["linked"], counts["kept"])
+             staging.counts["written"], staging.counts["linked"], staging.counts["kept"])
     if not target.exists():
-        os.rename(staging, target)
+        os.rename(folder, target)
         # The first compile into a folder keeps a generation too, so that the first night that
         # changes something touches only what changed, and a night with no change writes nothing.
         # The tree is in place already: a generation that cannot be made is only work for later.
@@ -295,21 +288,89 @@ def _build_and_swap(target: Path, compiled: list[CompiledDevice], fleet_files: d
             log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
             _remove(sidecar(target, "new"))
         return settled
-    owned = _owned(manifest) | _owned(current) | _owned(had)
-    os.chmod(staging, target.stat().st_mode & 0o7777)
-    for name in sorted(os.listdir(staging)):
+    _swap_in(staging, manifest)
+    return settled
+
+
+def _stage_devices(staging: _Staging, request: WriteRequest, manifest: Manifest, unvouched: AbstractSet[str] | None,
+                   progress: Progress) -> set[str]:
+    """Every device folder of the new tree in the staging tree; the folders of new devices are
+    written last, over threads (:func:`_in_parallel`). Returns the settled devices (see
+    :func:`_build_and_swap`)."""
+    had, current = staging.had, staging.current
+    devices_dir = staging.folder / DEVICES_DIR
+    if not is_real_dir(devices_dir):
+        devices_dir.mkdir()
+    settled: set[str] = set()
+    new_folders: list[tuple[str, list[tuple[str, bytes, int]]]] = []
+    progress.start(len(request.compiled), "Writing")
+    for item in request.compiled:
+        progress.advance()
+        serial = item.device.serial
+        if unsafe_name(serial):
+            raise OutputError(f"refusing to write unsafe path {serial!r}")
+        entry = manifest.devices[serial]
+        old_entry = had.devices.get(serial)
+        if old_entry is not None and not entry.secrets and old_entry.files == entry.files:
+            staging.counts["kept"] += len(entry.files)  # what ``place`` would find for each file: already staged
+            if unvouched is not None and serial not in unvouched:
+                settled.add(serial)
+            continue
+        before = current.devices.get(serial) if current else None
+        mode = SECRET_FILE_MODE if entry.secrets else 0o666
+        data_of = {name: _data_of(item, name, request.derived.get(serial)) for name in entry.files}
+        if old_entry is None and before is None and None not in data_of.values():  # a new folder, every file new
+            folder = f"{staging.folder}/{DEVICES_DIR}/{serial}"
+            new_folders.append((folder, [(f"{folder}/{name}", data, mode) for name, data in data_of.items()]))
+            continue
+        if old_entry is None:
+            os.mkdir(devices_dir / serial)
+        else:
+            for name in set(old_entry.files) - set(entry.files):
+                os.unlink(devices_dir / serial / name)
+        for name, meta in entry.files.items():
+            staging.place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
+                          old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
+                          secret=bool(entry.secrets))
+    _in_parallel(_write_folder, new_folders)
+    staging.counts["written"] += sum(len(files) for _folder, files in new_folders)
+    progress.finish()
+    for serial in set(had.devices) - set(manifest.devices):
+        _remove(devices_dir / serial)
+    return settled
+
+
+def _stage_fleet(staging: _Staging, fleet_files: Mapping[str, bytes], manifest: Manifest) -> None:
+    """The fleet files (the collector side) of the new tree in the staging tree; the ones it no
+    longer has are removed, with their folders when left empty."""
+    had, current = staging.had, staging.current
+    for relpath in set(had.fleet) - set(manifest.fleet):
+        _remove(staging.folder / relpath)
+        _remove_empty_parents(staging.folder, relpath)
+    for relpath, meta in manifest.fleet.items():
+        _make_parents(staging.folder, relpath)
+        staging.place(relpath, meta, fleet_files[relpath], had.fleet.get(relpath),
+                      current.fleet.get(relpath) if current else None)
+
+
+def _swap_in(staging: _Staging, manifest: Manifest) -> None:
+    """Swap the staging tree with the folder (atomically where the system can), carrying over the
+    entries mdmgen does not own; the tree replaced becomes the next run's staging generation."""
+    folder, target = staging.folder, staging.target
+    owned = _owned(manifest) | _owned(staging.current) | _owned(staging.had)
+    os.chmod(folder, target.stat().st_mode & 0o7777)
+    for name in sorted(os.listdir(folder)):
         if name not in _owned(manifest):
-            _remove(staging / name)
+            _remove(folder / name)
     for name in sorted(os.listdir(target)):
         if name not in owned:
-            _link_copy(target / name, staging / name)
-    if not _exchange(staging, target):
+            _link_copy(target / name, folder / name)
+    if not _exchange(folder, target):
         parked = sidecar(target, "old")
         os.rename(target, parked)
-        os.rename(staging, target)
-        os.rename(parked, staging)
-    os.rename(staging, sidecar(target, "prev"))  # the old tree: next run's staging generation
-    return settled
+        os.rename(folder, target)
+        os.rename(parked, folder)
+    os.rename(folder, sidecar(target, "prev"))  # the old tree: next run's staging generation
 
 
 PARALLEL_FROM = 2000
