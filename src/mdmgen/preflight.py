@@ -18,7 +18,7 @@ Credentials only travel over https, or over http to a loopback host.
 
 The endpoint and TLS answers come from a probe (a TCP connection, then a TLS handshake with the
 system's CAs, ``SSL_CERT_FILE`` honoured); the export then goes over the shared HTTP layer
-(:mod:`mdmgen.publish.http`) for the HTTP protocols, and grpcio for grpc. All of it connects
+(:mod:`mdmgen.http`) for the HTTP protocols, and grpcio for grpc. All of it connects
 directly: proxy variables are not used, so what is checked is this machine's direct path.
 
 Each step ends within ``--timeout``: the TCP connect, the TLS handshake (Python's socket timeout
@@ -47,7 +47,7 @@ from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback, may_carry_credentials, split_http_url
 from .exitcodes import ExitCode
 from .messages import REDACTED, first_of, redactor
-from .publish.http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
+from .http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
 from .secrets import shown_fingerprint
 
 SIGNALS = ("metrics", "logs")
