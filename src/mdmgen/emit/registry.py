@@ -32,8 +32,8 @@ import yaml
 from ..models import Platform, fleet_relpath, unsafe_name
 from . import cms, mobileconfig, settings_json
 from .collector import dashboards, k8s, otel_config, prometheus_rules
-from .inputs import DeviceInput as DeviceInput
-from .inputs import FleetInput as FleetInput
+from .inputs import DeviceInput as DeviceInput  # re-exported: callers build one to call emit_device
+from .inputs import FleetInput as FleetInput  # and emit_fleet (it lives below the collector emitters)
 
 Semantic = dict[str, Any]
 """What a file means, by section: ``settings`` (the managed settings it carries, compared across
