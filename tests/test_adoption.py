@@ -18,7 +18,7 @@ from mdmgen.adoption import anthropic, chart, join
 from mdmgen.adoption.identity import Identities
 from mdmgen.adoption.models import Activity, Device, Fleet
 from mdmgen.exitcodes import ExitCode
-from mdmgen.publish.http import HTTPStatusError
+from mdmgen.http import HTTPStatusError
 
 from .conftest import run, write_inventory
 from .fakes.anthropic_server import FakeAnthropicServer, api_row, user_row
@@ -244,7 +244,7 @@ def test_a_server_that_repeats_its_cursor_is_stopped(fake, monkeypatch):
 
 
 def test_the_shared_policy_retries_529_with_its_retry_after():
-    from mdmgen.publish.http import classify
+    from mdmgen.http import classify
 
     told = classify(HTTPStatusError("overloaded", 529, retry_after=4.0))
     assert told is not None and told.after == 4.0

@@ -128,7 +128,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 
 def test_a_server_answer_nested_100000_deep_is_an_unexpected_answer_not_a_recursion_error():
     """Python's JSON decoder raises RecursionError (not ValueError) for it: a server could make exit 70."""
-    from mdmgen.publish import http
+    from mdmgen import http
 
     answer = http.Response(200, http.httpx.Headers({"Content-Type": "application/json"}), DEEP, "listing things",
                            "Jamf Pro")

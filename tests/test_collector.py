@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from mdmgen import policy
 from mdmgen.emit import registry
-from mdmgen.emit.collector.fleet import OtlpDestination
 from mdmgen.models import Device, Location, MdmgenError, Platform
+from mdmgen.otlp import OtlpDestination
 
 from . import test_publish_s3, test_readme
 from .collector_helpers import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mdmgen import inventory, runkey
+from mdmgen import inventory, versions
 from mdmgen.output import manifest as manifest_module
 
 from .conftest import HEADER, run, settle, snapshot, write_inventory
@@ -110,7 +110,7 @@ def test_the_record_holds_what_the_issue_names_and_no_address(workdir):
     data = record(workdir)
     manifest = json.loads((workdir / "output" / "manifest.json").read_text())
     assert data["format"] == 1 and data["generator"] == "mdmgen"
-    assert dict(map(tuple, data["dependencies"]))["email-validator"] == dict(runkey.dependency_versions())[
+    assert dict(map(tuple, data["dependencies"]))["email-validator"] == dict(versions.dependency_versions())[
         "email-validator"]
     flat = data["devices"]["managed-settings.json"]
     assert flat[0] == "LNX1" and flat[2] == manifest["devices"]["LNX1"]["inputs"]
@@ -140,8 +140,8 @@ CHANGES = {
 
 
 def _upgrade(monkeypatch) -> None:
-    versions = runkey.dependency_versions()
-    monkeypatch.setattr(runkey, "dependency_versions", lambda: (*versions, ("email-validator", "99.0")))
+    found = versions.dependency_versions()
+    monkeypatch.setattr(versions, "dependency_versions", lambda: (*found, ("email-validator", "99.0")))
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))

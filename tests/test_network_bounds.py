@@ -22,8 +22,8 @@ from pathlib import Path
 import httpcore
 import pytest
 
-from mdmgen import output
-from mdmgen.publish import base, flow, http
+from mdmgen import http, output
+from mdmgen.publish import base, flow
 
 from .conftest import HEADER, run, write_inventory
 from .fakes.hostile import ELSEWHERE, MODES, HostileServer

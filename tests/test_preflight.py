@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdmgen import preflight
+from mdmgen import otlp, preflight
 
 from .conftest import HEADER, openssl_path, run, write_inventory
 from .e2e.receivers import PROTOCOLS, make_receiver
@@ -363,22 +363,22 @@ def test_targets_follow_the_otel_endpoint_rules():
            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/json",
            "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer a,X-Org=acme",
            "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "authorization=Bearer b"}
-    metrics, logs = preflight.targets_for(env)
+    metrics, logs = otlp.targets_for(env)
     assert (metrics.protocol, metrics.url) == ("http/protobuf", "https://otel.example.com/otlp/v1/metrics")
     assert (logs.protocol, logs.url) == ("http/json", "https://logs.example.com/ingest")  # as-is
     assert metrics.headers == (("Authorization", "Bearer a"), ("X-Org", "acme"))
     assert logs.headers == (("authorization", "Bearer b"), ("X-Org", "acme"))  # per-signal wins
     grpc_env = {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_LOGS_EXPORTER": "none"}
-    [grpc_metrics] = preflight.targets_for(grpc_env)
+    [grpc_metrics] = otlp.targets_for(grpc_env)
     assert grpc_metrics.url == "https://otel.example.com/otlp/"  # grpc: no /v1/<signal> path
-    assert preflight.targets_for({**env, "CLAUDE_CODE_ENABLE_TELEMETRY": "0"}) == ()
+    assert otlp.targets_for({**env, "CLAUDE_CODE_ENABLE_TELEMETRY": "0"}) == ()
 
 
 def test_a_header_http_cannot_carry_is_not_sent_and_not_printed():
     env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_HEADERS": f"X-Team=café {TOKEN}"}
     with make_receiver("http/json") as rx:
-        [target] = preflight.targets_for({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint})
+        [target] = otlp.targets_for({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint})
         result = preflight.check_target(target, timeout=2)
 
     assert rx.exports == []
@@ -390,7 +390,7 @@ def test_a_header_http_cannot_carry_is_not_sent_and_not_printed():
 
 def test_preflight_knows_every_protocol_the_env_schema_admits():
     """One list of OTLP protocols: a protocol compile accepts must be one preflight can send."""
-    assert set(preflight.OTLP_PROTOCOLS) - {"grpc"} == set(preflight.HTTP_BODIES)
+    assert set(otlp.OTLP_PROTOCOLS) - {"grpc"} == set(preflight.HTTP_BODIES)
 
 
 def test_preflight_waits_for_no_compile(fleet: Path):

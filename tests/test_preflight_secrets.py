@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import yaml
 
-from mdmgen import preflight, secrets
+from mdmgen import otlp, preflight, secrets
 from mdmgen.messages import REDACTED
 
 from .conftest import HEADER, run, write_inventory
@@ -143,10 +143,10 @@ def test_a_secret_in_an_endpoints_host_is_refused_without_printing_it(fleet):
 def test_a_secret_bearing_endpoint_is_shown_as_its_origin(endpoint, shown):
     env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_METRICS_EXPORTER": "otlp",
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
-    [target] = preflight.targets_for(env, frozenset({"OTEL_EXPORTER_OTLP_ENDPOINT"}))
+    [target] = otlp.targets_for(env, frozenset({"OTEL_EXPORTER_OTLP_ENDPOINT"}))
     assert target.shown == shown
     assert "abcdefgh12" not in preflight.describe(preflight.Destination((target,), ["S1"]))
-    [plain] = preflight.targets_for(env)  # not secret-bearing: shown as written
+    [plain] = otlp.targets_for(env)  # not secret-bearing: shown as written
     assert (plain.shown, plain.hidden) == (endpoint, ())
 
 

@@ -13,7 +13,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from mdmgen.publish import base, http
+from mdmgen import http
+from mdmgen.publish import base
 from mdmgen.publish import jamf as jamfpub
 
 from .conftest import run

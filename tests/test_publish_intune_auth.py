@@ -178,7 +178,7 @@ def test_a_graph_error_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(gra
 
     import httpx
 
-    from mdmgen.publish.http import Response
+    from mdmgen.http import Response
     from mdmgen.publish.intune.graph import GraphClient
 
     secret = "Zq8~client-SECRET-0123456789abcdef"

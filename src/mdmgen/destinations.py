@@ -2,7 +2,7 @@
 destinations, and the team each device sends.
 
 A destination (signal, protocol, URL) is read from each device's rendered settings with the same
-rule ``preflight`` checks them by (:func:`mdmgen.preflight.targets_for`). A device reused from the
+rule ``preflight`` checks them by (:func:`mdmgen.otlp.targets_for`). A device reused from the
 previous output (``files=None``) has no rendered settings in memory. Rather than reading every
 reused device's file back, or storing endpoints in the manifest, its destinations are those of
 its *shape* (platform and team: the policy layers that apply) when the shape's telemetry values
@@ -20,9 +20,9 @@ from __future__ import annotations
 from jinja2 import meta
 
 from . import attributes, policy
-from .emit.collector.fleet import OtlpDestination, SentTeam
+from .emit.inputs import SentTeam
 from .models import Device, Location, Problem, Settings
-from .preflight import targets_for
+from .otlp import OtlpDestination, targets_for
 from .render import Renderer
 
 _TELEMETRY_PREFIXES = ("OTEL_", "CLAUDE_CODE_ENABLE_TELEMETRY")

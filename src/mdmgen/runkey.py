@@ -3,7 +3,7 @@
 
 It covers: the mdmgen version and its code (a digest of the package's source files, so a
 development build or a patched install counts as another version); the Python version and the
-versions of the libraries that shape the output or decide what is valid (:data:`DEPENDENCIES`:
+versions of the libraries that shape the output or decide what is valid (:data:`mdmgen.versions.DEPENDENCIES`:
 an email-validator upgrade may refuse an address the last night accepted); each inventory file's
 name and bytes (folders expanded as the inventory stage expands them); the policy file's name and
 bytes (it is the only file the policy stage reads, and templates cannot read files or the
@@ -18,21 +18,12 @@ only a compile that read the same inputs can make again.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import __version__, inventory, policy, secrets
+from . import __version__, inventory, policy, secrets, versions
 from .inputfile import MAX_INVENTORY_BYTES, InputFileError, digest_input
-
-DEPENDENCIES = ("pydantic", "pydantic-core", "jinja2", "markupsafe", "PyYAML", "email-validator", "idna",
-                "dnspython", "cryptography", "grafana-foundation-sdk")
-"""The libraries whose version can change what a compile writes or refuses: the models and their
-JSON (pydantic), the templates (jinja2, markupsafe), the policy reader (PyYAML), the address checks
-(email-validator and what it uses), signed profiles (cryptography), the dashboards (grafana)."""
 
 
 def input_digests(inventory_paths: Iterable[Path], profiles: Path) -> list[tuple[str, str]] | None:
@@ -55,28 +46,6 @@ def file_digests(paths: Iterable[Path]) -> list[tuple[str, str]] | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def dependency_versions() -> tuple[tuple[str, str], ...]:
-    """(name, version) of Python and of each of :data:`DEPENDENCIES` (``-`` when not installed)."""
-    found = [("python", sys.version)]
-    for name in DEPENDENCIES:
-        try:
-            found.append((name, importlib.metadata.version(name)))
-        except importlib.metadata.PackageNotFoundError:
-            found.append((name, "-"))
-    return tuple(found)
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """sha256 over mdmgen's own source files (a few hundred KB): the code is an input too."""
-    package = Path(__file__).parent
-    outer = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        outer.update(f"{path.relative_to(package).as_posix()}\0".encode() + hashlib.sha256(path.read_bytes()).digest())
-    return outer.hexdigest()
-
-
 def run_key(files: Iterable[tuple[str, str]], var_overrides: Mapping[str, str], skip_invalid: bool,
             secret_fingerprints: Mapping[str, str], pseudonym_key_id: str | None) -> str:
     """The digest of everything a compile is made from (see the module's docstring): ``files`` are
@@ -88,8 +57,8 @@ def run_key(files: Iterable[tuple[str, str]], var_overrides: Mapping[str, str], 
             encoded = item.encode("utf-8", "surrogatepass")
             outer.update(len(encoded).to_bytes(8, "big") + encoded)
 
-    part("mdmgen run key v2", __version__, code_digest(), "skip-invalid" if skip_invalid else "")
-    for name, version in dependency_versions():
+    part("mdmgen run key v2", __version__, versions.code_digest(), "skip-invalid" if skip_invalid else "")
+    for name, version in versions.dependency_versions():
         part("dependency", name, version)
     for name, digest in files:
         part("file", name, digest)

@@ -4,7 +4,7 @@ Facts from ``shared/reference/analytics-api.md`` (sections as ``§``): one UTC d
 opaque cursor until ``has_more`` is false (§2, §4); ``date`` as ``YYYY-MM-DD`` or RFC 3339 midnight
 (§3); ``user_actor`` rows carry an email, ``api_actor`` rows only a key name; remote and local usage
 are separate rows (§3). Errors use the API's envelope (§5); 429, 5xx and 529 are retried by the shared
-policy (:mod:`mdmgen.publish.http`). The Admin key comes from ``ANTHROPIC_ADMIN_KEY`` only and never
+policy (:mod:`mdmgen.http`). The Admin key comes from ``ANTHROPIC_ADMIN_KEY`` only and never
 appears in a message or a log line.
 """
 
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..environment import text
+from ..http import Connection, HTTPStatusError, Response, RetryPolicy, reason_phrase
 from ..messages import redact, shorten
-from ..publish.http import Connection, HTTPStatusError, Response, RetryPolicy, reason_phrase
 from .identity import Identities
 from .models import Activity, SourceError, source_url
 

@@ -18,6 +18,7 @@ from .. import attributes, output
 from ..emit import registry
 from ..emit.collector import fleet as collector_fleet
 from ..emit.collector import prometheus_rules
+from ..emit.inputs import prometheus_label
 from ..output import CheckedOutput, device_path
 from .models import Device, Fleet
 
@@ -64,7 +65,7 @@ def _team_label(folder: CheckedOutput) -> str:
             for rule in group.get("rules", []):
                 if rule.get("record") == collector_fleet.ENROLLED_RECORD and rule.get("labels"):
                     label = str(next(iter(rule["labels"])))
-                    return collector_fleet.prometheus_label(label)
+                    return prometheus_label(label)
     except (yaml.YAMLError, AttributeError, TypeError) as exc:
         raise output.OutputError(f"{file.path}: cannot read the team label: {exc}") from None
     return "team"

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__, secrets
 from ..emit.collector.fleet import SESSION_METRIC
 from ..environment import text
+from ..http import Connection, HTTPStatusError, Response, RetryPolicy, UnexpectedAnswer, reason_phrase
 from ..messages import redact, shorten
-from ..publish.http import Connection, HTTPStatusError, Response, RetryPolicy, UnexpectedAnswer, reason_phrase
 from .identity import Identities
 from .models import Activity, AdoptionUsageError, SourceError, source_url
 

@@ -25,42 +25,15 @@ import plistlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from ..models import Device, Platform, Settings, fleet_relpath, unsafe_name
+from ..models import Platform, fleet_relpath, unsafe_name
 from . import cms, mobileconfig, settings_json
-from .collector.fleet import OtlpDestination, SentTeam
-
-if TYPE_CHECKING:
-    from ..policy import Policy
-
-
-@dataclass(frozen=True)
-class DeviceInput:
-    """What a device-level emitter is given: one device, its rendered settings, the policy."""
-
-    device: Device
-    settings: Settings
-    policy: Policy
-
-
-@dataclass(frozen=True)
-class FleetInput:
-    """What a fleet-level emitter is given: every compiled device (rendered this run or not) and
-    the policy. Fleet files are made again on every compile: there is one of each, not one per device.
-
-    ``destinations`` are the distinct OTLP destinations in the devices' compiled settings (sorted);
-    ``pipeline`` computes them, also for devices reused from the previous output. ``team`` is the
-    resource attribute carrying the team and each device's value of it, as the devices send them
-    (None: the attribute ``team`` with each device's display team)."""
-
-    devices: tuple[Device, ...]
-    policy: Policy
-    destinations: tuple[OtlpDestination, ...] = ()
-    team: SentTeam | None = None
-
+from .collector import dashboards, k8s, otel_config, prometheus_rules
+from .inputs import DeviceInput as DeviceInput  # re-exported: callers build one to call emit_device
+from .inputs import FleetInput as FleetInput  # and emit_fleet (it lives below the collector emitters)
 
 Semantic = dict[str, Any]
 """What a file means, by section: ``settings`` (the managed settings it carries, compared across
@@ -375,8 +348,6 @@ def _read_json(section: str) -> Callable[[bytes], Semantic]:
 
 
 def _register_collector() -> None:
-    from .collector import dashboards, k8s, otel_config, prometheus_rules
-
     for path, emit, content_type, label, reader in [
         (otel_config.PATH, otel_config.emit, "application/yaml", "collector config", _read_yaml),
         (prometheus_rules.PATH, prometheus_rules.emit, "application/yaml", "prometheus rules", _read_yaml),

@@ -7,7 +7,7 @@ tree and the kept generation are in place, and bound to the manifests it was wri
 * ``manifest_sha256`` and ``kept_sha256``: the digests of the folder's and the kept generation's
   ``manifest.json`` as this compile left them;
 * ``version`` and ``dependencies``: mdmgen's version and those of the libraries that shape the
-  output or decide what is valid (``runkey.DEPENDENCIES``): a record of any other is stale;
+  output or decide what is valid (``versions.DEPENDENCIES``): a record of any other is stale;
 * ``run_check``: an HMAC, under the run key (``runkey``: every input, the secrets' keyed
   fingerprints, the versions), of the summary and the two manifest digests; empty after a
   compile with a problem or signing. The key itself is not written down, so only a compile that
@@ -153,7 +153,7 @@ class _Invalid(Exception):
 
 
 def _dependencies() -> list[list[str]]:
-    from ..runkey import dependency_versions  # the record's identity; imports inventory and policy
+    from ..versions import dependency_versions  # looked up at each call: a test may stand in another version
 
     return [list(pair) for pair in dependency_versions()]
 

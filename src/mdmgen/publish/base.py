@@ -19,16 +19,16 @@ plain value: each item carries what ``write`` or ``delete`` needs (``PlanItem.de
 ``PlanItem.remote``), so applying a plan never depends on state kept from planning.
 
 :func:`retry` is the one retry loop. Publishers that speak HTTP (Jamf, Graph) use it through
-:class:`mdmgen.publish.http.RetryPolicy`, which decides what is worth retrying and reads
-``Retry-After``. S3 must not use it: botocore already retries in its ``standard`` mode, and
-retrying on top multiplies attempts.
+:class:`mdmgen.http.RetryPolicy`, which decides what is worth retrying and reads
+``Retry-After``. It lives in :mod:`mdmgen.remote` with :class:`PublishError` and
+:class:`RemoteError`, below the HTTP layer that raises them, and is re-exported here. S3 must
+not use it: botocore already retries in its ``standard`` mode, and retrying on top multiplies
+attempts.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -36,6 +36,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..progress import NO_PROGRESS, Progress
+from ..remote import PublishError as PublishError
+from ..remote import RemoteError as RemoteError
+from ..remote import Transient as Transient
+from ..remote import copy_with_message as copy_with_message
+from ..remote import retry as retry
 from .defaults import MAX_DELETE_PERCENT
 
 if TYPE_CHECKING:
@@ -43,43 +48,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
-E = TypeVar("E", bound=BaseException)
-
-
-
-class PublishError(Exception):
-    """A failure with a one-line message written for the person running mdmgen.
-
-    ``progress`` is what the publish had achieved when it stopped ("nothing was committed"),
-    added to the message by :func:`apply`. It is an attribute rather than a new message, so
-    the exception keeps its class and attributes (an HTTP status, say) on its way to the CLI.
-    """
-
-    progress: str | None = None
-
-    def __str__(self) -> str:
-        return self.with_progress(super().__str__())
-
-    def with_progress(self, message: str) -> str:
-        """``message`` followed by the progress, if any: for subclasses that build their own text."""
-        return f"{message} ({self.progress}; rerun to finish)" if self.progress else message
-
-
-def copy_with_message(exc: E, message: str) -> E:
-    """``exc`` with another message and every other attribute kept. Not ``type(exc)(message)``,
-    which loses the attributes and fails for classes whose constructor needs more arguments."""
-    told = type(exc).__new__(type(exc))
-    told.__dict__.update(exc.__dict__)
-    told.args = (message, *exc.args[1:])
-    return told
 
 
 class LocalOutputError(PublishError):
     """The local output folder is missing, inconsistent with its manifest, or being replaced."""
-
-
-class RemoteError(PublishError):
-    """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ..."""
 
 
 class Unservable(PublishError):
@@ -328,35 +300,3 @@ def apply(plan: Plan, *, write: Callable[[PlanItem], None], delete: Callable[[Pl
             where = "the writes that finished are in place"
         exc.progress = where
         raise
-
-
-@dataclass(frozen=True)
-class Transient:
-    """A failure worth retrying; ``after`` is the wait the server asked for (Retry-After), if any."""
-
-    after: float | None = None
-
-
-def retry(call: Callable[[], T], *, classify: Callable[[BaseException], Transient | None],
-          attempts: int = 5, base_delay: float = 0.5, max_delay: float = 60.0,
-          sleep: Callable[[float], None] = time.sleep,
-          jitter: Callable[[], float] = random.random) -> T:
-    """Call ``call`` until it succeeds, a failure is not transient, or ``attempts`` are used up.
-
-    Backoff is exponential with full jitter (``base_delay * 2**n`` scaled by ``jitter()``,
-    capped at ``max_delay``) so parallel workers do not retry in lockstep; a server's own
-    Retry-After wins, capped the same way. The last failure is raised unchanged.
-    """
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as exc:
-            verdict = classify(exc)
-            if verdict is None or attempt == attempts - 1:
-                raise
-            if verdict.after is not None:
-                delay = min(max_delay, max(0.0, verdict.after))
-            else:
-                delay = min(max_delay, base_delay * 2 ** attempt) * jitter()
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -28,6 +28,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
+from ..inputs import SentTeam
 from .fleet import (
     ACTIVE_RECORD,
     COST_METRIC,
@@ -35,13 +36,12 @@ from .fleet import (
     LINES_METRIC,
     SESSION_METRIC,
     TOKEN_METRIC,
-    SentTeam,
     grown,
     headcounts,
 )
 
 if TYPE_CHECKING:
-    from ..registry import FleetInput
+    from ..inputs import FleetInput
 
 PERSONAL_PATH = "collector/dashboards/personal.json"
 TEAM_PATH = "collector/dashboards/team-overview.json"

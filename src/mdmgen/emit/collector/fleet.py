@@ -9,20 +9,19 @@ exactly as long as the strategy below is the one in the config, which it always 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import yaml
 
 from ... import secrets
 from ...models import Device, team_key
+from ...otlp import OtlpDestination
+from ..inputs import FleetInput, SentTeam
 
 if TYPE_CHECKING:
     from ...policy import Policy
-    from ..registry import FleetInput
 
 TRANSLATION_STRATEGY = "UnderscoreEscapingWithSuffixes"
 COST_METRIC = "claude_code_cost_usage_USD_total"
@@ -31,7 +30,6 @@ SESSION_METRIC = "claude_code_session_count_total"
 LINES_METRIC = "claude_code_lines_of_code_count_total"
 ENROLLED_RECORD = "mdmgen:claude_code_enrolled_users"
 ACTIVE_RECORD = "mdmgen:claude_code_active_users"
-DEFAULT_PORTS = {"grpc": 4317, "http": 4318}
 HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
                     "OTEL_EXPORTER_OTLP_LOGS_HEADERS")
 
@@ -50,35 +48,6 @@ def grown(selector: str, window: str) -> str:
     restarted mid-session) counts from the reset only, never below 0."""
     last = f"last_over_time({selector}[{window}])"
     return f"(clamp_min({last} - (last_over_time({selector}[{window}] offset {window}) or {last} * 0), 0))"
-
-
-@dataclass(frozen=True, order=True)
-class OtlpDestination:
-    """Where one signal of at least one compiled device goes: the protocol and the URL the client
-    contacts (the POST URL for http, the endpoint for grpc)."""
-
-    signal: str  # metrics | logs
-    protocol: str  # grpc | http/protobuf | http/json
-    url: str
-
-    @property
-    def family(self) -> str:
-        """The otlp receiver's protocol key: ``grpc`` or ``http`` (both http encodings)."""
-        return "grpc" if self.protocol == "grpc" else "http"
-
-    @property
-    def host(self) -> str:
-        return (urlsplit(self.url).hostname or "").lower()
-
-    @property
-    def secure(self) -> bool:
-        return urlsplit(self.url).scheme == "https"
-
-    @property
-    def port(self) -> int:
-        """The port the collector listens on: the endpoint's own, or the protocol's default when the
-        endpoint names none (then an ingress on 443 forwards to it)."""
-        return urlsplit(self.url).port or DEFAULT_PORTS[self.family]
 
 
 @dataclass(frozen=True, order=True)
@@ -106,32 +75,6 @@ def receivers(destinations: Iterable[OtlpDestination]) -> list[Receiver]:
             hosts.setdefault(key, set()).add(dest.host)
     return [Receiver(family, port, tuple(sorted(signals[(family, port)])), tuple(sorted(hosts.get((family, port), ()))))
             for family, port in sorted(signals)]
-
-
-@dataclass(frozen=True)
-class SentTeam:
-    """What the devices send as their team, read from their *rendered* resource attributes: the
-    attribute that carries it (the one whose template uses ``team``, see ``destinations``) and each
-    device's value, by serial. The rules and dashboards count these, not the inventory column, so a
-    policy that lower-cases the team or names the attribute ``department`` is counted as sent."""
-
-    attribute: str = "team"
-    values: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """The Prometheus label the attribute becomes: the exporter writes every character a label
-        name cannot hold as ``_`` (``org.team`` -> ``org_team``), and prefixes a leading digit."""
-        return prometheus_label(self.attribute)
-
-    def of(self, device: Device) -> str:
-        """The value ``device`` sends (its display team when it was not read, as in unit tests)."""
-        return self.values.get(device.serial, device.team)
-
-
-def prometheus_label(name: str) -> str:
-    label = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    return f"key_{label}" if label[:1].isdigit() else label
 
 
 def headcounts(devices: Iterable[Device], sent: SentTeam | None = None) -> dict[str, int]:

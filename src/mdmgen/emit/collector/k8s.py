@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .fleet import Receiver, dump_yaml, receivers
 
 if TYPE_CHECKING:
-    from ..registry import FleetInput
+    from ..inputs import FleetInput
 
 PATH = "collector/k8s/ingress.yaml"
 BACKEND_PROTOCOL = "nginx.ingress.kubernetes.io/backend-protocol"

@@ -27,7 +27,7 @@ from .fleet import TRANSLATION_STRATEGY, Receiver, Tokens, dump_yaml, receivers,
 
 if TYPE_CHECKING:
     from ...policy import Collector
-    from ..registry import FleetInput
+    from ..inputs import FleetInput
 
 PATH = "collector/otel-collector-config.yaml"
 AUTH = "bearertokenauth"

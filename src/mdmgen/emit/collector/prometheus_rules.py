@@ -15,7 +15,7 @@ Three groups:
   One rule rather than one per team: Prometheus evaluates it once, and promtool refuses
   duplicate rules with the same name and labels.
 
-The team label is the one the devices send (``fleet.SentTeam``: ``team``, or ``department`` when the
+The team label is the one the devices send (``inputs.SentTeam``: ``team``, or ``department`` when the
 policy's attribute is named so), with the values they send (``{{ team|lower }}`` sends lower case).
 Team names go into YAML only as the headcount rules' team label (recording-rule labels are
 not templates) through the safe dumper. They never go into alert labels or annotations as text:
@@ -27,20 +27,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..inputs import SentTeam
 from .fleet import (
     ACTIVE_RECORD,
     COST_METRIC,
     ENROLLED_RECORD,
     SESSION_METRIC,
     TRANSLATION_STRATEGY,
-    SentTeam,
     dump_yaml,
     grown,
     headcounts,
 )
 
 if TYPE_CHECKING:
-    from ..registry import FleetInput
+    from ..inputs import FleetInput
 
 PATH = "collector/prometheus-rules.yaml"
 

@@ -3,7 +3,7 @@ platform script(s), assigned to the team's Entra group, proven before any write 
 enrolled device exactly its compiled settings.
 
 * :mod:`.graph`: the Graph client (azure-identity token, paging, ``$batch``, write pacing) on the
-  shared HTTP layer (:mod:`mdmgen.publish.http`).
+  shared HTTP layer (:mod:`mdmgen.http`).
 * :mod:`.fleet`: what the output folder says per team; :mod:`.directory`: each team's group and
   what Entra and Intune know of each device (reads only).
 * :mod:`.objects`: the objects' names, bodies and what counts as a change.

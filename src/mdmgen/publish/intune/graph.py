@@ -1,7 +1,7 @@
 """The Microsoft Graph client: the token from azure-identity, requests on the shared HTTP layer.
 
 Facts come from ``shared/reference/intune-graph.md`` (sections as ``§``). Transport, pooling,
-proxies, TLS and the retry policy are :mod:`mdmgen.publish.http`'s; what is Graph's own lives here:
+proxies, TLS and the retry policy are :mod:`mdmgen.http`'s; what is Graph's own lives here:
 
 * **The token** (§1.1, §1.2) comes from azure-identity, configured only by the standard ``AZURE_*``
   variables: ``EnvironmentCredential`` (a client secret or a certificate) or, when only
@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
 from ...environment import HTTPX_CA, REQUESTS_CA, check_azure, check_network
+from ...http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
 from ...messages import redact, shorten
 from ..base import RemoteError
-from ..http import Connection, HTTPStatusError, Response, RetryPolicy, parse_retry_after, reason_phrase
 from . import token_errors
 
 log = logging.getLogger("mdmgen.publish.intune")

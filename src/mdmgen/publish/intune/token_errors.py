@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from ..http import TransportFailure, proxy_for
+from ...http import TransportFailure, proxy_for
 
 _TRANSPORT_KINDS = {"tls": "tls", "proxy": "proxy", "dns": "dns", "timeout": "timeout", "connect": "refused"}
 """The HTTP layer's failure kinds (``TransportFailure.kind``) that have their own wording here."""

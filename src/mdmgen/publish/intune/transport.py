@@ -3,13 +3,13 @@
 azure-identity sends its token requests (and MSAL's metadata requests) through an azure-core
 pipeline whose default transport is ``requests``: its timeouts bound each read, not the request,
 and it reads any body whole. This transport hands each request to a
-:class:`mdmgen.publish.http.Connection` (one per host it talks to), so the token request has the
+:class:`mdmgen.http.Connection` (one per host it talks to), so the token request has the
 same deadline for the whole exchange, the same size caps, proxies and TLS as every other request.
 
 Failures become azure-core's own errors, which azure-identity expects (and its pipeline retries a
 bounded number of times): ``ServiceResponseError`` when the server may have seen the request (a
 timeout, a dropped connection), ``ServiceRequestError`` otherwise. Either carries the one-line
-:class:`~mdmgen.publish.http.TransportFailure` as ``inner_exception``, whose ``kind`` says what
+:class:`~mdmgen.http.TransportFailure` as ``inner_exception``, whose ``kind`` says what
 went wrong (timeout, dns, tls, proxy, too large...).
 """
 
@@ -27,7 +27,7 @@ from azure.core.rest._http_response_impl import RestHttpClientTransportResponse
 
 from ... import __version__
 from ...endpoints import is_loopback
-from ..http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
+from ...http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
 
 log = logging.getLogger("mdmgen.publish.intune")
 SERVICE = "Microsoft Entra ID"

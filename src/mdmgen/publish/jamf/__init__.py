@@ -3,7 +3,7 @@
 Three modules, one concern each:
 
 * :mod:`.client`: the Jamf Pro client (credentials, the OAuth token, Jamf's error pages), on the
-  shared HTTP layer (:mod:`mdmgen.publish.http`: pool, proxies, TLS, the retry policy).
+  shared HTTP layer (:mod:`mdmgen.http`: pool, proxies, TLS, the retry policy).
 * :mod:`.profiles`: what a profile is, what counts as a change (settings and Jamf fields, not the
   metadata Jamf rewrites or derives), and the XML that writes it.
 * :mod:`.publisher`: plan and apply: the lookups, reads, creates, updates and deletions.

@@ -29,10 +29,7 @@ from urllib.parse import urlencode, urlsplit
 from ... import __version__
 from ...endpoints import check_url as check_url_shared
 from ...environment import check_network, text
-from ...messages import redact, shorten
-from ..base import RemoteError
-from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
-from ..http import (
+from ...http import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE_DELAY,
     DEFAULT_MAX_DELAY,
@@ -43,6 +40,9 @@ from ..http import (
     RetryPolicy,
     reason_phrase,
 )
+from ...messages import redact, shorten
+from ..base import RemoteError
+from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
 
 log = logging.getLogger("mdmgen.publish.jamf")
 

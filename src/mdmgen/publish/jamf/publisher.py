@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ...emit import registry
+from ...http import UnexpectedAnswer
 from ...messages import first_of
 from ...models import Platform
 from ...output import CheckedFile as LocalFile
@@ -44,7 +45,6 @@ from ..base import (
     run_bounded,
 )
 from ..defaults import JAMF_MAX_CONNECTIONS
-from ..http import UnexpectedAnswer
 from .client import JamfClient, JamfHTTPError
 from .profiles import (
     DISTRIBUTION,

@@ -1,6 +1,7 @@
-"""The one HTTP layer: every publisher that speaks HTTP (Jamf now, Intune next) and preflight's
-HTTP checks go through it, so pooling, proxies, TLS, error pages and retries behave the same
-everywhere and are fixed in one place.
+"""The one HTTP layer: every publisher that speaks HTTP (Jamf, Intune), preflight's HTTP checks and
+the adoption report go through it, so pooling, proxies, TLS, error pages and retries behave the
+same everywhere and are fixed in one place. It sits below all of them (of mdmgen it imports only
+:mod:`mdmgen.remote`), so talking HTTP never loads a publisher.
 
 It is a thin layer over httpx (a maintained, thread-safe client) that adds what httpx leaves
 to its caller:
@@ -28,7 +29,7 @@ to its caller:
 * **One-line errors.** Transport failures (timeouts, refused or dropped connections, DNS, TLS, a
   proxy that refuses) become :class:`TransportFailure`; an HTML page or a truncated body where
   JSON or XML was expected becomes :class:`UnexpectedAnswer`. Both are RemoteErrors (exit 7).
-* **One retry policy** (:class:`RetryPolicy`, on :func:`mdmgen.publish.base.retry`): 429, 503 and
+* **One retry policy** (:class:`RetryPolicy`, on :func:`mdmgen.remote.retry`): 429, 503 and
   529 (Anthropic's overloaded) wait what ``Retry-After`` says (seconds or an HTTP date); other 5xx, timeouts and dropped
   connections back off exponentially with jitter; every wait is capped and the number of
   attempts is bounded. An error that already went through the policy is marked ``exhausted``
@@ -62,7 +63,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from .base import RemoteError, Transient, copy_with_message, retry
+from .remote import RemoteError, Transient, copy_with_message, retry
 
 T = TypeVar("T")
 
