@@ -353,17 +353,10 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
 def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
               first_seen: dict[str, Location], key: str = "", known: bool = False) -> None:
     loc = Location(file=name, line=line)
-    if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
-        inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
-            f"{len(cells)} fields but the header has {header.width} "
-            "(a value with an unquoted comma?)")))
+    if problem := _shape_problem(cells, header, loc):
+        inventory.problems.append(problem)
         return
     cells = cells + [""] * (header.width - len(cells))
-    too_long = [i for i, c in enumerate(cells[:header.width]) if len(c) > MAX_FIELD_CHARS]
-    if too_long:
-        inventory.problems.append(Problem(location=loc, field="row", row=True, message=(
-            f"field {too_long[0] + 1} is longer than {MAX_FIELD_CHARS:,} characters")))
-        return
 
     def cell(fld: str) -> str:
         return cells[header.index[fld]].strip() if fld in header.index else ""
@@ -380,7 +373,6 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     def bad(fld: str, message: str, serial: str | None = None) -> None:
         problems.append(Problem(location=loc, field=fld, message=message, serial=serial, row=True))
-
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
     email = _check_email(cell("user_email"), bad, known)
@@ -412,6 +404,18 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
     inventory.row_digests[serial] = key
     inventory.devices.append(Device(serial=serial, platform=platform, user_email=email, team=team,
                                     extra=extra, location=loc))
+
+
+def _shape_problem(cells: list[str], header: _Header, loc: Location) -> Problem | None:
+    """A row with more fields than its header, or a field too long to be a value."""
+    if len(cells) > header.width and any(c.strip() for c in cells[header.width:]):
+        return Problem(location=loc, field="row", row=True, message=(
+            f"{len(cells)} fields but the header has {header.width} (a value with an unquoted comma?)"))
+    too_long = [i for i, c in enumerate(cells[:header.width]) if len(c) > MAX_FIELD_CHARS]
+    if too_long:
+        return Problem(location=loc, field="row", row=True, message=(
+            f"field {too_long[0] + 1} is longer than {MAX_FIELD_CHARS:,} characters"))
+    return None
 
 
 def _load_known_row(cells: list[str], header: _Header, loc: Location, inventory: Inventory,

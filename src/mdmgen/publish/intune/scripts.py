@@ -219,7 +219,10 @@ def _team_slug(team: str) -> str:
 
 
 def _frame(label: str, count: int) -> tuple[str, str]:
-    """The script before and after the table lines. Only ``label`` (bits) and ``count`` vary."""
+    """The script before and after the table lines. Only ``label`` (bits) and ``count`` vary.
+
+    Over 60 lines because most of them are the PowerShell script's own text, kept whole so that it
+    reads as the script a Windows admin will see."""
     which = (f"the devices whose SHA-256(serial) starts with bits {label}" if label
              else "every device of its team")
     head = f"""\
