@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import MdmgenException
+from ..exitcodes import ExitCode
 from ..progress import NO_PROGRESS, Progress
 from .defaults import MAX_DELETE_PERCENT
 
@@ -47,14 +49,16 @@ E = TypeVar("E", bound=BaseException)
 
 
 
-class PublishError(Exception):
-    """A failure with a one-line message written for the person running mdmgen.
+class PublishError(MdmgenException):
+    """A failure with a one-line message written for the person running mdmgen; the target's
+    (exit 7) unless a subclass says otherwise.
 
     ``progress`` is what the publish had achieved when it stopped ("nothing was committed"),
     added to the message by :func:`apply`. It is an attribute rather than a new message, so
     the exception keeps its class and attributes (an HTTP status, say) on its way to the CLI.
     """
 
+    exit_code = ExitCode.REMOTE_FAILED
     progress: str | None = None
 
     def __str__(self) -> str:
@@ -75,20 +79,28 @@ def copy_with_message(exc: E, message: str) -> E:
 
 
 class LocalOutputError(PublishError):
-    """The local output folder is missing, inconsistent with its manifest, or being replaced."""
+    """The local output folder is missing, inconsistent with its manifest, or being replaced (exit 1)."""
+
+    exit_code = ExitCode.INVALID_INPUT
 
 
 class RemoteError(PublishError):
-    """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ..."""
+    """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ... (exit 7)."""
+
+    exit_code = ExitCode.REMOTE_FAILED
 
 
 class Unservable(PublishError):
     """The target cannot give some devices exactly their compiled settings (Intune's equivalence
     proof failed); refused before any write, exit 1 like any input the user must fix."""
 
+    exit_code = ExitCode.INVALID_INPUT
+
 
 class DeletionRefused(PublishError):
-    """The plan would delete more published devices than the guard allows."""
+    """The plan would delete more published devices than the guard allows (exit 6)."""
+
+    exit_code = ExitCode.DELETION_REFUSED
 
 
 @dataclass(frozen=True)
