@@ -283,7 +283,7 @@ def explain_command(serial, inventories, profiles, variables, out, as_json) -> N
     """
     from . import explain
 
-    Report(as_json=as_json, quiet=False, verbose=0)
+    Report(as_json=as_json, quiet=False, verbose=0)  # sets up logging; a failure is printed by _Command
     found = explain.explain(serial, inventories, profiles, variables, out)
     if as_json:
         click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
@@ -503,7 +503,7 @@ def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bo
     """
     from . import preflight  # imports grpc lazily: only this command needs it
 
-    Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     plan = preflight.load(out, serial)
     result = preflight.run(plan, timeout, lambda line: click.echo(printable(line), err=as_json), quiet=quiet)
     if as_json:
@@ -732,7 +732,7 @@ def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_p
     from . import adoption
     from .adoption import render
 
-    Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     options = adoption.Options(out=out, days=days, anthropic_url=anthropic_url, prometheus_url=prometheus_url,
                                timeout=timeout, csv=csv_path, chart=chart_path,
                                today=today.date() if today is not None else None)
