@@ -1,7 +1,9 @@
-"""The ``mdmgen`` command line: parse flags, run the stages, print, choose the exit code.
+"""The ``mdmgen`` command line: parse flags, run the stages, print.
 
 The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: every
-``--help`` prints them from there, and a test checks that the README lists the same.
+``--help`` prints them from there, and a test checks that the README lists the same. A failure
+carries its own exit code (:mod:`mdmgen.errors`); every command prints one the same way
+(:class:`_Command`), so nothing here maps an exception to a code.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from . import __version__, fastpath, output, policy, runkey
+from .errors import MdmgenException
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
     SIGN_KEY_PASSWORD_ENV,
@@ -27,7 +31,7 @@ from .messages import (
     redactor,
     shorten,
 )
-from .models import MdmgenError, Platform, Problem
+from .models import Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
 from .secrets import resolved_values
@@ -91,6 +95,28 @@ def _signing_options(func):
     return func
 
 
+class _Command(click.Command):
+    """A command that prints mdmgen's own failures, as click's ``main`` prints a ``ClickException``:
+    the located problems, then the headline, on stderr; with ``--json`` also ``{"exit_code", "error",
+    "problems"}`` on stdout; then it exits with the failure's own code. A ``--var`` the policy does not
+    declare reads like any malformed option (``click_usage``).
+
+    ``json_failures=False`` for a command whose ``--json`` describes only its result (diff)."""
+
+    def __init__(self, *args, json_failures: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_failures = json_failures
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MdmgenException as exc:
+            if exc.click_usage:
+                raise click.UsageError(str(exc), ctx) from None
+            _fail(exc.exit_code, exc.headline(), exc.problems,
+                  as_json=self.json_failures and bool(ctx.params.get("as_json")), headline_printed=exc.headline_printed)
+
+
 class _GuardedGroup(click.Group):
     """The exception boundary: an exception no stage turned into a user-facing message is a bug
     in mdmgen. It prints one line that names the command and asks for a report (the traceback
@@ -100,6 +126,8 @@ class _GuardedGroup(click.Group):
     Two endings are not bugs (see ``boundary``): a reader of stdout that went away
     (``| head -1``) ends quietly with 141, as Unix tools do; running out of memory, open files or
     disk space is one line and 71."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context):
         from . import boundary
@@ -155,34 +183,29 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     modification time, and a run where nothing changed writes nothing.
     """
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
-    signer = _signer(report, sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
-    try:
-        with output.locked(out), fastpath.collector_paused():
-            found = output.StateRead() if full else output.read_state(out)
-            quiet = None if found.state is None or signer else output.unchanged(
-                out, found.state, lambda state: runkey.current_key(state.secrets, state.pseudonymised, inventories,
-                                                                   profiles, variables, skip_invalid))
-            if quiet is not None:
-                report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
-                              output.Changes(unchanged=quiet.devices))
-            previous = output.read_previous(out, found, full=full)
-            reuse = previous is not None and previous.state is not None  # damaged devices re-rendered
-            result = _run(report, inventories, profiles, variables, skip_invalid,
-                          previous.reusable() if reuse else None,
-                          previous.state.rows if reuse else None)
-            from . import signing
+    signer = _signer(sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
+    with output.locked(out), fastpath.collector_paused():
+        found = output.StateRead() if full else output.read_state(out)
+        quiet = None if found.state is None or signer else output.unchanged(
+            out, found.state, lambda state: runkey.current_key(state.secrets, state.pseudonymised, inventories,
+                                                               profiles, variables, skip_invalid))
+        if quiet is not None:
+            report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
+                          output.Changes(unchanged=quiet.devices))
+        previous = output.read_previous(out, found, full=full)
+        reuse = previous is not None and previous.state is not None  # damaged devices re-rendered
+        result = _run(report, inventories, profiles, variables, skip_invalid,
+                      previous.reusable() if reuse else None,
+                      previous.state.rows if reuse else None)
+        from . import signing
 
-            derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
-            new_state = result.state if signer is None else dataclasses.replace(result.state, run_key=None)
-            request = output.WriteRequest(
-                compiled=result.devices, fleet_files=result.fleet_files, secret_env=result.secret_env,
-                secrets=result.secrets, derived=derived, new_state=new_state, pseudonymised=result.pseudonymised,
-                fresh=full or not fastpath.enabled())
-            changes = output.write(out, request, previous, progress=report.progress())
-    except output.OutputBusy as exc:
-        report.fail(ExitCode.BUSY, f"error: {exc}")
-    except output.OutputError as exc:
-        report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
+        derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
+        new_state = result.state if signer is None else dataclasses.replace(result.state, run_key=None)
+        request = output.WriteRequest(
+            compiled=result.devices, fleet_files=result.fleet_files, secret_env=result.secret_env,
+            secrets=result.secrets, derived=derived, new_state=new_state, pseudonymised=result.pseudonymised,
+            fresh=full or not fastpath.enabled())
+        changes = output.write(out, request, previous, progress=report.progress())
     if changes.written:  # never on a quiet night: nothing was written, and git is not started
         from . import gitcheck
 
@@ -191,9 +214,9 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     report.finish(result.summary(), result.problems, headline, changes)
 
 
-def _signer(report: Report, cert: Path | None, key: Path | None, p12: Path | None) -> signing.Signer | None:
-    """The checked signer of the compile's options, or None; a problem with it is exit 1, a wrong
-    combination of options exit 2."""
+def _signer(cert: Path | None, key: Path | None, p12: Path | None) -> signing.Signer | None:
+    """The checked signer of the compile's options, or None; a problem with it is exit 1
+    (``signing.SigningError``), a wrong combination of options exit 2."""
     if p12 is not None and (cert is not None or key is not None):
         raise click.UsageError("--sign-p12 holds the certificate and the key: do not also pass --sign-cert or "
                                "--sign-key")
@@ -203,11 +226,7 @@ def _signer(report: Report, cert: Path | None, key: Path | None, p12: Path | Non
         return None
     from . import signing
 
-    try:
-        return signing.load_signer(cert=cert, key=key, p12=p12)
-    except MdmgenError as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s) with the signing identity; "
-                    "nothing was written.", exc.problems)
+    return signing.load_signer(cert=cert, key=key, p12=p12)
 
 
 def _refuse_out(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -229,7 +248,7 @@ def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, ver
                   suffix="; nothing written")
 
 
-@main.command(name="diff", epilog=help_epilog("diff"))
+@main.command(name="diff", epilog=help_epilog("diff"), json_failures=False)
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON on stdout.")
@@ -241,11 +260,7 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     """
     from . import diff
 
-    try:
-        result = diff.trees(old, new)
-    except diff.DiffError as exc:
-        click.echo(printable(f"error: {exc}"), err=True)
-        sys.exit(2)
+    result = diff.trees(old, new)  # diff.DiffError: exit 2, diff(1)'s "trouble"
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:
@@ -269,13 +284,8 @@ def explain_command(serial, inventories, profiles, variables, out, as_json) -> N
     """
     from . import explain
 
-    report = Report(as_json=as_json, quiet=False, verbose=0)
-    try:
-        found = explain.explain(serial, inventories, profiles, variables, out)
-    except explain.ExplainError as exc:
-        report.fail(ExitCode.INVALID_INPUT, exc.message, exc.problems)
-    except policy.UnknownVariable as exc:
-        raise click.UsageError(str(exc)) from None
+    Report(as_json=as_json, quiet=False, verbose=0)  # sets up logging; a failure is printed by _Command
+    found = explain.explain(serial, inventories, profiles, variables, out)
     if as_json:
         click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
     else:
@@ -294,15 +304,9 @@ def _run(report: Report, inventories, profiles, variables, skip_invalid, previou
          known_rows=None) -> pipeline.CompileResult:
     from . import pipeline
 
-    try:
-        result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
-                                        previous=previous, progress=report.progress(),
-                                        known_rows=known_rows if fastpath.enabled() else None)
-    except MdmgenError as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"{len(exc.problems)} problem(s); nothing was written.",
-                    exc.problems)
-    except policy.UnknownVariable as exc:
-        raise click.UsageError(str(exc)) from None
+    result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
+                                    previous=previous, progress=report.progress(),
+                                    known_rows=known_rows if fastpath.enabled() else None)
     if not result.devices:
         report.fail(ExitCode.INVALID_INPUT, "error: no device to compile (every row was rejected, "
                     "excluded or the inventory is empty); nothing was written.", result.problems)
@@ -369,14 +373,7 @@ class Report:
             click.echo(self.warnings[-1], err=True)
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
-        message = printable(message)  # an OS, S3 or Jamf error can hold newlines and escape sequences
-        lines = _problem_lines(problems)
-        for line in _collapsed(problems):
-            click.echo(line, err=True)
-        click.echo(message, err=True)
-        if self.as_json:
-            click.echo(json.dumps({"exit_code": int(code), "error": message, "problems": lines}, indent=2))
-        sys.exit(code)
+        _fail(code, message, problems, as_json=self.as_json)
 
     def finish(self, summary: RunSummary, problems: list[Problem], headline: str, changes: output.Changes | None,
                *, suffix: str = "") -> NoReturn:
@@ -428,6 +425,25 @@ class Report:
         sys.exit(code)
 
 
+def _fail(code: ExitCode, headline: str, problems: Sequence[Problem | str], *, as_json: bool,
+          headline_printed: bool = True) -> NoReturn:
+    """Print a failure and exit with ``code``: the problems (collapsed), then the headline, on stderr;
+    with ``as_json`` also ``{"exit_code", "error", "problems"}`` (every problem) on stdout.
+
+    Every line is made printable (an OS, S3 or Jamf error can hold newlines and escape sequences) and
+    has the credentials of the environment and the compile's resolved secrets redacted."""
+    hide = redactor([*environment_secrets(), *resolved_values()])
+    headline = printable(hide(headline))
+    for line in _collapsed(problems):
+        click.echo(hide(line), err=True)
+    if headline_printed:
+        click.echo(headline, err=True)
+    if as_json:
+        lines = [hide(line) for line in _problem_lines(problems)]
+        click.echo(json.dumps({"exit_code": int(code), "error": headline, "problems": lines}, indent=2))
+    sys.exit(code)
+
+
 def _count(number: int, noun: str) -> str:
     """``1 row``, ``2 rows``."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
@@ -435,7 +451,7 @@ def _count(number: int, noun: str) -> str:
 
 def _problem_lines(problems) -> list[str]:
     """One line per problem, in the order found, without repeats (the full list, for --json)."""
-    return list(dict.fromkeys(str(p) for p in problems))
+    return list(dict.fromkeys(printable(str(p)) for p in problems))
 
 
 SAME_PROBLEM_SHOWN = 3
@@ -448,10 +464,13 @@ def _collapsed(problems) -> list[str]:
     seen: set[str] = set()
     groups: dict[tuple[str, str], list] = {}
     for problem in problems:
-        line = str(problem)
+        line = printable(str(problem))
         if line in seen:
             continue
         seen.add(line)
+        if isinstance(problem, str):  # a line already written for the user: never grouped
+            shown.append(line)
+            continue
         group = groups.setdefault((problem.field, problem.message), [])
         group.append(problem)
         if len(group) <= SAME_PROBLEM_SHOWN:
@@ -485,18 +504,8 @@ def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bo
     """
     from . import preflight  # imports grpc lazily: only this command needs it
 
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
-    try:
-        plan = preflight.load(out, serial)
-    except output.OutputBusy as exc:
-        report.fail(ExitCode.BUSY, f"error: {exc}")
-    except preflight.PreflightError as exc:
-        lines = [printable(f"error: {line}") for line in exc.problems]
-        click.echo("\n".join(lines), err=True)
-        if as_json:
-            click.echo(json.dumps({"exit_code": int(ExitCode.INVALID_INPUT), "error": "nothing was sent",
-                                   "problems": lines}, indent=2))
-        sys.exit(ExitCode.INVALID_INPUT)
+    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
+    plan = preflight.load(out, serial)
     result = preflight.run(plan, timeout, lambda line: click.echo(printable(line), err=as_json), quiet=quiet)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -664,8 +673,7 @@ def _checked_url(check, url: str, option: str) -> str:
 
 def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
-    """Run the shared publish flow and print its outcome; exceptions become exit codes."""
-    from . import environment
+    """Run the shared publish flow and print its outcome; a failure carries its exit code."""
     from .publish import base, flow
 
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
@@ -677,21 +685,8 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
             for line in plan.lines():
                 click.echo(line)
 
-    try:
-        outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
-                           max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
-    except environment.EnvironmentValueError as exc:  # checked by each publisher before its first request
-        report.fail(ExitCode.USAGE, f"error: {exc}")
-    except output.OutputBusy as exc:
-        report.fail(ExitCode.BUSY, f"error: {exc}")
-    except (output.OutputError, base.LocalOutputError) as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
-    except base.Unservable as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
-    except base.DeletionRefused as exc:
-        report.fail(ExitCode.DELETION_REFUSED, f"error: {exc}")
-    except base.RemoteError as exc:
-        report.fail(ExitCode.REMOTE_FAILED, f"error: {exc}")
+    outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
+                       max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
     if not report.quiet:
         click.echo(printable(outcome.summary()), err=True)
         for note in outcome.notes:
@@ -735,27 +730,14 @@ def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_p
       --prometheus-url URL     the org's Prometheus, fed by the collector mdmgen configures
     With pseudonymise_email, MDMGEN_PSEUDONYM_KEY (the compile's key) pseudonymises the sources' emails.
     """
-    from . import adoption, environment
+    from . import adoption
     from .adoption import render
-    from .publish.base import RemoteError
 
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     options = adoption.Options(out=out, days=days, anthropic_url=anthropic_url, prometheus_url=prometheus_url,
                                timeout=timeout, csv=csv_path, chart=chart_path,
                                today=today.date() if today is not None else None)
-    hidden = environment_secrets()
-    try:
-        outcome = adoption.run(options)
-    except (adoption.AdoptionUsageError, environment.EnvironmentValueError) as exc:
-        report.fail(ExitCode.USAGE, redactor(hidden)(f"error: {exc}"))
-    except output.OutputBusy as exc:
-        report.fail(ExitCode.BUSY, f"error: {exc}")
-    except output.OutputError as exc:
-        report.fail(ExitCode.INVALID_INPUT, f"error: {exc}")
-    except adoption.FileWriteError as exc:
-        report.fail(ExitCode.OUTPUT_FAILED, f"error: {exc}")
-    except RemoteError as exc:  # a source, or the shared HTTP layer under it
-        report.fail(ExitCode.REMOTE_FAILED, redactor(hidden)(f"error: {exc}"))
+    outcome = adoption.run(options)
     lines = render.coverage(outcome.report)
     if as_json:
         click.echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,

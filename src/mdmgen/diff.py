@@ -30,6 +30,8 @@ from . import attributes
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION, ArtifactKind
 from .envschema import SECRET_ENV
+from .errors import MdmgenException
+from .exitcodes import ExitCode
 from .models import ManifestDevice, ManifestFile
 from .output import Check, CheckedOutput, checked, device_path, kind_of
 from .secrets import PSEUDONYM_RE, SecretRef, shown_fingerprint
@@ -40,8 +42,11 @@ SHOWN_FINGERPRINT = 8
 _ABSENT = object()
 
 
-class DiffError(Exception):
-    """A folder could not be compared (missing, not an output folder, unreadable file)."""
+class DiffError(MdmgenException):
+    """A folder could not be compared (missing, not an output folder, unreadable file): exit 2,
+    diff(1)'s "trouble", which is also the number of mdmgen's usage errors."""
+
+    exit_code = ExitCode.USAGE
 
 
 class KeyChange(BaseModel):

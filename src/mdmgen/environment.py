@@ -17,6 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .endpoints import is_loopback
+from .errors import MdmgenException
+from .exitcodes import ExitCode
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 HTTPX_CA = ("SSL_CERT_FILE",)
@@ -29,8 +31,10 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9.-]+")  # azure-identity's own rule (validat
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces
 
 
-class EnvironmentValueError(Exception):
+class EnvironmentValueError(MdmgenException):
     """A variable holds a value mdmgen cannot use; the message starts with its name (exit 2)."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, name: str, reason: str):
         super().__init__(f"{name}: {reason}")

@@ -3,6 +3,10 @@
 This is the one source for every command's ``--help`` (``cli`` prints :func:`help_epilog`)
 and for the README's tables, which ``tests/test_readme.py`` compares with it, so the two
 cannot drift apart. Cron and CI scripts branch on these numbers: a code never changes meaning.
+
+Which failure ends with which code is decided by the failure itself: each
+:class:`~mdmgen.errors.MdmgenException` subclass declares its ``exit_code``, and
+``tests/test_errors.py`` checks that every one it declares is in a command's table here.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def secret_forms(secret: str) -> set[str]:
     if not secret:
         return set()
     forms = {secret, unquote(secret)}
-    for encoded in (quote(secret, safe=""), quote_plus(secret)):
+    # surrogatepass: a variable holding bytes that are not UTF-8 is still hidden, not a crash
+    for encoded in (quote(secret, safe="", errors="surrogatepass"), quote_plus(secret, errors="surrogatepass")):
         forms.add(encoded)
         forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded))
     for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import MdmgenException
+from .exitcodes import ExitCode
 from .messages import printable
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would also match before a final newline
@@ -188,12 +190,17 @@ class Problem(BaseModel):
         return printable(f"{self.location}: {self.field}: {self.message}")
 
 
-class MdmgenError(Exception):
-    """A failure that is the user's to fix; carries every problem found, not only the first."""
+class MdmgenError(MdmgenException):
+    """Inputs that are the user's to fix (exit 1); carries every problem found, not only the first."""
+
+    exit_code = ExitCode.INVALID_INPUT
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+    def headline(self) -> str:
+        return f"{len(self.problems)} problem(s); nothing was written."
 
 
 class Device(BaseModel):

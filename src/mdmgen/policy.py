@@ -30,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .attributes import TOKEN_RE
+from .errors import MdmgenException
+from .exitcodes import ExitCode
 from .inputfile import MAX_POLICY_BYTES, InputFileError, not_text, read_input
 from .models import Location, MdmgenError, Platform, Problem, team_key, team_spelling, unencodable_text
 from .policy_sections import ENV_NAME_RE, Collector, Intune
@@ -70,8 +72,12 @@ PLIST_INTEGERS = (-(2**63), 2**64 - 1)
 """The integers a property list can hold (plistlib refuses others when it writes a profile)."""
 
 
-class UnknownVariable(ValueError):
-    """A ``--var`` names a variable the policy does not declare: a usage error (exit 2)."""
+class UnknownVariable(MdmgenException, ValueError):
+    """A ``--var`` names a variable the policy does not declare: a usage error (exit 2), shown as
+    click shows a malformed option."""
+
+    exit_code = ExitCode.USAGE
+    click_usage = True
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -43,6 +43,7 @@ from . import secrets as secret_refs
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION
 from .endpoints import is_loopback
+from .errors import MdmgenException
 from .exitcodes import ExitCode
 from .http import MAX_SMALL_BODY, Connection, TransportFailure, reason_phrase
 from .messages import first_of, redactor
@@ -63,12 +64,19 @@ log = logging.getLogger(__name__)
 OK, FAIL, SKIP = "ok", "FAIL", "--"
 
 
-class PreflightError(Exception):
-    """The output folder cannot be checked as it is; ``problems`` are lines for the user."""
+class PreflightError(MdmgenException):
+    """The output folder cannot be checked as it is, and nothing was sent (exit 1). Each problem is
+    one ``error:`` line on stderr; ``--json`` adds that nothing was sent."""
+
+    exit_code = ExitCode.INVALID_INPUT
+    headline_printed = False
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
+        self.problems = [f"error: {line}" for line in problems]
         super().__init__("\n".join(problems))
+
+    def headline(self) -> str:
+        return "nothing was sent"
 
 
 # --- what to check: read from the compiled output --------------------------------------------

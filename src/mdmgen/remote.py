@@ -15,18 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .errors import MdmgenException
+from .exitcodes import ExitCode
+
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
 
 
-class PublishError(Exception):
-    """A failure with a one-line message written for the person running mdmgen.
+class PublishError(MdmgenException):
+    """A failure with a one-line message written for the person running mdmgen; the target's
+    (exit 7) unless a subclass says otherwise.
 
     ``progress`` is what the publish had achieved when it stopped ("nothing was committed"),
     added to the message by :func:`mdmgen.publish.base.apply`. It is an attribute rather than a new message, so
     the exception keeps its class and attributes (an HTTP status, say) on its way to the CLI.
     """
 
+    exit_code = ExitCode.REMOTE_FAILED
     progress: str | None = None
 
     def __str__(self) -> str:
@@ -47,7 +52,9 @@ def copy_with_message(exc: E, message: str) -> E:
 
 
 class RemoteError(PublishError):
-    """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ..."""
+    """The remote refused or failed: unreachable, credentials, permissions, missing bucket, ... (exit 7)."""
+
+    exit_code = ExitCode.REMOTE_FAILED
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,13 @@ class Signer:
         return signed
 
 
+class SigningError(MdmgenError):
+    """The signing identity cannot be used (exit 1, before the output folder is locked)."""
+
+    def headline(self) -> str:
+        return f"{len(self.problems)} problem(s) with the signing identity; nothing was written."
+
+
 def _problem(path: Path, option: str, message: str) -> Problem:
     return Problem(location=Location(file=str(path)), field=option, message=message)
 
@@ -100,9 +107,9 @@ def _read(path: Path, option: str) -> bytes:
     try:
         return read_input(path, MAX_SIGNING_FILE_BYTES)
     except FileNotFoundError:
-        raise MdmgenError([_problem(path, option, "no such file")]) from None
+        raise SigningError([_problem(path, option, "no such file")]) from None
     except InputFileError as exc:
-        raise MdmgenError([_problem(path, option, str(exc))]) from None
+        raise SigningError([_problem(path, option, str(exc))]) from None
 
 
 def _password(environ: Mapping[str, str], name: str) -> bytes | None:
@@ -115,7 +122,7 @@ def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path 
                 environ: Mapping[str, str] | None = None, now: datetime | None = None) -> Signer:
     """The checked signer from a PEM certificate (chain allowed) and key, or a PKCS#12 file.
 
-    Raises MdmgenError with one ``FILE: --option: message`` problem per thing to fix; no message
+    Raises SigningError with one ``FILE: --option: message`` problem per thing to fix; no message
     carries key material or a password."""
     env = os.environ if environ is None else environ
     if p12 is not None:
@@ -127,7 +134,7 @@ def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path 
         private_key = _load_key(key, env)
         matching = [c for c in certificates if _same_public_key(c, private_key)]
         if not matching:
-            raise MdmgenError([_problem(key, "--sign-key", f"does not match the certificate in {cert} "
+            raise SigningError([_problem(key, "--sign-key", f"does not match the certificate in {cert} "
                                         "(its public key is another one)")])
         certificate = matching[0]
         chain = [c for c in certificates if c is not certificate]
@@ -135,7 +142,7 @@ def load_signer(*, cert: Path | None = None, key: Path | None = None, p12: Path 
     now = now or datetime.now(UTC)
     problems = _certificate_problems(certificate, now)
     if problems:
-        raise MdmgenError([_problem(where, option, message) for message in problems])
+        raise SigningError([_problem(where, option, message) for message in problems])
     left = certificate.not_valid_after_utc - now
     if left < EXPIRY_WARNING:
         log.warning("%s: the signing certificate expires on %s UTC (in %d day(s)); renew it before then",
@@ -147,7 +154,7 @@ def _load_certificates(path: Path) -> list[x509.Certificate]:
     try:
         certificates = x509.load_pem_x509_certificates(_read(path, "--sign-cert"))
     except ValueError:
-        raise MdmgenError([_problem(path, "--sign-cert", "not a PEM certificate (-----BEGIN CERTIFICATE-----)")]) \
+        raise SigningError([_problem(path, "--sign-cert", "not a PEM certificate (-----BEGIN CERTIFICATE-----)")]) \
             from None
     return certificates
 
@@ -160,12 +167,12 @@ def _load_key(path: Path, env: Mapping[str, str]) -> rsa.RSAPrivateKey | ec.Elli
             key = serialization.load_pem_private_key(data, password)
         except TypeError:
             if password is None:
-                raise MdmgenError([_problem(path, "--sign-key", f"the key is encrypted: set {KEY_PASSWORD_ENV} "
+                raise SigningError([_problem(path, "--sign-key", f"the key is encrypted: set {KEY_PASSWORD_ENV} "
                                             "to its password")]) from None
             key = serialization.load_pem_private_key(data, None)  # the variable is set, the key is not encrypted
     except (ValueError, UnsupportedAlgorithm):
         hint = f" or {KEY_PASSWORD_ENV} is not its password" if password is not None else ""
-        raise MdmgenError([_problem(path, "--sign-key", f"not a readable PEM private key{hint}")]) from None
+        raise SigningError([_problem(path, "--sign-key", f"not a readable PEM private key{hint}")]) from None
     return _signing_key(key, path, "--sign-key")
 
 
@@ -178,11 +185,11 @@ def _load_p12(path: Path, env: Mapping[str, str]):
         # OpenSSL says "invalid password or PKCS12 data" for both; the file's shape tells them apart.
         why = _not_pkcs12(data) or (f"{P12_PASSWORD_ENV} is not its password" if password is not None
                                     else f"it is protected by a password: set {P12_PASSWORD_ENV}")
-        raise MdmgenError([_problem(path, "--sign-p12", f"cannot open the PKCS#12 file: {why}")]) from None
+        raise SigningError([_problem(path, "--sign-p12", f"cannot open the PKCS#12 file: {why}")]) from None
     if key is None or certificate is None:
-        raise MdmgenError([_problem(path, "--sign-p12", "holds no private key and certificate pair")])
+        raise SigningError([_problem(path, "--sign-p12", "holds no private key and certificate pair")])
     if not _same_public_key(certificate, key):
-        raise MdmgenError([_problem(path, "--sign-p12", "its key does not match its certificate")])
+        raise SigningError([_problem(path, "--sign-p12", "its key does not match its certificate")])
     return _signing_key(key, path, "--sign-p12"), certificate, list(chain)
 
 
@@ -212,7 +219,7 @@ def _not_pkcs12(data: bytes) -> str | None:
 
 def _signing_key(key: object, path: Path, option: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise MdmgenError([_problem(path, option, "only RSA and EC keys can sign a profile")])
+        raise SigningError([_problem(path, option, "only RSA and EC keys can sign a profile")])
     return key
 
 

@@ -79,7 +79,7 @@ def run(options: Options, *, environ: Mapping[str, str] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC), sleep: Callable[[float], None] = time.sleep,
         ssl_context=None) -> Outcome:
     """The adoption report, and the ``--csv`` and ``--chart`` files written. Raises AdoptionUsageError
-    (exit 2), ``output.OutputError`` (1; ``OutputBusy`` 5), ``environment.EnvironmentValueError`` (2),
+    (exit 2), ``output.OutputUnusable`` (1; ``OutputBusy`` 5), ``environment.EnvironmentValueError`` (2),
     RemoteError/SourceError (7) and FileWriteError (4)."""
     report = build(options, environ=environ, now=now, sleep=sleep, ssl_context=ssl_context)
     written = []

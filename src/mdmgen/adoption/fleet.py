@@ -30,9 +30,9 @@ SETTINGS = registry.SETTINGS_JSON.name
 def read(out: Path) -> Fleet:
     """The fleet of the output folder ``out``, each device's person as the device sends it (turn it
     into an identity key with :meth:`Fleet.keyed`). Every file is checked against the manifest, under
-    the shared lock, so a compile cannot swap the folder mid-read. Raises ``output.OutputError``
-    (``OutputBusy`` while a compile holds the folder)."""
-    with output.locked(out, shared=True):
+    the shared lock, so a compile cannot swap the folder mid-read. Raises ``output.OutputUnusable``
+    (exit 1), or ``OutputBusy`` (5) while a compile holds the folder."""
+    with output.as_input(), output.locked(out, shared=True):
         folder = output.read(out, check=output.Check.DIGESTS)
         devices = tuple(_device(folder, serial, entry.team)
                         for serial, entry in sorted(folder.manifest.devices.items()))

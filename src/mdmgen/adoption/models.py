@@ -15,19 +15,25 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..endpoints import check_url
+from ..errors import MdmgenException
+from ..exitcodes import ExitCode
 from ..publish.base import RemoteError
 
 
-class AdoptionUsageError(ValueError):
+class AdoptionUsageError(MdmgenException, ValueError):
     """A flag or an environment variable that cannot be used (exit 2): one line, naming it."""
+
+    exit_code = ExitCode.USAGE
 
 
 class SourceError(RemoteError):
     """A source refused or failed (exit 7): one line, never holding a credential."""
 
 
-class FileWriteError(OSError):
+class FileWriteError(MdmgenException, OSError):
     """``--csv`` or ``--chart`` could not be written (exit 4): one line naming the file."""
+
+    exit_code = ExitCode.OUTPUT_FAILED
 
 
 class Device(BaseModel):

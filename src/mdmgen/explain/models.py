@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..errors import MdmgenException
+from ..exitcodes import ExitCode
 from ..models import Platform, Problem
 
 RESOURCE_ATTRIBUTES = "env.OTEL_RESOURCE_ATTRIBUTES"
@@ -15,14 +17,19 @@ SUGGESTIONS = 3
 """How many of the nearest serials an unknown serial suggests."""
 
 
-class ExplainError(Exception):
-    """The device cannot be explained (exit 1): one message line, and the problems as ``compile``
-    prints them (``file:line: field: message``), already redacted."""
+class ExplainError(MdmgenException):
+    """The device cannot be explained (exit 1): one message line (``error: ...``), and the problems
+    as ``compile`` prints them (``file:line: field: message``), already redacted."""
+
+    exit_code = ExitCode.INVALID_INPUT
 
     def __init__(self, message: str, problems: Iterable[Problem] = ()):
         self.message = message
         self.problems = list(problems)
         super().__init__(message)
+
+    def headline(self) -> str:
+        return self.message
 
 
 class Use(BaseModel):

@@ -30,6 +30,8 @@ from .layout import (
     MANIFEST_FILE,
     OutputBusy,
     OutputError,
+    OutputUnusable,
+    as_input,
     device_path,
     interrupted,
     kind_of,
@@ -43,7 +45,7 @@ from .writer import WriteRequest, read_previous, read_state, recover, unchanged,
 
 __all__ = [
     "DEVICES_DIR", "MANIFEST_FILE", "Changes", "Check", "CheckedFile", "CheckedOutput", "CompileState", "FleetChanges",
-    "NewState", "OutputBusy", "OutputError", "StateRead", "WriteRequest", "build_manifest", "checked", "device_path",
-    "interrupted", "kind_of", "locked", "manifest_bytes", "read", "read_previous", "read_state", "recover", "sidecar",
-    "unchanged", "write",
+    "NewState", "OutputBusy", "OutputError", "OutputUnusable", "StateRead", "WriteRequest", "as_input",
+    "build_manifest", "checked", "device_path", "interrupted", "kind_of", "locked", "manifest_bytes", "read",
+    "read_previous", "read_state", "recover", "sidecar", "unchanged", "write",
 ]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..emit import registry
 from ..emit.registry import ArtifactKind
+from ..errors import MdmgenException
+from ..exitcodes import ExitCode
 from ..messages import first_of
 
 DEVICES_DIR = "devices"
@@ -17,12 +21,41 @@ MAX_MANIFEST_BYTES = 1 << 30
 """A manifest of 100,000 devices is about 40 MB; anything past this is not one of ours."""
 
 
-class OutputError(Exception):
-    """The output folder could not be read or written; the message is one line for the user."""
+class OutputError(MdmgenException):
+    """The output folder could not be read or written; the message is one line for the user.
+
+    Exit 4 for the command that writes the folder (compile); a command that only reads it gets
+    :class:`OutputUnusable` instead (see :func:`as_input`)."""
+
+    exit_code = ExitCode.OUTPUT_FAILED
 
 
 class OutputBusy(OutputError):
-    """Another run holds the output folder's lock."""
+    """Another run holds the output folder's lock (exit 5, whichever command waits for it)."""
+
+    exit_code = ExitCode.BUSY
+
+
+class OutputUnusable(OutputError):
+    """The output folder, read as another command's input (publish, adoption), is missing, does not
+    match its manifest or cannot be locked: exit 1, like any input the user must fix."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+@contextmanager
+def as_input() -> Iterator[None]:
+    """Read the output folder as an input: an :class:`OutputError` raised inside (other than
+    :class:`OutputBusy`) becomes :class:`OutputUnusable`, with the same message.
+
+    The lock and the checked reader are shared by the command that writes the folder and the ones
+    that read it; only the caller knows which it is, so the caller says so here."""
+    try:
+        yield
+    except (OutputBusy, OutputUnusable):
+        raise
+    except OutputError as exc:
+        raise OutputUnusable(str(exc)) from exc
 
 
 def device_path(serial: str, name: str) -> str:

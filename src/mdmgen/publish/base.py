@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..exitcodes import ExitCode
 from ..progress import NO_PROGRESS, Progress
 from ..remote import PublishError as PublishError
 from ..remote import RemoteError as RemoteError
@@ -51,16 +52,22 @@ R = TypeVar("R")
 
 
 class LocalOutputError(PublishError):
-    """The local output folder is missing, inconsistent with its manifest, or being replaced."""
+    """The local output folder is missing, inconsistent with its manifest, or being replaced (exit 1)."""
+
+    exit_code = ExitCode.INVALID_INPUT
 
 
 class Unservable(PublishError):
     """The target cannot give some devices exactly their compiled settings (Intune's equivalence
     proof failed); refused before any write, exit 1 like any input the user must fix."""
 
+    exit_code = ExitCode.INVALID_INPUT
+
 
 class DeletionRefused(PublishError):
-    """The plan would delete more published devices than the guard allows."""
+    """The plan would delete more published devices than the guard allows (exit 6)."""
+
+    exit_code = ExitCode.DELETION_REFUSED
 
 
 @dataclass(frozen=True)

@@ -91,9 +91,10 @@ def run(out: Path, connect: Callable[[], Publisher], *, destination: str, dry_ru
     mid-publish. The folder is checked against its manifest before ``connect`` is called, so a
     broken folder costs no remote request. ``show_plan`` sees the plan of a dry run before the
     deletion guard, so ``--dry-run --prune`` prints the plan and then the same refusal.
-    Raises ``output.OutputError`` (``OutputBusy``) and ``PublishError`` subclasses.
+    Raises ``output.OutputUnusable`` (the folder is read as an input: exit 1), ``OutputBusy`` and
+    ``PublishError`` subclasses.
     """
-    with output.locked(out, shared=True):
+    with output.as_input(), output.locked(out, shared=True):
         folder = read_output(out)
         publisher = connect()
         try:

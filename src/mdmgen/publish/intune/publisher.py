@@ -31,7 +31,6 @@ from ..base import (
     Note,
     Plan,
     PlanItem,
-    PublishError,
     Remote,
     RemoteError,
     Unservable,
@@ -163,8 +162,9 @@ class IntunePublisher:
             table = read_table(script.content)
             wrong = sorted(s for s in script.serials if table.get(s) != pcs[s])
             if wrong or set(table) != set(script.serials):
-                raise PublishError(f"the Windows script {script.display_name!r} does not hold each PC's file "
-                                   f"exactly ({first_of(wrong) or 'its table'}); please report this")
+                # mdmgen's own self-check, not the user's or Graph's doing: a bug (exit 70)
+                raise RuntimeError(f"the Windows script {script.display_name!r} does not hold each PC's file "
+                                   f"exactly ({first_of(wrong) or 'its table'})")
             out.append(WantedObject("windows", script.display_name, team,
                                     objects.script_fields(team, script.display_name, script.file_name,
                                                           len(script.serials)),
