@@ -23,6 +23,7 @@ from mdmgen.publish.http import HTTPStatusError
 from .conftest import run, write_inventory
 from .fakes.anthropic_server import FakeAnthropicServer, api_row, user_row
 from .fakes.hostile import MODES, HostileServer
+from .scripted import Script
 
 KEY = "sk-ant-admin01-" + "k3y" * 20
 PSEUDONYM_KEY = "adoption-test-pseudonym-key-0123456789"
@@ -231,16 +232,20 @@ def test_the_client_pages_each_day_to_its_end_and_honours_retry_after(fake, date
     assert activity.api_keys == {"ci-bot": 7, "idle-key": 0}
 
 
-def test_a_server_that_repeats_its_cursor_is_stopped(fake, monkeypatch):
-    from tests.fakes import anthropic_server
+def test_a_server_that_repeats_its_cursor_is_stopped():
+    def page(next_page: str) -> dict:
+        return {"data": [{**user_row("alice.nguyen@example.com", 1), "date": "2026-08-13T00:00:00Z"}],
+                "has_more": True, "next_page": next_page}
 
-    monkeypatch.setattr(anthropic_server, "_offset", lambda cursor, starting: 0)  # every page is the first
-    api = anthropic.AdminAPI(fake.url, KEY, timeout=5, sleep=lambda _s: None)
+    script = (Script().on("GET", f"{anthropic.PATH}?starting_at=2026-08-13&limit=1000", json=page("page_1"))
+              .on("GET", f"{anthropic.PATH}?starting_at=2026-08-13&limit=1000&page=page_1", json=page("page_1")))
+    api = anthropic.AdminAPI("https://api.anthropic.example", KEY, timeout=5, sleep=lambda _s: None, transport=script)
     try:
-        with pytest.raises(anthropic.SourceError, match="already used"):
+        with pytest.raises(anthropic.SourceError, match="gave an already used cursor"):
             api.day(WINDOW[0])
     finally:
         api.close()
+    script.assert_done()  # the third page was never asked for
 
 
 def test_the_shared_policy_retries_529_with_its_retry_after():
