@@ -190,8 +190,8 @@ class Clock:
         self.now += seconds
 
 
-def connection(script: Script, clock: Clock, **kwargs) -> http.Connection:
-    return http.Connection(URL, service="Jamf Pro", max_connections=1, timeout=10, user_agent="test",
+def connection(script: Script, clock: Clock, timeout: float = 10, **kwargs) -> http.Connection:
+    return http.Connection(URL, service="Jamf Pro", max_connections=1, timeout=timeout, user_agent="test",
                            log=http.logging.getLogger("test"), timeout_hint="try a larger --timeout", clock=clock,
                            transport=script, **kwargs)
 
@@ -208,6 +208,25 @@ def test_an_answer_after_the_deadline_is_a_retryable_timeout():
         connection(script, clock).send("GET", PROFILES, doing="listing")
     assert str(failed.value) == f"Jamf Pro at {URL} did not answer within 10 s while listing; try a larger --timeout"
     assert failed.value.kind == "timeout" and http.classify(failed.value) is not None
+
+
+def test_a_server_that_stays_slow_gives_up_after_the_attempts_with_one_line():
+    clock = Clock()
+
+    def late(_request):
+        clock.advance(0.5)  # every answer comes after the 0.1 s deadline
+        return http.httpx.Response(200, json=LISTED)
+
+    script = Script().on("GET", PROFILES, answer=late, times=5)
+    slow = connection(script, clock, timeout=0.1)
+    sleeps: list[float] = []
+    with pytest.raises(http.TransportFailure) as failed:
+        http.RetryPolicy(sleep=sleeps.append).run(
+            lambda: slow.send("GET", PROFILES, doing="listing macOS configuration profiles"))
+    script.assert_done()
+    assert str(failed.value) == (f"Jamf Pro at {URL} did not answer within 0.1 s while listing macOS configuration "
+                                 "profiles (gave up after 5 attempts); try a larger --timeout")
+    assert len(sleeps) == 4
 
 
 def test_a_body_still_dripping_at_the_deadline_is_not_retried():
