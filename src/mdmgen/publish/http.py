@@ -33,6 +33,9 @@ to its caller:
   connections back off exponentially with jitter; every wait is capped and the number of
   attempts is bounded. An error that already went through the policy is marked ``exhausted``
   and never retried again by an outer caller, so retries never nest.
+* **A transport seam.** ``Connection(transport=...)`` answers from any httpx transport instead of
+  the network (tests script their answers with ``httpx.MockTransport``); the deadline and the size
+  caps still hold (:class:`_DeadlineTransport`). Production never passes one.
 * **Secrets.** httpx and httpcore log request and response headers at debug level; their
   loggers are held at WARNING, so ``-vv`` shows this layer's own one-line request log, which
   carries no header, body or query string.
