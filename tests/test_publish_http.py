@@ -21,6 +21,7 @@ from mdmgen.publish import base, http
 from mdmgen.publish import jamf as jamfpub
 
 from .conftest import run
+from .fakes.graph_http import ManualClock
 from .fakes.jamf_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Computer, FakeJamfServer
 from .scripted import Script, dripping
 
@@ -179,25 +180,14 @@ def test_after_a_token_failure_parallel_workers_do_not_hammer_the_endpoint():
 # --- the transport seam keeps the deadline and the size caps ----------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def connection(script: Script, clock: Clock, timeout: float = 10, **kwargs) -> http.Connection:
+def connection(script: Script, clock: ManualClock, timeout: float = 10, **kwargs) -> http.Connection:
     return http.Connection(URL, service="Jamf Pro", max_connections=1, timeout=timeout, user_agent="test",
                            log=http.logging.getLogger("test"), timeout_hint="try a larger --timeout", clock=clock,
                            transport=script, **kwargs)
 
 
 def test_an_answer_after_the_deadline_is_a_retryable_timeout():
-    clock = Clock()
+    clock = ManualClock()
 
     def late(_request):
         clock.advance(11)  # the server takes longer than --timeout to answer
@@ -211,7 +201,7 @@ def test_an_answer_after_the_deadline_is_a_retryable_timeout():
 
 
 def test_a_server_that_stays_slow_gives_up_after_the_attempts_with_one_line():
-    clock = Clock()
+    clock = ManualClock()
 
     def late(_request):
         clock.advance(0.5)  # every answer comes after the 0.1 s deadline
@@ -230,7 +220,7 @@ def test_a_server_that_stays_slow_gives_up_after_the_attempts_with_one_line():
 
 
 def test_a_body_still_dripping_at_the_deadline_is_not_retried():
-    clock = Clock()
+    clock = ManualClock()
     script = Script().on("GET", PROFILES, answer=dripping(200, [b"{", b'"a": 1', b"}"], lambda: clock.advance(4)))
     with pytest.raises(http.TransportFailure) as failed:
         connection(script, clock).send("GET", PROFILES, doing="listing")
@@ -240,7 +230,7 @@ def test_a_body_still_dripping_at_the_deadline_is_not_retried():
 
 
 def test_a_body_within_the_deadline_arrives_whole():
-    clock = Clock()
+    clock = ManualClock()
     script = Script().on("GET", PROFILES, answer=dripping(200, [b"{", b'"a": 1', b"}"], lambda: clock.advance(3)))
     assert connection(script, clock).send("GET", PROFILES, doing="listing").json() == {"a": 1}
 
@@ -251,7 +241,7 @@ def test_an_answer_past_the_cap_is_cut_declared_or_streamed(declared):
     headers = [("Content-Length", "2048")] if declared else []
     script = Script().on("GET", PROFILES, answer=dripping(200, [body[:1024], body[1024:]], lambda: None, headers))
     with pytest.raises(http.TransportFailure) as failed:
-        connection(script, Clock(), max_body=1024).send("GET", PROFILES, doing="listing")
+        connection(script, ManualClock(), max_body=1024).send("GET", PROFILES, doing="listing")
     assert str(failed.value) == (f"Jamf Pro at {URL} sent an answer larger than 1 KiB while listing; it was not "
                                  "read further")
     assert failed.value.kind == "too large" and not failed.value.transient
@@ -261,7 +251,7 @@ def test_the_cap_applies_after_decoding_so_a_compressed_bomb_is_cut():
     bomb = gzip.compress(b"0" * (1 << 20))
     script = Script().on("GET", PROFILES, content=bomb, headers=[("Content-Encoding", "gzip")])
     with pytest.raises(http.TransportFailure, match="larger than 64 KiB"):
-        connection(script, Clock(), max_body=64 << 10).send("GET", PROFILES, doing="listing")
+        connection(script, ManualClock(), max_body=64 << 10).send("GET", PROFILES, doing="listing")
     assert len(bomb) < 64 << 10
 
 
@@ -278,7 +268,7 @@ def test_without_a_transport_requests_go_through_the_deadline_socket_stack():
 def test_an_unexpected_request_fails_the_test_that_made_it():
     script = Script().on("GET", PROFILES, json=LISTED)
     with pytest.raises(AssertionError, match=f"unexpected request DELETE {PROFILES}/id/1; expected GET {PROFILES}"):
-        connection(script, Clock()).send("DELETE", f"{PROFILES}/id/1", doing="deleting")
+        connection(script, ManualClock()).send("DELETE", f"{PROFILES}/id/1", doing="deleting")
     assert script.unexpected and script.hits(PROFILES) == 0
 
 
