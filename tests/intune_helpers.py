@@ -139,3 +139,23 @@ def compiled(out: Path, serial: str) -> bytes:
 
 def payload(obj: dict[str, Any]) -> bytes:
     return base64.b64decode(obj["payload"] if "payload" in obj else obj["scriptContent"])
+
+
+GRAPH_URL = "https://graph.microsoft.com"
+GRAPH_TOKEN = "graph-t0k3n"
+
+
+class FixedToken:
+    """A credential that always has the same token: scripted Graph tests leave Entra ID out."""
+
+    def get_token(self, *_scopes: str, **_kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(GRAPH_TOKEN, 1 << 40)
+
+
+def scripted_graph(script: Any, **kwargs: Any) -> Any:
+    """A real GraphClient whose requests the ``script`` (tests/scripted.py) answers."""
+    from mdmgen.publish.intune.graph import GraphClient
+
+    return GraphClient(GRAPH_URL, FixedToken, transport=script, **kwargs)

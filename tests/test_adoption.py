@@ -11,6 +11,7 @@ import re
 from datetime import date
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mdmgen import secrets
@@ -23,6 +24,7 @@ from mdmgen.http import HTTPStatusError
 from .conftest import run, write_inventory
 from .fakes.anthropic_server import FakeAnthropicServer, api_row, user_row
 from .fakes.hostile import MODES, HostileServer
+from .scripted import Script
 
 KEY = "sk-ant-admin01-" + "k3y" * 20
 PSEUDONYM_KEY = "adoption-test-pseudonym-key-0123456789"
@@ -44,7 +46,7 @@ EMAILS = ["alice.nguyen@example.com", "dmitri.petrov@example.com", "bob.smith@ex
           "carla.jones@example.com", "contractor@partner.example"]
 
 
-def feed(fake: FakeAnthropicServer) -> None:
+def feed(fake: FakeAnthropicServer | Usage) -> None:
     """Usage over the window (and around it, which must not count)."""
     fake.add(date(2026, 8, 12), user_row("erin.ko@example.com", 4))  # before the window
     fake.add(WINDOW[0],
@@ -210,37 +212,66 @@ def test_a_missing_output_folder_is_exit_1_and_an_empty_organisation_a_result(co
 # --- the client against the fake, with the clock and the sleeps injected ----------------------------
 
 
+class Usage:
+    """What :func:`feed` adds, served as the Admin API pages it (3 rows a page, a cursor per page)."""
+
+    def __init__(self, date_format: str) -> None:
+        self.rows: dict[date, list[dict]] = {}
+        self.date_format = date_format
+
+    def add(self, day: date, *rows: dict) -> None:
+        self.rows.setdefault(day, []).extend(rows)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        day = date.fromisoformat(request.url.params["starting_at"])
+        offset = int(request.url.params.get("page", "page_0").removeprefix("page_"))
+        rows = self.rows.get(day, []) if day < TODAY else []
+        more = offset + 3 < len(rows)
+        stamp = day.isoformat() if self.date_format == "date" else f"{day}T00:00:00Z"
+        return httpx.Response(200, json={"data": [{"date": stamp, **row} for row in rows[offset:offset + 3]],
+                                         "has_more": more, "next_page": f"page_{offset + 3}" if more else None})
+
+
 @pytest.mark.parametrize("date_format", ["date", "rfc3339"])
-def test_the_client_pages_each_day_to_its_end_and_honours_retry_after(fake, date_format):
-    fake.date_format = date_format
-    fake.fail_next(1, 429, retry_after="2")
-    fake.fail_next(1, 500)
-    fake.fail_next(1, 529, retry_after="3")
+def test_the_client_pages_each_day_to_its_end_and_honours_retry_after(date_format):
+    usage = Usage(date_format)
+    feed(usage)
+    script = (Script().on("GET", anthropic.PATH, 429, json={"error": {"type": "rate_limit_error"}},
+                          headers=[("retry-after", "2")])
+              .on("GET", anthropic.PATH, 500).on("GET", anthropic.PATH, 529, headers=[("retry-after", "3")])
+              .on("GET", anthropic.PATH, answer=usage, times=3 + 3 + 1 + 4 + 1))  # pages: 7 rows, then the window
     waits: list[float] = []
-    api = anthropic.AdminAPI(fake.url, KEY, timeout=5, sleep=waits.append, wall_clock=lambda: 0.0)
+    api = anthropic.AdminAPI("https://api.anthropic.example", KEY, timeout=5, sleep=waits.append,
+                             wall_clock=lambda: 0.0, transport=script)
     try:
         rows = api.day(WINDOW[0])
         activity = api.activity(WINDOW, Identities())
     finally:
         api.close()
+    script.assert_done()  # every page asked for once, none after the last
     assert len(rows) == 7
     assert waits[0] == 2.0 and waits[2] == 3.0 and len(waits) == 3
     assert activity.people == {"alice.nguyen@example.com": WINDOW[:2], "bob.smith@example.com": [WINDOW[0]],
                                "contractor@partner.example": [WINDOW[0]], "carla.jones@example.com": [WINDOW[6]]}
     assert activity.sessions["alice.nguyen@example.com"] == 4  # remote + local + the next day
     assert activity.api_keys == {"ci-bot": 7, "idle-key": 0}
+    assert {r.headers["x-api-key"] for r in script.requests} == {KEY}
 
 
-def test_a_server_that_repeats_its_cursor_is_stopped(fake, monkeypatch):
-    from tests.fakes import anthropic_server
+def test_a_server_that_repeats_its_cursor_is_stopped():
+    def page(next_page: str) -> dict:
+        return {"data": [{**user_row("alice.nguyen@example.com", 1), "date": "2026-08-13T00:00:00Z"}],
+                "has_more": True, "next_page": next_page}
 
-    monkeypatch.setattr(anthropic_server, "_offset", lambda cursor, starting: 0)  # every page is the first
-    api = anthropic.AdminAPI(fake.url, KEY, timeout=5, sleep=lambda _s: None)
+    script = (Script().on("GET", f"{anthropic.PATH}?starting_at=2026-08-13&limit=1000", json=page("page_1"))
+              .on("GET", f"{anthropic.PATH}?starting_at=2026-08-13&limit=1000&page=page_1", json=page("page_1")))
+    api = anthropic.AdminAPI("https://api.anthropic.example", KEY, timeout=5, sleep=lambda _s: None, transport=script)
     try:
-        with pytest.raises(anthropic.SourceError, match="already used"):
+        with pytest.raises(anthropic.SourceError, match="gave an already used cursor"):
             api.day(WINDOW[0])
     finally:
         api.close()
+    script.assert_done()  # the third page was never asked for
 
 
 def test_the_shared_policy_retries_529_with_its_retry_after():

@@ -39,7 +39,7 @@ NOT_UNDER_THE_ROOT = {
     "mdmgen.templating.TemplateBudgetError": "a Jinja SecurityError; rendering reports it with the template's line",
     "mdmgen.output.state._Invalid": "a compile record that does not check out: the compile renders again",
     "mdmgen.shapes._Unsupported": "a template the fast path does not take: the slow path renders it",
-    "mdmgen.publish.http.SlowAnswer": "an httpcore timeout, turned into TransportFailure by the HTTP layer",
+    "mdmgen.http.SlowAnswer": "an httpcore timeout, turned into TransportFailure by the HTTP layer",
 }
 """Exceptions mdmgen defines that are deliberately not ``MdmgenException``s: if one reached the
 command line its message would lack the file and line that make it useful, so that is a bug (70)."""

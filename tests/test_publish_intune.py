@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mdmgen.publish.intune.scripts import read_table
@@ -27,11 +28,14 @@ from .intune_helpers import (
     mac_view,
     payload,
     publish,
+    scripted_graph,
     seed,
     writes,
 )
+from .scripted import Script
 
 R_AND_D = "R&D, Berlin"
+CONFIGURATIONS = "/beta/deviceManagement/deviceConfigurations"
 
 
 @pytest.fixture(scope="module")
@@ -347,26 +351,33 @@ def test_prune_deletes_only_objects_no_team_needs_behind_the_guard(workdir: Path
     assert_every_device_gets_its_settings(graph, out, kept, users)
 
 
-def test_the_write_budget_is_paced_not_hit(tls_files, monkeypatch):
-    """120 writes against Intune's 100 per 20 s: the client waits on its own, no 429 is provoked."""
-    from mdmgen.publish.intune.graph import GraphClient, credential_factory
-
+def test_the_write_budget_is_paced_not_hit():
+    """120 writes against Intune's 100 per 20 s: the client waits on its own, so no 20 s window of
+    the clock the client paces by ever holds more than 100 of them."""
     clock = ManualClock()
-    with FakeGraphServer(tls=tls_files, clock=clock) as server:
-        azure_env(monkeypatch, server, tls_files[0])
-        group = server.add_group("g")
-        client = GraphClient(server.graph_url, credential_factory(), clock=clock, sleep=clock.advance)
-        for _ in range(60):
-            made = client.request("POST", "/beta/deviceManagement/deviceConfigurations", doing="test", body={
-                "@odata.type": "#microsoft.graph.macOSCustomConfiguration", "displayName": "x",
-                "payloadName": "x", "payloadFileName": "x.mobileconfig", "payload": "AA=="}).json()
-            client.request("POST", f"/beta/deviceManagement/deviceConfigurations/{made['id']}/assign", doing="t",
-                           body={"assignments": [{"target": {"@odata.type": "#microsoft.graph.groupAssignmentTarget",
-                                                             "groupId": group.id}}]})
-        client.close()
-        assert client.writes == 120 and len(server.configurations) == 60
-        assert [r for r in server.requests if r.fault] == []
-        assert clock() - 1000.0 >= 20.0  # it waited for the window rather than be throttled
+    sent_at: list[float] = []
+
+    def created(request):
+        sent_at.append(clock())
+        return httpx.Response(201, json={"id": f"cfg-{len(sent_at) // 2}"})
+
+    def assigned(request):
+        sent_at.append(clock())
+        return httpx.Response(200, json={"value": []})
+
+    script = Script()
+    for n in range(60):
+        script.on("POST", CONFIGURATIONS, answer=created).on("POST", f"{CONFIGURATIONS}/cfg-{n}/assign",
+                                                              answer=assigned)
+    client = scripted_graph(script, clock=clock, sleep=clock.advance)
+    for _ in range(60):
+        made = client.request("POST", CONFIGURATIONS, doing="test", body={"displayName": "x"}).json()
+        client.request("POST", f"{CONFIGURATIONS}/{made['id']}/assign", doing="t", body={"assignments": []})
+    client.close()
+    script.assert_done()
+    assert client.writes == 120
+    assert max(sum(1 for t in sent_at if start <= t < start + 20.0) for start in sent_at) <= 100
+    assert sent_at[-1] - sent_at[0] >= 20.0  # it waited for the window rather than be throttled
 
 
 def test_a_team_split_differently_replaces_its_old_script_parts_without_prune(workdir: Path, graph: FakeGraphServer):

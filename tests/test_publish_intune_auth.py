@@ -3,17 +3,20 @@ host when the authority is another one, missing permissions, and objects that re
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import openssl_path
 from .fakes.graph_server import ALL_ROLES, AppRegistration, FakeGraphServer
 from .fakes.test_graph_server import TrapProxy
 from .fakes.tls import self_signed
-from .intune_helpers import Row, azure_env, compile_rows, publish, seed, writes
+from .intune_helpers import GRAPH_TOKEN, GRAPH_URL, Row, azure_env, compile_rows, publish, scripted_graph, seed, writes
+from .scripted import Script
 
 ROWS = [Row("C02AAA0001", "macos", "ada@example.com", "ops"), Row("C02AAA0002", "macos", "bob@example.com", "ops"),
         Row("PC00000001", "windows", "cy@example.com", "ops")]
@@ -118,39 +121,64 @@ def test_a_second_object_with_our_name_is_refused_then_pruned(workdir: Path, gra
 # --- the Graph client on its own ------------------------------------------------------------------
 
 
-def client_for(graph: FakeGraphServer, waits: list[float]):
-    from mdmgen.publish.intune.graph import GraphClient, credential_factory
-
-    return GraphClient(graph.graph_url, credential_factory(), sleep=waits.append)
-
-
-def test_a_next_link_to_another_host_is_not_followed(graph: FakeGraphServer):
+def test_a_next_link_to_another_host_is_not_followed():
     from mdmgen.publish.base import RemoteError
 
-    client = client_for(graph, [])
+    script = Script()
+    client = scripted_graph(script)
     with pytest.raises(RemoteError, match="next link to another host"):
         list(client.pages("https://graph.example.net/v1.0/users", doing="test"))
     client.close()
-    assert graph.requests == []  # the token was not even fetched for it
+    script.assert_done()  # nothing was sent, the token least of all
 
 
-def test_batch_splits_by_20_judges_each_answer_and_waits_for_an_inner_429(graph: FakeGraphServer):
-    users = [graph.add_user(f"u{i}@example.com") for i in range(30)]
-    graph.throttle(2, retry_after=7, path="/v1.0/users/*")  # two inner requests of the first batch
+def test_paging_follows_next_links_on_graph_until_there_is_none():
+    script = (Script().on("GET", "/v1.0/users", json={"value": [{"id": "a"}, {"id": "b"}],
+                                                     "@odata.nextLink": f"{GRAPH_URL}/v1.0/users?$skiptoken=x1"})
+              .on("GET", "/v1.0/users?$skiptoken=x1", json={"value": [{"id": "c"}]}))
+    client = scripted_graph(script)
+    assert [user["id"] for user in client.pages("/v1.0/users", doing="test")] == ["a", "b", "c"]
+    client.close()
+    script.assert_done()
+    assert {r.headers["Authorization"] for r in script.requests} == {f"Bearer {GRAPH_TOKEN}"}
+
+
+def test_batch_splits_by_20_judges_each_answer_and_waits_for_an_inner_429():
+    users = {f"{i:08d}-0000-4000-8000-000000000000": f"u{i}@example.com" for i in range(30)}
+    throttled: list[str] = []
+
+    def answer(request):
+        responses = []
+        for inner in json.loads(request.content)["requests"]:
+            user = inner["url"].split("/")[2].split("?")[0]
+            if len(throttled) < 2 and inner["id"] not in throttled:  # two inner requests of the first batch
+                throttled.append(inner["id"])
+                responses.append({"id": inner["id"], "status": 429, "headers": {"Retry-After": "7"},
+                                  "body": {"error": {"code": "TooManyRequests", "message": "slow down"}}})
+            elif user in users:
+                responses.append({"id": inner["id"], "status": 200, "body": {"id": user, "mail": users[user]}})
+            else:
+                responses.append({"id": inner["id"], "status": 404,
+                                  "body": {"error": {"code": "Request_ResourceNotFound", "message": "gone"}}})
+        return httpx.Response(200, json={"responses": responses[::-1]})  # in any order (§5.4)
+
+    script = Script().on("POST", "/v1.0/$batch", answer=answer, times=3)
     waits: list[float] = []
-    client = client_for(graph, waits)
-    urls = {f"k{i}": f"/users/{u.id}?$select=id,mail" for i, u in enumerate(users)}
+    client = scripted_graph(script, sleep=waits.append)
+    urls = {f"k{i}": f"/users/{user}?$select=id,mail" for i, user in enumerate(users)}
     urls["missing"] = "/users/00000000-0000-0000-0000-000000000000?$select=id"
     answers = client.batch("v1.0", urls, doing="test")
     client.close()
+    script.assert_done()
     assert {k: a.status for k, a in answers.items()} == {**{f"k{i}": 200 for i in range(30)}, "missing": 404}
     assert answers["k3"].body["mail"] == "u3@example.com"
-    batches = graph.requests_to("/v1.0/$batch", "POST")
-    assert len(batches) == 3  # 31 requests: 20 + 11, then the 2 throttled ones again
+    sent = [[inner["id"] for inner in json.loads(r.content)["requests"]] for r in script.requests]
+    assert [len(ids) for ids in sent] == [20, 11, 2]  # 31 requests: 20 + 11, then the 2 throttled ones again
+    assert sorted(sent[2]) == sorted(throttled)
     assert waits == [7.0]
 
 
-def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: FakeGraphServer):
+def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it():
     """The library's message is redacted before it is cut to one short line: a secret straddling
     the cut would otherwise be printed in part, where no redaction can recognise it."""
     from azure.core.exceptions import ClientAuthenticationError
@@ -164,7 +192,7 @@ def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: 
         def get_token(self, *_scopes, **_kw):
             raise ClientAuthenticationError(message="x" * 290 + secret + " (echoed by the identity platform)")
 
-    client = GraphClient(graph.graph_url, Refusing, secrets=(secret,))
+    client = GraphClient(GRAPH_URL, Refusing, secrets=(secret,))
     with pytest.raises(RemoteError) as info:
         client.get_json("/v1.0/users", doing="test")
     client.close()
@@ -173,17 +201,13 @@ def test_a_refusal_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: 
     assert not any(secret[i:i + 4] in text for i in range(len(secret) - 3)), text
 
 
-def test_a_graph_error_that_echoes_the_secret_at_the_cut_shows_no_part_of_it(graph: FakeGraphServer):
-    import json
-
-    import httpx
-
+def test_a_graph_error_that_echoes_the_secret_at_the_cut_shows_no_part_of_it():
     from mdmgen.http import Response
     from mdmgen.publish.intune.graph import GraphClient
 
     secret = "Zq8~client-SECRET-0123456789abcdef"
     body = json.dumps({"error": {"code": "BadRequest", "message": "y" * 180 + secret + " was not expected"}})
-    client = GraphClient(graph.graph_url, lambda: None, secrets=(secret,))
+    client = GraphClient(GRAPH_URL, lambda: None, secrets=(secret,))
     error = client._error("GET", "/v1.0/users", Response(400, httpx.Headers(), body.encode(), doing="listing users"))
     client.close()
     text = str(error)

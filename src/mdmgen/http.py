@@ -34,6 +34,9 @@ to its caller:
   connections back off exponentially with jitter; every wait is capped and the number of
   attempts is bounded. An error that already went through the policy is marked ``exhausted``
   and never retried again by an outer caller, so retries never nest.
+* **A transport seam.** ``Connection(transport=...)`` answers from any httpx transport instead of
+  the network (tests script their answers with ``httpx.MockTransport``); the deadline and the size
+  caps still hold (:class:`_DeadlineTransport`). Production never passes one.
 * **Secrets.** httpx and httpcore log request and response headers at debug level; their
   loggers are held at WARNING, so ``-vv`` shows this layer's own one-line request log, which
   carries no header, body or query string.
@@ -300,6 +303,56 @@ class _Transport(httpx.HTTPTransport):
             proxy_ssl_context=configured.ssl_context, **pool_options)
 
 
+class _DeadlineTransport(httpx.BaseTransport):
+    """A given transport under the request's deadline, as :class:`DeadlineBackend` puts the
+    sockets under it: no request starts once it has passed, an answer whose headers come after it
+    is a timeout (retried), and one whose body is still arriving after it is a slow answer (not
+    retried). The deadline is checked between the pieces the transport hands over, so a scripted
+    answer that moves the injected clock shows exactly what a drip over a socket would."""
+
+    def __init__(self, inner: httpx.BaseTransport, backend: DeadlineBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._check(httpx.ConnectTimeout, request)
+        response = self._inner.handle_request(request)
+        try:
+            self._check(httpx.ReadTimeout, request)
+        except httpx.ReadTimeout:
+            response.close()
+            raise
+        return httpx.Response(response.status_code, headers=response.headers, request=request,
+                              stream=_DeadlineBody(response, request, self._backend), extensions=response.extensions)
+
+    def _check(self, expired: type[httpx.TimeoutException], request: httpx.Request) -> None:
+        try:
+            self._backend.left(None, httpcore.ReadTimeout)
+        except httpcore.ReadTimeout as exc:
+            raise expired(str(exc), request=request) from exc
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _DeadlineBody(httpx.SyncByteStream):
+    def __init__(self, response: httpx.Response, request: httpx.Request, backend: DeadlineBackend) -> None:
+        self._response = response
+        self._request = request
+        self._backend = backend
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._response.stream:
+            try:
+                self._backend.left(None, SlowAnswer)
+            except SlowAnswer as exc:  # part of the answer came, the rest too late: as a socket's drip
+                raise httpx.ReadTimeout(str(exc), request=self._request) from exc
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+
 def proxy_for_display(proxy: str) -> str:
     shown = urlsplit(proxy)
     return f"{shown.scheme}://{shown.hostname}" + (f":{shown.port}" if shown.port else "")
@@ -455,6 +508,11 @@ class Connection:
     """The largest answer read (``send`` can ask for less); larger is a one-line failure."""
     clock: Callable[[], float] = time.monotonic
     """The deadlines' clock; tests move it instead of waiting."""
+    transport: httpx.BaseTransport | None = field(default=None, repr=False)
+    """Answers requests instead of the network (tests give an ``httpx.MockTransport``); None, the
+    default and the only production choice, is the deadline-aware socket stack. The deadline and
+    the size caps hold either way (:class:`_DeadlineTransport`); proxies and TLS are then the
+    transport's business."""
     host: str = field(init=False)
     proxy: str | None = field(init=False)
     """The proxy requests go through (for messages), or None."""
@@ -469,9 +527,15 @@ class Connection:
         proxy = proxy_url(self.base_url) if self.use_proxy and secure else None
         self.proxy = proxy_for_display(proxy) if proxy else None
         self.backend = DeadlineBackend(self.clock)
-        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-        transport = _Transport(ssl_context=(self.ssl_context or tls_context()) if secure else None, limits=limits,
-                               proxy=proxy, backend=self.backend)
+        transport: httpx.BaseTransport
+        if self.transport is not None:
+            self.proxy = None  # nothing goes through one: messages must not name it
+            transport = _DeadlineTransport(self.transport, self.backend)
+        else:
+            limits = httpx.Limits(max_connections=self.max_connections,
+                                  max_keepalive_connections=self.max_connections)
+            transport = _Transport(ssl_context=(self.ssl_context or tls_context()) if secure else None,
+                                   limits=limits, proxy=proxy, backend=self.backend)
         self._client = httpx.Client(
             base_url=self.base_url,
             transport=transport,

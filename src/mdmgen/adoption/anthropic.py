@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +26,9 @@ from ..http import Connection, HTTPStatusError, Response, RetryPolicy, reason_ph
 from ..messages import redact, shorten
 from .identity import Identities
 from .models import Activity, SourceError, source_url
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mdmgen.adoption.anthropic")
 
@@ -97,14 +101,15 @@ class AdminAPI:
 
     def __init__(self, base_url: str, key: str, *, timeout: float, attempts: int = 5,
                  sleep: Callable[[float], None] = time.sleep, wall_clock: Callable[[], float] = time.time,
-                 ssl_context=None):
+                 ssl_context=None, transport: httpx.BaseTransport | None = None):
         self.base_url = checked_url(base_url)
         self._key = key
         self._wall_clock = wall_clock
         self._policy = RetryPolicy(attempts=attempts, sleep=sleep)
         self._http = Connection(self.base_url, service=SERVICE, max_connections=1, timeout=timeout,
                                 user_agent=f"mdmgen/{__version__}", log=log, timeout_hint="try a larger --timeout",
-                                log_prefix="anthropic: ", ssl_context=ssl_context, max_body=MAX_PAGE_BYTES)
+                                log_prefix="anthropic: ", ssl_context=ssl_context, max_body=MAX_PAGE_BYTES,
+                                transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +30,9 @@ from ..http import Connection, HTTPStatusError, Response, RetryPolicy, Unexpecte
 from ..messages import redact, shorten
 from .identity import Identities
 from .models import Activity, AdoptionUsageError, SourceError, source_url
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mdmgen.adoption.prometheus")
 
@@ -95,7 +99,8 @@ class PrometheusAPI:
 
     def __init__(self, base_url: str, headers: Mapping[str, str], secrets_: tuple[str, ...], *, timeout: float,
                  attempts: int = 5, sleep: Callable[[float], None] = time.sleep,
-                 wall_clock: Callable[[], float] = time.time, ssl_context=None):
+                 wall_clock: Callable[[], float] = time.time, ssl_context=None,
+                 transport: httpx.BaseTransport | None = None):
         self.base_url = checked_url(base_url)
         self._headers = {"Accept": "application/json", **headers}
         self._secrets = secrets_
@@ -103,7 +108,8 @@ class PrometheusAPI:
         self._policy = RetryPolicy(attempts=attempts, sleep=sleep)
         self._http = Connection(self.base_url, service=SERVICE, max_connections=1, timeout=timeout,
                                 user_agent=f"mdmgen/{__version__}", log=log, timeout_hint="try a larger --timeout",
-                                log_prefix="prometheus: ", ssl_context=ssl_context)
+                                log_prefix="prometheus: ", ssl_context=ssl_context,
+                                transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ... import __version__
@@ -44,6 +44,9 @@ from ...http import Connection, HTTPStatusError, Response, RetryPolicy, parse_re
 from ...messages import redact, shorten
 from ..base import RemoteError
 from . import token_errors
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mdmgen.publish.intune")
 for _library in ("azure", "msal", "urllib3"):
@@ -204,7 +207,7 @@ class GraphClient:
                  attempts: int = GRAPH_ATTEMPTS, max_connections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, write_budget: int = WRITE_BUDGET,
-                 write_window: float = WRITE_WINDOW) -> None:
+                 write_window: float = WRITE_WINDOW, transport: httpx.BaseTransport | None = None) -> None:
         self.graph_url = check_url(graph_url)
         self.scope = scope_for(self.graph_url)
         self._make_credential = credential
@@ -216,7 +219,8 @@ class GraphClient:
         self._wall_clock = wall_clock
         self._policy = RetryPolicy(attempts=attempts, sleep=sleep)
         self._http = Connection(self.graph_url, service="Microsoft Graph", max_connections=max_connections,
-                                timeout=timeout, user_agent=f"mdmgen/{__version__}", log=log, log_prefix="graph: ")
+                                timeout=timeout, user_agent=f"mdmgen/{__version__}", log=log, log_prefix="graph: ",
+                                transport=transport)
         self._token_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._writes: deque[float] = deque()

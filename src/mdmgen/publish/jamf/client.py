@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from ... import __version__
@@ -43,6 +44,9 @@ from ...http import (
 from ...messages import redact, shorten
 from ..base import RemoteError
 from ..defaults import JAMF_MAX_CONNECTIONS, JAMF_TIMEOUT
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mdmgen.publish.jamf")
 
@@ -128,7 +132,7 @@ class JamfClient:
                  attempts: int = DEFAULT_ATTEMPTS, base_delay: float = DEFAULT_BASE_DELAY,
                  max_delay: float = DEFAULT_MAX_DELAY, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, transport: httpx.BaseTransport | None = None):
         self.base_url = check_url(base_url)
         self.max_connections = max(1, min(max_connections, JAMF_MAX_CONNECTIONS))
         self.timeout = timeout
@@ -141,7 +145,7 @@ class JamfClient:
         self._http = Connection(self.base_url, service="Jamf Pro", max_connections=self.max_connections,
                                 timeout=timeout, user_agent=f"mdmgen/{__version__}", log=log,
                                 timeout_hint="try a larger --timeout", log_prefix="jamf: ",
-                                ssl_context=ssl_context)
+                                ssl_context=ssl_context, transport=transport)
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._token_failure: RemoteError | None = None
