@@ -7,16 +7,16 @@ The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: ev
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, fastpath, output, policy, runkey
+from . import __version__, fastpath, output, policy, runkey, runscope
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
     SIGN_KEY_PASSWORD_ENV,
@@ -104,6 +104,9 @@ class _GuardedGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from . import boundary
 
+        # One run (see ``runscope``): the secrets it resolves, for the log formatter and the message
+        # below. Closed with the context, after this method, so the next command starts empty.
+        ctx.with_resource(runscope.run())
         try:
             try:
                 return super().invoke(ctx)
@@ -332,16 +335,19 @@ class _LogFormatter(logging.Formatter):
     """Log lines keep the promises of every other line: one line (newlines and escape sequences
     from a server or an input shown escaped), and no secret in any of its forms, at any verbosity."""
 
+    _hiding: tuple[tuple[str, ...], Callable[[str], str]] | None = None
+
     def formatMessage(self, record: logging.LogRecord) -> str:
-        hide = _log_redactor((*environment_secrets(), *resolved_values()))
-        record.message = printable(hide(record.message))
+        record.message = printable(self._hide()(record.message))
         return super().formatMessage(record)
 
-
-@functools.lru_cache(maxsize=4)
-def _log_redactor(secrets: tuple[str, ...]):
-    """One pattern per set of secrets, not one per log line (``-vv`` logs every request)."""
-    return redactor(secrets)
+    def _hide(self) -> Callable[[str], str]:
+        """One pattern per set of secrets, not one per log line (``-vv`` logs every request); kept by
+        this formatter (one command run), never by the process."""
+        secrets = (*environment_secrets(), *resolved_values())
+        if self._hiding is None or self._hiding[0] != secrets:
+            self._hiding = (secrets, redactor(secrets))
+        return self._hiding[1]
 
 
 class Report:
