@@ -9,10 +9,12 @@ except the constants allowed below, each with its reason."""
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -20,7 +22,7 @@ from click.testing import CliRunner
 
 import mdmgen
 from mdmgen import runscope, secrets
-from mdmgen.cli import main
+from mdmgen.cli import Report, main
 
 from .conftest import HEADER, SHIPPED_POLICY
 
@@ -248,3 +250,21 @@ def test_no_cache_outlives_a_run_but_the_allowed_ones():
                              f"@runscope.memo, or add a pure no-user-data cache to ALLOWED_CACHES: {unexplained}")
     assert not set(ALLOWED_CACHES) - set(caches), "no longer cached; remove from ALLOWED_CACHES"
 
+
+
+def test_a_log_line_from_a_worker_thread_is_redacted_too(capsys):
+    """Publishing logs from a pool of threads, which start outside the run's context: the log
+    formatter holds the run's secrets itself rather than looking them up from the thread."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        with runscope.run():
+            Report(as_json=False, quiet=False, verbose=2)
+            secrets.remember(FIRST)
+            worker = threading.Thread(target=lambda: logging.getLogger("mdmgen.test").warning("sent %s", FIRST))
+            worker.start()
+            worker.join()
+    finally:
+        root.handlers[:], root.level = saved
+    err = capsys.readouterr().err
+    assert "sent " in err and FIRST not in err

@@ -30,7 +30,7 @@ from .messages import (
 from .models import MdmgenError, Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
-from .secrets import resolved_values
+from .secrets import Resolved, resolved, resolved_values
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
@@ -337,6 +337,11 @@ class _LogFormatter(logging.Formatter):
 
     _hiding: tuple[tuple[str, ...], Callable[[str], str]] | None = None
 
+    def __init__(self, fmt: str, run: Resolved | None):
+        super().__init__(fmt)
+        # The command's secrets, held here: publishing logs from worker threads, outside the run's context.
+        self._run = run
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(self._hide()(record.message))
         return super().formatMessage(record)
@@ -344,7 +349,7 @@ class _LogFormatter(logging.Formatter):
     def _hide(self) -> Callable[[str], str]:
         """One pattern per set of secrets, not one per log line (``-vv`` logs every request); kept by
         this formatter (one command run), never by the process."""
-        secrets = (*environment_secrets(), *resolved_values())
+        secrets = (*environment_secrets(), *(self._run.values() if self._run is not None else ()))
         if self._hiding is None or self._hiding[0] != secrets:
             self._hiding = (secrets, redactor(secrets))
         return self._hiding[1]
@@ -359,7 +364,7 @@ class Report:
         self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s"))
+        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved()))
         logging.basicConfig(level=level, handlers=[handler], force=True)
 
     def progress(self) -> Progress:

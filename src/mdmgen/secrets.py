@@ -316,17 +316,23 @@ class Resolved:
         return list(self._values)
 
 
+def resolved() -> Resolved | None:
+    """The run's :class:`Resolved`, for what must see it from outside the run's context (a log
+    formatter, which publishing's worker threads call); None outside a run."""
+    return runscope.slot(Resolved, Resolved)
+
+
 def remember(value: str) -> None:
     """Add a resolved secret value to the run's :class:`Resolved`. Outside a run nothing is kept:
     the last-resort paths that need it are the CLI's, which always runs in one."""
-    if (resolved := runscope.slot(Resolved, Resolved)) is not None:
-        resolved.remember(value)
+    if (run := resolved()) is not None:
+        run.remember(value)
 
 
 def resolved_values() -> list[str]:
     """The secret values the run in progress has resolved (for :func:`messages.redact`); none between runs."""
-    resolved = runscope.slot(Resolved, Resolved)
-    return resolved.values() if resolved is not None else []
+    run = resolved()
+    return run.values() if run is not None else []
 
 
 # --- credentials written into a header by hand ---------------------------------------------------
