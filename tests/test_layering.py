@@ -25,9 +25,9 @@ SOURCE = ROOT / "src" / "mdmgen"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("values and rules every stage uses", (
         "mdmgen", "mdmgen.messages", "mdmgen.canonical", "mdmgen.boundary", "mdmgen.exitcodes", "mdmgen.fastpath",
-        "mdmgen.progress", "mdmgen.errors", "mdmgen.inputfile", "mdmgen.attributes", "mdmgen.endpoints",
-        "mdmgen.environment", "mdmgen.envschema", "mdmgen.models", "mdmgen.summary", "mdmgen.secrets",
-        "mdmgen.versions")),
+        "mdmgen.progress", "mdmgen.errors", "mdmgen.runscope", "mdmgen.inputfile", "mdmgen.attributes",
+        "mdmgen.endpoints", "mdmgen.environment", "mdmgen.envschema", "mdmgen.models", "mdmgen.summary",
+        "mdmgen.secrets", "mdmgen.versions")),
     ("talking to others: remote errors and retries, HTTP, OTLP destinations", (
         "mdmgen.remote", "mdmgen.http", "mdmgen.otlp")),
     ("reading the inputs", (

@@ -9,17 +9,16 @@ carries its own exit code (:mod:`mdmgen.errors`); every command prints one the s
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, fastpath, output, policy, runkey
+from . import __version__, fastpath, output, policy, runkey, runscope
 from .errors import MdmgenException
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
@@ -34,7 +33,7 @@ from .messages import (
 from .models import Platform, Problem
 from .progress import NO_PROGRESS, Progress
 from .publish import defaults
-from .secrets import resolved_values
+from .secrets import Resolved, resolved, resolved_values
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
@@ -132,6 +131,9 @@ class _GuardedGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from . import boundary
 
+        # One run (see ``runscope``): the secrets it resolves, for the log formatter and the message
+        # below. Closed with the context, after this method, so the next command starts empty.
+        ctx.with_resource(runscope.run())
         try:
             try:
                 return super().invoke(ctx)
@@ -337,16 +339,24 @@ class _LogFormatter(logging.Formatter):
     """Log lines keep the promises of every other line: one line (newlines and escape sequences
     from a server or an input shown escaped), and no secret in any of its forms, at any verbosity."""
 
+    _hiding: tuple[tuple[str, ...], Callable[[str], str]] | None = None
+
+    def __init__(self, fmt: str, run: Resolved | None):
+        super().__init__(fmt)
+        # The command's secrets, held here: publishing logs from worker threads, outside the run's context.
+        self._run = run
+
     def formatMessage(self, record: logging.LogRecord) -> str:
-        hide = _log_redactor((*environment_secrets(), *resolved_values()))
-        record.message = printable(hide(record.message))
+        record.message = printable(self._hide()(record.message))
         return super().formatMessage(record)
 
-
-@functools.lru_cache(maxsize=4)
-def _log_redactor(secrets: tuple[str, ...]):
-    """One pattern per set of secrets, not one per log line (``-vv`` logs every request)."""
-    return redactor(secrets)
+    def _hide(self) -> Callable[[str], str]:
+        """One pattern per set of secrets, not one per log line (``-vv`` logs every request); kept by
+        this formatter (one command run), never by the process."""
+        secrets = (*environment_secrets(), *(self._run.values() if self._run is not None else ()))
+        if self._hiding is None or self._hiding[0] != secrets:
+            self._hiding = (secrets, redactor(secrets))
+        return self._hiding[1]
 
 
 class Report:
@@ -358,7 +368,7 @@ class Report:
         self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s"))
+        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved()))
         logging.basicConfig(level=level, handlers=[handler], force=True)
 
     def progress(self) -> Progress:

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from . import attributes
+from . import attributes, runscope
 from .emit import registry
 from .emit.registry import SETTINGS_SECTION, ArtifactKind
 from .envschema import SECRET_ENV
@@ -156,7 +156,8 @@ def trees(old: Path, new: Path) -> TreeDiff:
         if not folder.is_dir():  # said here: the reader's advice names compile's --out, which diff has not
             raise DiffError(f"{folder}: no such folder; diff compares two output folders written by `mdmgen compile`")
     with checked(old, check=Check.NAMES, error=DiffError) as before, \
-            checked(new, check=Check.NAMES, error=DiffError) as after:
+            checked(new, check=Check.NAMES, error=DiffError) as after, \
+            runscope.run():  # each value's shown fingerprint is hashed once per diff, not once per device
         return _compare(before, after)
 
 

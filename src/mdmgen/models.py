@@ -6,7 +6,6 @@ and never reach back up, so the models here know nothing about files, click or p
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import runscope
 from .errors import MdmgenException
 from .exitcodes import ExitCode
 from .messages import printable
@@ -28,7 +28,7 @@ WINDOWS_RESERVED = frozenset(
 """Names Windows refuses for a file or folder: an auditor checking out output/ on Windows must not break."""
 
 
-@functools.lru_cache(maxsize=1 << 18)  # one run checks each serial up to four times (rows, two manifests, writer)
+@runscope.memo  # one run checks each serial up to four times (rows, two manifests, writer)
 def unsafe_name(name: str) -> str | None:
     """Why ``name`` may not become one part of a path under the output folder, or None when it may.
 
@@ -111,7 +111,7 @@ def fleet_relpath(relpath: str) -> str:
     return relpath
 
 
-@functools.lru_cache(maxsize=1 << 14)  # a fleet has a few hundred teams and 100,000 rows naming them
+@runscope.memo  # a fleet has a few hundred teams and 100,000 rows naming them
 def team_key(team: str) -> str:
     """Which team a name names: the one rule every stage shares (inventory rows, the policy's
     ``teams:``, shapes, destinations, the collector files, Intune). Surrounding whitespace does not

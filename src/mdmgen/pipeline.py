@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes, destinations, envschema, fastpath, inventory, policy, runkey, secrets, shapes
+from . import attributes, destinations, envschema, fastpath, inventory, policy, runkey, runscope, secrets, shapes
 from .emit import registry
 from .messages import redactor, secret_forms
 from .models import (
@@ -206,13 +206,14 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     Every problem's message has every resolved secret value redacted (in every form it can take)
     before it leaves: a template error such as ``{{ {}[secret("T")] }}`` names the missing key.
     """
-    try:
-        result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
-                                previous=previous, progress=progress, known_rows=known_rows or {})
-    except MdmgenError as exc:
-        raise MdmgenError(_redacted(exc.problems)) from None
-    result.problems = _redacted(result.problems)
-    return result
+    with runscope.run():  # the CLI command's run, or this compile's own (see runscope)
+        try:
+            result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
+                                    previous=previous, progress=progress, known_rows=known_rows or {})
+        except MdmgenError as exc:
+            raise MdmgenError(_redacted(exc.problems)) from None
+        result.problems = _redacted(result.problems)
+        return result
 
 
 def _redacted(problems: list[Problem]) -> list[Problem]:

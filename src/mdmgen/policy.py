@@ -15,7 +15,6 @@ policy location it came from, so a template error names the exact key that holds
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 import re
 import types
@@ -29,6 +28,7 @@ from typing import Any, Literal, NoReturn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import runscope
 from .attributes import TOKEN_RE
 from .errors import MdmgenException
 from .exitcodes import ExitCode
@@ -416,7 +416,7 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict, prob
             _index_lines(item, (*path, i), lines, problems, name, indexed)
 
 
-@functools.lru_cache(maxsize=4096)  # a fleet has a few hundred teams and 100,000 rows naming them
+@runscope.memo  # a fleet has a few hundred teams and 100,000 rows naming them
 def team_problem(team: str) -> str | None:
     """Why ``team`` cannot name a team, or None. A team name is shown to auditors (``diff``, the
     telemetry's ``team`` attribute) and matched between the inventory and the policy, so it must

@@ -19,7 +19,6 @@ device's inputs fingerprint.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -34,6 +33,7 @@ from typing import Literal
 import jinja2
 from jinja2 import nodes
 
+from . import runscope
 from .inputfile import InputFileError, read_input
 
 KEY_ENV = "MDMGEN_PSEUDONYM_KEY"
@@ -292,28 +292,47 @@ def fingerprint(ref: SecretRef, value: str) -> str:
 _SHOWN_LABEL = b"mdmgen shown value fingerprint v1"
 
 
-@functools.lru_cache(maxsize=4096)
+@runscope.memo  # values repeat across a fleet, and each scrypt takes tens of ms; kept for one run only
 def shown_fingerprint(value: str) -> str:
     """How ``diff`` and ``preflight`` name a secret-bearing value they must not show: ``fp:`` and 8
     hex digits of the same slow, salted scrypt as :func:`fingerprint` (never a plain SHA-256, which
     anyone could reverse for a guessable token by hashing guesses). The same value always gets the
-    same name, so an admin can tell which token a device has; values repeat across a fleet, hence
-    the cache."""
+    same name, so an admin can tell which token a device has."""
     return "fp:" + hashlib.scrypt(value.encode("utf-8"), salt=_SHOWN_LABEL, **_SCRYPT).hex()[:8]
 
 
-_RESOLVED: dict[str, None] = {}
-"""Every secret value resolved by this process, so last-resort paths (an internal error's message)
-can redact them too; values only, never written anywhere."""
+class Resolved:
+    """The secret values one run (see ``runscope``) has resolved, so last-resort paths (a log line,
+    an internal error's message) can redact them too. Values only, never written anywhere, and gone
+    when the run ends: a second run in the same process neither redacts nor holds the first one's."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, None] = {}  # a dict, not a set: the order they were resolved in
+
+    def remember(self, value: str) -> None:
+        self._values[value] = None
+
+    def values(self) -> list[str]:
+        return list(self._values)
+
+
+def resolved() -> Resolved | None:
+    """The run's :class:`Resolved`, for what must see it from outside the run's context (a log
+    formatter, which publishing's worker threads call); None outside a run."""
+    return runscope.slot(Resolved, Resolved)
 
 
 def remember(value: str) -> None:
-    _RESOLVED[value] = None
+    """Add a resolved secret value to the run's :class:`Resolved`. Outside a run nothing is kept:
+    the last-resort paths that need it are the CLI's, which always runs in one."""
+    if (run := resolved()) is not None:
+        run.remember(value)
 
 
 def resolved_values() -> list[str]:
-    """The secret values this process has resolved (for :func:`messages.redact`)."""
-    return list(_RESOLVED)
+    """The secret values the run in progress has resolved (for :func:`messages.redact`); none between runs."""
+    run = resolved()
+    return run.values() if run is not None else []
 
 
 # --- credentials written into a header by hand ---------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import pipeline
+from .. import pipeline, runscope
 from .. import secrets as secret_refs
 from ..messages import redactor
 from ..models import Device, MdmgenError
@@ -37,6 +37,12 @@ def explain(serial: str, inventory_paths: Iterable[Path], profiles: Path, var_ov
     """Compile the device with ``serial`` as ``compile`` would, and explain it. Raises ExplainError
     (exit 1) and policy.UnknownVariable (a usage error); every message is redacted of the secrets."""
     wanted = serial.strip().upper()
+    with runscope.run():  # the secrets _hider redacts: the command's run's, or this call's own
+        return _explain_redacted(wanted, inventory_paths, profiles, var_overrides, out)
+
+
+def _explain_redacted(wanted: str, inventory_paths: Iterable[Path], profiles: Path,
+                      var_overrides: Mapping[str, str], out: Path) -> Explanation:
     try:
         prepared = pipeline.prepare(list(inventory_paths), profiles, var_overrides)
         return _explain(prepared, wanted, var_overrides, out)

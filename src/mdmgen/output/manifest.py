@@ -66,8 +66,9 @@ class LoadedManifest:
     mtime_ns: int
 
 
-def load_manifest(folder: Path) -> LoadedManifest | None:
-    """The checked manifest of a folder; None when there is none.
+def load_manifest(folder: Path, known: tuple[bytes, Manifest] | None = None) -> LoadedManifest | None:
+    """The checked manifest of a folder; None when there is none. ``known`` is a manifest this run
+    has already parsed, with its bytes: when the folder's are the same, it is not parsed again.
 
     Raises OutputError when it is not a regular file, is too large, or is not an mdmgen manifest;
     a manifest whose names could leave the folder (``../``) is not an mdmgen manifest.
@@ -80,7 +81,7 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     except OSError as exc:
         raise OutputError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        manifest = _parse(data)
+        manifest = _parse(data, known)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top)"
@@ -90,18 +91,14 @@ def load_manifest(folder: Path) -> LoadedManifest | None:
     return LoadedManifest(manifest, data, info.st_mtime_ns)
 
 
-_LAST_PARSED: list[tuple[bytes, Manifest]] = []
-
-
-def _parse(data: bytes) -> Manifest:
+def _parse(data: bytes, known: tuple[bytes, Manifest] | None) -> Manifest:
     """The manifest model of ``data``; the same bytes read twice in one run (the folder and its
-    kept generation after a night with no change) are parsed once. The model is frozen, and the
-    bytes are compared whole, so the second read gets exactly what parsing would have given."""
-    if _LAST_PARSED and _LAST_PARSED[0][0] == data and fastpath.enabled():
-        return _LAST_PARSED[0][1]
-    manifest = Manifest.model_validate_json(data)
-    _LAST_PARSED[:] = [(data, manifest)]
-    return manifest
+    kept generation after a night with no change) are parsed once, the caller handing the first
+    parse to the second read (nothing is kept between runs). The model is frozen, and the bytes
+    are compared whole, so the second read gets exactly what parsing would have given."""
+    if known is not None and known[0] == data and fastpath.enabled():
+        return known[1]
+    return Manifest.model_validate_json(data)
 
 
 def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:

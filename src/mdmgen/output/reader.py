@@ -179,19 +179,21 @@ def checked(folder: Path, *, check: Check = Check.DIGESTS,
         yield read(folder, check=check, error=error)
 
 
-def read_tree(folder: Path, target: Path, check: Check, state: CompileState | None = None) -> CheckedOutput | None:
+def read_tree(folder: Path, target: Path, check: Check, state: CompileState | None = None,
+              known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
     """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
     OutputError for a manifest that is not a valid mdmgen manifest. At ``STAT``, what ``state``
     (the compile state, already checked against the manifest that goes with this tree) vouches
     for is not read, and a folder unchanged since it was written is not listed; without one,
-    ``STAT`` is ``DIGESTS``."""
-    return _read(folder, target, check, OutputError, state)
+    ``STAT`` is ``DIGESTS``. ``known``: a manifest already parsed in this run, with its bytes
+    (see ``manifest.load_manifest``)."""
+    return _read(folder, target, check, OutputError, state, known)
 
 
 def _read(folder: Path, target: Path, check: Check, error: type[Exception],
-          state: CompileState | None = None) -> CheckedOutput | None:
+          state: CompileState | None = None, known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
     try:
-        loaded = load_manifest(target)
+        loaded = load_manifest(target, known)
     except OutputError as exc:
         raise error(str(exc).replace(str(target), str(folder), 1)) from None
     if loaded is None:

@@ -203,8 +203,9 @@ def _leave_as_is(target: Path, new_state: NewState | None, previous: CheckedOutp
     """A night whose manifest is the folder's: the tree stays; the kept generation is made again
     only when it is incomplete or holds what must be gone, and the record is brought up to date."""
     state = previous.state
-    kept = _complete_generation(sidecar(target, "prev"), state)
-    touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest)
+    parsed = (previous.manifest_data, previous.manifest)  # the kept generation's, after a quiet night
+    kept = _complete_generation(sidecar(target, "prev"), state, parsed)
+    touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest, parsed)
     if touched:
         _keep_generation(target, manifest, manifest_data)
         kept = manifest_data
@@ -267,7 +268,7 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
     folder of it is skipped only when that check found it to hold exactly the files of the new
     entry; anything that did not check out is removed first (:func:`_clean_staging`).
     """
-    folder, staged = _take_staging(target, fresh=request.fresh, state=previous.state if previous else None)
+    folder, staged = _take_staging(target, fresh=request.fresh, previous=previous)
     staging = _Staging(folder=folder, target=target, had=_clean_staging(folder, staged),
                        current=previous.manifest if previous else None,
                        damaged=set(previous.problems) if previous else set())
@@ -444,12 +445,12 @@ def _gone(old: Manifest | None, new: Manifest) -> bool:
     return _secrets_rotated(old, new) or _emails_pseudonymised(old, new)
 
 
-def _holds_what_is_gone(generation: Path, manifest: Manifest) -> bool:
+def _holds_what_is_gone(generation: Path, manifest: Manifest, known: tuple[bytes, Manifest] | None = None) -> bool:
     """Whether a kept generation holds a secret or a raw address the current tree no longer has (a
     run killed between the swap and rebuilding the generation after a rotation or after
     ``pseudonymise_email`` was turned on)."""
     try:
-        loaded = load_manifest(generation)
+        loaded = load_manifest(generation, known)
     except OutputError:
         return True
     return loaded is not None and _gone(loaded.manifest, manifest)
@@ -469,7 +470,7 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool, state: CompileState | None) -> tuple[Path, CheckedOutput | None]:
+def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None) -> tuple[Path, CheckedOutput | None]:
     """The folder to build the new tree in, and what it already holds (checked, problems listed).
 
     The kept generation is used only when the compile state that checked out against the current
@@ -480,7 +481,8 @@ def _take_staging(target: Path, *, fresh: bool, state: CompileState | None) -> t
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
-        staged = _checked_generation(previous_generation, state)
+        staged = _checked_generation(previous_generation, previous.state if previous else None,
+                                     (previous.manifest_data, previous.manifest) if previous else None)
         if staged is not None:
             os.rename(previous_generation, staging)
             os.unlink(staging / MANIFEST_FILE)  # from here on it is a work in progress
@@ -490,9 +492,12 @@ def _take_staging(target: Path, *, fresh: bool, state: CompileState | None) -> t
     return staging, None
 
 
-def _checked_generation(folder: Path, state: CompileState | None) -> CheckedOutput | None:
+def _checked_generation(folder: Path, state: CompileState | None,
+                        known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
     """The kept generation read at ``STAT`` under the compile state, when its manifest is the one
-    the state names; None (with one line saying so) otherwise."""
+    the state names; None (with one line saying so) otherwise. ``known``: the current tree's
+    manifest and its bytes; after a night with no change the generation's is the same, and that
+    parse is reused (see ``manifest.load_manifest``)."""
     if state is None:
         return None
     try:
@@ -501,7 +506,7 @@ def _checked_generation(folder: Path, state: CompileState | None) -> CheckedOutp
             log.warning("%s: its %s is not the one the compile state names; not used, rebuilt",
                         folder.name, MANIFEST_FILE)
             return None
-        staged = read_tree(folder, folder, Check.STAT, state)
+        staged = read_tree(folder, folder, Check.STAT, state, known)
     except (OSError, OutputError):
         return None  # not a generation we can vouch for: rebuilt, never obeyed
     return staged if staged is not None and staged.manifest_data == data else None
@@ -544,12 +549,13 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _complete_generation(folder: Path, state: CompileState | None) -> bytes | None:
+def _complete_generation(folder: Path, state: CompileState | None,
+                         known: tuple[bytes, Manifest] | None = None) -> bytes | None:
     """The manifest of a kept generation that checks out (see :func:`_checked_generation`) and
     holds every file its manifest lists; None otherwise."""
     if not is_real_dir(folder):
         return None
-    tree = _checked_generation(folder, state)
+    tree = _checked_generation(folder, state, known)
     return tree.manifest_data if tree is not None and not tree.problems else None
 
 
