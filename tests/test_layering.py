@@ -36,7 +36,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("emitting", ("mdmgen.emit", "mdmgen.shapes", "mdmgen.destinations")),
     ("the output folder", ("mdmgen.output",)),
     ("the compile", ("mdmgen.pipeline", "mdmgen.signing", "mdmgen.gitcheck")),
-    ("the commands", ("mdmgen.publish", "mdmgen.preflight", "mdmgen.adoption", "mdmgen.explain", "mdmgen.diff")),
+    ("the commands", (
+        "mdmgen.compiler", "mdmgen.publish", "mdmgen.preflight", "mdmgen.adoption", "mdmgen.explain", "mdmgen.diff")),
     ("the command line", ("mdmgen.cli", "mdmgen.__main__")),
 ]
 """Lowest first. An entry names a module, or a package and everything under it."""

@@ -8,7 +8,6 @@ carries its own exit code (:mod:`mdmgen.errors`); every command prints one the s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, fastpath, output, policy, runkey, runscope
+from . import __version__, output, policy, runscope
 from .errors import MdmgenException
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
@@ -37,7 +36,7 @@ from .secrets import Resolved, resolved, resolved_values
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
-    from . import pipeline, signing
+    from . import signing
 
 PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
                    Platform.WSL: "WSL"}
@@ -186,34 +185,15 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     """
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
     signer = _signer(sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
-    with output.locked(out), fastpath.collector_paused():
-        found = output.StateRead() if full else output.read_state(out)
-        quiet = None if found.state is None or signer else output.unchanged(
-            out, found.state, lambda state: runkey.current_key(state.secrets, state.pseudonymised, inventories,
-                                                               profiles, variables, skip_invalid))
-        if quiet is not None:
-            report.finish(quiet, [], f"Compiled {_count(quiet.devices, 'device')} into {out}/",
-                          output.Changes(unchanged=quiet.devices))
-        previous = output.read_previous(out, found, full=full)
-        reuse = previous is not None and previous.state is not None  # damaged devices re-rendered
-        result = _run(report, inventories, profiles, variables, skip_invalid,
-                      previous.reusable() if reuse else None,
-                      previous.state.rows if reuse else None)
-        from . import signing
+    from . import compiler
 
-        derived = signing.sign_devices(result.devices, previous, signer, progress=report.progress())
-        new_state = result.state if signer is None else dataclasses.replace(result.state, run_key=None)
-        request = output.WriteRequest(
-            compiled=result.devices, fleet_files=result.fleet_files, secret_env=result.secret_env,
-            secrets=result.secrets, derived=derived, new_state=new_state, pseudonymised=result.pseudonymised,
-            fresh=full or not fastpath.enabled())
-        changes = output.write(out, request, previous, progress=report.progress())
-    if changes.written:  # never on a quiet night: nothing was written, and git is not started
-        from . import gitcheck
-
-        report.warn(gitcheck.secrets_not_ignored(out, (c.device.serial for c in result.devices if c.secrets)))
-    headline = f"Compiled {_count(len(result.devices), 'device')} into {out}/"
-    report.finish(result.summary(), result.problems, headline, changes)
+    outcome = compiler.compile_into(compiler.CompileRequest(
+        inventories=inventories, profiles=profiles, variables=variables, out=out, skip_invalid=skip_invalid,
+        full=full, signer=signer), progress=report.progress())
+    for warning in outcome.warnings:
+        report.warn(warning)
+    headline = f"Compiled {_count(outcome.summary.devices, 'device')} into {out}/"
+    report.finish(outcome.summary, outcome.problems, headline, outcome.changes)
 
 
 def _signer(cert: Path | None, key: Path | None, p12: Path | None) -> signing.Signer | None:
@@ -245,7 +225,9 @@ def _refuse_out(_ctx: click.Context, _param: click.Parameter, value: str | None)
 def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose) -> None:
     """Check the inventory and policy like compile does, without writing anything."""
     report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
-    result = _run(report, inventories, profiles, variables, skip_invalid, None)
+    from . import compiler
+
+    result = compiler.validate(inventories, profiles, variables, skip_invalid=skip_invalid, progress=report.progress())
     report.finish(result.summary(), result.problems, f"Validated {_count(len(result.devices), 'device')}", None,
                   suffix="; nothing written")
 
@@ -300,19 +282,6 @@ def explain_command(serial, inventories, profiles, variables, out, as_json) -> N
 def schema() -> None:
     """Print the JSON Schema of the policy file (for editors)."""
     click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
-
-
-def _run(report: Report, inventories, profiles, variables, skip_invalid, previous,
-         known_rows=None) -> pipeline.CompileResult:
-    from . import pipeline
-
-    result = pipeline.compile_fleet(inventories, profiles, variables, skip_invalid=skip_invalid,
-                                    previous=previous, progress=report.progress(),
-                                    known_rows=known_rows if fastpath.enabled() else None)
-    if not result.devices:
-        report.fail(ExitCode.INVALID_INPUT, "error: no device to compile (every row was rejected, "
-                    "excluded or the inventory is empty); nothing was written.", result.problems)
-    return result
 
 
 class _ClickProgress:
