@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import plistlib
 import re
-import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -583,11 +582,9 @@ def test_url_usage_errors(workdir: Path, url: str, expected: str):
     assert "secret" not in result.output
 
 
-def test_unreachable_server(workdir: Path, jamf_env):
+def test_unreachable_server(workdir: Path, jamf_env, closed_port):
     compile_fleet(workdir, range(1))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port
     result = run(workdir, "publish", "jamf", "--url", f"http://127.0.0.1:{port}")
     assert result.exit_code == 7
     assert one_line_error(result) == (f"error: cannot reach http://127.0.0.1:{port} while requesting an access "
