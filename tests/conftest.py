@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -89,6 +91,15 @@ def workdir(tmp_path: Path) -> Path:
     shutil.copy(SHIPPED_POLICY, tmp_path / "profiles" / "policy.yaml")
     (tmp_path / "inventory").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound for the whole test but never listening, so
+    no other process can take it meanwhile (a port found free and then released could be taken)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def write_inventory(workdir: Path, text: str, name: str = "devices.csv",

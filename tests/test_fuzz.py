@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,8 +79,13 @@ BAD_SCALARS = ["1e999", "18446744073709551616", "2024-01-01", "!!binary aGk=", "
 WRITABLE_TEXT = st.lists(st.sampled_from(WRITABLE_CHARS), min_size=1, max_size=6).map("".join)
 
 
+def _good(good, _bad, one_in: int = 10):
+    """Always a value from ``good``: ``mostly`` for an example drawn without hostile values."""
+    return good
+
+
 @st.composite
-def mostly(draw, good, bad, one_in: int = 10):
+def _mostly(draw, good, bad, one_in: int = 10):
     """Usually a value from ``good``, one time in ``one_in`` from ``bad`` (both strategies)."""
     # Not 0: Hypothesis draws the simplest value (the minimum) far more often than uniformly.
     return draw(bad) if draw(st.integers(0, one_in - 1)) == one_in // 2 else draw(good)
@@ -89,12 +95,12 @@ def texts() -> st.SearchStrategy[str]:
     return st.one_of(WRITABLE_TEXT.map(yaml_quoted), st.sampled_from(GOOD_TEMPLATES).map(yaml_quoted))
 
 
-def scalars() -> st.SearchStrategy[str]:
+def scalars(hostile: bool = True) -> st.SearchStrategy[str]:
     good = st.one_of(WRITABLE_TEXT.map(yaml_quoted), st.sampled_from(GOOD_TEMPLATES).map(yaml_quoted),
                      st.sampled_from(["1", "true", "2.5", "[a, b]", "{x: 1}"]))
     bad = st.one_of(HOSTILE_TEXT.map(yaml_quoted), st.sampled_from(BAD_TEMPLATES).map(yaml_quoted),
                     st.sampled_from(BAD_SCALARS))
-    return mostly(good, bad)
+    return _mostly(good, bad) if hostile else good
 
 
 def nested(depth: int) -> st.SearchStrategy[str]:
@@ -108,20 +114,22 @@ def alias_bomb(levels: int) -> str:
 
 
 @st.composite
-def policies(draw) -> bytes:
+def policies(draw, hostile: bool = True) -> bytes:
     """A policy: mostly well formed, with hostile values, keys, templates and teams mixed in, and
-    sometimes structurally hostile (alias bombs, deep nesting, junk lines, broken bytes)."""
+    sometimes structurally hostile (alias bombs, deep nesting, junk lines, broken bytes). Not
+    ``hostile``: only well-formed values (still awkward: unicode, templates, quotes)."""
+    mostly = _mostly if hostile else _good
     prefix = draw(mostly(st.just("com.example.mdmgen"), st.sampled_from(["bad", "com.", '"com.x\\n"'])))
     lines = ["org: {name: Example, identifier_prefix: " + prefix + "}", "settings:", "  env:"]
     chosen = draw(st.sampled_from([(), ("CLAUDE_CODE_ENABLE_TELEMETRY",), tuple(ENV_GOOD)]))  # valid together
     lines += [f"    {key}: {ENV_GOOD[key]}" for key in chosen]
-    if draw(st.integers(0, 5)) == 3:
+    if hostile and draw(st.integers(0, 5)) == 3:
         lines.append("    " + draw(st.sampled_from(ENV_BAD)))
     if lines[-1] == "  env:":
         lines[-1] = "  env: {}"
     keys = draw(st.lists(mostly(WRITABLE_TEXT, HOSTILE_TEXT), max_size=3, unique=True))
-    lines += [f"  {yaml_quoted('k' + key)}: {draw(scalars())}" for key in keys]
-    shape = draw(st.integers(0, 11))
+    lines += [f"  {yaml_quoted('k' + key)}: {draw(scalars(hostile))}" for key in keys]
+    shape = draw(st.integers(0, 11)) if hostile else 0
     if shape == 4:
         lines.append("  deep: " + draw(nested(draw(st.sampled_from([3, 62, 65, 500])))))
     elif shape == 5:
@@ -132,24 +140,31 @@ def policies(draw) -> bytes:
     lines.append("resource_attributes:")
     names = draw(st.lists(mostly(st.sampled_from(["team", "user_email", "site"]),
                                  st.sampled_from(["bad key", "email_sha256", "a=b"])), max_size=3, unique=True))
-    lines += [f"  {name}: {draw(mostly(texts(), scalars()))}" for name in names] or ["  {}"]
+    lines += [f"  {name}: {draw(mostly(texts(), scalars(hostile)))}" for name in names] or ["  {}"]
     teams = draw(st.lists(mostly(st.sampled_from(GOOD_TEAMS), st.sampled_from(BAD_TEAMS)), max_size=2, unique=True))
     lines.append("teams:" if teams else "teams: {}")
-    lines += [f"  {yaml_quoted(team)}: {{settings: {{companyAnnouncements: [{draw(scalars())}]}}}}" for team in teams]
-    if draw(st.integers(0, 11)) == 6:
+    # Announcements are strings in Claude Code's schema, and mdmgen does not check a setting's type
+    # against it (see test_a_number_in_company_announcements_is_refused): well-formed examples keep
+    # them strings, so a compile that succeeds must give schema-valid output.
+    announcement = scalars(hostile) if hostile else texts()
+    lines += [f"  {yaml_quoted(team)}: {{settings: {{companyAnnouncements: [{draw(announcement)}]}}}}"
+              for team in teams]
+    if hostile and draw(st.integers(0, 11)) == 6:
         lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(
             ["  bad indent", "org: again", "\t tab", "- list", "%YAML 1.1", "--- second doc", "key: [unclosed"])))
     data = "\n".join(lines).encode("utf-8") + b"\n"
-    if draw(st.integers(0, 11)) == 7:  # a broken byte somewhere: NUL, invalid UTF-8, a BOM
+    if hostile and draw(st.integers(0, 11)) == 7:  # a broken byte somewhere: NUL, invalid UTF-8, a BOM
         where = draw(st.integers(0, len(data)))
         data = data[:where] + draw(st.sampled_from([b"\x00", b"\xff", b"\xed\xa0\x80", b"\xef\xbb\xbf"])) + data[where:]
     return data
 
 
 @st.composite
-def inventories(draw) -> bytes:
+def inventories(draw, hostile: bool = True) -> bytes:
     """An HR export: the usual columns plus an extra one, rows mostly valid with hostile cells mixed
-    in, written in one of the encodings HR tools use, sometimes with a broken byte."""
+    in, written in one of the encodings HR tools use, sometimes with a broken byte. Not ``hostile``:
+    valid rows only (still awkward: unicode teams, quotes, commas), in an encoding that decodes."""
+    mostly = _mostly if hostile else _good
     header = ["serial_number", "platform", "user_email", "team",
               draw(mostly(st.just("note"), st.sampled_from(["Note", "", "team", "\x1bnote\n"])))]
     rows = [header]
@@ -161,7 +176,8 @@ def inventories(draw) -> bytes:
                      draw(mostly(st.sampled_from(GOOD_TEAMS), st.sampled_from(BAD_TEAMS))),
                      draw(mostly(WRITABLE_TEXT, HOSTILE_TEXT))])
     text = csv_text(rows)
-    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "utf-8", "raw", "utf-8"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "utf-8", "raw", "utf-8"][
+        :None if hostile else 6]))
     if encoding == "raw":
         data = text.encode("utf-8", "surrogatepass")
         where = draw(st.integers(0, len(data)))
@@ -227,10 +243,22 @@ def assert_valid_output(out: Path, validator) -> None:
     assert_every_mac_profile_equals_its_json(out)
 
 
+HOSTILE_EXAMPLE = _mostly(st.just(False), st.just(True), one_in=6)
+"""About one example in six draws hostile values; the others are well formed but awkward."""
+SHARE: Counter[str] = Counter()
+"""Examples of the whole-compile property that compiled and checked the output, and those refused."""
+
+
 @fuzz(max_examples=150)
-@given(policy_bytes=policies(), inventory_bytes=inventories(), skip=st.booleans())
+@given(inputs=HOSTILE_EXAMPLE.flatmap(lambda hostile: st.tuples(policies(hostile), inventories(hostile))),
+       skip=st.booleans())
 def test_a_whole_compile_of_hostile_input_ends_in_valid_output_or_clean_errors(
-        tmp_path_factory, validator, policy_bytes, inventory_bytes, skip):
+        tmp_path_factory, validator, inputs, skip):
+    """About one example in six is hostile (most of those are refused); the others are well formed
+    but awkward, so most examples compile and check every output file against the schema and every
+    profile against its JSON. 139 of 150 examples compile, measured 2026-12-05 (always
+    derandomized); ``test_most_whole_compiles_check_the_output`` keeps the share above 80%."""
+    policy_bytes, inventory_bytes = inputs
     root = tmp_path_factory.mktemp("fuzz")
     (root / "outside").mkdir()
     (root / "outside" / "precious").write_text("untouched\n")
@@ -252,7 +280,28 @@ def test_a_whole_compile_of_hostile_input_ends_in_valid_output_or_clean_errors(
     else:
         event("compiled")
         assert_valid_output(root / "output", validator)
+    SHARE["refused" if result.exit_code == 1 else "compiled"] += 1
     shutil.rmtree(root)
+
+
+@pytest.mark.xfail(strict=True, reason="mdmgen does not check a setting's type against Claude Code's schema: "
+                   "it writes companyAnnouncements: [1], which the schema refuses (found by the fuzz property)")
+def test_a_number_in_company_announcements_is_refused(workdir):
+    (workdir / "profiles" / "policy.yaml").write_text(
+        "org: {name: Example, identifier_prefix: com.example.mdmgen}\nsettings:\n  env: {}\n"
+        "  companyAnnouncements: [1]\n", encoding="utf-8")
+    (workdir / "inventory" / "devices.csv").write_text(
+        "serial_number,platform,user_email,team\nLNX1,linux,ann@example.com,Ops\n", encoding="utf-8")
+    assert run(workdir, "compile").exit_code == 1
+
+
+def test_most_whole_compiles_check_the_output():
+    """The whole-compile property proves little if most examples are refused before anything is
+    written: a strategy that drifts towards refused input would pass while checking no output."""
+    total = sum(SHARE.values())
+    if not total:
+        pytest.skip("the property test was not run (deselected)")
+    assert SHARE["compiled"] / total >= 0.8, dict(SHARE)
 
 
 @fuzz(max_examples=300)

@@ -76,12 +76,6 @@ def self_signed(tmp_path_factory) -> tuple[Path, bytes, bytes]:
     return folder / "cert.pem", (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def lines(output: str, check: str) -> list[str]:
     """The lines of a check (``endpoint``, ``TLS`` or ``token``): one, or one per signal."""
     return [text for text in output.splitlines() if text.split()[1:2] == [check]]
@@ -134,8 +128,8 @@ def test_rejected_token_fails_and_says_so(protocol, fleet):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_closed_port_is_unreachable_not_a_rejected_token(protocol, fleet):
-    port = free_port()
+def test_closed_port_is_unreachable_not_a_rejected_token(protocol, fleet, closed_port):
+    port = closed_port
     compile_for(fleet, f"http://127.0.0.1:{port}", protocol)
     result = preflight_run(fleet, "--device", "lnx-1")
 
@@ -206,13 +200,13 @@ def test_trusted_private_ca_passes_over_tls(protocol, fleet, self_signed, monkey
 
 
 @pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
-def test_proxy_variables_do_not_reroute_the_check(protocol, fleet, self_signed, monkeypatch):
+def test_proxy_variables_do_not_reroute_the_check(protocol, fleet, self_signed, monkeypatch, closed_port):
     """The probe connects directly, so the export does too: a proxy in the environment (here one
     that is not even there) neither carries the credentials nor changes the diagnosis."""
     cert_file, cert, key = self_signed
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port}")
     with make_receiver(protocol, require_token=TOKEN, tls=(cert, key)) as rx:
         compile_for(fleet, rx.endpoint, protocol)
         result = preflight_run(fleet)

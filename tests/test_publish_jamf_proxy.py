@@ -7,7 +7,6 @@ mdmgen only by the usual environment variables. The proxy's log shows which tunn
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import pytest
@@ -108,10 +107,8 @@ def test_a_proxy_that_refuses_the_tunnel_is_one_line(workdir, https_jamf, tmp_pa
     assert https_jamf.requests == []
 
 
-def test_a_proxy_that_is_not_there_is_one_line(workdir, https_jamf, clean_proxy_env):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_a_proxy_that_is_not_there_is_one_line(workdir, https_jamf, clean_proxy_env, closed_port):
+    port = closed_port
     clean_proxy_env.setenv("HTTPS_PROXY", f"http://user:pr0xy-pass@127.0.0.1:{port}")
     compile_fleet(workdir, range(1))
     result = publish(workdir, https_jamf)

@@ -460,11 +460,9 @@ def test_no_credentials(workdir: Path, s3: S3Server, monkeypatch):
     assert s3.requests() == []
 
 
-def test_unreachable_endpoint(workdir: Path, aws_env):
+def test_unreachable_endpoint(workdir: Path, aws_env, closed_port):
     compile_fleet(workdir, range(2))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port
     result = run(workdir, "publish", DEST, "--endpoint-url", f"http://127.0.0.1:{port}")
     assert result.exit_code == 7
     assert one_line_error(result).startswith(f"error: cannot reach http://127.0.0.1:{port} while reading")

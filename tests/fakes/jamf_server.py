@@ -226,7 +226,8 @@ class RequestRecord:
     body: bytes
     started: float
     status: int = 0
-    duration: float = 0.0
+    duration: float = 0.0  # informational only: tests assert on ``delayed``, never on a wall-clock time
+    delayed: float = 0.0  # the delay slow_responses() applied before answering, as asked (not measured)
     fault: str | None = None  # "status-500", "cluster-lag" ... when a fault fired
 
 
@@ -1276,6 +1277,7 @@ class FakeJamfServer:
         try:
             delay = self._take_delay(method, path)
             if delay > 0:
+                record.delayed = delay
                 self._stop_event.wait(delay)
             fault = self._take_fault(method, path)
             if fault is not None and fault.truncate:
