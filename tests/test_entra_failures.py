@@ -13,6 +13,17 @@ from .intune_helpers import publish
 from .test_publish_intune_auth import graph, ready, tls_files, trap  # noqa: F401 (fixtures)
 
 
+@pytest.fixture(autouse=True)
+def no_backoff_waits(monkeypatch) -> list[float]:
+    """azure-identity retries a failed token request itself, waiting between attempts through its
+    transport's ``sleep``: the waits are recorded, not slept (about 5 s a test otherwise)."""
+    from mdmgen.publish.intune.transport import BoundedTransport
+
+    waits: list[float] = []
+    monkeypatch.setattr(BoundedTransport, "sleep", lambda _self, duration: waits.append(duration), raising=False)
+    return waits
+
+
 def one_error(result) -> str:
     assert result.exit_code == 7, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
