@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import os
-import pickle
-import select
 import shutil
-import signal
 import socket
-import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -115,109 +109,15 @@ def write_inventory(workdir: Path, text: str, name: str = "devices.csv",
     return path
 
 
-def _import_all() -> None:
-    """Import every module of mdmgen once, here: the CLI imports most of them where they are used,
-    and a forked child's imports die with it, so each :func:`run` would import them again."""
-    import importlib
-    import pkgutil
-
-    import mdmgen
-
-    for found in pkgutil.walk_packages(mdmgen.__path__, "mdmgen."):
-        if not found.name.endswith("__main__"):
-            importlib.import_module(found.name)
-
-
-def _warm_up() -> None:
-    """One small compile in this process, with absolute paths (no change of directory): what the
-    first compile of a process builds once (templates, validators) is then built before any fork."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        inventory = Path(folder) / "devices.csv"
-        inventory.write_text("serial_number,platform,user_email,team\nWARM1,macos,warm@example.com,Warm\n",
-                             encoding="utf-8")
-        CliRunner().invoke(main, ["compile", "--inventory", str(inventory), "--profiles",
-                                  str(Path(__file__).resolve().parents[1] / "profiles"), "--out",
-                                  str(Path(folder) / "output"), "--quiet"], catch_exceptions=False)
-
-
-_import_all()
-_warm_up()
-
-
-@dataclass(frozen=True)
-class CliResult:
-    """What a command printed and how it ended, as click's ``Result`` has it."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    output: str
-
-
-RUN_HANG_GUARD_SECONDS = 600
-
-
-def run(workdir: Path, *args: str) -> CliResult:
-    """Run ``mdmgen ARGS`` with the given folder as working directory, in a forked child.
-
-    The child is a copy of this process (so a test's monkeypatches and environment hold in it),
-    and only it changes directory: the test process's working directory, like all its other
-    state, is never touched, and nothing the command leaves in memory reaches the next test. An
-    exception that escapes the command (a bug) fails the test with the child's traceback. The
-    test process's objects are frozen for the fork (``gc.freeze``), so the child's collector
-    does not walk, and so copy, every page of them."""
-    read_end, write_end = os.pipe()
-    gc.freeze()
-    pid = os.fork()
-    if pid == 0:  # the child: run, send the result, and leave without running the parent's cleanups
-        code = 0
-        try:
-            os.close(read_end)
-            os.chdir(workdir)
-            result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-            payload: object = (result.exit_code, result.stdout, result.stderr, result.output)
-        except BaseException:  # every failure goes back to the test
-            payload = traceback.format_exc()
-            code = 1
-        finally:
-            with os.fdopen(write_end, "wb") as pipe:
-                pickle.dump(payload, pipe)
-            os._exit(code)
-    gc.unfreeze()
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        if not select.select([pipe], [], [], RUN_HANG_GUARD_SECONDS)[0]:  # a hang guard only
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"mdmgen {' '.join(args)} did not finish within {RUN_HANG_GUARD_SECONDS} s")
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    payload = pickle.loads(data)
-    if isinstance(payload, str):
-        raise AssertionError(f"mdmgen {' '.join(args)} raised in the child:\n{payload}")
-    return CliResult(*payload)
-
-
-class Recorded:
-    """A list a monkeypatched function appends to from inside :func:`run`'s child and the test
-    reads afterwards: each item is pickled to a file, since the child's memory dies with it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_bytes(b"")
-
-    def append(self, item: object) -> None:
-        with self.path.open("ab") as handle:
-            pickle.dump(item, handle)
-
-    def items(self) -> list:
-        found = []
-        with self.path.open("rb") as handle:
-            while handle.peek(1):
-                found.append(pickle.load(handle))
-        return found
+def run(workdir: Path, *args: str):
+    """Run ``mdmgen ARGS`` with the given folder as working directory."""
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return runner.invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
 
 
 def settle(workdir: Path, out: str = "output") -> None:
