@@ -19,19 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import fastpath, output, runkey
-from .exitcodes import ExitCode
 from .models import MdmgenError, Problem
 from .progress import NO_PROGRESS, Progress
 from .summary import RunSummary
 
 if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
-    from . import signing
+    from . import pipeline, signing
 
 
 class NothingToCompile(MdmgenError):
-    """Every row was rejected or excluded, or the inventory is empty: no folder is written (exit 1)."""
-
-    exit_code = ExitCode.INVALID_INPUT
+    """Every row was rejected or excluded, or the inventory is empty: no folder is written (exit 1,
+    as ``MdmgenError``)."""
 
     def headline(self) -> str:
         return ("error: no device to compile (every row was rejected, excluded or the inventory is empty); "
@@ -93,14 +91,15 @@ def compile_into(request: CompileRequest, progress: Progress = NO_PROGRESS) -> C
 
 
 def validate(inventories: Sequence[Path], profiles: Path, variables: Mapping[str, str], *, skip_invalid: bool = False,
-             progress: Progress = NO_PROGRESS):
+             progress: Progress = NO_PROGRESS) -> pipeline.CompileResult:
     """``mdmgen validate``: the compile's every check, in memory, with nothing read from or written to
     an output folder. Raises as :func:`compile_into` does."""
     return _compile(CompileRequest(inventories=inventories, profiles=profiles, variables=variables, out=Path(),
                                    skip_invalid=skip_invalid), None, progress)
 
 
-def _compile(request: CompileRequest, previous: output.CheckedOutput | None, progress: Progress):
+def _compile(request: CompileRequest, previous: output.CheckedOutput | None,
+             progress: Progress) -> pipeline.CompileResult:
     """The fleet compiled, reusing what the previous tree and its compile state allow (a damaged
     device is rendered again: ``reusable`` leaves it out)."""
     from . import pipeline
