@@ -110,14 +110,9 @@ def write_inventory(workdir: Path, text: str, name: str = "devices.csv",
 
 
 def run(workdir: Path, *args: str):
-    """Run ``mdmgen ARGS`` with the given folder as working directory."""
-    runner = CliRunner()
-    old = os.getcwd()
-    os.chdir(workdir)
-    try:
-        return runner.invoke(main, list(args), catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    """Run ``mdmgen ARGS`` in-process as if started in ``workdir`` (``mdmgen -C``): relative paths are read
+    from it and printed relative to it, and the test process's working directory never moves."""
+    return CliRunner().invoke(main, ["-C", str(workdir), *args], catch_exceptions=False)
 
 
 def settle(workdir: Path, out: str = "output") -> None:

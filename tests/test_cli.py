@@ -350,3 +350,56 @@ def test_files_without_a_status_column_are_named_in_one_line_and_in_json(workdir
         "inventory/c.csv": {"column": "Employment Status", "looks_like": []},
     }
     assert run(workdir, "compile", "--quiet").stderr == ""  # the note is part of the summary
+
+
+# --- -C DIR: a command run from another folder, without moving the process -------------------------
+
+
+def test_dash_c_reads_writes_and_names_files_in_its_folder_without_changing_directory(workdir, monkeypatch):
+    """In-process (as the tests and a long-lived caller run commands), ``-C`` reads the defaults from
+    its folder and writes there, names the files as the user would from inside it, and never calls
+    ``chdir``: the caller's working directory is process-wide and must not move under it."""
+    started_in = os.getcwd()
+
+    def refuse(_path):
+        raise AssertionError("mdmgen changed the process's working directory")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    write_inventory(workdir, HEADER + "C02A,macos,ann@example.com,Sales\nC02B,macos,not-an-email,Sales\n")
+    refused = run(workdir, "compile", "--json")
+    assert refused.exit_code == 1
+    assert "inventory/devices.csv:3: user_email:" in refused.stderr
+    assert str(workdir) not in refused.stderr + refused.stdout
+    assert json.loads(refused.stdout)["problems"][0].startswith("inventory/devices.csv:3: user_email:")
+    assert not (workdir / "output").exists()
+
+    write_inventory(workdir, HEADER + "C02A,macos,ann@example.com,Sales\n")
+    compiled_ = run(workdir, "compile", "-v")
+    assert compiled_.exit_code == 0, compiled_.stderr
+    assert "Compiled 1 device into output/" in compiled_.stderr and str(workdir) not in compiled_.stderr
+    assert (workdir / "output" / "devices" / "C02A" / "managed-settings.json").is_file()
+    assert os.getcwd() == started_in
+
+
+def test_dash_c_leaves_a_path_outside_its_folder_as_given(workdir, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "out"
+    write_inventory(workdir, HEADER + "C02A,macos,ann@example.com,Sales\n")
+    result = run(workdir, "compile", "--out", str(elsewhere))
+    assert result.exit_code == 0, result.stderr
+    assert f"Compiled 1 device into {elsewhere}/" in result.stderr
+    assert (elsewhere / "manifest.json").is_file() and not (workdir / "output").exists()
+
+
+def test_dash_c_from_a_shell_in_another_folder(workdir, tmp_path_factory):
+    """As a cron job runs it: a relative ``-C`` from another working directory."""
+    write_inventory(workdir, HEADER + "C02A,macos,ann@example.com,Sales\n")
+    shell_dir = workdir.parent
+    result = subprocess.run([sys.executable, "-m", "mdmgen", "-C", workdir.name, "compile"], cwd=shell_dir,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Compiled 1 device into output/" in result.stderr
+    assert (workdir / "output" / "manifest.json").is_file() and not (shell_dir / "output").exists()
+    missing_dir = subprocess.run([sys.executable, "-m", "mdmgen", "-C", "no-such-folder", "compile"],
+                                 cwd=shell_dir, capture_output=True, text=True, timeout=120)
+    assert missing_dir.returncode == 2 and "no-such-folder" in missing_dir.stderr
+    assert "Traceback" not in missing_dir.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +44,44 @@ PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WI
                    Platform.WSL: "WSL"}
 
 
+
+class _RunPath(click.Path):
+    """A path option or argument, read from the run's folder (``-C DIR``) when it is relative: as
+    ``git -C`` reads its paths, but without changing the process's working directory, which is
+    process-wide state a caller (a test, a long-lived program running commands) must not see move.
+    Defaults (``output``, ``inventory``, ...) go through here too."""
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        base = _run_folder(ctx)
+        return path if base is None or path.is_absolute() else base / path
+
+
+def _run_folder(ctx: click.Context | None) -> Path | None:
+    """The absolute ``-C DIR`` of this command, or None when it runs where it was started."""
+    folder = ctx.find_root().params.get("directory") if ctx is not None else None
+    return Path(os.path.abspath(folder)) if folder is not None else None
+
+
+def _relative_shown(folder: Path | None) -> Callable[[str], str]:
+    """What makes printed text name the files under ``-C DIR`` as the user named them, relative to
+    it: the folder's prefix is dropped wherever a path starts, in each form it is printed in (plain,
+    made printable, JSON-escaped). Without ``-C`` paths stay as given, so nothing changes."""
+    if folder is None or folder.parent == folder:
+        return lambda text: text
+    prefix = f"{folder}{os.sep}"
+    forms = {prefix, printable(prefix), json.dumps(prefix)[1:-1], json.dumps(prefix, ensure_ascii=False)[1:-1]}
+    pattern = re.compile(r"(?<![\w./~-])(?:" + "|".join(re.escape(form) for form in sorted(forms, key=len,
+                                                                                          reverse=True)) + ")")
+    return lambda text: pattern.sub("", text)
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    """Every line a command prints (its logging too, see ``_LogFormatter``), with the paths under
+    ``-C DIR`` relative to it."""
+    click.echo(_relative_shown(_run_folder(click.get_current_context(silent=True)))(text), err=err)
+
+
 def _parse_vars(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
     parsed: dict[str, str] = {}
     for item in values:
@@ -56,10 +96,10 @@ def _inputs(func):
     """The options compile and validate share."""
     func = click.option("--var", "variables", multiple=True, callback=_parse_vars,
                         metavar="NAME=VALUE", help="Override a policy variable (repeatable).")(func)
-    func = click.option("--profiles", type=click.Path(path_type=Path), default=Path("profiles"),
+    func = click.option("--profiles", type=_RunPath(path_type=Path), default=Path("profiles"),
                         show_default=True, help="Policy folder (holding policy.yaml) or file.")(func)
     func = click.option("--inventory", "inventories", multiple=True,
-                        type=click.Path(path_type=Path), default=[Path("inventory")],
+                        type=_RunPath(path_type=Path), default=[Path("inventory")],
                         show_default=True,
                         help="Inventory CSV file or folder of CSVs (repeatable; merged).")(func)
     return func
@@ -81,13 +121,13 @@ def _reporting(func):
 
 def _signing_options(func):
     """``compile``'s signing options; passwords come from the environment only (see ``signing``)."""
-    func = click.option("--sign-p12", type=click.Path(path_type=Path), metavar="FILE.p12",
+    func = click.option("--sign-p12", type=_RunPath(path_type=Path), metavar="FILE.p12",
                         help=f"Sign with this PKCS#12 identity instead; its password from {SIGN_P12_PASSWORD_ENV}."
                         )(func)
-    func = click.option("--sign-key", type=click.Path(path_type=Path), metavar="KEY.pem",
+    func = click.option("--sign-key", type=_RunPath(path_type=Path), metavar="KEY.pem",
                         help=f"The private key of --sign-cert (if encrypted, its password from "
                              f"{SIGN_KEY_PASSWORD_ENV}).")(func)
-    func = click.option("--sign-cert", type=click.Path(path_type=Path), metavar="CERT.pem",
+    func = click.option("--sign-cert", type=_RunPath(path_type=Path), metavar="CERT.pem",
                         help="Also write each Mac's claude-code.signed.mobileconfig, signed with this certificate "
                              "(PEM; chain certificates after it are included).")(func)
     return func
@@ -146,7 +186,7 @@ class _GuardedGroup(click.Group):
                 boundary.end_quietly(closed)
                 sys.exit(ExitCode.OUTPUT_CLOSED)
             if message := boundary.resource_message(exc, command):
-                click.echo(printable(message), err=True)
+                _echo(printable(message), err=True)
                 sys.exit(ExitCode.RESOURCES)
             debug = logging.getLogger().isEnabledFor(logging.DEBUG)
             if debug:
@@ -155,7 +195,7 @@ class _GuardedGroup(click.Group):
                 traceback.print_exc(file=sys.stderr)
             # Redacted before it is cut, so no secret (not even part of one) is printed.
             reason = printable(shorten(" ".join(str(exc).split()), 200, [*environment_secrets(), *resolved_values()]))
-            click.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
+            _echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
             sys.exit(ExitCode.BUG)
@@ -163,7 +203,10 @@ class _GuardedGroup(click.Group):
 
 @click.group(name="mdmgen", cls=_GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdmgen")
-def main() -> None:
+@click.option("-C", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="Run as if mdmgen was started in DIR: relative paths, the defaults too, are read from DIR, and "
+                   "files under it are printed relative to it.")
+def main(directory: Path | None) -> None:
     """Compile an inventory CSV and a policy into per-device Claude Code managed settings."""
 
 
@@ -171,7 +214,7 @@ def main() -> None:
 @_inputs
 @_skip_invalid("Compile the valid devices and list the rejected rows (exit 3).")
 @_reporting
-@click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
+@click.option("--out", type=_RunPath(path_type=Path), default=Path("output"),
               show_default=True, help="Output folder (replaced atomically).")
 @click.option("--full", is_flag=True,
               help="Re-render every device and re-check the files on disk instead of trusting the manifest.")
@@ -233,8 +276,8 @@ def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, ver
 
 
 @main.command(name="diff", epilog=help_epilog("diff"), json_failures=False)
-@click.argument("old", type=click.Path(path_type=Path))
-@click.argument("new", type=click.Path(path_type=Path))
+@click.argument("old", type=_RunPath(path_type=Path))
+@click.argument("new", type=_RunPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON on stdout.")
 def diff_command(old: Path, new: Path, as_json: bool) -> None:
     """Compare two output folders semantically (for audits).
@@ -246,17 +289,17 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
 
     result = diff.trees(old, new)  # diff.DiffError: exit 2, diff(1)'s "trouble"
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        _echo(result.model_dump_json(indent=2))
     else:
         for line in result.lines():
-            click.echo(printable(line))
+            _echo(printable(line))
     sys.exit(0 if result.identical else 1)
 
 
 @main.command(name="explain", epilog=help_epilog("explain"))
 @click.argument("serial")
 @_inputs
-@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+@click.option("--out", type=_RunPath(path_type=Path), default=Path("output"), show_default=True,
               help="The output folder to compare with (only read).")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON on stdout.")
 def explain_command(serial, inventories, profiles, variables, out, as_json) -> None:
@@ -271,17 +314,17 @@ def explain_command(serial, inventories, profiles, variables, out, as_json) -> N
     Report(as_json=as_json, quiet=False, verbose=0)  # sets up logging; a failure is printed by _Command
     found = explain.explain(serial, inventories, profiles, variables, out)
     if as_json:
-        click.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
+        _echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
     else:
         for line in found.lines():
-            click.echo(printable(line))
+            _echo(printable(line))
     sys.exit(ExitCode.OK)
 
 
 @main.command(epilog=help_epilog("schema"))
 def schema() -> None:
     """Print the JSON Schema of the policy file (for editors)."""
-    click.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
+    _echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
 
 
 class _ClickProgress:
@@ -310,13 +353,15 @@ class _LogFormatter(logging.Formatter):
 
     _hiding: tuple[tuple[str, ...], Callable[[str], str]] | None = None
 
-    def __init__(self, fmt: str, run: Resolved | None):
+    def __init__(self, fmt: str, run: Resolved | None, shown: Callable[[str], str]):
         super().__init__(fmt)
-        # The command's secrets, held here: publishing logs from worker threads, outside the run's context.
+        # The command's secrets and -C folder, held here: publishing logs from worker threads, outside
+        # the run's context and click's.
         self._run = run
+        self._shown = shown
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(self._hide()(record.message))
+        record.message = self._shown(printable(self._hide()(record.message)))
         return super().formatMessage(record)
 
     def _hide(self) -> Callable[[str], str]:
@@ -337,7 +382,8 @@ class Report:
         self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved()))
+        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved(),
+                                           _relative_shown(_run_folder(click.get_current_context(silent=True)))))
         logging.basicConfig(level=level, handlers=[handler], force=True)
 
     def progress(self) -> Progress:
@@ -349,7 +395,7 @@ class Report:
         """A ``warning:`` line on stderr (even with -q: it is a problem to act on) and in --json."""
         if line:
             self.warnings.append(printable(line))
-            click.echo(self.warnings[-1], err=True)
+            _echo(self.warnings[-1], err=True)
 
     def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
         _fail(code, message, problems, as_json=self.as_json)
@@ -358,7 +404,7 @@ class Report:
                *, suffix: str = "") -> NoReturn:
         lines = _problem_lines(problems)
         for line in _collapsed(problems):
-            click.echo(line, err=True)
+            _echo(line, err=True)
         code = ExitCode.ROWS_REJECTED if summary.rejected else ExitCode.OK
         platforms = ", ".join(f"{PLATFORM_LABELS[p]} {summary.platforms[p.value]}" for p in Platform
                               if summary.platforms.get(p.value))
@@ -377,11 +423,11 @@ class Report:
                 text += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
                          f"(edited by hand?): {shown}.")
         if not self.quiet:
-            click.echo(text, err=True)
+            _echo(text, err=True)
             if note := summary.status_note():
-                click.echo(printable(note), err=True)
+                _echo(printable(note), err=True)
             for line in summary.team_notes():
-                click.echo(printable(line), err=True)
+                _echo(printable(line), err=True)
         if self.as_json:
             data = {
                 "exit_code": int(code),
@@ -400,7 +446,7 @@ class Report:
                                    "removed": changes.removed, "unchanged": changes.unchanged,
                                    "written": changes.written, "fleet": changes.fleet.as_json()}
                 data["repaired"] = changes.repaired
-            click.echo(json.dumps(data, indent=2))
+            _echo(json.dumps(data, indent=2))
         sys.exit(code)
 
 
@@ -414,12 +460,12 @@ def _fail(code: ExitCode, headline: str, problems: Sequence[Problem | str], *, a
     hide = redactor([*environment_secrets(), *resolved_values()])
     headline = printable(hide(headline))
     for line in _collapsed(problems):
-        click.echo(hide(line), err=True)
+        _echo(hide(line), err=True)
     if headline_printed:
-        click.echo(headline, err=True)
+        _echo(headline, err=True)
     if as_json:
         lines = [hide(line) for line in _problem_lines(problems)]
-        click.echo(json.dumps({"exit_code": int(code), "error": headline, "problems": lines}, indent=2))
+        _echo(json.dumps({"exit_code": int(code), "error": headline, "problems": lines}, indent=2))
     sys.exit(code)
 
 
@@ -467,7 +513,7 @@ def _collapsed(problems) -> list[str]:
 @main.command(name="preflight", epilog=help_epilog("preflight"))
 @click.option("--device", "serial", metavar="SERIAL",
               help="Check this device only (default: each distinct collector setting of the fleet, once).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+@click.option("--out", type=_RunPath(path_type=Path), default=Path("output"), show_default=True,
               help="The compiled output folder to read.")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
               help="Seconds allowed for each network step: the connect, the TLS handshake, and each "
@@ -485,9 +531,9 @@ def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bo
 
     Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     plan = preflight.load(out, serial)
-    result = preflight.run(plan, timeout, lambda line: click.echo(printable(line), err=as_json), quiet=quiet)
+    result = preflight.run(plan, timeout, lambda line: _echo(printable(line), err=as_json), quiet=quiet)
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        _echo(json.dumps(result.as_json(), indent=2))
     sys.exit(result.exit_code)
 
 
@@ -530,7 +576,7 @@ def _publishing_options(func, prune_help: str):
                              "devices (exit 6).")(func)
     func = click.option("--prune", is_flag=True, help=prune_help)(func)
     func = click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")(func)
-    func = click.option("--out", type=click.Path(path_type=Path), default=Path("output"),
+    func = click.option("--out", type=_RunPath(path_type=Path), default=Path("output"),
                         show_default=True, help="The compiled output folder to publish.")(func)
     return func
 
@@ -660,18 +706,18 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
 
     def show_plan(plan: base.Plan) -> None:
         if not report.as_json:
-            click.echo(f"Plan for {destination}:")
+            _echo(f"Plan for {destination}:")
             for line in plan.lines():
-                click.echo(line)
+                _echo(line)
 
     outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
                        max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
     if not report.quiet:
-        click.echo(printable(outcome.summary()), err=True)
+        _echo(printable(outcome.summary()), err=True)
         for note in outcome.notes:
-            click.echo(printable(f"note: {note.message}"), err=True)
+            _echo(printable(f"note: {note.message}"), err=True)
     if report.as_json:
-        click.echo(json.dumps(outcome.as_json(), indent=2))
+        _echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)
 
 
@@ -679,7 +725,7 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
 
 
 @main.command(name="adoption", epilog=help_epilog("adoption"))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("output"), show_default=True,
+@click.option("--out", type=_RunPath(path_type=Path), default=Path("output"), show_default=True,
               help="The compiled output folder to read: the devices, their team, the person each sends.")
 @click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True,
               help="The window: this many complete UTC days, ending before today.")
@@ -688,9 +734,9 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
 @click.option("--prometheus-url", metavar="URL",
               help="The org's Prometheus (its HTTP API's base URL); credentials from PROMETHEUS_BEARER_TOKEN, or "
                    "PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+@click.option("--csv", "csv_path", type=_RunPath(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also write the per-team table as CSV.")
-@click.option("--chart", "chart_path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+@click.option("--chart", "chart_path", type=_RunPath(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also draw per-team adoption and daily active people (.png or .svg; pip install "
                    "'mdmgen[chart]').")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=defaults.ADOPTION_TIMEOUT,
@@ -719,12 +765,12 @@ def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_p
     outcome = adoption.run(options)
     lines = render.coverage(outcome.report)
     if as_json:
-        click.echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,
+        _echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,
                               ensure_ascii=False))
     else:
         for line in render.text(outcome.report) + lines:
-            click.echo(printable(line))
+            _echo(printable(line))
     if not quiet:
         for line in (lines if as_json else []) + [f"Wrote {path}" for path in outcome.written]:
-            click.echo(printable(line), err=True)
+            _echo(printable(line), err=True)
     sys.exit(ExitCode.OK)
