@@ -204,8 +204,8 @@ class _GuardedGroup(click.Group):
 @click.group(name="mdmgen", cls=_GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdmgen")
 @click.option("-C", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
-              help="Run as if mdmgen was started in DIR: relative paths, the defaults too, are read from DIR, and "
-                   "files under it are printed relative to it.")
+              help="Run as if mdmgen was started in DIR: the command line's relative paths, the defaults too, are "
+                   "read from DIR, and files under it are printed relative to it.")
 def main(directory: Path | None) -> None:
     """Compile an inventory CSV and a policy into per-device Claude Code managed settings."""
 
