@@ -268,3 +268,19 @@ def test_a_log_line_from_a_worker_thread_is_redacted_too(capsys):
         root.handlers[:], root.level = saved
     err = capsys.readouterr().err
     assert "sent " in err and FIRST not in err
+
+
+def test_a_command_leaves_the_process_logging_as_it_found_it(tmp_path):
+    """A command logs to its own stderr while it runs, then puts the root logger's handlers and level
+    back: a caller running commands in its own process keeps its logging, and no handler is left
+    writing to a stream the command was given."""
+    (tmp_path / "profiles").mkdir()
+    shutil.copy(SHIPPED_POLICY, tmp_path / "profiles" / "policy.yaml")
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "devices.csv").write_text(HEADER + ROWS, encoding="utf-8")
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    result = CliRunner().invoke(main, ["-C", str(tmp_path), "compile", "-vv"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "mdmgen: DEBUG: " in result.stderr or "mdmgen: INFO: " in result.stderr
+    assert (root.handlers, root.level) == before

@@ -188,7 +188,7 @@ class _GuardedGroup(click.Group):
             if message := boundary.resource_message(exc, command):
                 _echo(printable(message), err=True)
                 sys.exit(ExitCode.RESOURCES)
-            debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+            debug = ctx.meta.get(_DEBUG_LOGGING, False)  # the command's -vv: its logging has ended by now
             if debug:
                 import traceback
 
@@ -373,6 +373,30 @@ class _LogFormatter(logging.Formatter):
         return self._hiding[1]
 
 
+_DEBUG_LOGGING = "mdmgen.debug_logging"
+"""The key in click's ``Context.meta`` (shared by a command and its group) that says the command logs
+at debug level, for the group's bug report (a traceback) after the command's logging has ended."""
+
+
+def _log_for_the_command(ctx: click.Context | None, handler: logging.Handler, level: int) -> None:
+    """Send every log record to ``handler`` for this command only: the root logger's handlers and
+    level (the process's) are put back when the command ends, so a caller that runs commands in its
+    own process (the tests, a long-lived program) keeps its logging, and no handler is left writing
+    to a stream the command was given."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+    def restore() -> None:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+    if ctx is not None:
+        ctx.meta[_DEBUG_LOGGING] = level <= logging.DEBUG
+        ctx.call_on_close(restore)
+
+
 class Report:
     """Everything a command says: problems, summary, JSON, logging, progress and exit code."""
 
@@ -381,10 +405,11 @@ class Report:
         self.quiet = quiet
         self.warnings: list[str] = []
         level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+        ctx = click.get_current_context(silent=True)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved(),
-                                           _relative_shown(_run_folder(click.get_current_context(silent=True)))))
-        logging.basicConfig(level=level, handlers=[handler], force=True)
+                                           _relative_shown(_run_folder(ctx))))
+        _log_for_the_command(ctx, handler, level)
 
     def progress(self) -> Progress:
         if self.quiet or not sys.stderr.isatty():
