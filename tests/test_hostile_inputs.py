@@ -166,7 +166,7 @@ def test_a_nul_byte_in_the_policy_is_one_line_with_its_line_number(workdir):
 
 
 def test_an_error_from_elsewhere_holding_newlines_and_escapes_is_printed_on_one_line(capsys):
-    from mdmgen.cli import Report
+    from mdmgen.console import Report
     from mdmgen.exitcodes import ExitCode
 
     with pytest.raises(SystemExit) as exited:

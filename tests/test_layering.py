@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the compile", ("mdmgen.pipeline", "mdmgen.signing", "mdmgen.gitcheck")),
     ("the commands", (
         "mdmgen.compiler", "mdmgen.publish", "mdmgen.preflight", "mdmgen.adoption", "mdmgen.explain", "mdmgen.diff")),
+    ("what a command prints", ("mdmgen.console",)),
     ("the command line", ("mdmgen.cli", "mdmgen.__main__")),
 ]
 """Lowest first. An entry names a module, or a package and everything under it."""

@@ -63,7 +63,7 @@ def test_log_lines_are_one_line_and_never_carry_a_secret(capsys, monkeypatch):
     """-vv logs what servers and inputs say: escaped like every other line, secrets redacted."""
     import logging
 
-    from mdmgen.cli import Report
+    from mdmgen.console import Report
 
     monkeypatch.setenv("JAMF_CLIENT_SECRET", "s3cr3t-Client-Value")
     Report(as_json=False, quiet=False, verbose=2)

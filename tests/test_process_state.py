@@ -22,7 +22,8 @@ from click.testing import CliRunner
 
 import mdmgen
 from mdmgen import runscope, secrets
-from mdmgen.cli import Report, main
+from mdmgen.cli import main
+from mdmgen.console import Report
 
 from .conftest import HEADER, SHIPPED_POLICY
 

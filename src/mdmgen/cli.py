@@ -3,46 +3,35 @@
 The exit codes, and which command uses which, are in :mod:`mdmgen.exitcodes`: every
 ``--help`` prints them from there, and a test checks that the README lists the same. A failure
 carries its own exit code (:mod:`mdmgen.errors`); every command prints one the same way
-(:class:`_Command`), so nothing here maps an exception to a code.
+(:class:`_Command`), so nothing here maps an exception to a code. What a command prints, and how,
+is :mod:`mdmgen.console`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from . import __version__, output, policy, runscope
+from . import __version__, console, policy, runscope
 from .errors import MdmgenException
 from .exitcodes import ExitCode, help_epilog
 from .messages import (
     SIGN_KEY_PASSWORD_ENV,
     SIGN_P12_PASSWORD_ENV,
     environment_secrets,
-    first_of,
     printable,
-    redactor,
     shorten,
 )
-from .models import Platform, Problem
-from .progress import NO_PROGRESS, Progress
 from .publish import defaults
-from .secrets import Resolved, resolved, resolved_values
-from .summary import RunSummary
+from .secrets import resolved_values
 
 if TYPE_CHECKING:  # imported where used: a quiet night (see ``output.state``) needs none of them
     from . import signing
-
-PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WINDOWS: "Windows",
-                   Platform.WSL: "WSL"}
-
 
 
 class _RunPath(click.Path):
@@ -53,33 +42,8 @@ class _RunPath(click.Path):
 
     def convert(self, value, param, ctx):
         path = super().convert(value, param, ctx)
-        base = _run_folder(ctx)
+        base = console.run_folder(ctx)
         return path if base is None or path.is_absolute() else base / path
-
-
-def _run_folder(ctx: click.Context | None) -> Path | None:
-    """The absolute ``-C DIR`` of this command, or None when it runs where it was started."""
-    folder = ctx.find_root().params.get("directory") if ctx is not None else None
-    return Path(os.path.abspath(folder)) if folder is not None else None
-
-
-def _relative_shown(folder: Path | None) -> Callable[[str], str]:
-    """What makes printed text name the files under ``-C DIR`` as the user named them, relative to
-    it: the folder's prefix is dropped wherever a path starts, in each form it is printed in (plain,
-    made printable, JSON-escaped). Without ``-C`` paths stay as given, so nothing changes."""
-    if folder is None or folder.parent == folder:
-        return lambda text: text
-    prefix = f"{folder}{os.sep}"
-    forms = {prefix, printable(prefix), json.dumps(prefix)[1:-1], json.dumps(prefix, ensure_ascii=False)[1:-1]}
-    pattern = re.compile(r"(?<![\w./~-])(?:" + "|".join(re.escape(form) for form in sorted(forms, key=len,
-                                                                                          reverse=True)) + ")")
-    return lambda text: pattern.sub("", text)
-
-
-def _echo(text: str, *, err: bool = False) -> None:
-    """Every line a command prints (its logging too, see ``_LogFormatter``), with the paths under
-    ``-C DIR`` relative to it."""
-    click.echo(_relative_shown(_run_folder(click.get_current_context(silent=True)))(text), err=err)
 
 
 def _parse_vars(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
@@ -151,7 +115,7 @@ class _Command(click.Command):
         except MdmgenException as exc:
             if exc.click_usage:
                 raise click.UsageError(str(exc), ctx) from None
-            _fail(exc.exit_code, exc.headline(), exc.problems,
+            console.fail(exc.exit_code, exc.headline(), exc.problems,
                   as_json=self.json_failures and bool(ctx.params.get("as_json")), headline_printed=exc.headline_printed)
 
 
@@ -186,16 +150,16 @@ class _GuardedGroup(click.Group):
                 boundary.end_quietly(closed)
                 sys.exit(ExitCode.OUTPUT_CLOSED)
             if message := boundary.resource_message(exc, command):
-                _echo(printable(message), err=True)
+                console.echo(printable(message), err=True)
                 sys.exit(ExitCode.RESOURCES)
-            debug = ctx.meta.get(_DEBUG_LOGGING, False)  # the command's -vv: its logging has ended by now
+            debug = ctx.meta.get(console.DEBUG_LOGGING, False)  # the command's -vv: its logging has ended by now
             if debug:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
             # Redacted before it is cut, so no secret (not even part of one) is printed.
             reason = printable(shorten(" ".join(str(exc).split()), 200, [*environment_secrets(), *resolved_values()]))
-            _echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
+            console.echo(f"error: internal error in `{command}` ({type(exc).__name__}: {reason}); this is a bug in "
                        f"mdmgen {__version__}: please report it with the command you ran"
                        f"{'' if debug else ' (-vv shows the traceback)'}", err=True)
             sys.exit(ExitCode.BUG)
@@ -226,7 +190,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
     Only devices whose inputs changed are rendered again, unchanged files keep their
     modification time, and a run where nothing changed writes nothing.
     """
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    report = console.Report(as_json=as_json, quiet=quiet, verbose=verbose)
     signer = _signer(sign_cert, sign_key, sign_p12)  # before the lock: a bad key writes nothing
     from . import compiler
 
@@ -235,7 +199,7 @@ def compile_command(inventories, profiles, variables, skip_invalid, as_json, qui
         full=full, signer=signer), progress=report.progress())
     for warning in outcome.warnings:
         report.warn(warning)
-    headline = f"Compiled {_count(outcome.summary.devices, 'device')} into {out}/"
+    headline = f"Compiled {console.count(outcome.summary.devices, 'device')} into {out}/"
     report.finish(outcome.summary, outcome.problems, headline, outcome.changes)
 
 
@@ -267,11 +231,11 @@ def _refuse_out(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--out", hidden=True, expose_value=False, callback=_refuse_out, is_eager=True)
 def validate(inventories, profiles, variables, skip_invalid, as_json, quiet, verbose) -> None:
     """Check the inventory and policy like compile does, without writing anything."""
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    report = console.Report(as_json=as_json, quiet=quiet, verbose=verbose)
     from . import compiler
 
     result = compiler.validate(inventories, profiles, variables, skip_invalid=skip_invalid, progress=report.progress())
-    report.finish(result.summary(), result.problems, f"Validated {_count(len(result.devices), 'device')}", None,
+    report.finish(result.summary(), result.problems, f"Validated {console.count(len(result.devices), 'device')}", None,
                   suffix="; nothing written")
 
 
@@ -289,10 +253,10 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
 
     result = diff.trees(old, new)  # diff.DiffError: exit 2, diff(1)'s "trouble"
     if as_json:
-        _echo(result.model_dump_json(indent=2))
+        console.echo(result.model_dump_json(indent=2))
     else:
         for line in result.lines():
-            _echo(printable(line))
+            console.echo(printable(line))
     sys.exit(0 if result.identical else 1)
 
 
@@ -311,225 +275,20 @@ def explain_command(serial, inventories, profiles, variables, out, as_json) -> N
     """
     from . import explain
 
-    Report(as_json=as_json, quiet=False, verbose=0)  # sets up logging; a failure is printed by _Command
+    console.Report(as_json=as_json, quiet=False, verbose=0)  # sets up logging; a failure is printed by _Command
     found = explain.explain(serial, inventories, profiles, variables, out)
     if as_json:
-        _echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
+        console.echo(json.dumps(found.as_json(), indent=2, ensure_ascii=False))
     else:
         for line in found.lines():
-            _echo(printable(line))
+            console.echo(printable(line))
     sys.exit(ExitCode.OK)
 
 
 @main.command(epilog=help_epilog("schema"))
 def schema() -> None:
     """Print the JSON Schema of the policy file (for editors)."""
-    _echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
-
-
-class _ClickProgress:
-    """A progress bar on stderr, for people watching a terminal."""
-
-    def __init__(self) -> None:
-        self._bar = None
-
-    def start(self, total: int, label: str) -> None:
-        self._bar = click.progressbar(length=total, label=label, file=sys.stderr)
-        self._bar.__enter__()
-
-    def advance(self, count: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(count)
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
-class _LogFormatter(logging.Formatter):
-    """Log lines keep the promises of every other line: one line (newlines and escape sequences
-    from a server or an input shown escaped), and no secret in any of its forms, at any verbosity."""
-
-    _hiding: tuple[tuple[str, ...], Callable[[str], str]] | None = None
-
-    def __init__(self, fmt: str, run: Resolved | None, shown: Callable[[str], str]):
-        super().__init__(fmt)
-        # The command's secrets and -C folder, held here: publishing logs from worker threads, outside
-        # the run's context and click's.
-        self._run = run
-        self._shown = shown
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = self._shown(printable(self._hide()(record.message)))
-        return super().formatMessage(record)
-
-    def _hide(self) -> Callable[[str], str]:
-        """One pattern per set of secrets, not one per log line (``-vv`` logs every request); kept by
-        this formatter (one command run), never by the process."""
-        secrets = (*environment_secrets(), *(self._run.values() if self._run is not None else ()))
-        if self._hiding is None or self._hiding[0] != secrets:
-            self._hiding = (secrets, redactor(secrets))
-        return self._hiding[1]
-
-
-_DEBUG_LOGGING = "mdmgen.debug_logging"
-"""The key in click's ``Context.meta`` (shared by a command and its group) that says the command logs
-at debug level, for the group's bug report (a traceback) after the command's logging has ended."""
-
-
-def _log_for_the_command(ctx: click.Context | None, handler: logging.Handler, level: int) -> None:
-    """Send every log record to ``handler`` for this command only: the root logger's handlers and
-    level (the process's) are put back when the command ends, so a caller that runs commands in its
-    own process (the tests, a long-lived program) keeps its logging, and no handler is left writing
-    to a stream the command was given."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-    def restore() -> None:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-
-    if ctx is not None:
-        ctx.meta[_DEBUG_LOGGING] = level <= logging.DEBUG
-        ctx.call_on_close(restore)
-
-
-class Report:
-    """Everything a command says: problems, summary, JSON, logging, progress and exit code."""
-
-    def __init__(self, *, as_json: bool, quiet: bool, verbose: int):
-        self.as_json = as_json
-        self.quiet = quiet
-        self.warnings: list[str] = []
-        level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-        ctx = click.get_current_context(silent=True)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved(),
-                                           _relative_shown(_run_folder(ctx))))
-        _log_for_the_command(ctx, handler, level)
-
-    def progress(self) -> Progress:
-        if self.quiet or not sys.stderr.isatty():
-            return NO_PROGRESS
-        return _ClickProgress()
-
-    def warn(self, line: str | None) -> None:
-        """A ``warning:`` line on stderr (even with -q: it is a problem to act on) and in --json."""
-        if line:
-            self.warnings.append(printable(line))
-            _echo(self.warnings[-1], err=True)
-
-    def fail(self, code: ExitCode, message: str, problems: list[Problem] = ()) -> NoReturn:
-        _fail(code, message, problems, as_json=self.as_json)
-
-    def finish(self, summary: RunSummary, problems: list[Problem], headline: str, changes: output.Changes | None,
-               *, suffix: str = "") -> NoReturn:
-        lines = _problem_lines(problems)
-        for line in _collapsed(problems):
-            _echo(line, err=True)
-        code = ExitCode.ROWS_REJECTED if summary.rejected else ExitCode.OK
-        platforms = ", ".join(f"{PLATFORM_LABELS[p]} {summary.platforms[p.value]}" for p in Platform
-                              if summary.platforms.get(p.value))
-        text = f"{headline} ({platforms}){suffix}; {_count(summary.excluded, 'row')} excluded by status"
-        if summary.rejected:
-            text += f"; {_count(summary.rejected, 'row')} rejected (listed above)"
-        text += "."
-        if changes is not None:
-            text += (f" Against the previous output: {len(changes.added)} added, {len(changes.changed)} "
-                     f"changed, {len(changes.removed)} removed, {changes.unchanged} unchanged"
-                     f"{'' if changes.written else ' (nothing written)'}.")
-            if changes.fleet:
-                text += f" {changes.fleet.sentence()}"
-            if changes.repaired:
-                shown = first_of(changes.repaired, 3)
-                text += (f" Repaired {_count(len(changes.repaired), 'file')} that no longer matched the manifest "
-                         f"(edited by hand?): {shown}.")
-        if not self.quiet:
-            _echo(text, err=True)
-            if note := summary.status_note():
-                _echo(printable(note), err=True)
-            for line in summary.team_notes():
-                _echo(printable(line), err=True)
-        if self.as_json:
-            data = {
-                "exit_code": int(code),
-                "devices": summary.devices,
-                "platforms": {p.value: summary.platforms.get(p.value, 0) for p in Platform},
-                "excluded": summary.excluded,
-                "rejected": summary.rejected,
-                "rendered": summary.rendered,
-                "status_columns": {name: found.model_dump() for name, found in summary.status_columns.items()},
-                "team_spellings": summary.team_spellings,
-                "problems": lines,
-                **({"warnings": self.warnings} if self.warnings else {}),
-            }
-            if changes is not None:
-                data["changes"] = {"added": changes.added, "changed": changes.changed,
-                                   "removed": changes.removed, "unchanged": changes.unchanged,
-                                   "written": changes.written, "fleet": changes.fleet.as_json()}
-                data["repaired"] = changes.repaired
-            _echo(json.dumps(data, indent=2))
-        sys.exit(code)
-
-
-def _fail(code: ExitCode, headline: str, problems: Sequence[Problem | str], *, as_json: bool,
-          headline_printed: bool = True) -> NoReturn:
-    """Print a failure and exit with ``code``: the problems (collapsed), then the headline, on stderr;
-    with ``as_json`` also ``{"exit_code", "error", "problems"}`` (every problem) on stdout.
-
-    Every line is made printable (an OS, S3 or Jamf error can hold newlines and escape sequences) and
-    has the credentials of the environment and the compile's resolved secrets redacted."""
-    hide = redactor([*environment_secrets(), *resolved_values()])
-    headline = printable(hide(headline))
-    for line in _collapsed(problems):
-        _echo(hide(line), err=True)
-    if headline_printed:
-        _echo(headline, err=True)
-    if as_json:
-        lines = [hide(line) for line in _problem_lines(problems)]
-        _echo(json.dumps({"exit_code": int(code), "error": headline, "problems": lines}, indent=2))
-    sys.exit(code)
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 row``, ``2 rows``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _problem_lines(problems) -> list[str]:
-    """One line per problem, in the order found, without repeats (the full list, for --json)."""
-    return list(dict.fromkeys(printable(str(p)) for p in problems))
-
-
-SAME_PROBLEM_SHOWN = 3
-
-
-def _collapsed(problems) -> list[str]:
-    """The lines for people: a problem shared by many rows (a bad --var hits every device) is
-    shown for its first rows, then counted, so 20,000 devices do not print 20,000 lines."""
-    shown: list[str] = []
-    seen: set[str] = set()
-    groups: dict[tuple[str, str], list] = {}
-    for problem in problems:
-        line = printable(str(problem))
-        if line in seen:
-            continue
-        seen.add(line)
-        if isinstance(problem, str):  # a line already written for the user: never grouped
-            shown.append(line)
-            continue
-        group = groups.setdefault((problem.field, problem.message), [])
-        group.append(problem)
-        if len(group) <= SAME_PROBLEM_SHOWN:
-            shown.append(line)
-    for (field, _message), group in groups.items():
-        if len(group) > SAME_PROBLEM_SHOWN:
-            shown.append(printable(f"{group[0].location.file}: {field}: ... and {len(group) - SAME_PROBLEM_SHOWN} "
-                                   "more rows with the same problem (--json lists them all)"))
-    return shown
+    console.echo(json.dumps(policy.schema(), indent=2, sort_keys=True))
 
 
 # --- mdmgen preflight: check the compiled collector settings before a rollout ---------------------
@@ -554,11 +313,11 @@ def preflight_command(serial: str | None, out: Path, timeout: float, as_json: bo
     """
     from . import preflight  # imports grpc lazily: only this command needs it
 
-    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
+    console.Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     plan = preflight.load(out, serial)
-    result = preflight.run(plan, timeout, lambda line: _echo(printable(line), err=as_json), quiet=quiet)
+    result = preflight.run(plan, timeout, lambda line: console.echo(printable(line), err=as_json), quiet=quiet)
     if as_json:
-        _echo(json.dumps(result.as_json(), indent=2))
+        console.echo(json.dumps(result.as_json(), indent=2))
     sys.exit(result.exit_code)
 
 
@@ -636,7 +395,7 @@ def publish_s3(destination, out, dry_run, prune, max_delete, force, verify, sse_
         s3.check_endpoint(endpoint_url)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--endpoint-url") from None
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    report = console.Report(as_json=as_json, quiet=quiet, verbose=verbose)
 
     def connect():
         try:
@@ -672,7 +431,7 @@ def publish_jamf(url, out, dry_run, prune, max_delete, force, category, jobs, ti
     from .publish import jamf
 
     base_url = _checked_url(jamf.check_url, url, "--url")
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    report = console.Report(as_json=as_json, quiet=quiet, verbose=verbose)
 
     def connect():
         client = jamf.JamfClient.from_environment(base_url, max_connections=jobs, timeout=timeout)
@@ -704,7 +463,7 @@ def publish_intune(out, dry_run, prune, max_delete, force, graph_url, as_json, q
     from .publish import intune
 
     base_url = _checked_url(intune.check_url, graph_url, "--graph-url")
-    report = Report(as_json=as_json, quiet=quiet, verbose=verbose)
+    report = console.Report(as_json=as_json, quiet=quiet, verbose=verbose)
 
     def connect():
         return intune.make_publisher(base_url)
@@ -721,7 +480,7 @@ def _checked_url(check, url: str, option: str) -> str:
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
+def _publish(report: console.Report, connect, destination: str, *, out: Path, dry_run: bool, prune: bool,
              max_delete: float, force: bool) -> NoReturn:
     """Run the shared publish flow and print its outcome; a failure carries its exit code."""
     from .publish import base, flow
@@ -731,18 +490,18 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
 
     def show_plan(plan: base.Plan) -> None:
         if not report.as_json:
-            _echo(f"Plan for {destination}:")
+            console.echo(f"Plan for {destination}:")
             for line in plan.lines():
-                _echo(line)
+                console.echo(line)
 
     outcome = flow.run(out, connect, destination=destination, dry_run=dry_run, prune=prune,
                        max_delete=max_delete, force=force, progress=report.progress(), show_plan=show_plan)
     if not report.quiet:
-        _echo(printable(outcome.summary()), err=True)
+        console.echo(printable(outcome.summary()), err=True)
         for note in outcome.notes:
-            _echo(printable(f"note: {note.message}"), err=True)
+            console.echo(printable(f"note: {note.message}"), err=True)
     if report.as_json:
-        _echo(json.dumps(outcome.as_json(), indent=2))
+        console.echo(json.dumps(outcome.as_json(), indent=2))
     sys.exit(ExitCode.OK)
 
 
@@ -768,7 +527,7 @@ def _publish(report: Report, connect, destination: str, *, out: Path, dry_run: b
               show_default=True, metavar="SECONDS", help="A deadline for each whole request; a request is tried at "
               "most 5 times.")
 @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="YYYY-MM-DD",
-              help="Report as if run on this UTC day (default: today), to reproduce a past report.")
+              help="console.Report as if run on this UTC day (default: today), to reproduce a past report.")
 @_reporting
 def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_path, timeout, today, as_json, quiet,
                      verbose) -> None:
@@ -783,19 +542,19 @@ def adoption_command(out, days, anthropic_url, prometheus_url, csv_path, chart_p
     from . import adoption
     from .adoption import render
 
-    Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
+    console.Report(as_json=as_json, quiet=quiet, verbose=verbose)  # sets up logging; a failure is printed by _Command
     options = adoption.Options(out=out, days=days, anthropic_url=anthropic_url, prometheus_url=prometheus_url,
                                timeout=timeout, csv=csv_path, chart=chart_path,
                                today=today.date() if today is not None else None)
     outcome = adoption.run(options)
     lines = render.coverage(outcome.report)
     if as_json:
-        _echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,
+        console.echo(json.dumps({"exit_code": 0, **outcome.report.model_dump(mode="json")}, indent=2,
                               ensure_ascii=False))
     else:
         for line in render.text(outcome.report) + lines:
-            _echo(printable(line))
+            console.echo(printable(line))
     if not quiet:
         for line in (lines if as_json else []) + [f"Wrote {path}" for path in outcome.written]:
-            _echo(printable(line), err=True)
+            console.echo(printable(line), err=True)
     sys.exit(ExitCode.OK)
