@@ -8,6 +8,7 @@ and never makes a compile print a figure it did not count."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -289,13 +290,33 @@ def _plant_in_a_kept_device_folder(workdir: Path) -> None:
         os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
+def _forge_the_kept_generation_and_rebind_the_record(workdir: Path) -> None:
+    """A kept file replaced (old mtime) and the kept manifest's line for it rewritten to claim the
+    new bytes, the record rebound to that manifest: the kept generation's lines that are not the
+    folder's are parsed on their own (``manifest._parse_against``), and what they claim is still
+    checked against the disk before a file of it is kept."""
+    kept = workdir / KEPT
+    target = kept / "devices" / "WIN1" / "managed-settings.json"
+    old, info = target.read_bytes(), target.stat()
+    new = old.replace(b"cat%40", b"eve%40")
+    target.unlink()
+    target.write_bytes(new)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+    text = (kept / "manifest.json").read_bytes().replace(
+        hashlib.sha256(old).hexdigest().encode(), hashlib.sha256(new).hexdigest().encode())
+    (kept / "manifest.json").unlink()
+    (kept / "manifest.json").write_bytes(text)
+    forge(workdir, lambda data: data.update({"kept_sha256": hashlib.sha256(text).hexdigest()}))
+
+
 def _forge_a_count(workdir: Path) -> None:
     forge(workdir, lambda data: data["summary"].update({"devices": 4242, "excluded": 4343}))
 
 
 TAMPERING = {"kept manifest replaced by the current one": _copy_manifest_over_the_kept_one,
              "file planted in a kept device folder": _plant_in_a_kept_device_folder,
-             "count forged in the record": _forge_a_count}
+             "count forged in the record": _forge_a_count,
+             "kept generation forged and the record rebound to it": _forge_the_kept_generation_and_rebind_the_record}
 
 
 @pytest.mark.parametrize("tamper", sorted(TAMPERING))
