@@ -198,6 +198,19 @@ def test_a_known_row_is_taken_whole_but_a_duplicate_of_it_is_still_refused(workd
         assert result.stderr == scratch.stderr
 
 
+def test_a_known_row_shorter_than_its_header_is_taken_whole_as_a_compile_from_nothing_reads_it(workdir, tmp_path):
+    """A known row is taken whole before its shape is looked at (its digest covers the header):
+    one with fewer cells than the header, which the full checks pad with empty cells, gets the
+    same empty extra columns."""
+    rows = (HEADER.replace("team", "team,cost_centre,site")
+            + "MAC1,macos,ann@example.com,Ops,CC1\nLNX1,linux,bob@example.com,Sec\n")
+    write_inventory(workdir, rows)
+    compile_json(workdir)
+    write_inventory(workdir, rows + "WIN1,windows,cat@example.com,Ops,,HQ\n")
+    assert compile_json(workdir)["rendered"] == 1
+    assert tree(workdir) == fresh(workdir, tmp_path)
+
+
 def test_a_var_or_skip_invalid_given_or_dropped_is_a_changed_input(workdir, tmp_path):
     write_inventory(workdir, ROWS)
     compile_json(workdir)

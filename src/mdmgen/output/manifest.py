@@ -260,8 +260,8 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
         entry = devices[serial]
         line = known.get(serial)
         if line is None or previous is None or previous.devices.get(serial) is not entry:
-            line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}"
-        pieces += (b",\n" if len(pieces) > 1 else b"\n", line.encode("utf-8"))
+            line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}".encode()
+        pieces += (b",\n" if len(pieces) > 1 else b"\n", line)
     pieces.append(b"\n  }" + (b"," if data else b""))
     for number, (key, value) in enumerate(sorted(data.items())):
         pieces += (b",\n" if number else b"\n", f"  {dumps(key)}: {dumps(value)}".encode())
@@ -269,17 +269,18 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
     return b"".join(pieces)
 
 
-def _device_lines(manifest: Manifest, data: bytes) -> dict[str, str]:
+def _device_lines(manifest: Manifest, data: bytes) -> dict[str, bytes]:
     """Each device's line of ``data``, the bytes :func:`manifest_bytes` made of ``manifest`` (without
-    the comma between lines); empty at the first line that is not where that layout puts it."""
-    lines = data.decode("utf-8").split("\n")
+    the comma between lines); empty at the first line that is not where that layout puts it. Bytes,
+    not text: the lines go back into bytes as they are (the names are safe, so ASCII)."""
+    lines = data.split(b"\n")
     serials = sorted(manifest.devices)
-    if lines[:2] != ["{", '  "devices": {'] or len(lines) < len(serials) + 2:
+    if lines[:2] != [b"{", b'  "devices": {'] or len(lines) < len(serials) + 2:
         return {}
     found = {}
     for serial, line in zip(serials, lines[2:2 + len(serials)], strict=True):
-        line = line.removesuffix(",")
-        if not line.startswith(f"    {json.dumps(serial)}: {{") or not line.endswith("}"):
+        line = line.removesuffix(b",")
+        if not line.startswith(b'    "%s": {' % serial.encode()) or not line.endswith(b"}"):
             return {}
         found[serial] = line
     return found
