@@ -322,6 +322,18 @@ def _forge_the_kept_generation_and_rebind_the_record(workdir: Path) -> None:
     forge(workdir, lambda data: data.update({"kept_sha256": hashlib.sha256(text).hexdigest()}))
 
 
+def _edit_a_kept_file_in_place(workdir: Path) -> None:
+    """A kept file of a device the record calls a twin (``state.encode``) edited in place, same
+    size and mtime: it is the tree's file too, so the tree no longer checks out and is repaired."""
+    target = workdir / KEPT / "devices" / "MAC1" / "managed-settings.json"
+    assert "MAC1" in record(workdir)["twins"]
+    info = target.stat()
+    data = target.read_bytes()
+    with open(target, "r+b") as handle:
+        handle.write(data.replace(b"ann%40", b"eve%40"))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
 def _forge_a_count(workdir: Path) -> None:
     forge(workdir, lambda data: data["summary"].update({"devices": 4242, "excluded": 4343}))
 
@@ -329,6 +341,7 @@ def _forge_a_count(workdir: Path) -> None:
 TAMPERING = {"kept manifest replaced by the current one": _copy_manifest_over_the_kept_one,
              "file planted in a kept device folder": _plant_in_a_kept_device_folder,
              "count forged in the record": _forge_a_count,
+             "kept file of a twin edited in place": _edit_a_kept_file_in_place,
              "kept generation forged and the record rebound to it": _forge_the_kept_generation_and_rebind_the_record}
 
 
@@ -351,6 +364,50 @@ def test_tampering_ends_with_the_tree_a_compile_from_scratch_makes(workdir, tmp_
     # staging tree left nothing of what was planted.
     assert not list((workdir / KEPT).rglob("planted.json"))
     assert not list((workdir / "output").rglob("planted.json"))
+
+
+def test_the_record_calls_twins_only_kept_folders_that_hold_the_trees_own_files(workdir, tmp_path):
+    """A device the record calls a twin has, in the kept generation, a folder with the same names,
+    each a hard link to the tree's file (what lets the next compile skip ``lstat``-ing them):
+    checked after nights that change, restore, repair and leave the tree as it was."""
+    write_inventory(workdir, ROWS)
+    nights = [ROWS, ROWS.replace("Sec", "Red"), ROWS.replace("Sec", "Red"), ROWS, ROWS.replace("Ops", "Blue"),
+              "repair", ROWS.replace("Ops", "Blue")]
+    for night in nights:
+        if night == "repair":
+            (workdir / "output" / "devices" / "WIN1" / "managed-settings.json").write_text("{}")
+        else:
+            write_inventory(workdir, night)
+        compile_json(workdir)
+        twins = record(workdir)["twins"]
+        for serial in twins:
+            here, kept = workdir / "output" / "devices" / serial, workdir / KEPT / "devices" / serial
+            assert sorted(os.listdir(here)) == sorted(os.listdir(kept))
+            assert all((here / name).stat().st_ino == (kept / name).stat().st_ino for name in os.listdir(here))
+        assert tree(workdir) == fresh(workdir, tmp_path)
+    assert record(workdir)["twins"] == ["LNX1", "MAC1", "WIN1"]  # the repair made the generation again
+
+
+def test_a_night_that_changes_a_device_lstats_no_file_of_a_twin_in_the_kept_generation(workdir, tmp_path,
+                                                                                       monkeypatch):
+    """The kept generation's twins (see above) cost one ``lstat`` of their folder; the changed
+    device's kept folder is not a twin, and the night still leaves what a compile from nothing makes."""
+    _two_generations(workdir)
+    assert record(workdir)["twins"] == ["MAC1", "WIN1"]  # LNX1 was written anew by the night before
+    seen: list[str] = []
+    real = os.lstat
+
+    def counting(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting)
+    write_inventory(workdir, ROWS.replace("Sec", "Blue"))
+    compile_json(workdir)
+    monkeypatch.setattr(os, "lstat", real)
+    kept_files = {p.split(f"{KEPT}/devices/")[1] for p in seen if f"{KEPT}/devices/" in p}
+    assert {"MAC1", "WIN1"} <= kept_files and not {f for f in kept_files if f.startswith(("MAC1/", "WIN1/"))}
+    assert tree(workdir) == fresh(workdir, tmp_path)
 
 
 def test_a_tampered_kept_generation_is_ignored_whole_with_one_line(workdir):

@@ -87,6 +87,7 @@ class CompileState:
     groups: dict[str, list]  # the record's listing: joined file names -> serial, row, inputs, (sha, size, mtime)...
     fleet: dict[str, FileState]
     written_ns: int  # the record's own modification time: what it vouches for changed before it
+    twins: frozenset[str] = frozenset()  # devices whose kept folder held the tree's very inodes (see ``encode``)
 
     @functools.cached_property
     def devices(self) -> dict[str, DeviceState]:
@@ -117,6 +118,7 @@ class CompileState:
         """Let go of the listing once a compile is done with it (a large fleet's is tens of MB,
         and the new record is encoded next to both manifests)."""
         self.groups.clear()
+        object.__setattr__(self, "twins", frozenset())
         for cached in ("devices", "_index", "rows"):
             self.__dict__.pop(cached, None)
 
@@ -221,10 +223,13 @@ def _parse(data: bytes, info: os.stat_result) -> CompileState:
         groups = _mapping(raw["devices"])
         _check_listing(groups)
         secrets = tuple(raw["secrets"])
+        twins = raw.get("twins", [])
+        if not isinstance(twins, list) or set(map(type, twins)) - {str}:
+            raise TypeError
         state = CompileState(
             manifest_sha256=_text(raw["manifest_sha256"]), kept_sha256=_text(raw["kept_sha256"]),
             run_check=_text(raw["run_check"]), secrets=secrets, pseudonymised=raw["pseudonymised"] is True,
-            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns)
+            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins=frozenset(twins))
     except (KeyError, TypeError, ValueError) as exc:
         raise _Invalid(f"malformed: {type(exc).__name__}") from None
     if not all(isinstance(label, str) for label in secrets):
@@ -303,11 +308,19 @@ class NewState:
 
 
 def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root: Path,
-           old: CompileState | None = None, settled: AbstractSet[str] = frozenset()) -> bytes:
+           old: CompileState | None = None, settled: AbstractSet[str] = frozenset(),
+           twins: AbstractSet[str] = frozenset()) -> bytes:
     """The record's bytes for the tree ``manifest`` describes, in place at ``root``: each file's
     modification time is read from it, or taken from ``old`` for a ``settled`` device (one whose
     files are the inodes ``old`` vouched for); ``old`` is released once read. Raises OSError
-    when a file cannot be ``lstat``-ed."""
+    when a file cannot be ``lstat``-ed.
+
+    ``twins``: the devices whose folder in the kept generation holds exactly the names of the
+    tree's folder, each a hard link to the very inode of the tree's file (the writer knows: it
+    linked them, or both folders are the ones an earlier record said so of and neither changed
+    since). While such a kept folder is unchanged since the record (no entry added, removed or
+    renamed in it) and the tree's files check out against the record, the kept folder's files
+    are those same unchanged inodes, and the next compile need not ``lstat`` them (``reader``)."""
     groups: dict[str, list] = {}
     names_of: dict[tuple[str, ...], str] = {}
     devices = f"{os.fspath(root)}/{DEVICES_DIR}"
@@ -340,6 +353,7 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
     record = {"format": FORMAT, "generator": "mdmgen", "version": __version__, "dependencies": _dependencies(),
               "manifest_sha256": manifest_sha256, "kept_sha256": kept_sha256, "run_check": check,
               "secrets": list(new.secrets), "pseudonymised": new.pseudonymised,
+              "twins": sorted(set(twins) & manifest.devices.keys()),
               "summary": new.summary.model_dump(mode="json") if check else None,
               "fleet": fleet, "devices": groups}
     # The listing of each group is encoded on its own, so the text of the whole record is never
