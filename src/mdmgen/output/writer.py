@@ -240,26 +240,28 @@ class _Staging:
     counts: dict[str, int] = field(default_factory=lambda: {"written": 0, "linked": 0, "kept": 0})
 
     def place(self, relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
-              before: ManifestFile | None, secret: bool = False) -> None:
+              before: ManifestFile | None, secret: bool = False) -> bool:
         """One file of the new tree: kept when the staging tree has these bytes, hard-linked from
-        the tree being replaced when it has them and they checked out, else written."""
+        the tree being replaced when it has them and they checked out, else written. True when
+        it was linked."""
         dest = f"{self.folder}/{relpath}"
         if staged_meta is not None:
             if staged_meta.sha256 == meta.sha256:
                 self.counts["kept"] += 1  # the staging generation already has these bytes
                 _restrict(dest, secret)
-                return
+                return False
             os.unlink(dest)
         if (before is not None and before.sha256 == meta.sha256 and relpath not in self.damaged
                 and fastpath.enabled()):
             os.link(f"{self.target}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
             self.counts["linked"] += 1
             _restrict(dest, secret)
-            return
+            return True
         if data is None:
             raise OutputError(f"{self.target / relpath}: not rendered and not reusable; run compile with --full")
         write_new(dest, data, SECRET_FILE_MODE if secret else 0o666)
         self.counts["written"] += 1
+        return False
 
 
 def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, previous: CheckedOutput | None,
@@ -288,7 +290,7 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
                        current=previous.manifest if previous else None,
                        damaged=set(previous.problems) if previous else set())
     unvouched = staged.unvouched if staged is not None and staged.state is not None else None
-    settled = _stage_devices(staging, request, manifest, unvouched, progress)
+    settled, linked = _stage_devices(staging, request, manifest, unvouched, progress)
     _stage_fleet(staging, request.fleet_files, manifest)
     write_new(folder / MANIFEST_FILE, manifest_data)
     log.info("output: %d files written, %d linked, %d already in the staging generation",
@@ -306,19 +308,22 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
             return settled, set()
         return settled, set(manifest.devices)
     _swap_in(staging, manifest)
-    return settled, settled & twins
+    return settled, (settled & twins) | linked
 
 
 def _stage_devices(staging: _Staging, request: WriteRequest, manifest: Manifest, unvouched: AbstractSet[str] | None,
-                   progress: Progress) -> set[str]:
+                   progress: Progress) -> tuple[set[str], set[str]]:
     """Every device folder of the new tree in the staging tree; the folders of new devices are
     written last, over threads (:func:`_in_parallel`). Returns the settled devices (see
-    :func:`_build_and_swap`)."""
+    :func:`_build_and_swap`) and the linked ones: every file hard-linked from the tree being
+    replaced, whose folder (checked, with no problem) lists the same names, so that once it is
+    the kept generation the two folders are twins (``state.encode``)."""
     had, current = staging.had, staging.current
     devices_dir = staging.folder / DEVICES_DIR
     if not is_real_dir(devices_dir):
         devices_dir.mkdir()
     settled: set[str] = set()
+    linked: set[str] = set()
     new_folders: list[tuple[str, list[tuple[str, bytes, int]]]] = []
     progress.start(len(request.compiled), "Writing")
     for item in request.compiled:
@@ -345,16 +350,18 @@ def _stage_devices(staging: _Staging, request: WriteRequest, manifest: Manifest,
         else:
             for name in set(old_entry.files) - set(entry.files):
                 os.unlink(devices_dir / serial / name)
-        for name, meta in entry.files.items():
-            staging.place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
-                          old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
-                          secret=bool(entry.secrets))
+        links = [staging.place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
+                               old_entry.files.get(name) if old_entry else None,
+                               before.files.get(name) if before else None, secret=bool(entry.secrets))
+                 for name, meta in entry.files.items()]
+        if all(links) and before is not None and before.files.keys() == entry.files.keys():
+            linked.add(serial)
     _in_parallel(_write_folder, new_folders)
     staging.counts["written"] += sum(len(files) for _folder, files in new_folders)
     progress.finish()
     for serial in set(had.devices) - set(manifest.devices):
         _remove(devices_dir / serial)
-    return settled
+    return settled, linked
 
 
 def _stage_fleet(staging: _Staging, fleet_files: Mapping[str, bytes], manifest: Manifest) -> None:
