@@ -368,10 +368,14 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
         if found.st_ctime_ns >= written:
             unvouched.add(serial)
             _extra_entries(folder, serial, files, problems)
-        elif (serial in twins and len(names) == len(files)
-              and all(name == names[i] and flat[at + 3 * i] == entry.sha256 and flat[at + 3 * i + 1] == entry.size
-                      for i, (name, entry) in enumerate(files.items()))):
-            continue  # vouched for: the tree's own files, checked there
+        elif serial in twins and list(files) == names:
+            known = at
+            for entry in files.values():
+                if flat[known] != entry.sha256 or flat[known + 1] != entry.size:
+                    break
+                known += 3
+            else:
+                continue  # vouched for: the tree's own files, checked there
         for name, entry in files.items():
             path = f"{folder}/{name}"
             try:
