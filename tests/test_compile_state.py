@@ -211,6 +211,23 @@ def test_a_known_row_shorter_than_its_header_is_taken_whole_as_a_compile_from_no
     assert tree(workdir) == fresh(workdir, tmp_path)
 
 
+def test_a_known_row_whose_team_spelling_the_other_rows_change_is_compiled_again(workdir, tmp_path):
+    """A row with the same digest, platform and recorded policy part keeps its entry's inputs
+    fingerprint without computing it; its team's display spelling, which the other rows decide
+    (``inventory.fold_teams``), is what it is compared on too."""
+    rows = HEADER + "MAC1,macos,ann@example.com,ops\nLNX1,linux,bob@example.com,ops\nWIN1,windows,cat@example.com,OPS\n"
+    write_inventory(workdir, rows)
+    compile_json(workdir)
+    assert record(workdir)["parts"]
+    write_inventory(workdir, rows + "WSL1,wsl,dan@example.com,OPS\nWSL2,wsl,eve@example.com,OPS\n")
+    assert compile_json(workdir)["rendered"] == 5  # "ops" became "OPS" for every row
+    assert tree(workdir) == fresh(workdir, tmp_path)
+    write_inventory(workdir, rows + "WSL1,wsl,dan@example.com,OPS\nWSL2,wsl,eve@example.com,OPS\n"
+                    + "LNX2,linux,fay@example.com,Sec\n")
+    assert compile_json(workdir)["rendered"] == 1
+    assert tree(workdir) == fresh(workdir, tmp_path)
+
+
 def test_a_var_or_skip_invalid_given_or_dropped_is_a_changed_input(workdir, tmp_path):
     write_inventory(workdir, ROWS)
     compile_json(workdir)

@@ -38,6 +38,7 @@ one compile hash more, or trust a tree someone could have edited anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -88,6 +89,7 @@ class CompileState:
     fleet: dict[str, FileState]
     written_ns: int  # the record's own modification time: what it vouches for changed before it
     twins: frozenset[str] = frozenset()  # devices whose kept folder held the tree's very inodes (see ``encode``)
+    parts: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # policy parts (see NewState)
 
     @functools.cached_property
     def devices(self) -> dict[str, DeviceState]:
@@ -226,10 +228,13 @@ def _parse(data: bytes, info: os.stat_result) -> CompileState:
         twins = raw.get("twins", [])
         if not isinstance(twins, list) or set(map(type, twins)) - {str}:
             raise TypeError
+        parts = {(platform, team): part for platform, team, part in raw.get("parts", [])
+                 if isinstance(platform, str) and isinstance(team, str) and isinstance(part, str)}
         state = CompileState(
             manifest_sha256=_text(raw["manifest_sha256"]), kept_sha256=_text(raw["kept_sha256"]),
             run_check=_text(raw["run_check"]), secrets=secrets, pseudonymised=raw["pseudonymised"] is True,
-            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins=frozenset(twins))
+            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins=frozenset(twins),
+            parts=parts)
     except (KeyError, TypeError, ValueError) as exc:
         raise _Invalid(f"malformed: {type(exc).__name__}") from None
     if not all(isinstance(label, str) for label in secrets):
@@ -301,6 +306,10 @@ class NewState:
     (None: no night may be reused whole) and what the summary and the run key need."""
 
     rows: Mapping[str, str]
+    parts: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    """The policy part of the inputs fingerprint (``render.policy_part``) by platform and team key:
+    a device whose row digest, team spelling and platform are unchanged and whose policy part is
+    the one recorded has the inputs fingerprint of its manifest entry, without computing it."""
     run_key: str | None = None
     secrets: tuple[str, ...] = ()
     pseudonymised: bool = False
@@ -354,6 +363,7 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
               "manifest_sha256": manifest_sha256, "kept_sha256": kept_sha256, "run_check": check,
               "secrets": list(new.secrets), "pseudonymised": new.pseudonymised,
               "twins": sorted(set(twins) & manifest.devices.keys()),
+              "parts": sorted([platform, team, part] for (platform, team), part in new.parts.items()),
               "summary": new.summary.model_dump(mode="json") if check else None,
               "fleet": fleet, "devices": groups}
     # The listing of each group is encoded on its own, so the text of the whole record is never
