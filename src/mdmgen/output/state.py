@@ -14,13 +14,17 @@ tree and the kept generation are in place, and bound to the manifests it was wri
   read the very same inputs can check it, and a forged summary never checks out;
 * per device, the digest of its inventory row (keyed under the pseudonym key when the policy
   pseudonymises, so the record holds no unkeyed hash of an address), its inputs fingerprint, and
-  each file's sha256, size and modification time; the same for each fleet file.
+  each file's sha256, size and modification time; the same for each fleet file;
+* ``parts``: the policy part of the inputs fingerprint per platform and team (see ``NewState``);
+* ``twins``: the devices whose kept folder holds the tree's very inodes (see :func:`encode`).
 
 **One rule.** A device whose row digest and inputs fingerprint (its row and the policy part that
 applies to it) are the record's is reused: not rendered, not emitted, its manifest line kept.
-Anything else is computed. A whole night is reused (nothing read but the inputs' bytes, the
-record and one ``lstat`` per entry of the tree) only when ``run_check`` holds under the run key
-of the inputs now. ``MDMGEN_NO_FASTPATH=1`` reads no record: a compile from scratch.
+Anything else is computed. (With the same row digest, platform and team spelling and the
+recorded policy part, the fingerprint is the manifest entry's: it is not computed again.) A
+whole night is reused (nothing read but the inputs' bytes, the record and one ``lstat`` per
+entry of the tree) only when ``run_check`` holds under the run key of the inputs now.
+``MDMGEN_NO_FASTPATH=1`` reads no record: a compile from scratch.
 
 **Nothing is trusted unchecked.** A record is used only when it parses, is of this format,
 mdmgen version and dependency versions, names only safe names, is not dated in the future, and
@@ -32,8 +36,10 @@ record *vouches* for it: its sha256 is the record's, and its size and modificati
 exactly the record's and its inode changed before the record was written (``st_ctime``, which
 no one can set back: ``utime``, a write, a rename or a new link all move it to now). Otherwise
 the file is hashed. A folder changed after the record (an entry planted, removed or renamed,
-whatever its mtime says) is listed instead of trusted. The worst a forged record can do is make
-one compile hash more, or trust a tree someone could have edited anyway.
+whatever its mtime says) is listed instead of trusted. A twin's kept folder unchanged since the
+record holds the tree's inodes, so its files are vouched for when the tree's are (``reader``).
+The worst a forged record can do is make one compile hash more, or trust a tree someone could
+have edited anyway.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ tree with the checked reader (:func:`read_previous`, at the ``STAT`` level under
 a hand-edited, deleted or replaced file is found without re-hashing the fleet: its device is
 rendered again and the file rewritten, never linked. The kept generation is read the same way
 before it is reused as the staging tree, only when the state names its manifest, and anything
-in it that does not check out is removed and rebuilt. The state is written last.
+in it that does not check out is removed and rebuilt (a *twin* folder of it, see ``state.encode``,
+is checked through the tree's files, which are its own). The state is written last.
 
 Every path is built from names the manifest model has checked (``models.unsafe_name``) or
 from entries just listed in a folder that was checked to be a real folder; files are created
