@@ -285,8 +285,8 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
     folder of it is skipped only when that check found it to hold exactly the files of the new
     entry; anything that did not check out is removed first (:func:`_clean_staging`).
     """
-    folder, staged = _take_staging(target, fresh=request.fresh, previous=previous)
     twins = _twins(previous)
+    folder, staged = _take_staging(target, fresh=request.fresh, previous=previous, twins=twins)
     staging = _Staging(folder=folder, target=target, had=_clean_staging(folder, staged),
                        current=previous.manifest if previous else None,
                        damaged=set(previous.problems) if previous else set())
@@ -494,20 +494,21 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None) -> tuple[Path, CheckedOutput | None]:
+def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None,
+                  twins: AbstractSet[str] = frozenset()) -> tuple[Path, CheckedOutput | None]:
     """The folder to build the new tree in, and what it already holds (checked, problems listed).
 
     The kept generation is used only when the compile state that checked out against the current
     tree names its manifest (``kept_sha256``): a kept generation whose manifest is anything else
-    (copied over, edited, half rebuilt) is not obeyed in any part, but removed and rebuilt."""
+    (copied over, edited, half rebuilt) is not obeyed in any part, but removed and rebuilt.
+    ``twins``: :func:`_twins` of ``previous`` (see ``reader.read_tree``)."""
     staging = sidecar(target, "new")
     previous_generation = sidecar(target, "prev")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
         staged = _checked_generation(previous_generation, previous.state if previous else None,
-                                     (previous.manifest_data, previous.manifest) if previous else None,
-                                     _twins(previous))
+                                     (previous.manifest_data, previous.manifest) if previous else None, twins)
         if staged is not None:
             os.rename(previous_generation, staging)
             os.unlink(staging / MANIFEST_FILE)  # from here on it is a work in progress
