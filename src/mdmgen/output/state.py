@@ -94,8 +94,13 @@ class CompileState:
     groups: dict[str, list]  # the record's listing: joined file names -> serial, row, inputs, (sha, size, mtime)...
     fleet: dict[str, FileState]
     written_ns: int  # the record's own modification time: what it vouches for changed before it
-    twins: frozenset[str] = frozenset()  # devices whose kept folder held the tree's very inodes (see ``encode``)
+    twins_text: str = ""  # the twins (see ``encode``), joined by "/": split only by a compile that uses them
     parts: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # policy parts (see NewState)
+
+    @functools.cached_property
+    def twins(self) -> frozenset[str]:
+        """The devices whose kept folder held the tree's very inodes (see :func:`encode`)."""
+        return frozenset(self.twins_text.split("/")) - {""}
 
     @functools.cached_property
     def devices(self) -> dict[str, DeviceState]:
@@ -126,8 +131,7 @@ class CompileState:
         """Let go of the listing once a compile is done with it (a large fleet's is tens of MB,
         and the new record is encoded next to both manifests)."""
         self.groups.clear()
-        object.__setattr__(self, "twins", frozenset())
-        for cached in ("devices", "_index", "rows"):
+        for cached in ("devices", "_index", "rows", "twins"):
             self.__dict__.pop(cached, None)
 
     def holds_run(self, run_key: str) -> bool:
@@ -231,15 +235,13 @@ def _parse(data: bytes, info: os.stat_result) -> CompileState:
         groups = _mapping(raw["devices"])
         _check_listing(groups)
         secrets = tuple(raw["secrets"])
-        twins = raw.get("twins", [])
-        if not isinstance(twins, list) or set(map(type, twins)) - {str}:
-            raise TypeError
+        twins = _text(raw.get("twins", ""))
         parts = {(platform, team): part for platform, team, part in raw.get("parts", [])
                  if isinstance(platform, str) and isinstance(team, str) and isinstance(part, str)}
         state = CompileState(
             manifest_sha256=_text(raw["manifest_sha256"]), kept_sha256=_text(raw["kept_sha256"]),
             run_check=_text(raw["run_check"]), secrets=secrets, pseudonymised=raw["pseudonymised"] is True,
-            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins=frozenset(twins),
+            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins_text=twins,
             parts=parts)
     except (KeyError, TypeError, ValueError) as exc:
         raise _Invalid(f"malformed: {type(exc).__name__}") from None
@@ -368,7 +370,7 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
     record = {"format": FORMAT, "generator": "mdmgen", "version": __version__, "dependencies": _dependencies(),
               "manifest_sha256": manifest_sha256, "kept_sha256": kept_sha256, "run_check": check,
               "secrets": list(new.secrets), "pseudonymised": new.pseudonymised,
-              "twins": sorted(set(twins) & manifest.devices.keys()),
+              "twins": "/".join(sorted(set(twins) & manifest.devices.keys())),  # one string: parsed at once
               "parts": sorted([platform, team, part] for (platform, team), part in new.parts.items()),
               "summary": new.summary.model_dump(mode="json") if check else None,
               "fleet": fleet, "devices": groups}
