@@ -8,6 +8,7 @@ and never makes a compile print a figure it did not count."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +63,11 @@ def tree(workdir: Path) -> dict[str, bytes]:
 
 def record(workdir: Path) -> dict:
     return json.loads((workdir / STATE).read_text())
+
+
+def twins(workdir: Path) -> list[str]:
+    """The devices the record calls twins (``state.encode``), in its order."""
+    return [serial for serial in record(workdir)["twins"].split("/") if serial]
 
 
 def forge(workdir: Path, change) -> None:
@@ -197,6 +203,36 @@ def test_a_known_row_is_taken_whole_but_a_duplicate_of_it_is_still_refused(workd
         assert result.stderr == scratch.stderr
 
 
+def test_a_known_row_shorter_than_its_header_is_taken_whole_as_a_compile_from_nothing_reads_it(workdir, tmp_path):
+    """A known row is taken whole before its shape is looked at (its digest covers the header):
+    one with fewer cells than the header, which the full checks pad with empty cells, gets the
+    same empty extra columns."""
+    rows = (HEADER.replace("team", "team,cost_centre,site")
+            + "MAC1,macos,ann@example.com,Ops,CC1\nLNX1,linux,bob@example.com,Sec\n")
+    write_inventory(workdir, rows)
+    compile_json(workdir)
+    write_inventory(workdir, rows + "WIN1,windows,cat@example.com,Ops,,HQ\n")
+    assert compile_json(workdir)["rendered"] == 1
+    assert tree(workdir) == fresh(workdir, tmp_path)
+
+
+def test_a_known_row_whose_team_spelling_the_other_rows_change_is_compiled_again(workdir, tmp_path):
+    """A row with the same digest, platform and recorded policy part keeps its entry's inputs
+    fingerprint without computing it; its team's display spelling, which the other rows decide
+    (``inventory.fold_teams``), is what it is compared on too."""
+    rows = HEADER + "MAC1,macos,ann@example.com,ops\nLNX1,linux,bob@example.com,ops\nWIN1,windows,cat@example.com,OPS\n"
+    write_inventory(workdir, rows)
+    compile_json(workdir)
+    assert record(workdir)["parts"]
+    write_inventory(workdir, rows + "WSL1,wsl,dan@example.com,OPS\nWSL2,wsl,eve@example.com,OPS\n")
+    assert compile_json(workdir)["rendered"] == 5  # "ops" became "OPS" for every row
+    assert tree(workdir) == fresh(workdir, tmp_path)
+    write_inventory(workdir, rows + "WSL1,wsl,dan@example.com,OPS\nWSL2,wsl,eve@example.com,OPS\n"
+                    + "LNX2,linux,fay@example.com,Sec\n")
+    assert compile_json(workdir)["rendered"] == 1
+    assert tree(workdir) == fresh(workdir, tmp_path)
+
+
 def test_a_var_or_skip_invalid_given_or_dropped_is_a_changed_input(workdir, tmp_path):
     write_inventory(workdir, ROWS)
     compile_json(workdir)
@@ -289,13 +325,46 @@ def _plant_in_a_kept_device_folder(workdir: Path) -> None:
         os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
+def _forge_the_kept_generation_and_rebind_the_record(workdir: Path) -> None:
+    """A kept file replaced (old mtime) and the kept manifest's line for it rewritten to claim the
+    new bytes, the record rebound to that manifest: the kept generation's lines that are not the
+    folder's are parsed on their own (``manifest._parse_against``), and what they claim is still
+    checked against the disk before a file of it is kept."""
+    kept = workdir / KEPT
+    target = kept / "devices" / "WIN1" / "managed-settings.json"
+    old, info = target.read_bytes(), target.stat()
+    new = old.replace(b"cat%40", b"eve%40")
+    target.unlink()
+    target.write_bytes(new)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+    text = (kept / "manifest.json").read_bytes().replace(
+        hashlib.sha256(old).hexdigest().encode(), hashlib.sha256(new).hexdigest().encode())
+    (kept / "manifest.json").unlink()
+    (kept / "manifest.json").write_bytes(text)
+    forge(workdir, lambda data: data.update({"kept_sha256": hashlib.sha256(text).hexdigest()}))
+
+
+def _edit_a_kept_file_in_place(workdir: Path) -> None:
+    """A kept file of a device the record calls a twin (``state.encode``) edited in place, same
+    size and mtime: it is the tree's file too, so the tree no longer checks out and is repaired."""
+    target = workdir / KEPT / "devices" / "MAC1" / "managed-settings.json"
+    assert "MAC1" in twins(workdir)
+    info = target.stat()
+    data = target.read_bytes()
+    with open(target, "r+b") as handle:
+        handle.write(data.replace(b"ann%40", b"eve%40"))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
 def _forge_a_count(workdir: Path) -> None:
     forge(workdir, lambda data: data["summary"].update({"devices": 4242, "excluded": 4343}))
 
 
 TAMPERING = {"kept manifest replaced by the current one": _copy_manifest_over_the_kept_one,
              "file planted in a kept device folder": _plant_in_a_kept_device_folder,
-             "count forged in the record": _forge_a_count}
+             "count forged in the record": _forge_a_count,
+             "kept file of a twin edited in place": _edit_a_kept_file_in_place,
+             "kept generation forged and the record rebound to it": _forge_the_kept_generation_and_rebind_the_record}
 
 
 @pytest.mark.parametrize("tamper", sorted(TAMPERING))
@@ -317,6 +386,52 @@ def test_tampering_ends_with_the_tree_a_compile_from_scratch_makes(workdir, tmp_
     # staging tree left nothing of what was planted.
     assert not list((workdir / KEPT).rglob("planted.json"))
     assert not list((workdir / "output").rglob("planted.json"))
+
+
+def test_the_record_calls_twins_only_kept_folders_that_hold_the_trees_own_files(workdir, tmp_path):
+    """A device the record calls a twin has, in the kept generation, a folder with the same names,
+    each a hard link to the tree's file (what lets the next compile skip ``lstat``-ing them):
+    checked after nights that change, restore, repair and leave the tree as it was. A device
+    written anew is no twin; one linked from the tree it replaces is one again."""
+    write_inventory(workdir, ROWS)
+    every, unchanged = ["LNX1", "MAC1", "WIN1"], ["MAC1", "WIN1"]
+    nights = [(ROWS, every), (ROWS.replace("Sec", "Red"), unchanged), (ROWS.replace("Sec", "Red"), unchanged),
+              (ROWS, unchanged), (ROWS.replace("Ops", "Blue"), ["LNX1"]), ("repair", every),
+              (ROWS.replace("Ops", "Blue"), every)]
+    for night, expected in nights:
+        if night == "repair":
+            (workdir / "output" / "devices" / "WIN1" / "managed-settings.json").write_text("{}")
+        else:
+            write_inventory(workdir, night)
+        compile_json(workdir)
+        assert twins(workdir) == expected, night
+        for serial in expected:
+            here, kept = workdir / "output" / "devices" / serial, workdir / KEPT / "devices" / serial
+            assert sorted(os.listdir(here)) == sorted(os.listdir(kept))
+            assert all((here / name).stat().st_ino == (kept / name).stat().st_ino for name in os.listdir(here))
+        assert tree(workdir) == fresh(workdir, tmp_path)
+
+
+def test_a_night_that_changes_a_device_lstats_no_file_of_a_twin_in_the_kept_generation(workdir, tmp_path,
+                                                                                       monkeypatch):
+    """The kept generation's twins (see above) cost one ``lstat`` of their folder; the changed
+    device's kept folder is not a twin, and the night still leaves what a compile from nothing makes."""
+    _two_generations(workdir)
+    assert twins(workdir) == ["MAC1", "WIN1"]  # LNX1 was written anew by the night before
+    seen: list[str] = []
+    real = os.lstat
+
+    def counting(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting)
+    write_inventory(workdir, ROWS.replace("Sec", "Blue"))
+    compile_json(workdir)
+    monkeypatch.setattr(os, "lstat", real)
+    kept_files = {p.split(f"{KEPT}/devices/")[1] for p in seen if f"{KEPT}/devices/" in p}
+    assert {"MAC1", "WIN1"} <= kept_files and not {f for f in kept_files if f.startswith(("MAC1/", "WIN1/"))}
+    assert tree(workdir) == fresh(workdir, tmp_path)
 
 
 def test_a_tampered_kept_generation_is_ignored_whole_with_one_line(workdir):

@@ -108,7 +108,8 @@ def _compile(request: CompileRequest, previous: output.CheckedOutput | None,
     result = pipeline.compile_fleet(request.inventories, request.profiles, request.variables,
                                     skip_invalid=request.skip_invalid,
                                     previous=previous.reusable() if reuse else None, progress=progress,
-                                    known_rows=previous.state.rows if reuse else None)
+                                    known_rows=previous.state.rows if reuse else None,
+                                    known_parts=previous.state.parts if reuse else None)
     if not result.devices:
         raise NothingToCompile(result.problems)
     return result

@@ -344,7 +344,10 @@ def _load_file(name: str, data: bytes, columns: Mapping[str, str], inventory: In
             continue
         assert header is not None
         key = digest(header_part + "\x1f".join(cells).encode("utf-8", "surrogatepass"))
-        _load_row(name, line, cells, header, inventory, first_seen, key, key in known_rows)
+        known = key in known_rows
+        if known and _load_known_row(name, line, cells, header, inventory, first_seen, key):
+            continue
+        _load_row(name, line, cells, header, inventory, first_seen, key, known)
     if not seen_header:
         inventory.problems.append(Problem(location=Location(file=name), field="inventory",
                                           message="file is empty (no header row)"))
@@ -361,8 +364,6 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
     def cell(fld: str) -> str:
         return cells[header.index[fld]].strip() if fld in header.index else ""
 
-    if known and _load_known_row(cells, header, loc, inventory, first_seen, key):
-        return
     if cell("status").casefold() in EXCLUDED_STATUSES:
         inventory.excluded += 1
         if cell("serial_number"):
@@ -418,17 +419,20 @@ def _shape_problem(cells: list[str], header: _Header, loc: Location) -> Problem 
     return None
 
 
-def _load_known_row(cells: list[str], header: _Header, loc: Location, inventory: Inventory,
+def _load_known_row(name: str, line: int, cells: list[str], header: _Header, inventory: Inventory,
                     first_seen: dict[str, Location], key: str) -> bool:
     """A row the compile state knows, taken whole: False when it must go through every check.
 
     Its digest (its cells exactly as read, its header and the policy's ``columns``) is one the last
     compile accepted under the same versions of mdmgen and its libraries (``runkey.DEPENDENCIES``),
-    so each per-row check would pass again and each normalisation would give the same value: the
-    device is built from the cells without checking them again. What
+    so each per-row check would pass again (its shape against the header too) and each
+    normalisation would give the same value: the device is built from the cells without checking
+    them again. What
     depends on other rows is still decided here (a duplicate serial) or later (``fold_teams``); an
     address that is not plain ASCII goes through email-validator, whose normal form is not
     computed here."""
+    if len(cells) < header.width:
+        cells = cells + [""] * (header.width - len(cells))
     index = header.index
     raw_email = cells[index["user_email"]].strip()
     if not _PLAIN_ADDRESS.match(raw_email) or "xn--" in raw_email.casefold():
@@ -437,7 +441,7 @@ def _load_known_row(cells: list[str], header: _Header, loc: Location, inventory:
     platform = parse_platform(cells[index["platform"]].strip())
     if platform is None or serial in first_seen:
         return False  # not what the state vouched for, or a duplicate: the full checks say so
-    first_seen[serial] = loc
+    loc = first_seen[serial] = Location(file=name, line=line)
     local, domain = raw_email.split("@")
     team = unicodedata.normalize("NFC", cells[index["team"]].strip())
     inventory.row_digests[serial] = key

@@ -192,7 +192,8 @@ def raw_email_leak(renderer: Renderer, device: Device, raw_email: str | None,
 def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                   var_overrides: Mapping[str, str], *, skip_invalid: bool = False,
                   previous: Manifest | None = None, progress: Progress = NO_PROGRESS,
-                  known_rows: Mapping[str, str] | None = None) -> CompileResult:
+                  known_rows: Mapping[str, str] | None = None,
+                  known_parts: Mapping[tuple[str, str], str] | None = None) -> CompileResult:
     """Compile every device. Raises MdmgenError for policy problems (they affect every device);
     device problems are returned, and with ``skip_invalid`` the other devices still compile.
     Raises policy.UnknownVariable for an unknown --var name (a usage error).
@@ -202,6 +203,9 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     the policy part that applies to it) is its entry in ``previous`` is not rendered again: it is
     returned with ``files=None`` and the output stage keeps its files and manifest line. Rows the
     state knows skip email-validator (see ``inventory.load``). Without them everything is computed.
+    ``known_parts``: the state's policy parts (see ``output.state.NewState``): a device whose row,
+    platform, team spelling and policy part are the recorded ones has its entry's fingerprint, which
+    is then not computed again.
 
     Every problem's message has every resolved secret value redacted (in every form it can take)
     before it leaves: a template error such as ``{{ {}[secret("T")] }}`` names the missing key.
@@ -209,7 +213,8 @@ def compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
     with runscope.run():  # the CLI command's run, or this compile's own (see runscope)
         try:
             result = _compile_fleet(inventory_paths, profiles, var_overrides, skip_invalid=skip_invalid,
-                                    previous=previous, progress=progress, known_rows=known_rows or {})
+                                    previous=previous, progress=progress, known_rows=known_rows or {},
+                                    known_parts=known_parts or {})
         except MdmgenError as exc:
             raise MdmgenError(_redacted(exc.problems)) from None
         result.problems = _redacted(result.problems)
@@ -267,6 +272,7 @@ class _Compilation:
     prepared: Prepared
     previous: Mapping[str, ManifestDevice]
     known_rows: Mapping[str, str]
+    known_parts: Mapping[tuple[str, str], str]
     secret_values: dict[str, str]
     blanks: dict[str, list[tuple[bytes, bytes]]]
     shaper: shapes.Shaper | None
@@ -278,12 +284,14 @@ class _Compilation:
         return self.prepared.loaded.policy
 
 
-def _start(prepared: Prepared, previous: Manifest | None, known_rows: Mapping[str, str]) -> _Compilation:
+def _start(prepared: Prepared, previous: Manifest | None, known_rows: Mapping[str, str],
+           known_parts: Mapping[tuple[str, str], str]) -> _Compilation:
     renderer = prepared.renderer
     secret_values = {ref.label: value for ref, value in renderer.secret_values().items()}
     # ``shapes`` compiles devices that share a shape once; it needs the keyless path (no pseudonym).
     use_shapes = fastpath.enabled() and prepared.pseudonymiser is None
     return _Compilation(prepared=prepared, previous=previous.devices if previous else {}, known_rows=known_rows,
+                        known_parts=known_parts,
                         secret_values=secret_values, blanks=_blanks(secret_values),
                         shaper=shapes.Shaper(renderer, prepared.loaded.policy) if use_shapes else None,
                         telemetry=destinations.FleetDestinations(renderer))
@@ -292,14 +300,14 @@ def _start(prepared: Prepared, previous: Manifest | None, known_rows: Mapping[st
 def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
                    var_overrides: Mapping[str, str], *, skip_invalid: bool,
                    previous: Manifest | None, progress: Progress,
-                   known_rows: Mapping[str, str]) -> CompileResult:
+                   known_rows: Mapping[str, str], known_parts: Mapping[tuple[str, str], str]) -> CompileResult:
     """The named steps of :func:`compile_fleet`: prepare, each device, the fleet files, the verdict
     and what the compile state will record."""
     inventory_paths = list(inventory_paths)
     digests = runkey.input_digests(inventory_paths, profiles) if fastpath.enabled() else None
     prepared = prepare(inventory_paths, profiles, var_overrides, known_rows)
     inv = prepared.inventory
-    run = _start(prepared, previous, known_rows)
+    run = _start(prepared, previous, known_rows, known_parts)
     result = CompileResult(problems=list(inv.problems), excluded=inv.excluded,
                            secret_env=list(prepared.loaded.policy.secret_env),
                            status_columns=inv.status_columns, team_spellings=inv.team_spellings,
@@ -323,24 +331,35 @@ def _compile_fleet(inventory_paths: Iterable[Path], profiles: Path,
 def _compile_device(run: _Compilation, device: Device, result: CompileResult) -> None:
     """One device: reused under the one rule (its row digest is the compile state's and its inputs
     fingerprint the previous manifest's), else rendered, checked and emitted. Adds the compiled
-    device, or its problems, to ``result``."""
+    device, or its problems, to ``result``.
+
+    The fingerprint is made of the row's fields and the policy part: with the same row (digest),
+    the same platform and team spelling (what the other rows decide, see ``inventory.fold_teams``)
+    and the recorded policy part, it is the entry's, and is not computed again."""
     renderer, pseudonymiser = run.prepared.renderer, run.prepared.pseudonymiser
     raw_email = None
     if pseudonymiser is not None:  # from here on the device carries only its pseudonym
         raw_email = device.user_email
         device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
-    inputs = renderer.inputs(device, raw_email)
+    part = renderer.policy_part(device)
     labels = tuple(ref.label for ref in renderer.secrets_used(device))
     before = run.previous.get(device.serial)
     collecting = run.policy.collector is not None
-    if (before is not None and before.inputs == inputs
-            and run.known_rows.get(device.serial) == run.prepared.inventory.row_digests[device.serial]):
+    inputs = None
+    if before is not None and run.known_rows.get(device.serial) == run.prepared.inventory.row_digests[device.serial]:
+        if (run.known_parts.get((device.platform.value, device.team_key)) == part
+                and before.platform == device.platform and before.team == device.team):
+            inputs = before.inputs
+        else:
+            inputs = renderer.inputs(device, raw_email)
+    if before is not None and inputs == before.inputs:
         run.embedded.update(labels)
         result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels, redacted=before.redacted))
         if collecting:
             run.telemetry.reused(device, raw_email)
         return
     result.rendered += 1
+    inputs = renderer.inputs(device, raw_email)
     compiled = _render(run, device, raw_email, labels)
     if isinstance(compiled, Problem):
         result.problems.append(compiled)
@@ -408,12 +427,13 @@ def _new_state(run: _Compilation, result: CompileResult, digests: list[tuple[str
     let a night with the very same inputs be reused whole, only after a compile with no problem
     whose files were all read (the run key covers exactly those files)."""
     inv, loaded, pseudonymiser = run.prepared.inventory, run.prepared.loaded, run.prepared.pseudonymiser
+    parts = {(platform.value, team): part for (platform, team), part in run.prepared.renderer.policy_parts().items()}
     if (digests is None or result.problems or result.rejected
             or [name for name, _digest in digests[:-1]] != inv.files or digests[-1][0] != loaded.file):
-        return NewState(rows=inv.row_digests)
+        return NewState(rows=inv.row_digests, parts=parts)
     fingerprints = {ref.label: fp for ref, fp in run.prepared.renderer.secret_fingerprints().items()}
     key = runkey.run_key(digests, var_overrides, skip_invalid, fingerprints,
                          pseudonymiser.key_id if pseudonymiser else None)
-    return NewState(rows=inv.row_digests, run_key=key, secrets=tuple(sorted(fingerprints)),
+    return NewState(rows=inv.row_digests, parts=parts, run_key=key, secrets=tuple(sorted(fingerprints)),
                     pseudonymised=pseudonymiser is not None,
                     summary=result.summary().model_copy(update={"rendered": 0}))

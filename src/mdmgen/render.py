@@ -153,8 +153,8 @@ class Renderer:
         return {ref: sorted(keys) for ref, keys in self._secret_keys.items()}
 
     def secrets_used(self, device: Device) -> list[secret_refs.SecretRef]:
-        """The secrets the device's templates embed (call after ``inputs``)."""
-        return self._secrets_used.get((device.platform, device.team_key), [])
+        """The secrets the device's templates embed (call after ``inputs`` or ``policy_part``)."""
+        return self._secrets_used.get((device.platform, device.team_key), [])  # see policy_part
 
     def _secret_env(self, name: str) -> str:
         return self._secret_value(secret_refs.SecretRef("env", name))
@@ -187,6 +187,15 @@ class Renderer:
         the pseudonym, so the fingerprint (which sits in the manifest) is no unkeyed hash of the
         email; the key counts through its ``key_id``, so a rotation re-renders every device.
         """
+        part = self.policy_part(device)
+        fields = device.template_fields()
+        if self._uses_raw[(device.platform, device.team_key)] and raw_email is not None:
+            fields["raw_user_email"] = raw_email  # the output holds it anyway; case changes must re-render
+        return digest({"policy": part, "device": fields})
+
+    def policy_part(self, device: Device) -> str:
+        """Fingerprint of the policy part of :meth:`inputs`: everything of the policy the files of a
+        device of this platform and team are made from (the same for every such device)."""
         key = (device.platform, device.team_key)
         part = self._policy_inputs.get(key)
         if part is None:
@@ -214,10 +223,11 @@ class Renderer:
                 "allow_content_logging": self.loaded.policy.allow_content_logging,
             })
             self._policy_inputs[key] = part
-        fields = device.template_fields()
-        if self._uses_raw[key] and raw_email is not None:
-            fields["raw_user_email"] = raw_email  # the output holds it anyway; case changes must re-render
-        return digest({"policy": part, "device": fields})
+        return part
+
+    def policy_parts(self) -> dict[tuple[Platform, str], str]:
+        """Every policy part computed so far, by platform and team key (for the compile state)."""
+        return dict(self._policy_inputs)
 
     def uses_raw_email(self, device: Device) -> bool:
         """Whether the device's templates ask for ``raw_user_email`` (call after ``inputs``)."""

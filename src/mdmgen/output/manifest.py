@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,10 +96,73 @@ def _parse(data: bytes, known: tuple[bytes, Manifest] | None) -> Manifest:
     """The manifest model of ``data``; the same bytes read twice in one run (the folder and its
     kept generation after a night with no change) are parsed once, the caller handing the first
     parse to the second read (nothing is kept between runs). The model is frozen, and the bytes
-    are compared whole, so the second read gets exactly what parsing would have given."""
-    if known is not None and known[0] == data and fastpath.enabled():
-        return known[1]
+    are compared whole, so the second read gets exactly what parsing would have given. Bytes that
+    differ from ``known`` in some device lines only (the kept generation after a night that
+    changed some devices) are parsed in those lines only (:func:`_parse_against`)."""
+    if known is not None and fastpath.enabled():
+        if known[0] == data:
+            return known[1]
+        partial = _parse_against(data, known)
+        if partial is not None:
+            return partial
     return Manifest.model_validate_json(data)
+
+
+def _parse_against(data: bytes, known: tuple[bytes, Manifest]) -> Manifest | None:
+    """``data`` parsed where it differs from ``known`` (a manifest this run parsed, and the bytes
+    it was parsed from), or None: parse it whole. In the layout :func:`manifest_bytes` writes (one
+    ``"SERIAL": {...}`` per line), a device line of ``data`` that is byte for byte a line of
+    ``known``'s gets ``known``'s entry for that serial; everything else (the other device lines and
+    every line outside ``devices``) is parsed and validated as a manifest of its own, and the two
+    are merged.
+
+    A kept generation differs from the folder in the devices of one or two nights, so this parses
+    a few hundred lines instead of 100,000. It relies on this: every entry it returns passed the
+    model's checks (it is ``known``'s, or was validated here), so every name in it is safe; and a
+    caller uses what a manifest says of files only as a claim that is checked against the disk
+    (``reader``: each file vouched for by the compile state or hashed), so even bytes crafted to
+    parse otherwise line by line than as a whole cannot make a compile trust a file that is not
+    what the returned manifest says. A serial found twice, or a part that does not parse, is left
+    to the whole parse (and its message). The devices are in the order of their serials, as
+    :func:`manifest_bytes` writes them."""
+    lines, ours = _device_section(data), _device_section(known[0])
+    known_devices = known[1].devices
+    if lines is None or ours is None or len(ours) != len(known_devices):
+        return None
+    wanted = set(lines)
+    taken = {serial: known_devices[serial] for serial, line in zip(known_devices, ours, strict=True)
+             if line in wanted and line.startswith(b'    "%s": {' % serial.encode())}
+    found = set(ours)
+    rest = [line for line in lines if line not in found]
+    del wanted, found, ours
+    try:
+        parsed = Manifest.model_validate_json(b"".join((
+            b'{\n  "devices": {\n', b"\n".join(rest)[:-1], data[data.index(b"\n  }"):])))
+    except ValidationError:
+        return None
+    if (len(parsed.devices) != len(rest) or len(taken) + len(rest) != len(lines)
+            or not parsed.devices.keys().isdisjoint(taken)):
+        return None
+    return parsed.model_copy(update={"devices": dict(sorted({**taken, **parsed.devices}.items()))})
+
+
+def _device_section(data: bytes) -> list[bytes] | None:
+    """The lines of ``devices`` in the layout :func:`manifest_bytes` writes, each with its comma
+    (the last one's added); None when ``data`` is not in that layout."""
+    lines = data.split(b"\n")
+    if lines[:2] != [b"{", b'  "devices": {']:
+        return None
+    ends = []
+    for close in (b"  }", b"  },"):
+        with contextlib.suppress(ValueError):
+            ends.append(lines.index(close, 2))
+    if not ends:
+        return None
+    section = lines[2:min(ends)]
+    del lines
+    if section:
+        section[-1] += b","
+    return section
 
 
 def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:
@@ -196,8 +260,8 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
         entry = devices[serial]
         line = known.get(serial)
         if line is None or previous is None or previous.devices.get(serial) is not entry:
-            line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}"
-        pieces += (b",\n" if len(pieces) > 1 else b"\n", line.encode("utf-8"))
+            line = f"    {dumps(serial)}: {dumps(entry.model_dump(mode='json', exclude_none=True))}".encode()
+        pieces += (b",\n" if len(pieces) > 1 else b"\n", line)
     pieces.append(b"\n  }" + (b"," if data else b""))
     for number, (key, value) in enumerate(sorted(data.items())):
         pieces += (b",\n" if number else b"\n", f"  {dumps(key)}: {dumps(value)}".encode())
@@ -205,17 +269,18 @@ def manifest_bytes(manifest: Manifest, previous: Manifest | None = None, previou
     return b"".join(pieces)
 
 
-def _device_lines(manifest: Manifest, data: bytes) -> dict[str, str]:
+def _device_lines(manifest: Manifest, data: bytes) -> dict[str, bytes]:
     """Each device's line of ``data``, the bytes :func:`manifest_bytes` made of ``manifest`` (without
-    the comma between lines); empty at the first line that is not where that layout puts it."""
-    lines = data.decode("utf-8").split("\n")
+    the comma between lines); empty at the first line that is not where that layout puts it. Bytes,
+    not text: the lines go back into bytes as they are (the names are safe, so ASCII)."""
+    lines = data.split(b"\n")
     serials = sorted(manifest.devices)
-    if lines[:2] != ["{", '  "devices": {'] or len(lines) < len(serials) + 2:
+    if lines[:2] != [b"{", b'  "devices": {'] or len(lines) < len(serials) + 2:
         return {}
     found = {}
     for serial, line in zip(serials, lines[2:2 + len(serials)], strict=True):
-        line = line.removesuffix(",")
-        if not line.startswith(f"    {json.dumps(serial)}: {{") or not line.endswith("}"):
+        line = line.removesuffix(b",")
+        if not line.startswith(b'    "%s": {' % serial.encode()) or not line.endswith(b"}"):
             return {}
         found[serial] = line
     return found

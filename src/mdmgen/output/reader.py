@@ -24,6 +24,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -180,18 +181,22 @@ def checked(folder: Path, *, check: Check = Check.DIGESTS,
 
 
 def read_tree(folder: Path, target: Path, check: Check, state: CompileState | None = None,
-              known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
+              known: tuple[bytes, Manifest] | None = None, twins: AbstractSet[str] = frozenset()
+              ) -> CheckedOutput | None:
     """A tree as a compile reads it, lenient: None without a manifest, problems listed not raised;
     OutputError for a manifest that is not a valid mdmgen manifest. At ``STAT``, what ``state``
     (the compile state, already checked against the manifest that goes with this tree) vouches
     for is not read, and a folder unchanged since it was written is not listed; without one,
     ``STAT`` is ``DIGESTS``. ``known``: a manifest already parsed in this run, with its bytes
-    (see ``manifest.load_manifest``)."""
-    return _read(folder, target, check, OutputError, state, known)
+    (see ``manifest.load_manifest``). ``twins``: for the kept generation, the devices whose folder
+    the state says holds the tree's very inodes (``state.encode``) and whose files in the tree
+    checked out against the state in this run: their files are not ``lstat``-ed here."""
+    return _read(folder, target, check, OutputError, state, known, twins)
 
 
 def _read(folder: Path, target: Path, check: Check, error: type[Exception],
-          state: CompileState | None = None, known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
+          state: CompileState | None = None, known: tuple[bytes, Manifest] | None = None,
+          twins: AbstractSet[str] = frozenset()) -> CheckedOutput | None:
     try:
         loaded = load_manifest(target, known)
     except OutputError as exc:
@@ -209,7 +214,7 @@ def _read(folder: Path, target: Path, check: Check, error: type[Exception],
     present, problems = _survey(target, manifest, set(expected), vouched, devices=vouched is None)
     unvouched: set[str] = set()
     if vouched is not None:
-        _survey_devices(target, manifest, vouched, problems, unvouched)
+        _survey_devices(target, manifest, vouched, problems, unvouched, twins)
     for relpath, (entry, _device) in expected.items():
         info = present.get(relpath)
         if info is None:
@@ -300,7 +305,7 @@ def _survey(root: Path, manifest: Manifest, expected: set[str], state: CompileSt
 
 
 def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problems: dict[str, str],
-                    unvouched: set[str]) -> None:
+                    unvouched: set[str], twins: AbstractSet[str] = frozenset()) -> None:
     """The ``STAT`` check of ``devices/`` under a compile state, as :func:`_survey` and
     :func:`_edited` would report it, with one ``lstat`` per entry and no more: a folder unchanged
     since the state was written is not listed, and a file the state vouches for (``state.vouches``,
@@ -308,6 +313,11 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
     (the devices of the manifest it names, in its order), then checks any device it does not list
     with nothing vouched for. Adds to ``unvouched`` every device with a file it had to read or
     that did not check out (the others are exactly as the state recorded them).
+
+    A device of ``twins`` (see :func:`read_tree`) whose folder is unchanged since the state was
+    written, and whose files the manifest lists as the state does, is vouched for with that one
+    ``lstat``: its entries are the ones the state saw, hard links to the tree's inodes, which
+    this run found unchanged since (an edit in place of either is an edit of both).
 
     Longer than a function should be, on purpose: it is the one loop over every file of a 100,000
     device fleet on a night that changed something, and a call per device or per file would cost
@@ -358,6 +368,14 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
         if found.st_ctime_ns >= written:
             unvouched.add(serial)
             _extra_entries(folder, serial, files, problems)
+        elif serial in twins and list(files) == names:
+            known = at
+            for entry in files.values():
+                if flat[known] != entry.sha256 or flat[known + 1] != entry.size:
+                    break
+                known += 3
+            else:
+                continue  # vouched for: the tree's own files, checked there
         for name, entry in files.items():
             path = f"{folder}/{name}"
             try:

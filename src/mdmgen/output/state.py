@@ -14,13 +14,17 @@ tree and the kept generation are in place, and bound to the manifests it was wri
   read the very same inputs can check it, and a forged summary never checks out;
 * per device, the digest of its inventory row (keyed under the pseudonym key when the policy
   pseudonymises, so the record holds no unkeyed hash of an address), its inputs fingerprint, and
-  each file's sha256, size and modification time; the same for each fleet file.
+  each file's sha256, size and modification time; the same for each fleet file;
+* ``parts``: the policy part of the inputs fingerprint per platform and team (see ``NewState``);
+* ``twins``: the devices whose kept folder holds the tree's very inodes (see :func:`encode`).
 
 **One rule.** A device whose row digest and inputs fingerprint (its row and the policy part that
 applies to it) are the record's is reused: not rendered, not emitted, its manifest line kept.
-Anything else is computed. A whole night is reused (nothing read but the inputs' bytes, the
-record and one ``lstat`` per entry of the tree) only when ``run_check`` holds under the run key
-of the inputs now. ``MDMGEN_NO_FASTPATH=1`` reads no record: a compile from scratch.
+Anything else is computed. (With the same row digest, platform and team spelling and the
+recorded policy part, the fingerprint is the manifest entry's: it is not computed again.) A
+whole night is reused (nothing read but the inputs' bytes, the record and one ``lstat`` per
+entry of the tree) only when ``run_check`` holds under the run key of the inputs now.
+``MDMGEN_NO_FASTPATH=1`` reads no record: a compile from scratch.
 
 **Nothing is trusted unchecked.** A record is used only when it parses, is of this format,
 mdmgen version and dependency versions, names only safe names, is not dated in the future, and
@@ -32,12 +36,15 @@ record *vouches* for it: its sha256 is the record's, and its size and modificati
 exactly the record's and its inode changed before the record was written (``st_ctime``, which
 no one can set back: ``utime``, a write, a rename or a new link all move it to now). Otherwise
 the file is hashed. A folder changed after the record (an entry planted, removed or renamed,
-whatever its mtime says) is listed instead of trusted. The worst a forged record can do is make
-one compile hash more, or trust a tree someone could have edited anyway.
+whatever its mtime says) is listed instead of trusted. A twin's kept folder unchanged since the
+record holds the tree's inodes, so its files are vouched for when the tree's are (``reader``).
+The worst a forged record can do is make one compile hash more, or trust a tree someone could
+have edited anyway.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -87,6 +94,13 @@ class CompileState:
     groups: dict[str, list]  # the record's listing: joined file names -> serial, row, inputs, (sha, size, mtime)...
     fleet: dict[str, FileState]
     written_ns: int  # the record's own modification time: what it vouches for changed before it
+    twins_text: str = ""  # the twins (see ``encode``), joined by "/": split only by a compile that uses them
+    parts: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # policy parts (see NewState)
+
+    @functools.cached_property
+    def twins(self) -> frozenset[str]:
+        """The devices whose kept folder held the tree's very inodes (see :func:`encode`)."""
+        return frozenset(self.twins_text.split("/")) - {""}
 
     @functools.cached_property
     def devices(self) -> dict[str, DeviceState]:
@@ -117,7 +131,7 @@ class CompileState:
         """Let go of the listing once a compile is done with it (a large fleet's is tens of MB,
         and the new record is encoded next to both manifests)."""
         self.groups.clear()
-        for cached in ("devices", "_index", "rows"):
+        for cached in ("devices", "_index", "rows", "twins"):
             self.__dict__.pop(cached, None)
 
     def holds_run(self, run_key: str) -> bool:
@@ -221,10 +235,14 @@ def _parse(data: bytes, info: os.stat_result) -> CompileState:
         groups = _mapping(raw["devices"])
         _check_listing(groups)
         secrets = tuple(raw["secrets"])
+        twins = _text(raw.get("twins", ""))
+        parts = {(platform, team): part for platform, team, part in raw.get("parts", [])
+                 if isinstance(platform, str) and isinstance(team, str) and isinstance(part, str)}
         state = CompileState(
             manifest_sha256=_text(raw["manifest_sha256"]), kept_sha256=_text(raw["kept_sha256"]),
             run_check=_text(raw["run_check"]), secrets=secrets, pseudonymised=raw["pseudonymised"] is True,
-            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns)
+            summary=summary, groups=dict(groups), fleet=fleet, written_ns=info.st_mtime_ns, twins_text=twins,
+            parts=parts)
     except (KeyError, TypeError, ValueError) as exc:
         raise _Invalid(f"malformed: {type(exc).__name__}") from None
     if not all(isinstance(label, str) for label in secrets):
@@ -296,6 +314,10 @@ class NewState:
     (None: no night may be reused whole) and what the summary and the run key need."""
 
     rows: Mapping[str, str]
+    parts: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    """The policy part of the inputs fingerprint (``render.policy_part``) by platform and team key:
+    a device whose row digest, team spelling and platform are unchanged and whose policy part is
+    the one recorded has the inputs fingerprint of its manifest entry, without computing it."""
     run_key: str | None = None
     secrets: tuple[str, ...] = ()
     pseudonymised: bool = False
@@ -303,11 +325,19 @@ class NewState:
 
 
 def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root: Path,
-           old: CompileState | None = None, settled: AbstractSet[str] = frozenset()) -> bytes:
+           old: CompileState | None = None, settled: AbstractSet[str] = frozenset(),
+           twins: AbstractSet[str] = frozenset()) -> bytes:
     """The record's bytes for the tree ``manifest`` describes, in place at ``root``: each file's
     modification time is read from it, or taken from ``old`` for a ``settled`` device (one whose
     files are the inodes ``old`` vouched for); ``old`` is released once read. Raises OSError
-    when a file cannot be ``lstat``-ed."""
+    when a file cannot be ``lstat``-ed.
+
+    ``twins``: the devices whose folder in the kept generation holds exactly the names of the
+    tree's folder, each a hard link to the very inode of the tree's file (the writer knows: it
+    linked them, or both folders are the ones an earlier record said so of and neither changed
+    since). While such a kept folder is unchanged since the record (no entry added, removed or
+    renamed in it) and the tree's files check out against the record, the kept folder's files
+    are those same unchanged inodes, and the next compile need not ``lstat`` them (``reader``)."""
     groups: dict[str, list] = {}
     names_of: dict[tuple[str, ...], str] = {}
     devices = f"{os.fspath(root)}/{DEVICES_DIR}"
@@ -340,6 +370,8 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
     record = {"format": FORMAT, "generator": "mdmgen", "version": __version__, "dependencies": _dependencies(),
               "manifest_sha256": manifest_sha256, "kept_sha256": kept_sha256, "run_check": check,
               "secrets": list(new.secrets), "pseudonymised": new.pseudonymised,
+              "twins": "/".join(sorted(set(twins) & manifest.devices.keys())),  # one string: parsed at once
+              "parts": sorted([platform, team, part] for (platform, team), part in new.parts.items()),
               "summary": new.summary.model_dump(mode="json") if check else None,
               "fleet": fleet, "devices": groups}
     # The listing of each group is encoded on its own, so the text of the whole record is never

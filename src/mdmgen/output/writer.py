@@ -5,7 +5,8 @@ tree with the checked reader (:func:`read_previous`, at the ``STAT`` level under
 a hand-edited, deleted or replaced file is found without re-hashing the fleet: its device is
 rendered again and the file rewritten, never linked. The kept generation is read the same way
 before it is reused as the staging tree, only when the state names its manifest, and anything
-in it that does not check out is removed and rebuilt. The state is written last.
+in it that does not check out is removed and rebuilt (a *twin* folder of it, see ``state.encode``,
+is checked through the tree's files, which are its own). The state is written last.
 
 Every path is built from names the manifest model has checked (``models.unsafe_name``) or
 from entries just listed in a folder that was checked to be a real folder; files are created
@@ -165,16 +166,16 @@ def write(out: Path, request: WriteRequest, previous: CheckedOutput | None,
             _leave_as_is(target, request.new_state, previous, manifest, new_manifest)
             return changes
         compile_state.write_state(target, None)  # it vouches for the tree about to change; rewritten at the end
-        settled = _build_and_swap(target, request, manifest, previous, new_manifest, progress)
+        settled, twins = _build_and_swap(target, request, manifest, previous, new_manifest, progress)
         kept = previous.manifest_data if previous else new_manifest  # the tree just replaced, or a copy
         if changes.repaired or _gone(old, manifest):
             # The tree just replaced holds the damaged files (a file edited in place is shared
             # with it through a hard link), the old token or raw addresses: keep the new tree as
             # the generation.
             _keep_generation(target, manifest, new_manifest)
-            kept = new_manifest
+            kept, twins = new_manifest, set(manifest.devices)
         _keep_state(target, request.new_state, manifest, new_manifest, kept, touched=True,
-                    old=previous.state if previous else None, settled=settled)
+                    old=previous.state if previous else None, settled=settled, twins=twins)
     except OutputError:
         _remove(sidecar(target, "new"))
         raise
@@ -204,14 +205,26 @@ def _leave_as_is(target: Path, new_state: NewState | None, previous: CheckedOutp
     only when it is incomplete or holds what must be gone, and the record is brought up to date."""
     state = previous.state
     parsed = (previous.manifest_data, previous.manifest)  # the kept generation's, after a quiet night
-    kept = _complete_generation(sidecar(target, "prev"), state, parsed)
-    touched = kept is None or _holds_what_is_gone(sidecar(target, "prev"), manifest, parsed)
-    if touched:
+    generation = _complete_generation(sidecar(target, "prev"), state, parsed, _twins(previous))
+    touched = generation is None or _holds_what_is_gone(sidecar(target, "prev"), manifest, parsed)
+    if touched or generation is None:
         _keep_generation(target, manifest, manifest_data)
-        kept = manifest_data
-    assert kept is not None
+        kept, twins = manifest_data, set(manifest.devices)
+    else:
+        # Both folders of a twin are the ones the record said so of, and neither changed since.
+        kept, twins = generation.manifest_data, _twins(previous) - generation.unvouched
     settled = set(manifest.devices) - previous.unvouched if state is not None else set()
-    _keep_state(target, new_state, manifest, manifest_data, kept, touched=touched, old=state, settled=settled)
+    _keep_state(target, new_state, manifest, manifest_data, kept, touched=touched, old=state, settled=settled,
+                twins=twins)
+
+
+def _twins(tree: CheckedOutput | None) -> set[str]:
+    """The devices of a tree read under its compile state whose kept folder the state says holds
+    the tree's very inodes (``state.encode``) and whose folder and files in the tree checked out
+    against the state in this run: the kept folder needs no more than its own ``lstat``."""
+    if tree is None or tree.state is None:
+        return set()
+    return set(tree.state.twins & tree.manifest.devices.keys()) - tree.unvouched - tree.damaged_devices()
 
 
 @dataclass
@@ -228,32 +241,36 @@ class _Staging:
     counts: dict[str, int] = field(default_factory=lambda: {"written": 0, "linked": 0, "kept": 0})
 
     def place(self, relpath: str, meta: ManifestFile, data: bytes | None, staged_meta: ManifestFile | None,
-              before: ManifestFile | None, secret: bool = False) -> None:
+              before: ManifestFile | None, secret: bool = False) -> bool:
         """One file of the new tree: kept when the staging tree has these bytes, hard-linked from
-        the tree being replaced when it has them and they checked out, else written."""
+        the tree being replaced when it has them and they checked out, else written. True when
+        it was linked."""
         dest = f"{self.folder}/{relpath}"
         if staged_meta is not None:
             if staged_meta.sha256 == meta.sha256:
                 self.counts["kept"] += 1  # the staging generation already has these bytes
                 _restrict(dest, secret)
-                return
+                return False
             os.unlink(dest)
         if (before is not None and before.sha256 == meta.sha256 and relpath not in self.damaged
                 and fastpath.enabled()):
             os.link(f"{self.target}/{relpath}", dest, follow_symlinks=False)  # same inode: mtime kept
             self.counts["linked"] += 1
             _restrict(dest, secret)
-            return
+            return True
         if data is None:
             raise OutputError(f"{self.target / relpath}: not rendered and not reusable; run compile with --full")
         write_new(dest, data, SECRET_FILE_MODE if secret else 0o666)
         self.counts["written"] += 1
+        return False
 
 
 def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, previous: CheckedOutput | None,
-                    manifest_data: bytes, progress: Progress) -> set[str]:
+                    manifest_data: bytes, progress: Progress) -> tuple[set[str], set[str]]:
     """Bring a staging tree to the new state, then swap it in. Returns the devices whose folder
-    was taken from the kept generation as it was, every file of it vouched for by the state.
+    was taken from the kept generation as it was, every file of it vouched for by the state, and
+    the twins of the new record (``state.encode``): the folder and the kept generation made of
+    one tree by links, or a device whose two folders were twins and were swapped unchanged.
 
     The staging tree is the generation before the current one (kept as ``.<name>.mdmgen-prev``
     by the last run) when there is one that checks out: it already holds most devices, so only
@@ -268,12 +285,13 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
     folder of it is skipped only when that check found it to hold exactly the files of the new
     entry; anything that did not check out is removed first (:func:`_clean_staging`).
     """
-    folder, staged = _take_staging(target, fresh=request.fresh, previous=previous)
+    twins = _twins(previous)
+    folder, staged = _take_staging(target, fresh=request.fresh, previous=previous, twins=twins)
     staging = _Staging(folder=folder, target=target, had=_clean_staging(folder, staged),
                        current=previous.manifest if previous else None,
                        damaged=set(previous.problems) if previous else set())
     unvouched = staged.unvouched if staged is not None and staged.state is not None else None
-    settled = _stage_devices(staging, request, manifest, unvouched, progress)
+    settled, linked = _stage_devices(staging, request, manifest, unvouched, progress)
     _stage_fleet(staging, request.fleet_files, manifest)
     write_new(folder / MANIFEST_FILE, manifest_data)
     log.info("output: %d files written, %d linked, %d already in the staging generation",
@@ -288,21 +306,25 @@ def _build_and_swap(target: Path, request: WriteRequest, manifest: Manifest, pre
         except OSError as exc:
             log.warning("%s: kept generation not made (%s); the next compile makes it", target, exc.strerror or exc)
             _remove(sidecar(target, "new"))
-        return settled
+            return settled, set()
+        return settled, set(manifest.devices)
     _swap_in(staging, manifest)
-    return settled
+    return settled, (settled & twins) | linked
 
 
 def _stage_devices(staging: _Staging, request: WriteRequest, manifest: Manifest, unvouched: AbstractSet[str] | None,
-                   progress: Progress) -> set[str]:
+                   progress: Progress) -> tuple[set[str], set[str]]:
     """Every device folder of the new tree in the staging tree; the folders of new devices are
     written last, over threads (:func:`_in_parallel`). Returns the settled devices (see
-    :func:`_build_and_swap`)."""
+    :func:`_build_and_swap`) and the linked ones: every file hard-linked from the tree being
+    replaced, whose folder (checked, with no problem) lists the same names, so that once it is
+    the kept generation the two folders are twins (``state.encode``)."""
     had, current = staging.had, staging.current
     devices_dir = staging.folder / DEVICES_DIR
     if not is_real_dir(devices_dir):
         devices_dir.mkdir()
     settled: set[str] = set()
+    linked: set[str] = set()
     new_folders: list[tuple[str, list[tuple[str, bytes, int]]]] = []
     progress.start(len(request.compiled), "Writing")
     for item in request.compiled:
@@ -329,16 +351,18 @@ def _stage_devices(staging: _Staging, request: WriteRequest, manifest: Manifest,
         else:
             for name in set(old_entry.files) - set(entry.files):
                 os.unlink(devices_dir / serial / name)
-        for name, meta in entry.files.items():
-            staging.place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
-                          old_entry.files.get(name) if old_entry else None, before.files.get(name) if before else None,
-                          secret=bool(entry.secrets))
+        links = [staging.place(f"{DEVICES_DIR}/{serial}/{name}", meta, data_of[name],
+                               old_entry.files.get(name) if old_entry else None,
+                               before.files.get(name) if before else None, secret=bool(entry.secrets))
+                 for name, meta in entry.files.items()]
+        if all(links) and before is not None and before.files.keys() == entry.files.keys():
+            linked.add(serial)
     _in_parallel(_write_folder, new_folders)
     staging.counts["written"] += sum(len(files) for _folder, files in new_folders)
     progress.finish()
     for serial in set(had.devices) - set(manifest.devices):
         _remove(devices_dir / serial)
-    return settled
+    return settled, linked
 
 
 def _stage_fleet(staging: _Staging, fleet_files: Mapping[str, bytes], manifest: Manifest) -> None:
@@ -470,19 +494,21 @@ def _owned(manifest: Manifest | None) -> set[str]:
     return {DEVICES_DIR, MANIFEST_FILE} | {relpath.split("/")[0] for relpath in manifest.fleet}
 
 
-def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None) -> tuple[Path, CheckedOutput | None]:
+def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None,
+                  twins: AbstractSet[str] = frozenset()) -> tuple[Path, CheckedOutput | None]:
     """The folder to build the new tree in, and what it already holds (checked, problems listed).
 
     The kept generation is used only when the compile state that checked out against the current
     tree names its manifest (``kept_sha256``): a kept generation whose manifest is anything else
-    (copied over, edited, half rebuilt) is not obeyed in any part, but removed and rebuilt."""
+    (copied over, edited, half rebuilt) is not obeyed in any part, but removed and rebuilt.
+    ``twins``: :func:`_twins` of ``previous`` (see ``reader.read_tree``)."""
     staging = sidecar(target, "new")
     previous_generation = sidecar(target, "prev")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(staging)
     if not fresh and is_real_dir(previous_generation):
         staged = _checked_generation(previous_generation, previous.state if previous else None,
-                                     (previous.manifest_data, previous.manifest) if previous else None)
+                                     (previous.manifest_data, previous.manifest) if previous else None, twins)
         if staged is not None:
             os.rename(previous_generation, staging)
             os.unlink(staging / MANIFEST_FILE)  # from here on it is a work in progress
@@ -493,11 +519,12 @@ def _take_staging(target: Path, *, fresh: bool, previous: CheckedOutput | None) 
 
 
 def _checked_generation(folder: Path, state: CompileState | None,
-                        known: tuple[bytes, Manifest] | None = None) -> CheckedOutput | None:
+                        known: tuple[bytes, Manifest] | None = None,
+                        twins: AbstractSet[str] = frozenset()) -> CheckedOutput | None:
     """The kept generation read at ``STAT`` under the compile state, when its manifest is the one
     the state names; None (with one line saying so) otherwise. ``known``: the current tree's
     manifest and its bytes; after a night with no change the generation's is the same, and that
-    parse is reused (see ``manifest.load_manifest``)."""
+    parse is reused (see ``manifest.load_manifest``). ``twins``: see ``reader.read_tree``."""
     if state is None:
         return None
     try:
@@ -506,7 +533,7 @@ def _checked_generation(folder: Path, state: CompileState | None,
             log.warning("%s: its %s is not the one the compile state names; not used, rebuilt",
                         folder.name, MANIFEST_FILE)
             return None
-        staged = read_tree(folder, folder, Check.STAT, state, known)
+        staged = read_tree(folder, folder, Check.STAT, state, known, twins)
     except (OSError, OutputError):
         return None  # not a generation we can vouch for: rebuilt, never obeyed
     return staged if staged is not None and staged.manifest_data == data else None
@@ -549,14 +576,14 @@ def _remove_empty_parents(root: Path, relpath: str) -> None:
         parts.pop()
 
 
-def _complete_generation(folder: Path, state: CompileState | None,
-                         known: tuple[bytes, Manifest] | None = None) -> bytes | None:
-    """The manifest of a kept generation that checks out (see :func:`_checked_generation`) and
-    holds every file its manifest lists; None otherwise."""
+def _complete_generation(folder: Path, state: CompileState | None, known: tuple[bytes, Manifest] | None = None,
+                         twins: AbstractSet[str] = frozenset()) -> CheckedOutput | None:
+    """A kept generation that checks out (see :func:`_checked_generation`) and holds every file
+    its manifest lists; None otherwise."""
     if not is_real_dir(folder):
         return None
-    tree = _checked_generation(folder, state, known)
-    return tree.manifest_data if tree is not None and not tree.problems else None
+    tree = _checked_generation(folder, state, known, twins)
+    return tree if tree is not None and not tree.problems else None
 
 
 def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> None:
@@ -590,7 +617,7 @@ def _keep_generation(target: Path, manifest: Manifest, manifest_data: bytes) -> 
 
 def _keep_state(target: Path, new_state: NewState | None, manifest: Manifest, manifest_data: bytes,
                 kept_manifest: bytes, *, touched: bool, old: CompileState | None = None,
-                settled: set[str] | None = None) -> None:
+                settled: set[str] | None = None, twins: AbstractSet[str] = frozenset()) -> None:
     """Write the compile state (see ``state``) for the tree and kept generation just left in place.
 
     Each file's modification time is taken from the tree as it is now, except for the ``settled``
@@ -604,7 +631,7 @@ def _keep_state(target: Path, new_state: NewState | None, manifest: Manifest, ma
         return
     try:
         data = compile_state.encode(new_state, manifest, _sha(manifest_data), _sha(kept_manifest), target,
-                                    old if settled else None, settled or set())
+                                    old if settled else None, settled or set(), twins)
     except OSError as exc:
         log.warning("%s: compile state not kept (%s)", target, exc.strerror or exc)
         compile_state.write_state(target, None)
