@@ -341,25 +341,23 @@ def _compile_device(run: _Compilation, device: Device, result: CompileResult) ->
     if pseudonymiser is not None:  # from here on the device carries only its pseudonym
         raw_email = device.user_email
         device = device.model_copy(update={"user_email": pseudonymiser.pseudonym(raw_email)})
-    part = renderer.policy_part(device)
-    labels = tuple(ref.label for ref in renderer.secrets_used(device))
     before = run.previous.get(device.serial)
+    known_row = before is not None and run.known_rows.get(device.serial) == run.prepared.inventory.row_digests[
+        device.serial]
+    if (known_row and before.platform == device.platform and before.team == device.team
+            and run.known_parts.get((device.platform.value, device.team_key)) == renderer.policy_part(device)):
+        inputs = before.inputs  # the same fields and the same policy part: the entry's fingerprint
+    else:
+        inputs = renderer.inputs(device, raw_email)
+    labels = tuple(ref.label for ref in renderer.secrets_used(device))  # known once the policy part is
     collecting = run.policy.collector is not None
-    inputs = None
-    if before is not None and run.known_rows.get(device.serial) == run.prepared.inventory.row_digests[device.serial]:
-        if (run.known_parts.get((device.platform.value, device.team_key)) == part
-                and before.platform == device.platform and before.team == device.team):
-            inputs = before.inputs
-        else:
-            inputs = renderer.inputs(device, raw_email)
-    if before is not None and inputs == before.inputs:
+    if known_row and inputs == before.inputs:
         run.embedded.update(labels)
         result.devices.append(CompiledDevice(device=device, inputs=inputs, secrets=labels, redacted=before.redacted))
         if collecting:
             run.telemetry.reused(device, raw_email)
         return
     result.rendered += 1
-    inputs = renderer.inputs(device, raw_email)
     compiled = _render(run, device, raw_email, labels)
     if isinstance(compiled, Problem):
         result.problems.append(compiled)
