@@ -374,10 +374,11 @@ def _load_row(name: str, line: int, cells: list[str], header: _Header, inventory
 
     def bad(fld: str, message: str, serial: str | None = None) -> None:
         problems.append(Problem(location=loc, field=fld, message=message, serial=serial, row=True))
+
     serial = _check_serial(cell("serial_number"), bad)
     platform = _check_platform(cell("platform"), bad)
     email = _check_email(cell("user_email"), bad, known)
-    team = unicodedata.normalize("NFC", cell("team"))  # one spelling of "Café" in every output
+    team = _team_spelling(cell("team"))
     if not team:
         bad("team", "missing value")
     elif reason := team_problem(team):
@@ -427,28 +428,39 @@ def _load_known_row(name: str, line: int, cells: list[str], header: _Header, inv
     compile accepted under the same versions of mdmgen and its libraries (``runkey.DEPENDENCIES``),
     so each per-row check would pass again (its shape against the header too) and each
     normalisation would give the same value: the device is built from the cells without checking
-    them again. What
-    depends on other rows is still decided here (a duplicate serial) or later (``fold_teams``); an
-    address that is not plain ASCII goes through email-validator, whose normal form is not
-    computed here."""
+    them again. What depends on other rows is still decided here (a duplicate serial) or later
+    (``fold_teams``); an address that is not plain ASCII goes through email-validator, whose
+    normal form is not computed here."""
     if len(cells) < header.width:
         cells = cells + [""] * (header.width - len(cells))
     index = header.index
-    raw_email = cells[index["user_email"]].strip()
-    if not _PLAIN_ADDRESS.match(raw_email) or "xn--" in raw_email.casefold():
-        return False
+    email = _plain_address(cells[index["user_email"]].strip())
     serial = cells[index["serial_number"]].strip().upper()
     platform = parse_platform(cells[index["platform"]].strip())
-    if platform is None or serial in first_seen:
+    if email is None or platform is None or serial in first_seen:
         return False  # not what the state vouched for, or a duplicate: the full checks say so
     loc = first_seen[serial] = Location(file=name, line=line)
-    local, domain = raw_email.split("@")
-    team = unicodedata.normalize("NFC", cells[index["team"]].strip())
     inventory.row_digests[serial] = key
     inventory.devices.append(Device(
-        serial=serial, platform=platform, user_email=f"{local}@{domain.lower()}", team=team,
+        serial=serial, platform=platform, user_email=email, team=_team_spelling(cells[index["team"]].strip()),
         extra={tname: cells[i].strip() for i, tname in header.extras.items()}, location=loc))
     return True
+
+
+def _team_spelling(raw: str) -> str:
+    """A team cell as the device carries it: NFC, so "Café" has one spelling in every output (the
+    team it belongs to is ``fold_teams``'s to decide)."""
+    return unicodedata.normalize("NFC", raw)
+
+
+def _plain_address(raw: str) -> str | None:
+    """The normal form email-validator gives a plain ASCII address (the local part as is, the
+    domain lower-cased), known without calling it; None for any other address. Only for a row
+    email-validator of the same version accepted before (the compile state's)."""
+    if not _PLAIN_ADDRESS.match(raw) or "xn--" in raw.casefold():
+        return None
+    local, domain = raw.split("@")
+    return f"{local}@{domain.lower()}"
 
 
 def _check_serial(raw: str, bad) -> str | None:
@@ -503,12 +515,8 @@ def _check_email(raw: str, bad, known: bool = False) -> str | None:
     if _CONTROL_RE.search(raw):
         bad("user_email", "contains control characters")
         return None
-    if known and _PLAIN_ADDRESS.match(raw) and "xn--" not in raw.casefold():
-        # This exact row passed email-validator, of the same version, in the compile that wrote
-        # the state; for a plain ASCII address it returns the local part as is and the domain
-        # lower-cased, so that is what it would return now.
-        local, domain = raw.split("@")
-        return f"{local}@{domain.lower()}"
+    if known and (plain := _plain_address(raw)) is not None:
+        return plain  # this exact row passed email-validator, of the same version, when the state was written
     try:
         return validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError as exc:
