@@ -125,19 +125,22 @@ def _parse_against(data: bytes, known: tuple[bytes, Manifest]) -> Manifest | Non
     what the returned manifest says. A serial found twice, or a part that does not parse, is left
     to the whole parse (and its message). The devices are in the order of their serials, as
     :func:`manifest_bytes` writes them."""
-    lines, ours = _device_section(data), _device_section(known[0])
-    known_devices = known[1].devices
-    if lines is None or ours is None or len(ours) != len(known_devices):
+    lines, devices = _device_section(data), known[1].devices
+    serial_of = {line: serial for serial, line in _device_lines(known[1], known[0]).items()}
+    if lines is None or len(serial_of) != len(devices):
         return None
-    wanted = set(lines)
-    taken = {serial: known_devices[serial] for serial, line in zip(known_devices, ours, strict=True)
-             if line in wanted and line.startswith(b'    "%s": {' % serial.encode())}
-    found = set(ours)
-    rest = [line for line in lines if line not in found]
-    del wanted, found, ours
+    taken: dict[str, ManifestDevice] = {}
+    rest: list[bytes] = []
+    for line in lines:
+        serial = serial_of.get(line)
+        if serial is None:
+            rest.append(line)
+        else:
+            taken[serial] = devices[serial]
+    del serial_of
     try:
         parsed = Manifest.model_validate_json(b"".join((
-            b'{\n  "devices": {\n', b"\n".join(rest)[:-1], data[data.index(b"\n  }"):])))
+            b'{\n  "devices": {\n', b",\n".join(rest), data[data.index(b"\n  }"):])))
     except ValidationError:
         return None
     if (len(parsed.devices) != len(rest) or len(taken) + len(rest) != len(lines)
@@ -147,8 +150,8 @@ def _parse_against(data: bytes, known: tuple[bytes, Manifest]) -> Manifest | Non
 
 
 def _device_section(data: bytes) -> list[bytes] | None:
-    """The lines of ``devices`` in the layout :func:`manifest_bytes` writes, each with its comma
-    (the last one's added); None when ``data`` is not in that layout."""
+    """The lines of ``devices`` in the layout :func:`manifest_bytes` writes, without the comma
+    between them; None when ``data`` is not in that layout."""
     lines = data.split(b"\n")
     if lines[:2] != [b"{", b'  "devices": {']:
         return None
@@ -158,11 +161,7 @@ def _device_section(data: bytes) -> list[bytes] | None:
             ends.append(lines.index(close, 2))
     if not ends:
         return None
-    section = lines[2:min(ends)]
-    del lines
-    if section:
-        section[-1] += b","
-    return section
+    return [line.removesuffix(b",") for line in lines[2:min(ends)]]
 
 
 def file_entry(data: bytes, install_path: str | None = None) -> ManifestFile:
