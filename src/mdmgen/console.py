@@ -33,8 +33,6 @@ PLATFORM_LABELS = {Platform.MACOS: "macOS", Platform.LINUX: "Linux", Platform.WI
                    Platform.WSL: "WSL"}
 
 
-
-
 def run_folder(ctx: click.Context | None) -> Path | None:
     """The absolute ``-C DIR`` of this command, or None when it runs where it was started."""
     folder = ctx.find_root().params.get("directory") if ctx is not None else None
@@ -54,10 +52,23 @@ def relative_shown(folder: Path | None) -> Callable[[str], str]:
     return lambda text: pattern.sub("", text)
 
 
+def _shown_in(ctx: click.Context | None) -> Callable[[str], str]:
+    """:func:`relative_shown` for the command of ``ctx``, made once per command."""
+    if ctx is None:
+        return relative_shown(None)
+    shown = ctx.meta.get(_RELATIVE_SHOWN)
+    if shown is None:
+        shown = ctx.meta[_RELATIVE_SHOWN] = relative_shown(run_folder(ctx))
+    return shown
+
+
+_RELATIVE_SHOWN = "mdmgen.relative_shown"
+
+
 def echo(text: str, *, err: bool = False) -> None:
     """Every line a command prints (its logging too, see ``_LogFormatter``), with the paths under
     ``-C DIR`` relative to it."""
-    click.echo(relative_shown(run_folder(click.get_current_context(silent=True)))(text), err=err)
+    click.echo(_shown_in(click.get_current_context(silent=True))(text), err=err)
 
 
 class _ClickProgress:
@@ -141,7 +152,7 @@ class Report:
         ctx = click.get_current_context(silent=True)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_LogFormatter("mdmgen: %(levelname)s: %(message)s", resolved(),
-                                           relative_shown(run_folder(ctx))))
+                                           _shown_in(ctx)))
         _log_for_the_command(ctx, handler, level)
 
     def progress(self) -> Progress:
