@@ -205,14 +205,15 @@ def _leave_as_is(target: Path, new_state: NewState | None, previous: CheckedOutp
     only when it is incomplete or holds what must be gone, and the record is brought up to date."""
     state = previous.state
     parsed = (previous.manifest_data, previous.manifest)  # the kept generation's, after a quiet night
-    generation = _complete_generation(sidecar(target, "prev"), state, parsed, _twins(previous))
+    twins = _twins(previous)
+    generation = _complete_generation(sidecar(target, "prev"), state, parsed, twins)
     touched = generation is None or _holds_what_is_gone(sidecar(target, "prev"), manifest, parsed)
-    if touched or generation is None:
+    if generation is None or touched:
         _keep_generation(target, manifest, manifest_data)
         kept, twins = manifest_data, set(manifest.devices)
     else:
         # Both folders of a twin are the ones the record said so of, and neither changed since.
-        kept, twins = generation.manifest_data, _twins(previous) - generation.unvouched
+        kept, twins = generation.manifest_data, twins - generation.unvouched
     settled = set(manifest.devices) - previous.unvouched if state is not None else set()
     _keep_state(target, new_state, manifest, manifest_data, kept, touched=touched, old=state, settled=settled,
                 twins=twins)
