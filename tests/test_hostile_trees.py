@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import HEADER, run, snapshot, write_inventory
 
@@ -260,6 +262,22 @@ def test_a_name_ending_in_a_newline_is_not_a_safe_path_part(name):
     assert unsafe_name(name) is not None
     with pytest.raises(ValueError):
         safe_relpath(f"devices/{name}/managed-settings.json")
+
+
+_NAME_PARTS = st.sampled_from(["CON", "con", "Com1", "lPt9", "COM0", "nul", "AUX", "prn", "a", "Z9", "_", "-", ".",
+                                "\n", "\u212a", "\u017f", "é", " ", "\x00", "x" * 60])
+
+
+@settings(max_examples=400)
+@given(st.lists(_NAME_PARTS, max_size=5).map("".join) | st.text(max_size=70))
+def test_a_name_is_safe_exactly_when_the_written_rule_says_so(name):
+    """``unsafe_name`` checks a name with one pattern first; it must accept exactly what the rule in
+    its docstring accepts: SAFE_NAME, no Windows-reserved name before the first '.', no final '.'."""
+    from mdmgen.models import SAFE_NAME, WINDOWS_RESERVED, unsafe_name
+
+    allowed = (SAFE_NAME.match(name) is not None and name.split(".")[0].upper() not in WINDOWS_RESERVED
+               and not name.endswith("."))
+    assert (unsafe_name(name) is None) == allowed
 
 
 # --- hard links: the same inode as a file outside, which a write in place would change --------------

@@ -28,14 +28,24 @@ WINDOWS_RESERVED = frozenset(
 """Names Windows refuses for a file or folder: an auditor checking out output/ on Windows must not break."""
 
 
-@runscope.memo  # one run checks each serial up to four times (rows, two manifests, writer)
+_PORTABLE_NAME = re.compile(
+    "(?!(?:{})(?:\\.|\\Z))".format("|".join(  # each letter in both cases: re.IGNORECASE lets [K] match U+212A
+        "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in word) for word in sorted(WINDOWS_RESERVED)))
+    + r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}(?<!\.)\Z")
+"""The names :func:`unsafe_name` accepts, as one pattern: SAFE_NAME, no Windows-reserved name before
+the first '.', no final '.'. Checked first, so the usual (safe) name costs one match and no more."""
+
+
 def unsafe_name(name: str) -> str | None:
     """Why ``name`` may not become one part of a path under the output folder, or None when it may.
 
     Every name that reaches a path goes through this one rule, whether it comes from the
     inventory (a serial), the registry (a file name) or a tree on disk (manifest keys, folder
     entries): a manifest is data anyone with commit access to the audit repository can edit.
+    A 100,000-device compile asks about 600,000 times, so a safe name is one regex match.
     """
+    if _PORTABLE_NAME.match(name):
+        return None
     if not SAFE_NAME.match(name):
         return "must be 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
     if name.split(".")[0].upper() in WINDOWS_RESERVED or name.endswith("."):
