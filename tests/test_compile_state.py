@@ -421,9 +421,10 @@ def test_a_night_that_changes_a_device_lstats_no_file_of_a_twin_in_the_kept_gene
     seen: list[str] = []
     real = os.lstat
 
-    def counting(path, *args, **kwargs):
-        seen.append(os.fspath(path))
-        return real(path, *args, **kwargs)
+    def counting(path, *args, dir_fd=None, **kwargs):
+        where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""
+        seen.append(os.path.join(where, os.fspath(path)))
+        return real(path, *args, dir_fd=dir_fd, **kwargs)
 
     monkeypatch.setattr(os, "lstat", counting)
     write_inventory(workdir, ROWS.replace("Sec", "Blue"))

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -31,12 +31,13 @@ from pathlib import Path
 
 from ..emit import cms
 from ..messages import first_of
-from ..models import Manifest, ManifestFile, unsafe_name
+from ..models import Manifest, ManifestDevice, ManifestFile, unsafe_name
 from .layout import (
     DEVICES_DIR,
     MANIFEST_FILE,
     OutputError,
     device_path,
+    folder_handle,
     interrupted,
     is_real_dir,
     read_regular,
@@ -317,37 +318,37 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
     A device of ``twins`` (see :func:`read_tree`) whose folder is unchanged since the state was
     written, and whose files the manifest lists as the state does, is vouched for with that one
     ``lstat``: its entries are the ones the state saw, hard links to the tree's inodes, which
-    this run found unchanged since (an edit in place of either is an edit of both).
+    this run found unchanged since (an edit in place of either is an edit of both)."""
+    devices_path = f"{os.fspath(root)}/{DEVICES_DIR}"
+    entries = manifest.devices
+    try:
+        info = os.lstat(devices_path)
+    except FileNotFoundError:
+        info = None
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        if info is not None:
+            problems[DEVICES_DIR] = "is not a folder (a symlink or a file in its place?)"
+        for serial, device in entries.items():
+            _missing(serial, device.files, problems, unvouched)
+        return
+    if info.st_ctime_ns >= state.written_ns:
+        for name in os.listdir(devices_path):
+            if name not in entries:
+                problems[f"{DEVICES_DIR}/{name}"] = f"is not in {MANIFEST_FILE}"
+    with folder_handle(devices_path) as at_devices:
+        _survey_listed(devices_path, at_devices, entries, state, problems, unvouched, twins)
+
+
+def _survey_listed(devices_path: str, at_devices: int, entries: Mapping[str, ManifestDevice], state: CompileState,
+                   problems: dict[str, str], unvouched: set[str], twins: AbstractSet[str]) -> None:
+    """The loop of :func:`_survey_devices` over every device, with ``devices/`` open: each
+    ``lstat`` names its entry from there (a tenth cheaper than the whole path).
 
     Longer than a function should be, on purpose: it is the one loop over every file of a 100,000
     device fleet on a night that changed something, and a call per device or per file would cost
     more than the ``lstat`` it makes."""
-    base = os.fspath(root)
     lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
     written = state.written_ns
-    devices_path = f"{base}/{DEVICES_DIR}"
-    entries = manifest.devices
-
-    def missing(serial: str, files) -> None:
-        unvouched.add(serial)
-        for name in files:
-            problems.setdefault(f"{DEVICES_DIR}/{serial}/{name}", "is missing")
-
-    try:
-        info = lstat(devices_path)
-    except FileNotFoundError:
-        info = None
-    if info is None or not is_dir(info.st_mode):
-        if info is not None:
-            problems[DEVICES_DIR] = "is not a folder (a symlink or a file in its place?)"
-        for serial, device in entries.items():
-            missing(serial, device.files)
-        return
-    if info.st_ctime_ns >= written:
-        for name in os.listdir(devices_path):
-            if name not in entries:
-                problems[f"{DEVICES_DIR}/{name}"] = f"is not in {MANIFEST_FILE}"
-
     done: set[str] = set()
     for serial, names, flat, at in _listed_first(state, entries, done):
         device = entries.get(serial)
@@ -357,13 +358,13 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
         files = device.files
         folder = f"{devices_path}/{serial}"
         try:
-            found = lstat(folder)
+            found = lstat(serial, dir_fd=at_devices)
         except FileNotFoundError:
-            missing(serial, files)
+            _missing(serial, files, problems, unvouched)
             continue
         if not is_dir(found.st_mode):
             problems[f"{DEVICES_DIR}/{serial}"] = "is not a folder (a symlink or a file in its place?)"
-            missing(serial, files)
+            _missing(serial, files, problems, unvouched)
             continue
         if found.st_ctime_ns >= written:
             unvouched.add(serial)
@@ -377,9 +378,8 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
             else:
                 continue  # vouched for: the tree's own files, checked there
         for name, entry in files.items():
-            path = f"{folder}/{name}"
             try:
-                st = lstat(path)
+                st = lstat(f"{serial}/{name}", dir_fd=at_devices)
             except FileNotFoundError:
                 problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is missing"
                 unvouched.add(serial)
@@ -392,8 +392,14 @@ def _survey_devices(root: Path, manifest: Manifest, state: CompileState, problem
             unvouched.add(serial)
             if not is_reg(st.st_mode):
                 problems[f"{DEVICES_DIR}/{serial}/{name}"] = "is not a regular file"
-            elif st.st_size != entry.size or _digest(Path(path), entry.size) != entry.sha256:
+            elif st.st_size != entry.size or _digest(Path(f"{folder}/{name}"), entry.size) != entry.sha256:
                 problems[f"{DEVICES_DIR}/{serial}/{name}"] = EDITED
+
+
+def _missing(serial: str, files: Iterable[str], problems: dict[str, str], unvouched: set[str]) -> None:
+    unvouched.add(serial)
+    for name in files:
+        problems.setdefault(f"{DEVICES_DIR}/{serial}/{name}", "is missing")
 
 
 def _listed_first(state: CompileState, entries: Mapping[str, object],

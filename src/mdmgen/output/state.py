@@ -60,7 +60,16 @@ from pathlib import Path
 from .. import __version__, fastpath
 from ..models import unsafe_name
 from ..summary import RunSummary
-from .layout import DEVICES_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES, OutputError, is_real_dir, read_regular, sidecar
+from .layout import (
+    DEVICES_DIR,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    OutputError,
+    folder_handle,
+    is_real_dir,
+    read_regular,
+    sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -338,32 +347,14 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
     since). While such a kept folder is unchanged since the record (no entry added, removed or
     renamed in it) and the tree's files check out against the record, the kept folder's files
     are those same unchanged inodes, and the next compile need not ``lstat`` them (``reader``)."""
+    base = os.fspath(root)
     groups: dict[str, list] = {}
-    names_of: dict[tuple[str, ...], str] = {}
-    devices = f"{os.fspath(root)}/{DEVICES_DIR}"
-    lstat = os.lstat
-    rows = new.rows
-    for serial, entry in manifest.devices.items():
-        files = entry.files
-        names = tuple(files)
-        joined = names_of.get(names)
-        if joined is None:
-            joined = names_of[names] = "/".join(names)
-        flat = groups.get(joined)
-        if flat is None:
-            flat = groups[joined] = []
-        flat += (serial, rows.get(serial, ""), entry.inputs)
-        folder = f"{devices}/{serial}/"
-        for name, meta in files.items():
-            known = old.file_state(serial, name) if old is not None and serial in settled else None
-            if known is not None and known[0] == meta.sha256 and known[1] == meta.size:
-                flat += (meta.sha256, meta.size, known[2])
-            else:
-                flat += (meta.sha256, meta.size, lstat(folder + name).st_mtime_ns)
+    if manifest.devices:
+        with folder_handle(f"{base}/{DEVICES_DIR}") as at_devices:
+            groups = _listing(manifest, new.rows, old, settled, at_devices)
     if old is not None:
         old.release()
-    base = os.fspath(root)
-    fleet = {relpath: [meta.sha256, meta.size, lstat(f"{base}/{relpath}").st_mtime_ns]
+    fleet = {relpath: [meta.sha256, meta.size, os.lstat(f"{base}/{relpath}").st_mtime_ns]
              for relpath, meta in manifest.fleet.items()}
     check = (run_check(new.run_key, new.summary, manifest_sha256, kept_sha256)
              if new.run_key is not None and new.summary is not None else "")
@@ -384,6 +375,34 @@ def encode(new: NewState, manifest, manifest_sha256: str, kept_sha256: str, root
         groups[joined] = []  # encoded: its list is not needed any more
     pieces.append(b"}}")
     return b"".join(pieces)
+
+
+def _listing(manifest, rows: Mapping[str, str], old: CompileState | None, settled: AbstractSet[str],
+             at_devices: int) -> dict[str, list]:
+    """The record's listing of ``manifest``'s devices (see :func:`_check_listing`), each file's
+    modification time taken from ``old`` for a ``settled`` device, else ``lstat``-ed from
+    ``devices/`` (open as ``at_devices``)."""
+    groups: dict[str, list] = {}
+    names_of: dict[tuple[str, ...], str] = {}
+    lstat = os.lstat
+    for serial, entry in manifest.devices.items():
+        files = entry.files
+        names = tuple(files)
+        joined = names_of.get(names)
+        if joined is None:
+            joined = names_of[names] = "/".join(names)
+        flat = groups.get(joined)
+        if flat is None:
+            flat = groups[joined] = []
+        flat += (serial, rows.get(serial, ""), entry.inputs)
+        folder = f"{serial}/"
+        for name, meta in files.items():
+            known = old.file_state(serial, name) if old is not None and serial in settled else None
+            if known is not None and known[0] == meta.sha256 and known[1] == meta.size:
+                flat += (meta.sha256, meta.size, known[2])
+            else:
+                flat += (meta.sha256, meta.size, lstat(folder + name, dir_fd=at_devices).st_mtime_ns)
+    return groups
 
 
 def write_state(target: Path, data: bytes | None) -> None:
@@ -461,6 +480,13 @@ def _devices_hold(target: Path, state: CompileState) -> bool:
     """Every device folder and file the record lists (one ``lstat`` each; this is what a night
     with no change costs, so it walks the record's listing as it is, column by column)."""
     devices = f"{os.fspath(target)}/{DEVICES_DIR}"
+    with folder_handle(devices) as at_devices:
+        return _devices_hold_at(devices, at_devices, state)
+
+
+def _devices_hold_at(devices: str, at_devices: int, state: CompileState) -> bool:
+    """:func:`_devices_hold` with ``devices/`` open: each ``lstat`` names its entry from there
+    (a tenth cheaper than the whole path, 240,000 times a night)."""
     lstat, is_dir, is_reg = os.lstat, stat.S_ISDIR, stat.S_ISREG
     written = state.written_ns
     for joined, flat in state.groups.items():
@@ -468,19 +494,19 @@ def _devices_hold(target: Path, state: CompileState) -> bool:
         in_order = sorted(names)
         step = 3 + 3 * len(names)
         for start in range(0, len(flat), step):
-            folder = f"{devices}/{flat[start]}"
-            info = lstat(folder)
+            serial = flat[start]
+            info = lstat(serial, dir_fd=at_devices)
             if not is_dir(info.st_mode):
                 return False
-            if info.st_ctime_ns >= written and sorted(os.listdir(folder)) != in_order:
+            if info.st_ctime_ns >= written and sorted(os.listdir(f"{devices}/{serial}")) != in_order:
                 return False
             at = start + 3
             for name in names:
-                path = f"{folder}/{name}"
-                found = lstat(path)
+                relpath = f"{serial}/{name}"
+                found = lstat(relpath, dir_fd=at_devices)
                 if (not is_reg(found.st_mode) or found.st_size != flat[at + 1]
                         or ((found.st_mtime_ns != flat[at + 2] or found.st_ctime_ns >= written)
-                            and _sha_of(path, flat[at + 1]) != flat[at])):
+                            and _sha_of(f"{devices}/{relpath}", flat[at + 1]) != flat[at])):
                     return False
                 at += 3
     return True
