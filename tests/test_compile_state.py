@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+import email_validator
 import pytest
 
 from mdmgen import inventory, versions
@@ -172,8 +173,8 @@ def test_a_library_upgrade_validates_every_row_again(workdir, monkeypatch):
     compile_json(workdir)
     write_inventory(workdir, ROWS)
     validated = []
-    real = inventory.validate_email
-    monkeypatch.setattr(inventory, "validate_email", lambda raw, **kw: validated.append(raw) or real(raw, **kw))
+    real = email_validator.validate_email
+    monkeypatch.setattr(email_validator, "validate_email", lambda raw, **kw: validated.append(raw) or real(raw, **kw))
     assert compile_json(workdir)["rendered"] == 1
     assert validated == ["bob@example.com"]  # only the changed row: the others the record knows
     validated.clear()

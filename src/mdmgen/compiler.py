@@ -74,9 +74,11 @@ def compile_into(request: CompileRequest, progress: Progress = NO_PROGRESS) -> C
                 return CompileOutcome(quiet, [], output.Changes(unchanged=quiet.devices))
         previous = output.read_previous(out, found, full=request.full)
         result = _compile(request, previous, progress)
-        from . import signing
+        derived = {}
+        if request.signer is not None:  # signing (and cryptography's x509) is loaded only to sign
+            from . import signing
 
-        derived = signing.sign_devices(result.devices, previous, request.signer, progress=progress)
+            derived = signing.sign_devices(result.devices, previous, request.signer, progress=progress)
         new_state = result.state if request.signer is None else dataclasses.replace(result.state, run_key=None)
         changes = output.write(out, output.WriteRequest(
             compiled=result.devices, fleet_files=result.fleet_files, secret_env=result.secret_env,
