@@ -69,6 +69,7 @@ ALLOWED_CACHES = {
     "_unprintable": "one compiled regex built from the Unicode table, no argument",
     "dependency_versions": "the installed versions of mdmgen's dependencies, no argument",
     "code_digest": "a digest of mdmgen's own source files, no argument",
+    "_email_validator": "the email-validator module, imported on first use, no argument",
 }
 REGISTRIES = {"_KINDS"}  # changed by the function that fills them, on purpose (see its reason)
 MUTABLE_CALLS = {"dict", "list", "set", "bytearray", "defaultdict", "OrderedDict", "Counter", "deque", "ChainMap",
