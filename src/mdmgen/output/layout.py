@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -119,12 +120,11 @@ def folder_handle(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
-    """The bytes of a regular file, never through a symlink at its last part, at most ``limit``.
-
-    O_NONBLOCK keeps a FIFO planted in the tree from hanging the run; the fstat afterwards
-    refuses it, a device file or a folder. Raises OSError, or OutputError with the reason.
-    """
+@contextmanager
+def _regular_file(path: Path, limit: int) -> Iterator[tuple[int, os.stat_result]]:
+    """A descriptor of a regular file of at most ``limit`` bytes, never opened through a symlink
+    at its last part. O_NONBLOCK keeps a FIFO planted in the tree from hanging the run; the fstat
+    afterwards refuses it, a device file or a folder. Raises OSError, or OutputError with the reason."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
@@ -132,12 +132,27 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
             raise OutputError(f"{path}: is not a regular file")
         if info.st_size > limit:
             raise OutputError(f"{path}: is larger than {limit} bytes, so not one of mdmgen's files")
+        yield fd, info
+    finally:
+        os.close(fd)
+
+
+def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file, never through a symlink at its last part, at most ``limit``
+    (see :func:`_regular_file`)."""
+    with _regular_file(path, limit) as (fd, info):
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks), info
-    finally:
-        os.close(fd)
+
+
+def digest_regular(path: Path, limit: int) -> str:
+    """The sha256 of a regular file, opened as :func:`read_regular` opens it, read in pieces:
+    a night with no change only compares the digests of its two 40 MB manifests, and holding
+    their bytes costs more than hashing them."""
+    with _regular_file(path, limit) as (fd, _info), open(fd, "rb", closefd=False) as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # What a new output folder may already hold: placeholders and version control, nothing else.

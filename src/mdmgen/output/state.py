@@ -65,6 +65,7 @@ from .layout import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     OutputError,
+    digest_regular,
     folder_handle,
     is_real_dir,
     read_regular,
@@ -199,10 +200,10 @@ class StateRead:
             log.log(*self.note)
 
 
-def read_state(target: Path, manifest_data: bytes | None) -> StateRead:
-    """The record beside ``target`` when it checks out against ``manifest_data`` (the folder's
-    manifest bytes now). Never read with the fast paths off."""
-    if not fastpath.enabled() or manifest_data is None:
+def read_state(target: Path, manifest_sha256: str | None) -> StateRead:
+    """The record beside ``target`` when it checks out against ``manifest_sha256`` (the digest
+    of the folder's manifest now). Never read with the fast paths off."""
+    if not fastpath.enabled() or manifest_sha256 is None:
         return StateRead()
     where = path(target)
     try:
@@ -219,7 +220,7 @@ def read_state(target: Path, manifest_data: bytes | None) -> StateRead:
             return StateRead(note=(logging.INFO, f"{where.name}: {str(exc).removeprefix('stale: ')}; "
                                                  "compiling without it"))
         return StateRead(note=(logging.WARNING, f"{where.name}: does not check out ({exc}); compiling without it"))
-    if state.manifest_sha256 != hashlib.sha256(manifest_data).hexdigest():
+    if state.manifest_sha256 != manifest_sha256:
         return StateRead(note=(logging.WARNING, f"{where.name}: was not written with this {MANIFEST_FILE} (a compile "
                                                 "was interrupted, or either was edited); compiling without it"))
     return StateRead(state)
@@ -442,12 +443,10 @@ def holds(target: Path, state: CompileState) -> bool:
     try:
         if not is_real_dir(target):
             return False
-        data, _info = read_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-        if hashlib.sha256(data).hexdigest() != state.manifest_sha256:
+        if digest_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES) != state.manifest_sha256:
             return False
         kept = sidecar(target, "prev")
-        kept_data, _kept_info = read_regular(kept / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-        if not is_real_dir(kept) or hashlib.sha256(kept_data).hexdigest() != state.kept_sha256:
+        if not is_real_dir(kept) or digest_regular(kept / MANIFEST_FILE, MAX_MANIFEST_BYTES) != state.kept_sha256:
             return False
     except (OSError, OutputError):
         return False
@@ -529,7 +528,6 @@ def _folders(state: CompileState) -> list[tuple[str, list[str]]]:
 
 def _sha_of(where: str, size: int) -> str | None:
     try:
-        data, _info = read_regular(Path(where), size)
+        return digest_regular(Path(where), size)
     except (OSError, OutputError):
         return None
-    return hashlib.sha256(data).hexdigest()

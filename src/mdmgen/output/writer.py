@@ -39,6 +39,7 @@ from .layout import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     OutputError,
+    digest_regular,
     is_real_dir,
     read_regular,
     sidecar,
@@ -70,10 +71,10 @@ def read_state(out: Path) -> StateRead:
     if not fastpath.enabled() or not is_real_dir(target):
         return StateRead()
     try:
-        data, _info = read_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        digest = digest_regular(target / MANIFEST_FILE, MAX_MANIFEST_BYTES)
     except (OSError, OutputError):
         return StateRead()  # the reader says what is wrong with it
-    return compile_state.read_state(target, data)
+    return compile_state.read_state(target, digest)
 
 
 def read_previous(out: Path, read: StateRead | None = None, *, full: bool = False) -> CheckedOutput | None:
