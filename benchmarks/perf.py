@@ -23,6 +23,11 @@ maximum over every child so far, so sequential children cannot be told apart wit
 time is ``time.perf_counter`` around the child, interpreter start-up included, as a nightly
 job sees it.
 
+With ``--against SRC`` (the ``src`` of another checkout, such as a ``git worktree`` of the commit
+a published table was measured with) each mdmgen figure is measured again with that code, right
+after this checkout's, in the same round: two versions compared on the same disk in the same
+minutes, rather than against numbers from another day.
+
 Shared machines are noisy, so the targets are ratios to figures measured in the same run,
 never absolute times. The targets are set at 100,000 devices; at other sizes the same checks
 are shown as an indication. This is a measurement, not a test: it exits 0 whether or not the
@@ -72,6 +77,11 @@ RATIO_TARGETS: dict[str, tuple[tuple[str, float], ...]] = {
     "one_percent_recompile": (("plain_loop", 0.1),),
 }
 MDMGEN_FIGURES = ("full_compile", "no_change_recompile", "one_percent_recompile")
+AGAINST = "_against"
+"""Suffix of a figure measured with the code at ``--against``, right after the same figure of
+this checkout, in the same round and on the same inventory."""
+LABELS.update({name + AGAINST: f"{LABELS[name]}, the code at --against" for name in MDMGEN_FIGURES})
+ALL_FIGURES = FIGURES + tuple(name + AGAINST for name in MDMGEN_FIGURES)
 
 
 @dataclass
@@ -85,14 +95,14 @@ class Measurement:
     stderr: str
 
 
-def measure(argv: Sequence[str], cwd: Path) -> Measurement:
+def measure(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Measurement:
     """Run one child and reap it with ``os.wait4``, which returns that child's own rusage.
 
     Output goes to files, not pipes: a child that fills a pipe nobody reads would block, and
     reading pipes concurrently would put the runner's own work inside the timed interval."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        child = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped already: Popen must not wait again
@@ -149,9 +159,11 @@ def settle() -> None:
 
 
 def run_size(devices: int, seed: int, percent: float, work: Path, repeat: int,
-             equivalence_at: int = EQUIVALENCE_DEVICES) -> SizeResult:
+             equivalence_at: int = EQUIVALENCE_DEVICES, against: dict[str, str] | None = None) -> SizeResult:
     """Measure every figure for one N, ``repeat`` identical rounds, in ``work`` (left for the
-    caller to remove once every size is measured: see the module docstring).
+    caller to remove once every size is measured: see the module docstring). With ``against``
+    (the environment of :func:`against_env`), each mdmgen figure is measured again with that
+    code right after this checkout's, into its own output folder.
 
     Each round starts from the same inventory and empty output folders, so its samples are
     repeats of one another, not a drifting sequence."""
@@ -166,19 +178,23 @@ def run_size(devices: int, seed: int, percent: float, work: Path, repeat: int,
             write_csv(inventory, rows)
         here.mkdir()
         out = here / "out"
-        steps: list[tuple[str, list[str]]] = [
+        steps: list[tuple[str, list[str], dict[str, str] | None]] = [
             ("plain_loop", [sys.executable, str(BASELINE), "--inventory", str(inventory),
-                            "--profiles", str(fleet_dir / "profiles"), "--out", str(here / "plain")]),
-            ("full_compile", compile_argv(fleet_dir, out)),
-            ("copy_floor", ["cp", "-r", str(out), str(here / "copy")]),
-            ("no_change_recompile", compile_argv(fleet_dir, out)),
-            ("one_percent_recompile", compile_argv(fleet_dir, out)),
+                            "--profiles", str(fleet_dir / "profiles"), "--out", str(here / "plain")], None),
+            ("full_compile", compile_argv(fleet_dir, out), None),
+            ("copy_floor", ["cp", "-r", str(out), str(here / "copy")], None),
+            ("no_change_recompile", compile_argv(fleet_dir, out), None),
+            ("one_percent_recompile", compile_argv(fleet_dir, out), None),
         ]
-        for name, argv in steps:
+        if against is not None:
+            for name in MDMGEN_FIGURES:
+                at = next(i for i, step in enumerate(steps) if step[0] == name)
+                steps.insert(at + 1, (name + AGAINST, compile_argv(fleet_dir, here / "out-against"), against))
+        for name, argv, env in steps:
             if name == "one_percent_recompile":
                 write_csv(inventory, changed)
             settle()
-            if not record(result, name, measure(argv, here)):
+            if not record(result, name, measure(argv, here, env)):
                 return result
             if name == "one_percent_recompile" and devices == equivalence_at and round_number == repeat - 1:
                 result.checks["fastpath_equivalence"] = equivalence(fleet_dir, out, here / "slow")
@@ -186,6 +202,19 @@ def run_size(devices: int, seed: int, percent: float, work: Path, repeat: int,
                 result.checks["tree_files"], result.checks["tree_bytes"] = tree_size(here / "copy")
     summarise_compiles(result)
     return result
+
+
+def against_env(src: Path) -> dict[str, str] | str:
+    """The environment in which ``python -m mdmgen`` runs the code in ``src`` (a folder holding
+    the ``mdmgen`` package: the ``src`` of another checkout, such as a ``git worktree`` of the
+    commit a published table was measured with), or why it does not."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    found = subprocess.run([sys.executable, "-c", "import mdmgen; print(mdmgen.__file__)"], env=env,
+                           capture_output=True, text=True, check=False)
+    where = Path(found.stdout.strip() or ".").resolve()
+    if found.returncode != 0 or not where.is_relative_to(src.resolve()):
+        return f"{src}: mdmgen is not imported from there (got {found.stdout.strip() or found.stderr.strip()[-200:]})"
+    return env
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -247,6 +276,14 @@ def round_ratios(result: SizeResult, name: str, reference: str) -> list[float | 
     return [m.seconds / r.seconds if r.seconds > 0 else None for m, r in pairs]
 
 
+def against_ratio(result: SizeResult, name: str) -> float | None:
+    """This checkout's median time over the median of the code at ``--against`` (None: not measured)."""
+    if name + AGAINST not in result.samples:
+        return None
+    reference = result.seconds(name + AGAINST)
+    return result.seconds(name) / reference if reference > 0 else None
+
+
 def targets(result: SizeResult, name: str) -> list[dict[str, Any]]:
     """Each target of a figure with whether it is met (None when it could not be computed)."""
     checks: list[dict[str, Any]] = []
@@ -262,11 +299,12 @@ def targets(result: SizeResult, name: str) -> list[dict[str, Any]]:
     return checks
 
 
-def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: int) -> dict[str, Any]:
+def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: int,
+            against: Path | None = None) -> dict[str, Any]:
     sizes = []
     for result in results:
         figures = {}
-        for name in FIGURES:
+        for name in ALL_FIGURES:
             if name not in result.samples:
                 continue
             samples = result.samples[name]
@@ -282,11 +320,15 @@ def to_json(results: Sequence[SizeResult], seed: int, percent: float, repeat: in
                              "ratio_to_plain_loop": ratios(result, name)["plain_loop"],
                              "ratio_to_copy_floor": ratios(result, name)["copy_floor"],
                              "targets": targets(result, name)}
+            if name in MDMGEN_FIGURES and name + AGAINST in result.samples:
+                figures[name]["ratio_to_against"] = against_ratio(result, name)
+                figures[name]["rounds_ratio_to_against"] = round_ratios(result, name, name + AGAINST)
         sizes.append({"devices": result.devices, "changed_rows": result.changed_rows,
                       "targets_apply": result.devices == TARGET_DEVICES, "error": result.error,
                       "checks": result.checks, "figures": figures})
     return {"machine": machine(), "seed": seed, "change_percent": percent, "repeat": repeat,
-            "target_devices": TARGET_DEVICES, "sizes": sizes, "unmet": unmet(results)}
+            "against": str(against) if against else None, "target_devices": TARGET_DEVICES, "sizes": sizes,
+            "unmet": unmet(results)}
 
 
 def machine() -> dict[str, Any]:
@@ -319,11 +361,11 @@ def table(result: SizeResult) -> str:
     """The Markdown table for one N, ratios from this run only."""
     lines = ["| Figure | Seconds | × plain loop | × copy floor | Peak RSS MiB | Target | Met? |",  # noqa: RUF001
              "|---|---:|---:|---:|---:|---|---|"]
-    for name in FIGURES:
+    for name in ALL_FIGURES:
         if name not in result.samples:
             continue
         figure_ratios = ratios(result, name)
-        checks = targets(result, name)
+        checks = targets(result, name) if name in FIGURES else []
         target = ", ".join(check["what"] for check in checks) or "—"
         met = "—" if not checks else ("yes" if all(c["met"] for c in checks) else
                                       "no: " + ", ".join(c["what"] for c in checks if c["met"] is False))
@@ -332,7 +374,20 @@ def table(result: SizeResult) -> str:
     return "\n".join(lines)
 
 
-def report(results: Sequence[SizeResult], seed: int, repeat: int) -> str:
+def against_table(result: SizeResult) -> str:
+    """This checkout against the code at ``--against``, figure by figure, with each round's own
+    ratio: below 1 is faster."""
+    lines = ["| Figure | This checkout, s | --against, s | Ratio | Each round |",
+             "|---|---:|---:|---:|---|"]
+    for name in MDMGEN_FIGURES:
+        if name + AGAINST in result.samples and name in result.samples:
+            rounds = " / ".join(fmt(r) for r in round_ratios(result, name, name + AGAINST))
+            lines.append(f"| {LABELS[name]} | {result.seconds(name):.2f} | {result.seconds(name + AGAINST):.2f} | "
+                         f"{fmt(against_ratio(result, name))} | {rounds} |")
+    return "\n".join(lines)
+
+
+def report(results: Sequence[SizeResult], seed: int, repeat: int, against: Path | None = None) -> str:
     info = machine()
     parts = []
     for result in results:
@@ -342,6 +397,9 @@ def report(results: Sequence[SizeResult], seed: int, repeat: int) -> str:
         parts.append(f"Median of {repeat} rounds. Machine: {info['nproc']} cores, Python {info['python']}, "
                      f"load average {', '.join(f'{x:.1f}' for x in info['loadavg_at_end'] or [])}\n")
         parts.append(table(result))
+        if against is not None:
+            parts.append(f"\nThis checkout against the code at {against}, in the same rounds:\n")
+            parts.append(against_table(result))
         if result.checks.get("tree_files"):
             mib = result.checks["tree_bytes"] / 2**20
             parts.append(f"\nTree: {result.checks['tree_files']:,} files, {mib:.1f} MiB")
@@ -372,7 +430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the fleets are built (default: the system temp folder); 100,000 devices "
                              "need about 3.5 GB per round, kept until the end")
+    parser.add_argument("--against", type=Path, default=None, metavar="SRC",
+                        help="also measure each mdmgen figure with the mdmgen package in SRC (the src folder "
+                             "of another checkout), in the same rounds, and show this checkout's time over its")
     args = parser.parse_args(argv)
+    against = None
+    if args.against is not None:
+        against = against_env(args.against)
+        if isinstance(against, str):
+            parser.error(f"--against {against}")
     base = args.workdir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     results = []
@@ -383,13 +449,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             size_work = work / f"{index}-n{devices}"
             size_work.mkdir()
             results.append(run_size(devices, args.seed, args.change_percent, size_work, max(1, args.repeat),
-                                    args.equivalence_at))
+                                    args.equivalence_at, against))
     finally:
         shutil.rmtree(work, ignore_errors=True)  # only now: see the module docstring
-    print(report(results, args.seed, max(1, args.repeat)))
+    print(report(results, args.seed, max(1, args.repeat), args.against))
     if args.json:
-        args.json.write_text(json.dumps(to_json(results, args.seed, args.change_percent, max(1, args.repeat)), indent=2,
-                                        ensure_ascii=False) + "\n", encoding="utf-8")
+        data = to_json(results, args.seed, args.change_percent, max(1, args.repeat), args.against)
+        args.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 

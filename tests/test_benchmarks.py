@@ -84,7 +84,7 @@ def test_nothing_is_removed_until_every_measurement_is_done(tmp_path, monkeypatc
 
     events: list[str] = []
     measure, rmtree = perf.measure, perf.shutil.rmtree
-    monkeypatch.setattr(perf, "measure", lambda argv, cwd: (events.append("measure"), measure(argv, cwd))[1])
+    monkeypatch.setattr(perf, "measure", lambda *args: (events.append("measure"), measure(*args))[1])
     monkeypatch.setattr(perf.shutil, "rmtree", lambda *args, **kwargs: (events.append("remove"),
                                                                         rmtree(*args, **kwargs))[1])
     assert perf.main(["--devices", "30", "30", "--repeat", "2", "--workdir", str(tmp_path),
@@ -92,6 +92,35 @@ def test_nothing_is_removed_until_every_measurement_is_done(tmp_path, monkeypatc
     assert events.count("measure") == 2 * 2 * 5  # two sizes, two rounds, five figures
     assert "remove" in events and events.index("remove") > len(events) - 1 - events[::-1].index("measure")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_against_measures_the_other_code_in_the_same_rounds(tmp_path):
+    """``--against SRC`` times each mdmgen figure again with the package in SRC (here this very
+    checkout's, the one a new worktree would hold) and reports this checkout's time over its."""
+    out = tmp_path / "perf.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--devices", "40", "--repeat", "2",
+                             "--json", str(out), "--workdir", str(tmp_path / "work"), "--equivalence-at", "0",
+                             "--against", str(ROOT / "src")], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["against"] == str(ROOT / "src")
+    figures = data["sizes"][0]["figures"]
+    for name in ("full_compile", "no_change_recompile", "one_percent_recompile"):
+        mine, theirs = figures[name], figures[name + "_against"]
+        assert theirs["returncode"] == 0 and len(theirs["samples_seconds"]) == 2
+        assert mine["ratio_to_against"] == pytest.approx(mine["seconds"] / theirs["seconds"])
+        for ratio, seconds, other in zip(mine["rounds_ratio_to_against"], mine["samples_seconds"],
+                                         theirs["samples_seconds"], strict=True):
+            assert ratio == pytest.approx(seconds / other)
+    assert "This checkout against the code at" in result.stdout and "| Figure | This checkout, s |" in result.stdout
+
+
+def test_against_refuses_a_folder_without_mdmgen(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--devices", "10",
+                             "--against", str(tmp_path)], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"--against {tmp_path}: mdmgen is not imported from there" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
