@@ -163,7 +163,8 @@ def run_size(devices: int, seed: int, percent: float, work: Path, repeat: int,
     """Measure every figure for one N, ``repeat`` identical rounds, in ``work`` (left for the
     caller to remove once every size is measured: see the module docstring). With ``against``
     (the environment of :func:`against_env`), each mdmgen figure is measured again with that
-    code right after this checkout's, into its own output folder.
+    code beside this checkout's, into its own output folder: after it in even rounds, before it
+    in odd ones, so that neither always runs on the heels of the copy or of the other.
 
     Each round starts from the same inventory and empty output folders, so its samples are
     repeats of one another, not a drifting sequence."""
@@ -189,10 +190,13 @@ def run_size(devices: int, seed: int, percent: float, work: Path, repeat: int,
         if against is not None:
             for name in MDMGEN_FIGURES:
                 at = next(i for i, step in enumerate(steps) if step[0] == name)
-                steps.insert(at + 1, (name + AGAINST, compile_argv(fleet_dir, here / "out-against"), against))
+                steps.insert(at + 1 - round_number % 2, (name + AGAINST, compile_argv(fleet_dir, here / "out-against"),
+                                                          against))
+        changed_rows_written = False
         for name, argv, env in steps:
-            if name == "one_percent_recompile":
-                write_csv(inventory, changed)
+            if name.startswith("one_percent_recompile") and not changed_rows_written:
+                write_csv(inventory, changed)  # before the first of the two 1% recompiles
+                changed_rows_written = True
             settle()
             if not record(result, name, measure(argv, here, env)):
                 return result
@@ -259,6 +263,10 @@ def summarise_compiles(result: SizeResult) -> None:
         result.checks[name] = {"devices": summary["devices"], "rendered": summary["rendered"],
                                "added": len(changes["added"]), "changed": len(changes["changed"]),
                                "removed": len(changes["removed"]), "written": changes["written"]}
+    # Every round, for both codes with --against: a recompile that did not do its work measured nothing.
+    result.checks["rendered_each_round"] = {
+        name: [json.loads(m.stdout).get("rendered") for m in result.samples[name]]
+        for name in ALL_FIGURES if name in result.samples and name.removesuffix(AGAINST) in MDMGEN_FIGURES}
 
 
 def ratios(result: SizeResult, name: str) -> dict[str, float | None]:
@@ -450,12 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             size_work.mkdir()
             results.append(run_size(devices, args.seed, args.change_percent, size_work, max(1, args.repeat),
                                     args.equivalence_at, against))
+        print(report(results, args.seed, max(1, args.repeat), args.against), flush=True)
+        if args.json:
+            data = to_json(results, args.seed, args.change_percent, max(1, args.repeat), args.against)
+            args.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     finally:
+        print(f"removing {work} ...", file=sys.stderr, flush=True)
         shutil.rmtree(work, ignore_errors=True)  # only now: see the module docstring
-    print(report(results, args.seed, max(1, args.repeat), args.against))
-    if args.json:
-        data = to_json(results, args.seed, args.change_percent, max(1, args.repeat), args.against)
-        args.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 

@@ -113,6 +113,9 @@ def test_against_measures_the_other_code_in_the_same_rounds(tmp_path):
                                          theirs["samples_seconds"], strict=True):
             assert ratio == pytest.approx(seconds / other)
     assert "This checkout against the code at" in result.stdout and "| Figure | This checkout, s |" in result.stdout
+    # Both codes' recompiles did their work in every round, whichever of the two went first.
+    for name in ("one_percent_recompile", "one_percent_recompile_against"):
+        assert data["sizes"][0]["checks"]["rendered_each_round"][name] == [1, 1]
 
 
 def test_against_refuses_a_folder_without_mdmgen(tmp_path):
