@@ -63,6 +63,14 @@ def test_a_child_that_fails_leaves_its_half_to_the_parent(split_always, failure)
     assert halves.in_two(work, len(SERIALS)) == [halves_of(0), halves_of(1)]
 
 
+def test_a_fork_the_system_refuses_leaves_the_whole_to_the_parent(split_always, monkeypatch):
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    assert halves.in_two(lambda part: halves_of(part), len(SERIALS)) == [SERIALS]
+
+
 def test_a_parent_that_fails_kills_and_reaps_its_child(split_always, tmp_path):
     parent = os.getpid()
     pid_file = tmp_path / "child.pid"

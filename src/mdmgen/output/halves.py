@@ -46,8 +46,16 @@ def in_two(work: Callable[[int | None], R], devices: int) -> list[R]:
     dicts, lists, tuples and sets of them)."""
     if devices < SPLIT_FROM or sys.platform != "linux" or not fastpath.enabled():
         return [work(None)]
-    reader, writer = os.pipe()
-    child = os.fork()
+    try:
+        reader, writer = os.pipe()
+    except OSError:  # out of descriptors: the whole here, as on a small fleet
+        return [work(None)]
+    try:
+        child = os.fork()
+    except OSError:  # out of processes or memory: the same
+        os.close(reader)
+        os.close(writer)
+        return [work(None)]
     if child == 0:  # pragma: no cover - the child's coverage is not collected; its answer is checked
         status = 1
         try:
