@@ -77,12 +77,11 @@ def test_a_parent_that_fails_kills_and_reaps_its_child(split_always, tmp_path):
 
     def work(part):
         if os.getpid() != parent:
-            pid_file.write_text(str(os.getpid()))
-            time.sleep(60)  # killed long before: the test would take a minute otherwise
+            (tmp_path / "partial").write_text(str(os.getpid()))
+            os.replace(tmp_path / "partial", pid_file)  # whole, or not there yet
+            time.sleep(600)  # killed long before: the test would take ten minutes otherwise
             return None
-        for _ in range(1000):
-            if pid_file.exists() and pid_file.read_text():
-                break
+        while not pid_file.exists():  # the child is running: it says who it is first
             time.sleep(0.01)
         raise ValueError("the parent's half failed")
 
