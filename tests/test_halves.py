@@ -81,7 +81,9 @@ def test_a_parent_that_fails_kills_and_reaps_its_child(split_always, tmp_path):
             os.replace(tmp_path / "partial", pid_file)  # whole, or not there yet
             time.sleep(600)  # killed long before: the test would take ten minutes otherwise
             return None
-        while not pid_file.exists():  # the child is running: it says who it is first
+        for _ in range(30_000):  # the child is running: it says who it is first (5 minutes at most)
+            if pid_file.exists():
+                break
             time.sleep(0.01)
         raise ValueError("the parent's half failed")
 
