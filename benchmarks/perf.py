@@ -24,8 +24,8 @@ time is ``time.perf_counter`` around the child, interpreter start-up included, a
 job sees it.
 
 With ``--against SRC`` (the ``src`` of another checkout, such as a ``git worktree`` of the commit
-a published table was measured with) each mdmgen figure is measured again with that code, right
-after this checkout's, in the same round: two versions compared on the same disk in the same
+a published table was measured with) each mdmgen figure is measured again with that code, just
+before or after this checkout's (taking turns), in the same round: two versions compared on the same disk in the same
 minutes, rather than against numbers from another day.
 
 Shared machines are noisy, so the targets are ratios to figures measured in the same run,
@@ -78,8 +78,8 @@ RATIO_TARGETS: dict[str, tuple[tuple[str, float], ...]] = {
 }
 MDMGEN_FIGURES = ("full_compile", "no_change_recompile", "one_percent_recompile")
 AGAINST = "_against"
-"""Suffix of a figure measured with the code at ``--against``, right after the same figure of
-this checkout, in the same round and on the same inventory."""
+"""Suffix of a figure measured with the code at ``--against``, next to the same figure of this
+checkout (see :func:`run_size`), in the same round and on the same inventory."""
 LABELS.update({name + AGAINST: f"{LABELS[name]}, the code at --against" for name in MDMGEN_FIGURES})
 ALL_FIGURES = FIGURES + tuple(name + AGAINST for name in MDMGEN_FIGURES)
 

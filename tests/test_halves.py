@@ -47,7 +47,7 @@ def test_below_the_threshold_one_process_checks_the_whole():
     assert halves.in_two(lambda part: (part, os.getpid()), halves.SPLIT_FROM - 1) == [(None, os.getpid())]
 
 
-@pytest.mark.parametrize("failure", ["raises", "killed", "answers what marshal cannot read"])
+@pytest.mark.parametrize("failure", ["raises", "killed", "gives an answer marshal cannot carry"])
 def test_a_child_that_fails_leaves_its_half_to_the_parent(split_always, failure):
     parent = os.getpid()
 
@@ -57,7 +57,7 @@ def test_a_child_that_fails_leaves_its_half_to_the_parent(split_always, failure)
                 raise RuntimeError("the child's half failed")
             if failure == "killed":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return object  # marshal refuses a class: the child exits with an error
+            return object  # marshal cannot carry a class: the child exits with an error
         return halves_of(part)
 
     assert halves.in_two(work, len(SERIALS)) == [halves_of(0), halves_of(1)]
